@@ -1,0 +1,64 @@
+# Thin driver: every stage is `python -m pipeline <stage>`; this file only passes
+# paths and options. Each stage skips itself when its inputs and params are
+# unchanged, so re-running `make all` redoes nothing expensive.
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+
+DATA      ?= datasets/mnist
+LAYOUT    ?= auto
+PARAMS    ?= params.toml
+RUN       ?= runs/$(basename $(notdir $(patsubst %/,%,$(DATA))))
+MNIST_DIR ?=
+FRESH     ?=
+GPU       ?=
+EXTRAS    := dev$(if $(filter 1,$(GPU)),$(comma)gpu)
+comma     := ,
+
+MNIST_OUT := datasets/mnist
+# `make prepare` on the reference dataset exports it first.
+PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
+
+.PHONY: all setup mnist prepare train evaluate test bench clean help
+# Stages run in the order given, even under -j.
+.NOTPARALLEL:
+
+all: setup $(PREP_DEPS) prepare train evaluate
+
+help:
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | test | bench | clean"
+
+setup: $(STAMP)
+
+# Rebuilt only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+ifeq ($(GPU),1)
+	$(PY) -m pip install -q --force-reinstall --no-deps "tensorflow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))')"
+endif
+	touch $@
+
+mnist: $(STAMP)
+	$(PY) -m pipeline mnist --out $(MNIST_OUT) $(if $(MNIST_DIR),--source $(MNIST_DIR))
+
+prepare: $(STAMP) $(PREP_DEPS)
+	$(PY) -m pipeline prepare --data $(DATA) --layout $(LAYOUT) --run $(RUN) --params $(PARAMS)
+
+train: $(STAMP)
+	$(PY) -m pipeline train --run $(RUN) --params $(PARAMS) $(if $(FRESH),--fresh)
+
+evaluate: $(STAMP)
+	$(PY) -m pipeline evaluate --run $(RUN) --params $(PARAMS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) mnist
+	$(PY) -m pipeline.bench --data $(MNIST_OUT) --out bench-results
+
+clean:
+	rm -rf runs bench-results .pytest_cache

@@ -1,0 +1,85 @@
+"""The model bundle: ``model.keras`` + label map + preprocessing config + params.
+
+A bundle folder holds ``model.keras``, ``labels.json``, ``preprocess.json``,
+``params.json`` and, written last, ``bundle.json`` with the SHA-256 of
+``model.keras``. Loading checks all of it and uses Keras' ``safe_mode``.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import artifacts, params as params_mod
+from .params import PreprocessParams
+
+MARKER = "bundle.json"
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the Keras model, labels by index, and the preprocessing config."""
+
+    model: Any
+    labels: list[str]
+    preprocess: PreprocessParams
+    info: dict[str, Any]
+
+
+def labels_from_map(mapping: Any, where: str) -> list[str]:
+    """Validate a label map {name: index} (indices 0..n-1) and return names by index."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise artifacts.StageError(f"{where}: label map must be a non-empty JSON object")
+    by_index = sorted(mapping.items(), key=lambda kv: kv[1] if isinstance(kv[1], int) else -1)
+    if [i for _, i in by_index] != list(range(len(mapping))):
+        raise artifacts.StageError(f"{where}: label indices must be 0..{len(mapping) - 1}")
+    return [name for name, _ in by_index]
+
+
+def write_bundle(dest: Path, model_file: Path, labels: dict[str, int], preprocess: dict[str, Any],
+                 params: dict[str, Any], info: dict[str, Any]) -> None:
+    """Assemble a bundle in a temp folder and move it into place (never half-written)."""
+    tmp = artifacts.temp_dir_for(dest)
+    try:
+        shutil.copyfile(model_file, tmp / "model.keras")
+        artifacts.write_json(tmp / "labels.json", labels)
+        artifacts.write_json(tmp / "preprocess.json", preprocess)
+        artifacts.write_json(tmp / "params.json", params)
+        artifacts.write_json(tmp / MARKER, {**info, "model_sha256": artifacts.sha256_file(tmp / "model.keras")})
+        artifacts.replace_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """The bundle marker, after checking the model file's hash."""
+    info = artifacts.read_json(path / MARKER, "model bundle marker (bundle.json)")
+    model_file = path / "model.keras"
+    if not model_file.is_file():
+        raise artifacts.StageError(f"model bundle {path} has no model.keras")
+    if info.get("model_sha256") != artifacts.sha256_file(model_file):
+        raise artifacts.StageError(f"model bundle {path}: model.keras does not match its recorded SHA-256; "
+                                   "refusing to load a modified model")
+    return info
+
+
+def load(path: str | Path) -> Bundle:
+    """Load and verify a bundle folder (hash, label map, preprocessing config; safe_mode)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise artifacts.StageError(f"model bundle not found: {path} (run `make train` first)")
+    info = read_info(path)
+    labels = labels_from_map(artifacts.read_json(path / "labels.json", "bundle label map"), str(path))
+    try:
+        cfg = params_mod.from_dict(PreprocessParams, "preprocess",
+                                   artifacts.read_json(path / "preprocess.json", "bundle preprocessing config"))
+    except (ValueError, TypeError) as exc:
+        raise artifacts.StageError(f"model bundle {path}: bad preprocessing config: {exc}") from None
+    import keras
+
+    model = keras.models.load_model(path / "model.keras", compile=False, safe_mode=True)
+    if model.output_shape[-1] != len(labels):
+        raise artifacts.StageError(f"model bundle {path}: model has {model.output_shape[-1]} outputs "
+                                   f"but the label map has {len(labels)} labels")
+    return Bundle(model, labels, cfg, info)

@@ -1,0 +1,90 @@
+"""Evaluate: the model bundle on the prepared test split -> ``metrics.json`` and a summary table.
+
+``metrics.json`` holds ``accuracy``, ``per_class`` {label: precision, recall,
+f1, support}, ``confusion_matrix`` (rows = true, columns = predicted, in label
+order), ``labels`` and the bundle it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from . import __version__, artifacts, bundle, params as params_mod
+from .params import EvaluateParams
+from .train import BUNDLE_DIR, require_prepared
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (sklearn)."""
+    idx = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=idx, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "n": int(len(y_true)),
+        "labels": labels,
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                             "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(labels)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+    }
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A short plain-text summary table."""
+    width = max(5, *(len(k) for k in metrics["per_class"]))
+    lines = [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8d}")
+    lines.append(f"accuracy: {metrics['accuracy']:.4f} on {metrics['n']} test images")
+    return "\n".join(lines)
+
+
+def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
+    """Predict the test split with the run's bundle and write ``metrics.json``."""
+    require_prepared(run)
+    model_dir = run / BUNDLE_DIR
+    if not (model_dir / bundle.MARKER).is_file():
+        raise artifacts.StageError(f"{run} has no finished model bundle ({model_dir / bundle.MARKER} missing); "
+                                   "run `make train` first")
+    info = bundle.read_info(model_dir)
+    fp = artifacts.fingerprint(info["model_sha256"], params_mod.to_dict(p), __version__)
+    out = run / METRICS
+    if out.is_file():
+        old = artifacts.read_json(out, "metrics")
+        if old.get("fingerprint") == fp:
+            log.info("evaluate: %s is up to date; nothing to do", out)
+            return old
+    b = bundle.load(model_dir)
+    x = artifacts.load_npy(run / "X_test.npy", "prepared test images")
+    y = np.asarray(artifacts.load_npy(run / "y_test.npy", "prepared test labels"))
+    if len(y) == 0:
+        raise artifacts.StageError(f"{run}: the test split is empty; nothing to evaluate")
+    probs = b.model.predict(np.asarray(x), batch_size=p.batch_size, verbose=0)
+    metrics = compute_metrics(y, probs.argmax(axis=1), b.labels)
+    metrics.update({"fingerprint": fp, "model_sha256": info["model_sha256"], "model": info.get("model"),
+                    "params": params_mod.to_dict(p)})
+    artifacts.write_json(out, metrics)
+    log.info("evaluate: accuracy %.4f on %d test images -> %s", metrics["accuracy"], len(y), out)
+    return metrics
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--run", required=True, help="run folder with a trained bundle")
+    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI: evaluate and print the summary table."""
+    metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate"))
+    print(format_table(metrics))
+    return 0

@@ -1,0 +1,165 @@
+"""The params file: one TOML section per stage, validated into frozen dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _choice(section: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"[{section}] {key} must be one of {list(allowed)}. Received: {value!r}")
+
+
+def _check(cond: bool, section: str, key: str, rule: str, value: Any) -> None:
+    if not cond:
+        raise ValueError(f"[{section}] {key} must be {rule}. Received: {value!r}")
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """How prepare splits the data."""
+
+    seed: int = 42
+    test_size: float = 0.2
+    val_size: float = 0.1
+    labels: tuple[str, ...] = ()
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.test_size < 1.0, "prepare", "test_size", "between 0 and 1", self.test_size)
+        _check(0.0 <= self.val_size < 1.0, "prepare", "val_size", "in [0, 1)", self.val_size)
+        _check(self.workers >= 0, "prepare", "workers", ">= 0", self.workers)
+        _check(len(set(self.labels)) == len(self.labels), "prepare", "labels", "unique", list(self.labels))
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """How every image is turned into model input (prepare, evaluate and apply alike)."""
+
+    color: str = "grayscale"
+    size: tuple[int, ...] = (28, 28)
+    resize: str = "stretch"
+    background: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("preprocess", "color", self.color, ("grayscale", "rgb"))
+        _choice("preprocess", "resize", self.resize, ("stretch", "pad", "crop"))
+        _check(len(self.size) == 2 and all(4 <= s <= 4096 for s in self.size),
+               "preprocess", "size", "[height, width], each 4..4096", list(self.size))
+        _check(0 <= self.background <= 255, "preprocess", "background", "0..255", self.background)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "grayscale" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.size[0], self.size[1], self.channels)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Model and optimisation settings."""
+
+    model: str = "lenet5"
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    patience: int = 5
+    dropout: float = 0.2
+    seed: int = 42
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("train", "model", self.model, ("lenet5",))
+        _choice("train", "lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        _check(self.epochs >= 1, "train", "epochs", ">= 1", self.epochs)
+        _check(self.batch_size >= 1, "train", "batch_size", ">= 1", self.batch_size)
+        _check(self.learning_rate > 0, "train", "learning_rate", "> 0", self.learning_rate)
+        _check(self.patience >= 1, "train", "patience", ">= 1", self.patience)
+        _check(0.0 <= self.dropout < 1.0, "train", "dropout", "in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Evaluation settings."""
+
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate", "batch_size", ">= 1", self.batch_size)
+
+
+SECTIONS: dict[str, type] = {
+    "prepare": PrepareParams,
+    "preprocess": PreprocessParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint; return it in the field's type."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"[{section}] {key} must be a list. Received: {value!r}")
+        return tuple(_coerce(section, key, v, item_type) for v in value)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - only the types above are used
+        raise TypeError(f"unsupported field type {hint}")
+    if not ok:
+        raise ValueError(f"[{section}] {key} must be of type {hint.__name__}. Received: {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], section: str, data: dict[str, Any]) -> T:
+    """Build a params dataclass from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"[{section}] must be a table. Received: {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"[{section}] unknown key(s) {unknown}; known keys: {sorted(known)}")
+    kwargs = {k: _coerce(section, k, v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load(path: str | Path | None, section: str) -> Any:
+    """Load one section of the params file (defaults when the file or section is absent)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ValueError(f"params file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"params file {path} is not valid TOML: {exc}") from None
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"params file {path}: unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
+    return from_dict(SECTIONS[section], section, data.get(section, {}))
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """A params dataclass as a JSON-ready dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}

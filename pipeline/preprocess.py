@@ -1,0 +1,134 @@
+"""Decoding and preprocessing: the one function that turns a file into model input.
+
+Prepare, evaluate and apply all call :func:`load_image` with the preprocessing
+config stored in the model bundle, so an image is seen the same way everywhere.
+Order: decode (content-detected, first frame, EXIF orientation) -> mode
+conversion (16-bit scaled, alpha composited on ``background``, palette
+expanded) -> colour (grayscale | rgb) -> resize -> scale to [0, 1].
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .params import PreprocessParams
+
+# Pillow's decompression-bomb limit stays on; its warning (between 1x and 2x the
+# limit) is promoted to an error so such files are rejected, never decoded.
+_BOMB = (Image.DecompressionBombWarning, Image.DecompressionBombError)
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image; ``str()`` is the reason reported."""
+
+
+def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
+    """Decode a file (path or bytes) to uint8 HxW (grayscale) or HxWx3 (rgb); raise ImageError."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:  # read-only: user files are never written
+                data = fh.read()
+        except OSError as exc:
+            raise ImageError(f"unreadable file: {exc.strerror or exc}") from None
+    else:
+        data = bytes(source)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_array(img, color, background)
+    except _BOMB as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (content not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def _to_array(img: Image.Image, color: str, background: int) -> np.ndarray:
+    """Convert any Pillow mode to uint8 L or RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit and 32-bit integer images are scaled from the 16-bit range;
+        # float images are taken as [0, 1] when they fit, else clipped.
+        if img.mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        elif img.mode != "F":
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        img = Image.alpha_composite(canvas, rgba).convert("RGB")
+    target = "L" if color == "grayscale" else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    return cv2.INTER_AREA if dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1] else cv2.INTER_LINEAR
+
+
+def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    h, w = size_hw
+    if img.shape[:2] == (h, w):
+        return img
+    return cv2.resize(img, (w, h), interpolation=_interpolation(img.shape[:2], (h, w)))
+
+
+def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int = 0) -> np.ndarray:
+    """Resize to ``size_hw`` by stretching, padding (keep aspect) or centre-cropping."""
+    h, w = size_hw
+    ih, iw = img.shape[:2]
+    if mode == "stretch":
+        return _resize(img, (h, w))
+    scale = min(h / ih, w / iw) if mode == "pad" else max(h / ih, w / iw)
+    nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
+    scaled = _resize(img, (nh, nw))
+    if mode == "pad":
+        out = np.full((h, w) + img.shape[2:], background, dtype=img.dtype)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        out[top:top + nh, left:left + nw] = scaled
+        return out
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return scaled[top:top + h, left:left + w]
+
+
+def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    """uint8 HxW[x3] image -> float32 (height, width, channels) in [0, 1]."""
+    if cfg.color == "grayscale" and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    elif cfg.color == "rgb" and img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    out = resize(img, tuple(cfg.size), cfg.resize, cfg.background)
+    out = out.astype(np.float32) / np.float32(255.0)
+    return out.reshape(cfg.input_shape)
+
+
+def load_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> np.ndarray:
+    """Decode and preprocess one image file: THE function used by prepare, evaluate and apply."""
+    return preprocess(decode(source, cfg.color, cfg.background), cfg)
+
+
+def load_image_safe(path: str | Path, cfg: PreprocessParams) -> tuple[np.ndarray | None, str]:
+    """Like :func:`load_image` but returns ``(None, reason)`` instead of raising (for worker pools)."""
+    try:
+        return load_image(path, cfg), ""
+    except ImageError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, "image too large to decode in memory"

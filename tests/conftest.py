@@ -1,0 +1,60 @@
+"""Shared fixtures: the local MNIST files and tiny generated image folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mnist_source() -> Path | None:
+    """The offline MNIST folder ($MNIST_DIR, else ../shared/datasets/mnist), or None."""
+    for cand in (os.environ.get("MNIST_DIR"), REPO.parent / "shared" / "datasets" / "mnist"):
+        if cand and all((Path(cand) / n).is_file() for n in (
+                "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+            return Path(cand).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    src = mnist_source()
+    if src is None:
+        pytest.skip("MNIST IDX files not available (set MNIST_DIR)")
+    return src
+
+
+def write_image(path: Path, array: np.ndarray, fmt: str | None = None, **kw) -> Path:
+    """Save a uint8 array as an image file (format from the suffix unless given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt, **kw)
+    return path
+
+
+def make_tree(root: Path, spec: dict[str, int], size: int = 16, split: str | None = None, seed: int = 0) -> Path:
+    """Folder-per-label tree: ``spec`` maps label -> number of images; class k is brightness-coded."""
+    rng = np.random.default_rng(seed)
+    base = root / split if split else root
+    for k, (label, n) in enumerate(sorted(spec.items())):
+        for i in range(n):
+            img = np.full((size, size), 20 + 20 * k, np.uint8) + rng.integers(0, 5, (size, size), dtype=np.uint8)
+            write_image(base / label / f"{i:03d}.png", img)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A few hundred real MNIST digits exported as train/test PNG folders."""
+    from pipeline import mnist
+
+    root = tmp_path_factory.mktemp("tiny_mnist")
+    for split, n in (("train", 1200), ("test", 300)):
+        images, labels = mnist.load_split(mnist_dir, split)
+        for i in range(n):
+            write_image(root / split / str(int(labels[i])) / f"{i:05d}.png", images[i])
+    return root

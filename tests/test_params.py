@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline import params
+from pipeline.params import PreprocessParams, TrainParams
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_repo_params_file_loads_every_section():
+    for section in params.SECTIONS:
+        params.load(REPO / "params.toml", section)
+    assert params.load(REPO / "params.toml", "train").model == "lenet5"
+
+
+def test_missing_file_section_gives_defaults(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("[train]\nepochs = 3\n")
+    assert params.load(f, "prepare") == params.PrepareParams()
+    assert params.load(f, "train").epochs == 3
+    assert params.load(None, "evaluate") == params.EvaluateParams()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[train]\nepoch = 3\n", r"unknown key\(s\) \['epoch'\]"),
+    ("[train]\nepochs = '3'\n", r"epochs must be of type int. Received: '3'"),
+    ("[train]\nepochs = 0\n", r"epochs must be >= 1. Received: 0"),
+    ("[train]\ndeterministic = 1\n", r"deterministic must be of type bool"),
+    ("[train]\nmodel = 'resnet'\n", r"model must be one of"),
+    ("[preprocess]\nsize = [28]\n", r"size must be"),
+    ("[preprocess]\ncolor = 'cmyk'\n", r"color must be one of"),
+    ("[prepare]\ntest_size = 1.5\n", r"test_size must be between 0 and 1"),
+    ("[prepare]\nlabels = ['a', 'a']\n", r"labels must be unique"),
+    ("[prepare]\nlabels = 'a'\n", r"labels must be a list"),
+    ("[bogus]\n", r"unknown section"),
+    ("[train\n", r"not valid TOML"),
+])
+def test_bad_params_raise_clear_value_errors(tmp_path, text, match):
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    section = text.split("]")[0].strip("[")
+    with pytest.raises(ValueError, match=match):
+        params.load(f, section if section in params.SECTIONS else "train")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ValueError, match="params file not found"):
+        params.load(tmp_path / "nope.toml", "train")
+
+
+def test_int_accepted_for_float_and_lists_become_tuples():
+    p = params.from_dict(TrainParams, "train", {"learning_rate": 1})
+    assert p.learning_rate == 1.0 and isinstance(p.learning_rate, float)
+    cfg = params.from_dict(PreprocessParams, "preprocess", {"size": [32, 28]})
+    assert cfg.size == (32, 28) and cfg.input_shape == (32, 28, 1)
+    assert params.to_dict(cfg)["size"] == [32, 28]

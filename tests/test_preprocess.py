@@ -1,0 +1,129 @@
+"""Decoding any common file/mode, and the resize/scale steps, with known answers."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.params import PreprocessParams
+from pipeline.preprocess import ImageError, decode, load_image, load_image_safe, resize
+
+GRAY = PreprocessParams()
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_output_shape_dtype_range():
+    arr = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))  # 32x32 gradient
+    out = load_image(png_bytes(Image.fromarray(arr)), GRAY)
+    assert out.shape == (28, 28, 1) and out.dtype == np.float32
+    assert 0.0 <= out.min() < 0.1 and 0.9 < out.max() <= 1.0
+    rgb = load_image(png_bytes(Image.fromarray(arr)), PreprocessParams(color="rgb", size=(20, 24)))
+    assert rgb.shape == (20, 24, 3)
+
+
+def test_exact_values_when_no_resize_is_needed():
+    arr = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    out = load_image(png_bytes(Image.fromarray(arr)), GRAY)
+    np.testing.assert_array_equal(out[..., 0], arr.astype(np.float32) / 255)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("1", 255), ("L", 200), ("P", 200), ("RGB", 200), ("CMYK", 200), ("I;16", 200), ("I", 200), ("F", 200)])
+def test_every_mode_decodes_to_the_right_gray(mode, expected):
+    base = Image.new("L", (8, 8), 255 if mode == "1" else 200)
+    if mode == "I;16":
+        img = Image.fromarray(np.full((8, 8), 200 * 257, np.uint16))
+        assert img.mode.startswith("I;16")
+    elif mode == "I":
+        img = Image.fromarray(np.full((8, 8), 200 * 257, np.int32))
+    elif mode == "F":
+        img = Image.fromarray(np.full((8, 8), 200 / 255, np.float32))
+    else:
+        img = base.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
+    got = decode(png_bytes(img, fmt))
+    assert got.dtype == np.uint8 and got.shape == (8, 8)
+    assert abs(int(got[0, 0]) - expected) <= 1
+
+
+def test_rgba_and_transparent_palette_composite_on_background():
+    rgba = Image.new("RGBA", (4, 4), (255, 255, 255, 0))  # fully transparent white
+    assert decode(png_bytes(rgba), background=0)[0, 0] == 0
+    assert decode(png_bytes(rgba), background=255)[0, 0] == 255
+    half = Image.new("RGBA", (4, 4), (255, 255, 255, 128))
+    assert abs(int(decode(png_bytes(half), background=0)[0, 0]) - 128) <= 1
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([255, 255, 255] * 256)
+    pal.info["transparency"] = 0
+    assert decode(png_bytes(pal, transparency=0), background=0)[0, 0] == 0
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((10, 20), np.uint8)  # wide image
+    arr[:, :5] = 255
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = decode(png_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert out.shape == (20, 10)  # now tall
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50  # left band rotated to the top
+
+
+def test_gif_first_frame_and_content_not_extension(tmp_path):
+    frames = [Image.new("L", (6, 6), v) for v in (10, 250)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert abs(int(decode(buf.getvalue())[0, 0]) - 10) <= 2
+    mislabelled = tmp_path / "really_a_png.jpg"
+    mislabelled.write_bytes(png_bytes(Image.new("L", (5, 5), 77)))
+    assert decode(mislabelled)[0, 0] == 77
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"hello, not an image", "not an image"),
+    (png_bytes(Image.new("L", (64, 64), 9))[:80], "corrupt or truncated"),
+])
+def test_bad_files_raise_image_error_with_reason(data, reason):
+    with pytest.raises(ImageError, match=reason):
+        decode(data)
+    arr, why = load_image_safe(_write_tmp(data), GRAY)
+    assert arr is None and reason in why
+
+
+def _write_tmp(data: bytes):
+    import tempfile
+    f = tempfile.NamedTemporaryFile(delete=False, suffix=".png")
+    f.write(data)
+    f.close()
+    return f.name
+
+
+def test_decompression_bomb_is_refused_limit_kept():
+    before = Image.MAX_IMAGE_PIXELS
+    big = png_bytes(Image.new("1", (12000, 12000)))  # 144M pixels > 89M limit, tiny file
+    with pytest.raises(ImageError, match="decompression bomb"):
+        decode(big)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_missing_file_is_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match="unreadable file"):
+        decode(tmp_path / "nope.png")
+
+
+def test_resize_modes_known_answers():
+    img = np.zeros((10, 20), np.uint8)
+    img[:, 10:] = 255  # right half white
+    stretched = resize(img, (10, 10), "stretch")
+    assert stretched.shape == (10, 10) and stretched[:, :5].max() == 0 and stretched[:, 5:].min() == 255
+    padded = resize(img, (20, 20), "pad", background=7)
+    assert padded.shape == (20, 20)
+    assert (padded[:5] == 7).all() and (padded[-5:] == 7).all()  # 10x20 -> 10x20 centred, bands above/below
+    cropped = resize(img, (10, 10), "crop")
+    assert cropped.shape == (10, 10) and cropped[:, :5].max() == 0 and cropped[:, 5:].min() == 255
