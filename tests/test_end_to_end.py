@@ -1,0 +1,117 @@
+"""End to end on a few hundred real MNIST digits: prepare -> train -> evaluate via the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline import artifacts, bundle, train
+from pipeline.params import TrainParams
+
+from conftest import REPO, make_tree
+
+PARAMS = """
+[prepare]
+val_size = 0.1
+[train]
+epochs = 2
+batch_size = 32
+patience = 2
+"""
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_mnist, tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "params.toml").write_text(PARAMS)
+    run = work / "runs" / "tiny"
+    for stage in (["prepare", "--data", str(tiny_mnist)], ["train"], ["evaluate"]):
+        extra = [] if stage[0] == "prepare" else []
+        res = cli(*stage, "--run", str(run), "--params", str(work / "params.toml"), *extra)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return run, work
+
+
+def test_smoke_accuracy_well_above_chance(trained_run):
+    run, _ = trained_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 300
+    assert metrics["accuracy"] > 0.6, metrics["accuracy"]  # chance is 0.1
+    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 300
+    assert np.trace(cm) / cm.sum() == pytest.approx(metrics["accuracy"])
+
+
+def test_bundle_contents_and_history(trained_run):
+    run, _ = trained_run
+    model_dir = run / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "bundle.json", "labels.json", "model.keras", "params.json", "preprocess.json"]
+    assert json.loads((model_dir / "labels.json").read_text()) == json.loads((run / "labels.json").read_text())
+    assert json.loads((model_dir / "params.json").read_text())["train"]["epochs"] == 2
+    b = bundle.load(model_dir)
+    assert b.labels == [str(d) for d in range(10)] and b.preprocess.size == (28, 28)
+    lines = (run / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,seconds,learning_rate") and len(lines) == 3
+    assert not (run / train.BACKUP_DIR).exists()  # backup removed after a finished run
+
+
+def test_rerun_skips_every_stage(trained_run):
+    run, work = trained_run
+    mtime = (run / "model" / "model.keras").stat().st_mtime_ns
+    res = cli("train", "--run", str(run), "--params", str(work / "params.toml"))
+    assert res.returncode == 0 and "up to date" in res.stderr
+    res = cli("evaluate", "--run", str(run), "--params", str(work / "params.toml"))
+    assert res.returncode == 0 and "up to date" in res.stderr and "accuracy:" in res.stdout
+    assert (run / "model" / "model.keras").stat().st_mtime_ns == mtime
+
+
+def test_tampered_or_incomplete_bundle_is_refused(trained_run, tmp_path):
+    import shutil
+
+    run, _ = trained_run
+    copy = tmp_path / "model"
+    shutil.copytree(run / "model", copy)
+    with open(copy / "model.keras", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(artifacts.StageError, match="SHA-256"):
+        bundle.load(copy)
+    shutil.copytree(run / "model", tmp_path / "m2")
+    (tmp_path / "m2" / "labels.json").write_text('{"a": 5}')
+    with pytest.raises(artifacts.StageError, match="label indices"):
+        bundle.load(tmp_path / "m2")
+    (tmp_path / "m2" / "bundle.json").unlink()
+    with pytest.raises(artifacts.StageError, match="bundle.json"):
+        bundle.load(tmp_path / "m2")
+
+
+def test_stages_refuse_missing_inputs_naming_the_stage(tmp_path):
+    res = cli("train", "--run", str(tmp_path / "nothing"), "--params", os.devnull)
+    assert res.returncode == 2 and "make prepare" in res.stderr and "Traceback" not in res.stderr
+    data = make_tree(tmp_path / "d", {"a": 3, "b": 3})
+    assert cli("prepare", "--data", str(data), "--run", str(tmp_path / "r"), "--params", os.devnull).returncode == 0
+    res = cli("evaluate", "--run", str(tmp_path / "r"), "--params", os.devnull)
+    assert res.returncode == 2 and "make train" in res.stderr
+
+
+def test_every_stage_has_help():
+    for stage in ("mnist", "prepare", "train", "evaluate"):
+        res = cli(stage, "--help")
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_lr_schedule():
+    p = TrainParams(epochs=10, learning_rate=0.01)
+    assert train.lr_at(0, p) == pytest.approx(0.01)
+    assert train.lr_at(5, p) == pytest.approx(0.005)
+    assert train.lr_at(3, TrainParams(lr_schedule="constant")) == pytest.approx(1e-3)
