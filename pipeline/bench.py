@@ -1,0 +1,211 @@
+"""Benchmarks (``make bench``): every stage's throughput, wall time and peak memory,
+next to the plain Keras way of doing the same thing, measured in the same run.
+
+Each measurement runs in a fresh child process so that its peak RSS is its own.
+Results are printed as a table and written to ``<out>/bench.json``.
+
+| ours | plain Keras way |
+|---|---|
+| ``pipeline mnist`` export (70k PNGs) | – (Keras has no export; ``keras.datasets`` downloads arrays) |
+| ``prepare`` (70k PNGs, decode+audit+split) | one pass of ``image_dataset_from_directory`` over the same folders |
+| ``train`` epoch time (LeNet-5, prepared arrays) | ``model.fit`` on ``image_dataset_from_directory`` |
+| ``evaluate`` (10k test images) | ``model.evaluate`` on ``image_dataset_from_directory`` |
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+EPOCHS = 2  # the second epoch is the steady-state figure
+
+
+def _peak_rss_mb() -> dict[str, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mb": round(own, 1), "peak_worker_rss_mb": round(kids, 1)}
+
+
+def _keras_ds(folder: Path, **kw: Any) -> Any:
+    import keras
+
+    return keras.utils.image_dataset_from_directory(
+        folder, color_mode="grayscale", image_size=(28, 28), batch_size=256, shuffle=False, verbose=False, **kw)
+
+
+# ---------------------------------------------------------------- steps (run in a child)
+def step_export(data: Path, work: Path) -> dict[str, Any]:
+    from . import mnist
+
+    source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
+    if source is None:
+        raise SystemExit("bench needs local MNIST files (MNIST_DIR or datasets/raw/mnist)")
+    t0 = time.perf_counter()
+    mnist.export(source, work / "mnist_export")
+    return {"images": 70000, "seconds": time.perf_counter() - t0}
+
+
+def step_prepare(data: Path, work: Path) -> dict[str, Any]:
+    from .params import PrepareParams, PreprocessParams
+    from .prepare import prepare
+
+    t0 = time.perf_counter()
+    s = prepare(data, work / "run", PrepareParams(), PreprocessParams())
+    n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_keras_read(data: Path, work: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    n = 0
+    for split in ("train", "test"):
+        for x, _ in _keras_ds(data / split):
+            n += int(x.shape[0])
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_train(data: Path, work: Path) -> dict[str, Any]:
+    import csv
+
+    from .params import TrainParams
+    from .train import train
+
+    run = work / "run"
+    t0 = time.perf_counter()
+    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0)
+    seconds = time.perf_counter() - t0
+    with open(run / "history.csv", newline="") as fh:
+        epochs = [float(r["seconds"]) for r in csv.DictReader(fh)]
+    import numpy as np
+
+    n = len(np.load(run / "X_train.npy", mmap_mode="r"))
+    return {"images": n, "seconds": seconds, "epoch_seconds": epochs[-1]}
+
+
+def step_keras_train(data: Path, work: Path) -> dict[str, Any]:
+    import keras
+
+    from .model import build_model
+
+    train_ds, val_ds = keras.utils.image_dataset_from_directory(
+        data / "train", color_mode="grayscale", image_size=(28, 28), batch_size=128, seed=42,
+        validation_split=0.1, subset="both", verbose=False)
+    rescale = keras.layers.Rescaling(1 / 255)
+    train_ds = train_ds.map(lambda x, y: (rescale(x), y))
+    val_ds = val_ds.map(lambda x, y: (rescale(x), y))
+    model = build_model("lenet5", (28, 28, 1), 10, 0.2)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            times.append(time.perf_counter() - self.t)
+
+    t0 = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=EPOCHS, callbacks=[Timer()], verbose=0)
+    model.save(work / "keras_model.keras")
+    return {"images": 54000, "seconds": time.perf_counter() - t0, "epoch_seconds": times[-1]}
+
+
+def step_evaluate(data: Path, work: Path) -> dict[str, Any]:
+    from .evaluate import METRICS, evaluate
+    from .params import EvaluateParams
+
+    (work / "run" / METRICS).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    m = evaluate(work / "run", EvaluateParams())
+    return {"images": m["n"], "seconds": time.perf_counter() - t0}
+
+
+def step_keras_evaluate(data: Path, work: Path) -> dict[str, Any]:
+    import keras
+
+    t0 = time.perf_counter()
+    model = keras.models.load_model(work / "keras_model.keras")
+    ds = _keras_ds(data / "test").map(lambda x, y: (x / 255.0, y))
+    model.evaluate(ds, verbose=0)
+    return {"images": 10000, "seconds": time.perf_counter() - t0}
+
+
+STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
+    "export": ("mnist export (ours)", step_export),
+    "prepare": ("prepare (ours)", step_prepare),
+    "keras_read": ("image_dataset_from_directory pass", step_keras_read),
+    "train": ("train (ours)", step_train),
+    "keras_train": ("fit on image_dataset_from_directory", step_keras_train),
+    "evaluate": ("evaluate (ours)", step_evaluate),
+    "keras_evaluate": ("evaluate on image_dataset_from_directory", step_keras_evaluate),
+}
+
+
+def _run_child(step: str, data: Path, work: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipeline.bench", "--step", step, "--data", str(data), "--work", str(work)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"bench step {step} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def format_rows(results: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'step':<42} {'images':>7} {'wall s':>8} {'img/s':>9} {'epoch s':>8} {'peak RSS MB':>12} {'worker MB':>10}"]
+    for step, r in results.items():
+        epoch = f"{r['epoch_seconds']:.1f}" if "epoch_seconds" in r else "-"
+        lines.append(f"{STEPS[step][0]:<42} {r['images']:>7} {r['seconds']:>8.2f} {r['images'] / r['seconds']:>9.0f} "
+                     f"{epoch:>8} {r['peak_rss_mb']:>12.0f} {r['peak_worker_rss_mb']:>10.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="datasets/mnist", help="exported MNIST folders (default: %(default)s)")
+    parser.add_argument("--out", default="bench-results", help="where bench.json goes (default: %(default)s)")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: " + ",".join(STEPS))
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    data = Path(args.data)
+    if args.step:  # child: one measurement, one JSON line
+        os.environ["TQDM_DISABLE"] = "1"
+        if args.step not in ("export", "prepare"):
+            import keras  # noqa: F401  - import time is not part of any measurement
+        result = STEPS[args.step][1](data, Path(args.work))
+        result.update(_peak_rss_mb())
+        print(json.dumps(result))
+        return 0
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        parser.error(f"unknown step(s) {unknown}")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=".") as work:
+        for step in steps:
+            print(f"running {step} ...", file=sys.stderr, flush=True)
+            results[step] = _run_child(step, data, Path(work))
+    table = format_rows(results)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from . import artifacts
+
+    artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "results": results})
+    artifacts.write_text(out / "bench.txt", table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
