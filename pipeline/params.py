@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -19,6 +20,32 @@ def _choice(section: str, key: str, value: Any, allowed: tuple[Any, ...]) -> Non
 def _check(cond: bool, section: str, key: str, rule: str, value: Any) -> None:
     if not cond:
         raise ValueError(f"[{section}] {key} must be {rule}. Received: {value!r}")
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """How labels are read from each layout, and what the audit does."""
+
+    filename_regex: str = ""
+    filename_delimiter: str = ""
+    filename_position: int = 0
+    csv_path_column: str = ""
+    csv_label_column: str = "label"
+    csv_split_column: str = "split"
+    leakage: str = "drop"
+    imbalance_ratio: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.filename_regex:
+            try:
+                rx = re.compile(self.filename_regex)
+            except re.error as exc:
+                raise ValueError(f"[ingest] filename_regex is not a valid regex ({exc}). "
+                                 f"Received: {self.filename_regex!r}") from None
+            _check("label" in rx.groupindex, "ingest", "filename_regex",
+                   "a regex with a named group (?P<label>...)", self.filename_regex)
+        _choice("ingest", "leakage", self.leakage, ("drop", "keep"))
+        _check(self.imbalance_ratio >= 1, "ingest", "imbalance_ratio", ">= 1", self.imbalance_ratio)
 
 
 @dataclass(frozen=True)
@@ -46,6 +73,8 @@ class PreprocessParams:
     size: tuple[int, ...] = (28, 28)
     resize: str = "stretch"
     background: int = 0
+    min_side: int = 8
+    max_side: int = 20000
 
     def __post_init__(self) -> None:
         _choice("preprocess", "color", self.color, ("grayscale", "rgb"))
@@ -53,6 +82,8 @@ class PreprocessParams:
         _check(len(self.size) == 2 and all(4 <= s <= 4096 for s in self.size),
                "preprocess", "size", "[height, width], each 4..4096", list(self.size))
         _check(0 <= self.background <= 255, "preprocess", "background", "0..255", self.background)
+        _check(1 <= self.min_side <= self.max_side, "preprocess", "min_side", f"1..max_side ({self.max_side})",
+               self.min_side)
 
     @property
     def channels(self) -> int:
@@ -98,6 +129,7 @@ class EvaluateParams:
 
 
 SECTIONS: dict[str, type] = {
+    "ingest": IngestParams,
     "prepare": PrepareParams,
     "preprocess": PreprocessParams,
     "train": TrainParams,

@@ -8,9 +8,12 @@ expanded) -> colour (grayscale | rgb) -> resize -> scale to [0, 1].
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -24,35 +27,81 @@ from .params import PreprocessParams
 _BOMB = (Image.DecompressionBombWarning, Image.DecompressionBombError)
 
 
+# Formats we read (detected from content). Others that Pillow knows (EPS, PSD,
+# ICO, ...) are reported as unsupported before any pixel is decoded.
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP")
+
+
+# What each image extension should contain (for reporting mismatches only:
+# files are always read by content).
+EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".dib": "BMP",
+              ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+
+
 class ImageError(ValueError):
     """A file that cannot be used as an image; ``str()`` is the reason reported."""
 
 
-def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
-    """Decode a file (path or bytes) to uint8 HxW (grayscale) or HxWx3 (rgb); raise ImageError."""
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as fh:  # read-only: user files are never written
-                data = fh.read()
-        except OSError as exc:
-            raise ImageError(f"unreadable file: {exc.strerror or exc}") from None
-    else:
-        data = bytes(source)
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image (uint8 HxW or HxWx3) and what the audit records about the file."""
+
+    array: np.ndarray
+    width: int
+    height: int
+    mode: str
+    format: str
+    sha1: str
+
+
+def _read(source: str | os.PathLike | bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as fh:  # read-only: user files are never written
+            return fh.read()
+    except OSError as exc:
+        raise ImageError(f"unreadable file: {exc.strerror or exc}") from None
+
+
+def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Decoded:
+    """Decode a file (path or bytes) with all checks; raise ImageError with the reason."""
+    data = _read(source)
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                fmt, mode, (w, h) = img.format or "?", img.mode, img.size
+                if fmt not in FORMATS:
+                    raise ImageError(f"unsupported image format: {fmt}")
+                if min(w, h) < cfg.min_side:
+                    raise ImageError(f"too small: {w}x{h} px (min_side {cfg.min_side})")
+                if max(w, h) > cfg.max_side:
+                    raise ImageError(f"too large: {w}x{h} px (max_side {cfg.max_side})")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_array(img, color, background)
+                arr = _to_array(img, cfg.color, cfg.background)
+    except ImageError:
+        raise
     except _BOMB as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from None
     except UnidentifiedImageError:
+        ext = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+        if ext in EXTENSIONS:
+            raise ImageError(f"not an image: the content does not match its {ext} extension") from None
         raise ImageError("not an image (content not recognised)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            ZeroDivisionError) as exc:
+        # Pillow's plugins raise any of these on malformed data.
         raise ImageError(f"corrupt or truncated image: {exc}") from None
+    return Decoded(arr, w, h, mode, fmt, hashlib.sha1(data).hexdigest())
+
+
+def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
+    """Decode a file to uint8 HxW (grayscale) or HxWx3 (rgb) with default limits; raise ImageError."""
+    return decode_file(source, PreprocessParams(color=color, background=background, min_side=1)).array
 
 
 def _to_array(img: Image.Image, color: str, background: int) -> np.ndarray:
@@ -121,14 +170,21 @@ def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
 
 def load_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> np.ndarray:
     """Decode and preprocess one image file: THE function used by prepare, evaluate and apply."""
-    return preprocess(decode(source, cfg.color, cfg.background), cfg)
+    return preprocess(decode_file(source, cfg).array, cfg)
+
+
+def inspect_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> tuple[np.ndarray | None, str, Decoded | None]:
+    """Like :func:`load_image` but never raises: ``(array, "", info)`` or ``(None, reason, None)``."""
+    try:
+        d = decode_file(source, cfg)
+        return preprocess(d.array, cfg), "", d
+    except ImageError as exc:
+        return None, str(exc), None
+    except MemoryError:
+        return None, "image too large to decode in memory", None
 
 
 def load_image_safe(path: str | Path, cfg: PreprocessParams) -> tuple[np.ndarray | None, str]:
-    """Like :func:`load_image` but returns ``(None, reason)`` instead of raising (for worker pools)."""
-    try:
-        return load_image(path, cfg), ""
-    except ImageError as exc:
-        return None, str(exc)
-    except MemoryError:
-        return None, "image too large to decode in memory"
+    """``(array, "")`` or ``(None, reason)``: for callers that report instead of failing."""
+    arr, reason, _ = inspect_image(path, cfg)
+    return arr, reason

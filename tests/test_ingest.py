@@ -60,7 +60,12 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="dataset not found"):
         ingest.scan(tmp_path / "nope")
     (tmp_path / "f.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match="needs a directory"):
+    with pytest.raises(ValueError, match="must be a folder or a .csv"):
         ingest.scan(tmp_path / "f.png")
+    with pytest.raises(ValueError, match="needs a directory"):
+        ingest.scan(tmp_path / "f.png", layout="folders")
     with pytest.raises(ValueError, match="unknown layout"):
         ingest.scan(tmp_path, layout="weird")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="dataset is empty"):
+        ingest.scan(tmp_path / "empty")

@@ -1,0 +1,174 @@
+"""The prepare audit: every bad-input kind, accepted odd formats, duplicates, conflicts, leakage, summary."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import prepare
+from pipeline.params import IngestParams, PrepareParams, PreprocessParams
+
+from conftest import make_tree, write_image
+
+CFG = PreprocessParams(size=(16, 16))
+
+
+def run_prepare(data, run, ip=None, **kw):
+    return prepare.prepare(data, run, PrepareParams(workers=1, **kw), CFG, "auto", ip)
+
+
+def reasons(run):
+    with open(run / "rejected.csv", newline="") as fh:
+        return {r["path"]: r["reason"] for r in csv.DictReader(fh)}
+
+
+def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp_path):
+    data = make_tree(tmp_path / "data", {"a": 5, "b": 5})
+    a, b = data / "a", data / "b"
+    (a / "zero.png").write_bytes(b"")
+    png = (a / "000.png").read_bytes()
+    (a / "truncated.png").write_bytes(png[: len(png) // 2])
+    (a / "text.txt").write_text("hello")
+    (a / "fake.jpg").write_text("this is not a jpeg")                    # wrong extension, not an image
+    Image.new("L", (16, 16), 50).save(a / "icon.ico", format="ICO")     # an image, but unsupported
+    write_image(a / "tiny.png", np.zeros((4, 4), np.uint8))              # too small
+    Image.new("1", (12000, 12000)).save(a / "bomb.png")                  # 144 MP: decompression bomb
+    # odd but valid: all accepted
+    Image.new("CMYK", (16, 16), (0, 0, 0, 100)).save(b / "cmyk.jpg")
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(b / "deep16.png")
+    Image.new("P", (16, 16), 3).save(b / "palette.gif")
+    Image.new("RGBA", (16, 16), (255, 0, 0, 128)).save(b / "rgba.png")
+    Image.new("L", (16, 16), 90).save(b / "really_png.jpg", format="PNG")  # wrong extension, real image
+    Image.new("L", (16, 16), 90).save(b / "photo.webp")
+    Image.new("L", (16, 16), 90).save(b / "scan.tif")
+    Image.new("L", (16, 16), 90).save(b / "bitmap.bmp")
+    run = tmp_path / "run"
+    summary = run_prepare(data, run)
+    r = reasons(run)
+    assert r["a/zero.png"] == "empty file (0 bytes)"
+    assert r["a/truncated.png"].startswith("corrupt or truncated image")
+    assert r["a/text.txt"] == "not an image (content not recognised)"
+    assert r["a/fake.jpg"] == "not an image: the content does not match its .jpg extension"
+    assert r["a/icon.ico"] == "unsupported image format: ICO"
+    assert r["a/tiny.png"] == "too small: 4x4 px (min_side 8)"
+    assert r["a/bomb.png"].startswith("decompression bomb refused")
+    assert len(r) == 7
+    ds = summary.dataset
+    assert ds["images"] == 18 and ds["rejected"]["total"] == 7
+    assert ds["rejected"]["by_reason"]["too small"] == 1
+    assert ds["modes"]["CMYK"] == 1 and ds["formats"]["WEBP"] == 1
+    assert ds["extension_mismatch"]["examples"] == ["b/really_png.jpg"]
+    assert json.loads((run / "dataset.json").read_text())["images"] == 18
+
+
+def test_duplicates_conflicts_and_leakage(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data, {"a": 6, "b": 6}, split="train")
+    make_tree(data, {"a": 2, "b": 2}, split="test", seed=5)
+    same = data / "train" / "a" / "000.png"
+    (data / "train" / "a" / "copy.png").write_bytes(same.read_bytes())   # duplicate within a class
+    (data / "train" / "b" / "wrong.png").write_bytes(same.read_bytes())  # same image, other label
+    (data / "test" / "a" / "leak.png").write_bytes(same.read_bytes())    # also in test: leakage
+    run = tmp_path / "run"
+    summary = run_prepare(data, run, val_size=0.0)
+    ds = summary.dataset
+    assert ds["conflicts"]["groups"] == 1
+    group = ds["conflicts"]["examples"][0]
+    assert sorted(group["labels"]) == ["a", "a", "a", "b"]
+    assert ds["leakage"]["images"] == 1 and ds["leakage"]["examples"][0]["path"] == "test/a/leak.png"
+    assert summary.counts["test"] == {"a": 2, "b": 2}  # the leaked copy was dropped from test
+    with open(run / "manifest.csv") as fh:
+        assert "leak.png" not in fh.read()
+    assert any("also appear in train" in w for w in ds["warnings"])
+    kept = run_prepare(data, tmp_path / "run2", IngestParams(leakage="keep"), val_size=0.0)
+    assert kept.counts["test"]["a"] == 3
+
+
+def test_within_class_duplicates_are_reported(tmp_path):
+    data = make_tree(tmp_path / "data", {"a": 4, "b": 4})
+    (data / "b" / "dup.png").write_bytes((data / "b" / "001.png").read_bytes())
+    ds = run_prepare(data, tmp_path / "run", test_size=0.25).dataset
+    assert ds["duplicates"]["groups"] == 1 and ds["duplicates"]["extra_copies"] == 1
+    assert ds["conflicts"]["groups"] == 0
+
+
+def test_summary_counts_imbalance_warning_and_sample_grid(tmp_path):
+    data = make_tree(tmp_path / "data", {"big": 60, "small": 5, "naïve ✓": 12})
+    run = tmp_path / "run"
+    ds = run_prepare(data, run).dataset
+    assert ds["counts"]["big"]["total"] == 60 and ds["imbalance_ratio"] == 12.0
+    assert any(w.startswith("class imbalance") for w in ds["warnings"])
+    assert any("few images" in w for w in ds["warnings"])
+    assert ds["sizes"]["most_common"] == [["16x16", 77]]
+    labels = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    assert labels == {"big": 0, "naïve ✓": 1, "small": 2}  # any UTF-8 label
+    grid = Image.open(run / "samples.png")
+    assert grid.size[1] == 3 * 60 + 4 and grid.size[0] > 8 * 56
+
+
+def pixel_csv(path, n=40, labelled=True):
+    rng = np.random.default_rng(1)
+    header = (["label"] if labelled else []) + [f"pixel{i}" for i in range(784)]
+    out = io.StringIO()
+    out.write(",".join(header) + "\n")
+    for i in range(n):
+        digit = i % 2
+        img = np.zeros((28, 28), int)
+        img[4:24, 10 + 4 * digit:14 + 4 * digit] = 255
+        img = np.clip(img + rng.integers(0, 30, (28, 28)), 0, 255)
+        out.write(",".join(map(str, ([digit] if labelled else []) + img.ravel().tolist())) + "\n")
+    path.write_text(out.getvalue())
+    return path
+
+
+def test_prepare_from_a_pixel_csv(tmp_path):
+    f = pixel_csv(tmp_path / "train.csv")
+    run = tmp_path / "run"
+    summary = prepare.prepare(f, run, PrepareParams(workers=1), PreprocessParams())
+    assert sum(sum(c.values()) for c in summary.counts.values()) == 40
+    assert summary.dataset["layout"] == "pixels" and summary.dataset["formats"] == {"pixels": 40}
+    x = np.load(run / "X_train.npy")
+    assert x.shape[1:] == (28, 28, 1) and x.max() <= 1.0
+    with open(run / "manifest.csv") as fh:
+        first = list(csv.DictReader(fh))[0]
+    assert first["path"].startswith(str(tmp_path / "train.csv#"))
+
+
+def test_unlabelled_pixel_csv_cannot_be_prepared(tmp_path):
+    f = pixel_csv(tmp_path / "test.csv", labelled=False)
+    from pipeline.artifacts import StageError
+
+    with pytest.raises(StageError, match="no label column"):
+        prepare.prepare(f, tmp_path / "run", PrepareParams(workers=1), PreprocessParams())
+
+
+def test_prepare_from_csv_and_filenames_layouts(tmp_path):
+    root = tmp_path / "csvdata"
+    for i in range(8):
+        write_image(root / "imgs" / f"{i}.png", np.full((16, 16), 30 * (i % 2), np.uint8) + np.uint8(i))
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"imgs/{i}.png,{'odd' if i % 2 else 'even'}\n"
+                                                                for i in range(8)))
+    s = run_prepare(root / "labels.csv", tmp_path / "r1", test_size=0.25)
+    assert s.dataset["layout"] == "csv" and sum(s.counts["test"].values()) == 2
+    fn = tmp_path / "fndata"
+    for i in range(8):
+        write_image(fn / f"{'cat' if i % 2 else 'dog'}.{i}.png", np.full((16, 16), 20 * i, np.uint8))
+    s = run_prepare(fn, tmp_path / "r2", test_size=0.25)
+    assert s.dataset["layout"] == "filenames" and set(s.counts["train"]) == {"cat", "dog"}
+
+
+def test_cli_layout_option_and_one_line_errors(tmp_path, capsys, caplog):
+    from pipeline import __main__ as cli
+
+    data = make_tree(tmp_path / "d", {"a": 3, "b": 3})
+    assert cli.main(["prepare", "--data", str(data), "--run", str(tmp_path / "r"), "--layout", "folders",
+                     "--params", "/dev/null"]) == 0
+    assert "usable images: 6 in 2 classes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["prepare", "--data", str(data), "--layout", "bogus"])
+    (tmp_path / "p.toml").write_text("[ingest]\nfilename_regex = '(\\\\d+)'\n")
+    assert cli.main(["prepare", "--data", str(data), "--run", str(tmp_path / "r"),
+                     "--params", str(tmp_path / "p.toml")]) == 2
+    assert "named group (?P<label>" in caplog.text

@@ -1,0 +1,165 @@
+"""The four layouts: folders (above, in test_ingest), filenames, csv and pixels; auto-detection."""
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import ingest
+from pipeline.params import IngestParams
+
+from conftest import make_tree, write_image
+
+P = IngestParams()
+
+
+def img(path, value=100, size=12):
+    return write_image(path, np.full((size, size), value, np.uint8))
+
+
+# ---------------------------------------------------------------- filenames
+@pytest.mark.parametrize("name, label", [
+    ("5_00001.png", "5"), ("00001_5.png", "5"), ("cat.123.jpg", "cat"), ("dog-7.png", "dog"),
+    ("12_34.png", None), ("cat_dog.png", None), ("a_b_c.png", None), ("plain.png", None)])
+def test_default_filename_rule(name, label):
+    assert ingest.label_from_name(name, P) == label
+
+
+def test_filename_regex_and_delimiter():
+    rx = IngestParams(filename_regex=r"^img_(?P<label>[a-z]+)_\d+")
+    assert ingest.label_from_name("img_cat_001.png", rx) == "cat"
+    assert ingest.label_from_name("other.png", rx) is None
+    delim = IngestParams(filename_delimiter="__", filename_position=-1)
+    assert ingest.label_from_name("x__y__zebra.png", delim) == "zebra"
+    assert ingest.label_from_name("nodelim.png", IngestParams(filename_delimiter="_", filename_position=3)) is None
+
+
+def test_regex_without_label_group_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"named group \(\?P<label>"):
+        IngestParams(filename_regex=r"(\d+)_")
+    with pytest.raises(ValueError, match="not a valid regex"):
+        IngestParams(filename_regex=r"(")
+
+
+def test_filenames_layout_detected_and_unmatched_reported(tmp_path):
+    for name in ("3_001.png", "3_002.png", "7_003.png", "mystery.png"):
+        img(tmp_path / name)
+    listing = ingest.scan(tmp_path)
+    assert listing.layout == "filenames"
+    assert [(i.path, i.label) for i in listing.items] == [("3_001.png", "3"), ("3_002.png", "3"), ("7_003.png", "7")]
+    assert listing.rejected[0][0] == "mystery.png" and "gives no label" in listing.rejected[0][1]
+
+
+def test_filenames_with_split_folders(tmp_path):
+    img(tmp_path / "train" / "cat.1.png")
+    img(tmp_path / "train" / "dog.2.png")
+    img(tmp_path / "test" / "cat.3.png")
+    listing = ingest.scan(tmp_path)
+    assert listing.layout == "filenames"
+    assert [(i.path, i.label, i.split) for i in listing.items] == [
+        ("test/cat.3.png", "cat", "test"), ("train/cat.1.png", "cat", "train"), ("train/dog.2.png", "dog", "train")]
+
+
+# ---------------------------------------------------------------- csv
+def test_csv_layout_sniffed_delimiter_split_column_and_auto_detect(tmp_path):
+    img(tmp_path / "images" / "a.png")
+    img(tmp_path / "images" / "b.png")
+    img(tmp_path / "images" / "c.png")
+    f = tmp_path / "labels.tsv"
+    f.write_text("file\tclass\tsplit\nimages/a.png\tcat\ttrain\nimages/b.png\tdog\tTest\nimages/c.png\tdog\t\n")
+    listing = ingest.scan(f, p=IngestParams(csv_label_column="class"))
+    assert listing.layout == "csv" and listing.root == tmp_path
+    assert [(i.path, i.label, i.split) for i in listing.items] == [
+        ("images/a.png", "cat", "train"), ("images/b.png", "dog", "test"), ("images/c.png", "dog", None)]
+    g = tmp_path / "semi.csv"
+    g.write_text("label;path\ncat;images/a.png\n")
+    assert [(i.path, i.label) for i in ingest.scan(g).items] == [("images/a.png", "cat")]
+
+
+def test_csv_rows_are_checked_one_by_one(tmp_path):
+    root = tmp_path / "ds"
+    img(root / "ok.png")
+    img(root / "twice.png")
+    img(root / "fight.png")
+    img(tmp_path / "outside.png")
+    os.symlink(tmp_path / "outside.png", root / "link_out.png")
+    rows = [
+        "path,label",
+        "ok.png,a",
+        f"{tmp_path / 'outside.png'},a",     # absolute
+        "../outside.png,a",                   # escapes with ..
+        "link_out.png,a",                     # symlink out of the root
+        "missing.png,a",                      # missing file
+        "twice.png,b", "twice.png,b",         # duplicate row
+        "fight.png,a", "fight.png,b",         # conflicting labels
+        ",a", "ok2.png,",                     # empty path / label
+    ]
+    (root / "map.csv").write_text("\n".join(rows) + "\n")
+    listing = ingest.scan(root / "map.csv")
+    assert [(i.path, i.label) for i in listing.items] == [("ok.png", "a"), ("twice.png", "b")]
+    reasons = [r for _, r in listing.rejected]
+    assert any("absolute path refused" in r for r in reasons)
+    assert sum("escapes the dataset root" in r for r in reasons) == 2  # .. and the symlink
+    assert any("file not found" in r for r in reasons)
+    assert any("duplicate row (same file and label as line 7)" in r for r in reasons)
+    assert any("conflicting labels for the same file: 'a' (line 9), 'b' (line 10)" in r for r in reasons)
+    assert any("empty path" in r for r in reasons) and any("empty label" in r for r in reasons)
+
+
+def test_csv_without_the_named_columns_is_a_clear_error(tmp_path):
+    (tmp_path / "m.csv").write_text("image,kind\nx.png,a\n")
+    with pytest.raises(ValueError, match=r"no label column 'label'; columns found: \['image', 'kind'\]"):
+        ingest.scan(tmp_path / "m.csv")
+    with pytest.raises(ValueError, match="no path column 'where'"):
+        ingest.scan(tmp_path / "m.csv", p=IngestParams(csv_path_column="where", csv_label_column="kind"))
+
+
+def test_unknown_split_value_is_reported(tmp_path):
+    img(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("path,label,split\na.png,x,holdout\n")
+    listing = ingest.scan(tmp_path / "m.csv")
+    assert listing.items == [] and "unknown split 'holdout'" in listing.rejected[0][1]
+
+
+# ---------------------------------------------------------------- pixels
+def pixel_csv(path, rows, labelled=True, side=28):
+    header = (["label"] if labelled else []) + [f"pixel{i}" for i in range(side * side)]
+    lines = [",".join(header)] + [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_pixels_layout_detected_labelled_and_unlabelled(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[d] + rng.integers(0, 256, 784).tolist() for d in (3, 1, 3)]
+    f = pixel_csv(tmp_path / "train.csv", rows)
+    listing = ingest.scan(f)
+    assert listing.layout == "pixels" and listing.pixel_shape == (28, 28)
+    assert [(i.path, i.label) for i in listing.items] == [("train.csv#0", "3"), ("train.csv#1", "1"), ("train.csv#2", "3")]
+    images = list(ingest.iter_pixel_images(f))
+    assert images[1][0].shape == (28, 28) and images[1][0].dtype == np.uint8
+    np.testing.assert_array_equal(images[1][0].ravel(), rows[1][1:])
+    g = pixel_csv(tmp_path / "test.csv", [r[1:] for r in rows], labelled=False)
+    assert all(i.label is None for i in ingest.scan(g).items)
+
+
+def test_pixel_rows_with_bad_values_are_reported(tmp_path):
+    f = pixel_csv(tmp_path / "p.csv", [[1] + [0] * 784, [1] + [300] + [0] * 783, [1] + ["x"] + [0] * 783, [1, 2, 3]])
+    reasons = [r for _, r in ingest.iter_pixel_images(f)]
+    assert reasons == ["", "pixel values must be integers in 0..255", "non-numeric pixel value",
+                       "row has 3 values, header has 785"]
+
+
+def test_non_square_pixel_csv_is_a_clear_error(tmp_path):
+    (tmp_path / "p.csv").write_text("label," + ",".join(f"pixel{i}" for i in range(20)) + "\n1" + ",0" * 20 + "\n")
+    with pytest.raises(ValueError, match="20 pixel columns; expected a square"):
+        ingest.scan(tmp_path / "p.csv")
+
+
+def test_folder_with_one_csv_is_detected_as_csv(tmp_path):
+    make_tree(tmp_path / "imgs", {"x": 1})
+    (tmp_path / "imgs" / "x" / "000.png").rename(tmp_path / "a.png")
+    (tmp_path / "map.csv").write_text("path,label\na.png,x\n")
+    (tmp_path / "imgs" / "x").rmdir()
+    (tmp_path / "imgs").rmdir()
+    assert ingest.detect_layout(tmp_path) == "csv"
+    assert ingest.scan(tmp_path).items[0].label == "x"
