@@ -38,13 +38,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get normal permissions
     try:
         yield tmp_path
-        _fsync(tmp_path)
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's data to disk (before it is renamed into place)."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 

@@ -5,7 +5,6 @@ Pure functions over what prepare decoded; prepare writes the results to
 """
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -68,7 +67,8 @@ def extension_mismatches(paths: Sequence[str], metas: Sequence[Meta]) -> list[st
     for path, m in zip(paths, metas):
         if m.format == "pixels":
             continue
-        want = EXTENSIONS.get(os.path.splitext(path)[1].lower())
+        dot = path.rfind(".")
+        want = EXTENSIONS.get(path[dot:].lower()) if dot > path.rfind("/") else None
         if want is not None and same.get(m.format, m.format) != want:
             out.append(path)
     return out

@@ -19,12 +19,12 @@ import csv
 import hashlib
 import io
 import logging
-import multiprocessing as mp
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -32,74 +32,32 @@ from tqdm import tqdm
 
 from . import __version__, artifacts, audit, ingest, params as params_mod
 from .audit import Meta
+from .decoding import Chunk, decode_into, start_pool
 from .params import IngestParams, PrepareParams, PreprocessParams
-from .preprocess import inspect_image, preprocess
+from .preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
 MARKER = "prepare.json"
 SPLITS = ("train", "val", "test")
-CHUNK = 128  # images per worker task: amortises inter-process overhead
-Result = tuple[np.ndarray | None, str, Meta | None]
-_worker_cfg: PreprocessParams | None = None
 
 
 # ---------------------------------------------------------------- decoding
-def _init_worker(cfg: PreprocessParams) -> None:
-    global _worker_cfg
-    _worker_cfg = cfg
-
-
-def _decode_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, Meta | None]]]:
-    """Worker: decode + preprocess a chunk; the good arrays stacked, plus (reason, meta) per path."""
-    assert _worker_cfg is not None
-    arrays, info = [], []
-    for path in paths:
-        arr, reason, d = inspect_image(path, _worker_cfg)
-        if arr is not None:
-            arrays.append(arr)
-        info.append((reason, Meta(d.width, d.height, d.mode, d.format, d.sha1) if d else None))
-    stacked = np.stack(arrays) if arrays else np.zeros((0,) + _worker_cfg.input_shape, np.float32)
-    return stacked, info
-
-
-def decode_files(paths: Sequence[str], cfg: PreprocessParams, workers: int = 0) -> Iterator[Result]:
-    """Decode + preprocess each file once, in order, in worker processes; yield (array|None, reason, meta)."""
-    workers = workers or os.cpu_count() or 1
-    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    with tqdm(total=len(paths), desc="decode", unit="img") as bar:
-        if workers == 1 or len(paths) < 2 * CHUNK:  # a pool's start-up would cost more than it saves
-            _init_worker(cfg)
-            results: Iterator = map(_decode_chunk, chunks)
-            pool = None
-        else:
-            # spawn, not fork: the caller may have TensorFlow's threads running.
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
-            results = pool.imap(_decode_chunk, chunks)
-        try:
-            for stacked, info in results:
-                k = 0
-                for reason, meta in info:
-                    if meta is None:
-                        yield None, reason, None
-                    else:
-                        yield stacked[k], "", meta
-                        k += 1
-                bar.update(len(info))
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-
-
-def decode_pixels(source: Path, cfg: PreprocessParams) -> Iterator[Result]:
-    """Rows of a pixel CSV through the same preprocessing; yield (array|None, reason, meta)."""
+def decode_pixels(source: Path, cfg: PreprocessParams, chunk: int = 512) -> Iterator[Chunk]:
+    """Rows of a pixel CSV through the same preprocessing, in chunks like :func:`decode_chunks`."""
+    arrays: list[np.ndarray] = []
+    info: list[tuple[str, Meta | None]] = []
     for img, reason in tqdm(ingest.iter_pixel_images(source), desc="pixels", unit="img"):
         if img is None:
-            yield None, reason, None
+            info.append((reason, None))
         else:
-            meta = Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())
-            yield preprocess(img, cfg), "", meta
+            arrays.append(preprocess(img, cfg))
+            info.append(("", Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())))
+        if len(info) == chunk:
+            yield (np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)), info
+            arrays, info = [], []
+    if info:
+        yield (np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)), info
 
 
 # ---------------------------------------------------------------- splitting
@@ -209,6 +167,17 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
             ip: IngestParams | None = None) -> Summary:
     """Run the whole stage: list, decode once, audit, split, write artifacts, marker last."""
     ip = ip or IngestParams()
+    pool = start_pool(cfg, p.workers)  # workers start up while we list the files
+    try:
+        return _prepare(data, run, p, cfg, layout, ip, pool)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str,
+             ip: IngestParams, pool: Any) -> Summary:
     listing = ingest.scan(data, layout, ip)
     marker_path = run / MARKER
     fp = artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
@@ -233,63 +202,93 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
 
     rejected = list(listing.rejected)
     where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
-    where_s = str(where)
-    shape = cfg.input_shape
-    good: list[int] = []
-    metas: list[Meta] = []
-    # All decoded images go to one scratch memmap (bounded RAM), then per split.
-    tmp_all = run / f".decoded{artifacts.TMP_TAG}{os.getpid()}.npy"
+    where_s = str(where) + os.sep
+    cand = [i for i, it in enumerate(listing.items) if it.label is not None]
+    rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
+    # Split before decoding, so each image is decoded straight into its split's
+    # array (no scratch copy); files that turn out unusable are compacted away after.
+    pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
+    pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
+    by_split = {s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}
+    order = [i for s in SPLITS for i in by_split[s]]
+    tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
     try:
-        buf = np.lib.format.open_memmap(tmp_all, mode="w+", dtype=np.float32,
-                                        shape=(max(1, len(listing.items)),) + shape)
+        for s in SPLITS:
+            np.lib.format.open_memmap(tmp_files[s], mode="w+", dtype=np.float32,
+                                      shape=(len(by_split[s]),) + cfg.input_shape).flush()
+        targets = [(str(tmp_files[s]), r) for s in SPLITS for r in range(len(by_split[s]))]
+        metas: dict[int, Meta] = {}
         if listing.layout == "pixels":
-            results = decode_pixels(listing.source, cfg)
+            outs = {s: np.load(tmp_files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
+            slot = {i: (s, r) for s in SPLITS for r, i in enumerate(by_split[s])}
+            i = 0
+            for stacked, info in decode_pixels(listing.source, cfg):
+                k = 0
+                for reason, meta in info:
+                    if meta is None:
+                        rejected.append((listing.items[i].path, reason))
+                    else:
+                        if i in slot:
+                            s_, r = slot[i]
+                            outs[s_][r] = stacked[k]
+                            metas[i] = meta
+                        k += 1
+                    i += 1
+            for arr in outs.values():
+                arr.flush()
+            del outs
         else:
-            root_s = str(listing.root)
-            results = decode_files([os.path.join(root_s, it.path) for it in listing.items], cfg, p.workers)
-        for i, (arr, reason, meta) in enumerate(results):
-            item = listing.items[i]
-            if arr is None:
-                rejected.append((item.path, reason))
-            elif item.label is None:
-                rejected.append((item.path, "no label"))
-            else:
-                buf[len(good)] = arr
-                good.append(i)
-                metas.append(meta)
-        buf.flush()
+            prefix = str(listing.root) + os.sep
+            info_iter = decode_into([prefix + listing.items[i].path for i in order], targets, cfg, pool)
+            pos = 0
+            for info in info_iter:
+                for reason, meta in info:
+                    i = order[pos]
+                    if meta is None:
+                        rejected.append((listing.items[i].path, reason))
+                    else:
+                        metas[i] = meta
+                    pos += 1
         artifacts.write_text(run / "rejected.csv", _csv_text(("path", "reason"), rejected))
         if rejected:
             log.warning("rejected %d file(s), see %s", len(rejected), run / "rejected.csv")
-        items = [listing.items[i] for i in good]
-        if not items:
+        good = [i for i in order if i in metas]
+        if not good:
             raise artifacts.StageError(f"no usable image in {data} ({len(rejected)} file(s) rejected, "
                                        f"see {run / 'rejected.csv'})")
-        labels = label_map([it.label for it in items], p.labels)
+        labels = label_map([listing.items[i].label for i in good], p.labels)
         if len(labels) < 2:
             raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
-        y = np.array([labels[it.label] for it in items], dtype=np.int64)
-        splits = assign_splits(y, [it.split for it in items], p)
+        split_of = {i: s for s in SPLITS for i in by_split[s]}
+        items = [listing.items[i] for i in good]
         paths = [it.path for it in items]
-        duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], metas)
-        leaks = audit.find_leakage(splits, metas)
-        leakage = [{"path": paths[i], "split": str(splits[i]), "same_as": paths[j]} for i, j in leaks]
-        if leaks and ip.leakage == "drop":
-            splits[[i for i, _ in leaks]] = "dropped"
+        good_metas = [metas[i] for i in good]
+        splits = np.array([split_of[i] for i in good], dtype=object)
+        duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
+        leaks = audit.find_leakage(splits, good_metas)
+        leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
+        dropped = {good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
         manifest_rows = []
         counts: dict[str, dict[str, int]] = {}
-        for split in SPLITS:
-            rows = np.flatnonzero(splits == split)
-            _copy_rows(buf, rows, run / f"X_{split}.npy")
-            artifacts.save_npy(run / f"y_{split}.npy", y[rows])
-            manifest_rows += [(os.path.join(where_s, items[r].path), items[r].label, split) for r in rows]
-            per = Counter(items[r].label for r in rows)
-            counts[split] = {name: per.get(name, 0) for name in labels}
-        del buf
+        for s in SPLITS:
+            keep = [r for r, i in enumerate(by_split[s]) if i in metas and i not in dropped]
+            final = run / f"X_{s}.npy"
+            if len(keep) == len(by_split[s]):
+                artifacts.fsync_path(tmp_files[s])
+                os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
+            else:
+                _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
+            kept = [listing.items[by_split[s][r]] for r in keep]
+            artifacts.save_npy(run / f"y_{s}.npy", np.array([labels[it.label] for it in kept], dtype=np.int64))
+            manifest_rows += [(where_s + it.path, it.label, s) for it in kept]
+            per = Counter(it.label for it in kept)
+            counts[s] = {name: per.get(name, 0) for name in labels}
     finally:
-        tmp_all.unlink(missing_ok=True)
+        for f in tmp_files.values():
+            f.unlink(missing_ok=True)
+    metas_list = good_metas
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
-    dataset = audit.summarize(labels, counts, paths, metas, rejected, duplicates, conflicts, leakage, action,
+    dataset = audit.summarize(labels, counts, paths, metas_list, rejected, duplicates, conflicts, leakage, action,
                               ip.imbalance_ratio)
     dataset.update({"data": str(data), "layout": listing.layout})
     for warning in dataset["warnings"]:
@@ -310,7 +309,7 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
     })
     totals = {s: sum(c.values()) for s, c in counts.items()}
     log.info("prepare: %d usable images in %d classes -> train %d, val %d, test %d; %d rejected",
-             len(items), len(labels), totals["train"], totals["val"], totals["test"], len(rejected))
+             sum(totals.values()), len(labels), totals["train"], totals["val"], totals["test"], len(rejected))
     return Summary(counts, len(rejected), dataset)
 
 

@@ -58,17 +58,17 @@ def test_find_source_order(tmp_path, mnist_dir):
         mnist.find_source(None, env={"MNIST_DIR": str(empty)}, default=mnist_dir)
 
 
-@pytest.fixture()
-def mirror(tmp_path, mnist_dir):
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory, mnist_dir):
     """A local HTTP server on 127.0.0.1 with a good and a corrupted copy of the files."""
-    root = tmp_path / "www"
+    root = tmp_path_factory.mktemp("www")
     (root / "good").mkdir(parents=True)
     (root / "bad").mkdir()
     for name in mnist.FILES:
         shutil.copy(mnist_dir / name, root / "good" / name)
         data = bytearray(gzip.decompress((mnist_dir / name).read_bytes()))
         data[-1] ^= 0xFF  # one flipped byte: valid gzip, wrong MD5
-        (root / "bad" / name).write_bytes(gzip.compress(bytes(data)))
+        (root / "bad" / name).write_bytes(gzip.compress(bytes(data), compresslevel=1))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

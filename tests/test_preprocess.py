@@ -127,3 +127,31 @@ def test_resize_modes_known_answers():
     assert (padded[:5] == 7).all() and (padded[-5:] == 7).all()  # 10x20 -> 10x20 centred, bands above/below
     cropped = resize(img, (10, 10), "crop")
     assert cropped.shape == (10, 10) and cropped[:, :5].max() == 0 and cropped[:, 5:].min() == 255
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("color", ["grayscale", "rgb"])
+def test_fast_png_path_matches_pillow_exactly(mode, color):
+    from pipeline import preprocess as pp
+
+    rng = np.random.default_rng(3)
+    shape = (37, 23) if mode == "L" else (37, 23, 3)
+    data = png_bytes(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode))
+    cfg = PreprocessParams(color=color)
+    fast = pp._fast_png(data, cfg)
+    assert fast is not None and fast.mode == mode
+    with Image.open(io.BytesIO(data)) as img:
+        slow = pp._to_array(img, color, 0)
+    np.testing.assert_array_equal(fast.array, slow)
+
+
+def test_fast_png_path_declines_what_it_cannot_do_identically():
+    from pipeline import preprocess as pp
+
+    cfg = PreprocessParams()
+    rgba = png_bytes(Image.new("RGBA", (10, 10)))
+    pal = png_bytes(Image.new("P", (10, 10)))
+    deep = png_bytes(Image.fromarray(np.zeros((10, 10), np.uint16)))
+    tiny = png_bytes(Image.new("L", (4, 4)))
+    for data in (rgba, pal, deep, tiny, b"\x89PNG\r\n\x1a\n" + b"\x00" * 30):
+        assert pp._fast_png(data, cfg) is None
