@@ -115,3 +115,47 @@ def test_lr_schedule():
     assert train.lr_at(0, p) == pytest.approx(0.01)
     assert train.lr_at(5, p) == pytest.approx(0.005)
     assert train.lr_at(3, TrainParams(lr_schedule="constant")) == pytest.approx(1e-3)
+
+
+def test_training_resumes_after_kill_9_and_ends_with_all_epochs(tiny_mnist, tmp_path):
+    import signal
+    import time
+
+    params = tmp_path / "p.toml"
+    params.write_text("[train]\nepochs = 3\nbatch_size = 8\npatience = 10\n")
+    run = tmp_path / "run"
+    assert cli("prepare", "--data", str(tiny_mnist), "--run", str(run), "--params", str(params)).returncode == 0
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--run", str(run), "--params", str(params)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 2:  # one epoch finished
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(history.read_text().splitlines()) - 1
+    assert 1 <= done < 3 and (run / train.BACKUP_DIR).is_dir() and not (run / "model").exists()
+    res = cli("train", "--run", str(run), "--params", str(params))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stderr
+    epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3]  # the same number of epochs, none repeated or lost
+    assert json.loads((run / "model" / "bundle.json").read_text())["epochs_run"] == 3
+    assert not (run / train.BACKUP_DIR).exists()
+
+
+def test_fresh_discards_an_interrupted_run(tmp_path):
+    data = make_tree(tmp_path / "d", {"a": 20, "b": 20})
+    params = tmp_path / "p.toml"
+    params.write_text("[train]\nepochs = 1\n")
+    run = tmp_path / "run"
+    assert cli("prepare", "--data", str(data), "--run", str(run), "--params", str(params)).returncode == 0
+    (run / train.BACKUP_DIR).mkdir()
+    (run / train.BACKUP_DIR / "junk").write_text("x")
+    res = cli("train", "--run", str(run), "--params", str(params), "--fresh")
+    assert res.returncode == 0 and "resuming" not in res.stderr
+    assert len((run / "history.csv").read_text().splitlines()) == 2
