@@ -75,10 +75,37 @@ class PreprocessParams:
     background: int = 0
     min_side: int = 8
     max_side: int = 20000
+    invert: str = "false"
+    denoise: str = "none"
+    denoise_kernel: int = 3
+    denoise_sigma: float = 0.0
+    equalize: str = "none"
+    clahe_clip: float = 2.0
+    binarize: str = "none"
+    threshold: int = 128
+    morphology: str = "none"
+    morph_kernel: int = 3
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         _choice("preprocess", "color", self.color, ("grayscale", "rgb"))
         _choice("preprocess", "resize", self.resize, ("stretch", "pad", "crop"))
+        _choice("preprocess", "invert", self.invert, ("auto", "true", "false"))
+        _choice("preprocess", "denoise", self.denoise, ("none", "median", "gaussian", "bilateral"))
+        _check(self.denoise_kernel >= 3 and self.denoise_kernel % 2 == 1, "preprocess", "denoise_kernel",
+               "an odd number >= 3", self.denoise_kernel)
+        _check(self.denoise_sigma >= 0, "preprocess", "denoise_sigma", ">= 0 (0: from the kernel size)",
+               self.denoise_sigma)
+        _choice("preprocess", "equalize", self.equalize, ("none", "hist", "clahe"))
+        _check(self.clahe_clip > 0, "preprocess", "clahe_clip", "> 0", self.clahe_clip)
+        _choice("preprocess", "binarize", self.binarize, ("none", "otsu", "fixed"))
+        _check(0 <= self.threshold <= 255, "preprocess", "threshold", "0..255", self.threshold)
+        _choice("preprocess", "morphology", self.morphology, ("none", "erode", "dilate", "open", "close"))
+        _check(self.morph_kernel >= 1, "preprocess", "morph_kernel", ">= 1", self.morph_kernel)
+        _choice("preprocess", "normalize", self.normalize, ("none", "mnist"))
+        if self.normalize == "mnist":
+            _check(self.color == "grayscale", "preprocess", "color", "grayscale with normalize = 'mnist'",
+                   self.color)
         _check(len(self.size) == 2 and all(4 <= s <= 4096 for s in self.size),
                "preprocess", "size", "[height, width], each 4..4096", list(self.size))
         _check(0 <= self.background <= 255, "preprocess", "background", "0..255", self.background)

@@ -197,13 +197,121 @@ def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int
     return scaled[top:top + h, left:left + w]
 
 
+def is_dark_on_light(gray: np.ndarray) -> bool:
+    """Polarity: True when the background (the border) is lighter than the image on average,
+    i.e. dark ink on light paper. Ink pulls the mean away from the paper's level."""
+    h, w = gray.shape[:2]
+    b = max(1, min(h, w) // 10)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    return float(np.median(border)) > float(gray.mean())
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def _per_channel(img: np.ndarray, fn) -> np.ndarray:
+    if img.ndim == 2:
+        return fn(img)
+    return np.stack([fn(np.ascontiguousarray(img[..., c])) for c in range(img.shape[2])], axis=2)
+
+
+def _denoise(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    k = cfg.denoise_kernel
+    if cfg.denoise == "median":
+        return cv2.medianBlur(img, k)
+    if cfg.denoise == "gaussian":
+        return cv2.GaussianBlur(img, (k, k), cfg.denoise_sigma)
+    if cfg.denoise == "bilateral":
+        return cv2.bilateralFilter(img, k, 75, 75)
+    return img
+
+
+def _equalize(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.equalize == "none":
+        return img
+    op = cv2.equalizeHist if cfg.equalize == "hist" else \
+        cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(8, 8)).apply
+    if img.ndim == 2:
+        return op(img)
+    # colour: equalize brightness only, so hues do not shift
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)
+    ycc[..., 0] = op(np.ascontiguousarray(ycc[..., 0]))
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def _binarize(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.binarize == "none":
+        return img
+    if cfg.binarize == "otsu":
+        return _per_channel(img, lambda c: cv2.threshold(c, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1])
+    return _per_channel(img, lambda c: cv2.threshold(c, cfg.threshold - 1, 255, cv2.THRESH_BINARY)[1])
+
+
+_MORPH = {"open": cv2.MORPH_OPEN, "close": cv2.MORPH_CLOSE, "erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE}
+
+
+def _morphology(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.morphology == "none":
+        return img
+    kernel = np.ones((cfg.morph_kernel, cfg.morph_kernel), np.uint8)
+    return cv2.morphologyEx(img, _MORPH[cfg.morphology], kernel)
+
+
+def normalize_digit(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """The MNIST recipe for a real image of one digit: light ink on black, cropped to the ink,
+    longer side scaled to 20/28 of the frame keeping aspect, centred on the centre of mass."""
+    if is_dark_on_light(gray):
+        gray = 255 - gray
+    h, w = size
+    t, mask = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0 or t == 0 and mask.all():
+        return np.zeros((h, w), np.uint8)  # blank: nothing to centre
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    # paper -> 0 and the strongest ink -> 255, keeping the anti-aliased edges
+    paper = float(np.median(gray[mask == 0])) if (mask == 0).any() else 0.0
+    crop = np.clip((crop - paper) * (255.0 / max(1.0, crop.max() - paper)), 0, 255)
+    box = max(1, round(min(h, w) * 20 / 28))
+    ch, cw = crop.shape
+    scale = box / max(ch, cw)
+    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    small = cv2.resize(crop, (nw, nh), interpolation=_interpolation((ch, cw), (nh, nw)))
+    canvas = np.zeros((h, w), np.float32)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    canvas[top:top + nh, left:left + nw] = small
+    total = canvas.sum()
+    if total > 0:
+        yy, xx = np.indices(canvas.shape)
+        cy, cx = (yy * canvas).sum() / total, (xx * canvas).sum() / total
+        # shift the centre of mass to the frame's centre, keeping the digit inside the frame
+        dy = int(np.clip(round((h - 1) / 2 - cy), -top, h - nh - top))
+        dx = int(np.clip(round((w - 1) / 2 - cx), -left, w - nw - left))
+        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
 def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
-    """uint8 HxW[x3] image -> float32 (height, width, channels) in [0, 1]."""
+    """uint8 HxW[x3] image -> float32 (height, width, channels) in [0, 1].
+
+    Steps, in this fixed order (each off unless its param asks for it): colour
+    (grayscale | rgb) -> invert (true | auto: when dark ink on light paper) ->
+    denoise (median | gaussian | bilateral) -> equalize (hist | clahe) ->
+    binarize (otsu | fixed) -> morphology (erode | dilate | open | close) ->
+    normalize = mnist (polarity, crop to ink, 20 px box, centre of mass) or
+    resize (stretch | pad | crop) -> scale to [0, 1].
+    """
     if cfg.color == "grayscale" and img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     elif cfg.color == "rgb" and img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    out = resize(img, tuple(cfg.size), cfg.resize, cfg.background)
+    if cfg.invert == "true" or (cfg.invert == "auto" and is_dark_on_light(_gray(img))):
+        img = 255 - img
+    img = _morphology(_binarize(_equalize(_denoise(img, cfg), cfg), cfg), cfg)
+    if cfg.normalize == "mnist":
+        out = normalize_digit(img, tuple(cfg.size))
+    else:
+        out = resize(img, tuple(cfg.size), cfg.resize, cfg.background)
     out = out.astype(np.float32) / np.float32(255.0)
     return out.reshape(cfg.input_shape)
 

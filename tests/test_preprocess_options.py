@@ -1,0 +1,126 @@
+"""Each preprocessing option on a known-answer image, and the MNIST digit normalization."""
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.params import PreprocessParams
+from pipeline.preprocess import is_dark_on_light, load_image, normalize_digit, preprocess
+
+
+def run(img: np.ndarray, **kw) -> np.ndarray:
+    """Preprocess at the image's own size (no resizing), back to uint8 for exact comparisons."""
+    cfg = PreprocessParams(size=img.shape[:2], min_side=1, **kw)
+    out = preprocess(img, cfg)
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+    return np.rint(out[..., 0] * 255).astype(np.uint8)
+
+
+def test_invert_true_and_auto_polarity():
+    paper = np.full((20, 20), 230, np.uint8)
+    paper[5:15, 8:12] = 20  # dark stroke on light paper
+    assert is_dark_on_light(paper) and not is_dark_on_light(255 - paper)
+    np.testing.assert_array_equal(run(paper, invert="true"), 255 - paper)
+    np.testing.assert_array_equal(run(paper, invert="auto"), 255 - paper)
+    np.testing.assert_array_equal(run(255 - paper, invert="auto"), 255 - paper)  # already light on dark
+    np.testing.assert_array_equal(run(paper, invert="false"), paper)
+
+
+def test_median_removes_salt_noise():
+    img = np.full((9, 9), 50, np.uint8)
+    img[4, 4] = 255
+    assert (run(img, denoise="median", denoise_kernel=3) == 50).all()
+
+
+def test_gaussian_spreads_an_impulse_and_bilateral_keeps_flat_areas():
+    img = np.zeros((9, 9), np.uint8)
+    img[4, 4] = 255
+    out = run(img, denoise="gaussian", denoise_kernel=5, denoise_sigma=1.0)
+    assert out[4, 4] < 255 and out[4, 5] > 0 and out[0, 0] == 0
+    flat = np.full((9, 9), 77, np.uint8)
+    assert (run(flat, denoise="bilateral", denoise_kernel=5) == 77).all()
+
+
+def test_histogram_equalization_stretches_contrast():
+    img = np.tile(np.arange(100, 116, dtype=np.uint8), (16, 1))
+    out = run(img, equalize="hist")
+    assert out.min() < 20 and out.max() == 255
+    clahe = run(img, equalize="clahe", clahe_clip=4.0)
+    assert np.ptp(clahe) > np.ptp(img)
+
+
+def test_binarize_otsu_and_fixed_threshold():
+    img = np.array([[10, 20, 30, 200, 210, 220]] * 6, np.uint8)
+    np.testing.assert_array_equal(run(img, binarize="otsu"), np.where(img > 100, 255, 0))
+    edge = np.array([[127, 128, 129, 0, 255, 60]] * 6, np.uint8)
+    np.testing.assert_array_equal(run(edge, binarize="fixed", threshold=128), np.where(edge >= 128, 255, 0))
+
+
+def test_morphology_known_answers():
+    speck = np.zeros((9, 9), np.uint8)
+    speck[4, 4] = 255
+    assert run(speck, morphology="erode").max() == 0
+    dil = run(speck, morphology="dilate", morph_kernel=3)
+    assert (dil[3:6, 3:6] == 255).all() and dil.sum() == 9 * 255
+    assert run(speck, morphology="open").max() == 0
+    ring = np.full((9, 9), 255, np.uint8)
+    ring[4, 4] = 0  # a one-pixel hole
+    assert (run(ring, morphology="close")[3:6, 3:6] == 255).all()
+
+
+def test_rgb_options_keep_three_channels():
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    cfg = PreprocessParams(color="rgb", size=(12, 12), min_side=1, denoise="median", equalize="clahe",
+                           binarize="otsu", morphology="close", invert="auto")
+    assert preprocess(rgb, cfg).shape == (12, 12, 3)
+
+
+def test_normalize_digit_crops_scales_and_centres_on_mass():
+    page = np.full((200, 160), 240, np.uint8)   # light paper
+    page[30:90, 100:120] = 15                   # a dark bar, off centre: 60 tall, 20 wide
+    out = normalize_digit(page)
+    assert out.shape == (28, 28)
+    ys, xs = np.nonzero(out > 128)
+    assert ys.max() - ys.min() + 1 == 20        # longer side scaled to 20 px
+    assert abs((xs.max() - xs.min() + 1) - 20 / 3) <= 1  # aspect kept
+    yy, xx = np.indices(out.shape)
+    w = out.astype(float)
+    assert abs((yy * w).sum() / w.sum() - 13.5) <= 0.5 and abs((xx * w).sum() / w.sum() - 13.5) <= 0.5
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # paper became black background
+    assert (normalize_digit(np.full((50, 50), 200, np.uint8)) == 0).all()  # blank page: no crash
+
+
+def test_normalized_rerendered_digit_matches_normalized_original(mnist_dir):
+    """A digit printed dark on white at 200x200, JPEG-compressed, normalizes back to the original."""
+    from pipeline import mnist
+
+    images, _ = mnist.load_split(mnist_dir, "test")
+    cfg = PreprocessParams(normalize="mnist")
+    corr = []
+    for digit in images[:50]:
+        big = cv2.resize(255 - digit, (120, 120), interpolation=cv2.INTER_CUBIC)
+        page = np.full((200, 200), 255, np.uint8)
+        page[30:150, 50:170] = big
+        buf = io.BytesIO()
+        Image.fromarray(page).save(buf, "JPEG", quality=75)
+        a = load_image(buf.getvalue(), cfg).ravel()
+        b = normalize_digit(digit).ravel().astype(np.float32)
+        corr.append(np.corrcoef(a, b)[0, 1])
+    assert np.median(corr) > 0.9, np.median(corr)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"invert": "maybe"}, "invert must be one of"),
+    ({"denoise": "wiener"}, "denoise must be one of"),
+    ({"denoise_kernel": 4}, "denoise_kernel must be an odd number"),
+    ({"equalize": "gamma"}, "equalize must be one of"),
+    ({"binarize": "adaptive"}, "binarize must be one of"),
+    ({"threshold": 300}, "threshold must be 0..255"),
+    ({"morphology": "tophat"}, "morphology must be one of"),
+    ({"normalize": "mnist", "color": "rgb"}, "color must be grayscale with normalize"),
+])
+def test_option_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PreprocessParams(**kw)
