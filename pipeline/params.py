@@ -146,6 +146,30 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Train-only, on-the-fly augmentation (Keras preprocessing layers in the tf.data pipeline)."""
+
+    enabled: bool = False
+    rotation: float = 10.0
+    translation: float = 0.1
+    zoom: float = 0.1
+    shear: float = 0.0
+    elastic: float = 0.0
+    noise: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    erasing: float = 0.0
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.rotation <= 180, "augment", "rotation", "0..180 degrees", self.rotation)
+        for key in ("translation", "zoom", "shear", "elastic", "brightness", "contrast", "erasing"):
+            value = getattr(self, key)
+            _check(0 <= value <= 1, "augment", key, "in [0, 1]", value)
+        _check(self.noise >= 0, "augment", "noise", ">= 0", self.noise)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Evaluation settings."""
 
@@ -160,6 +184,7 @@ SECTIONS: dict[str, type] = {
     "prepare": PrepareParams,
     "preprocess": PreprocessParams,
     "train": TrainParams,
+    "augment": AugmentParams,
     "evaluate": EvaluateParams,
 }
 

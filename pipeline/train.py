@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, artifacts, bundle, params as params_mod, prepare
-from .params import TrainParams
+from .params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,19 @@ def lr_at(epoch: int, p: TrainParams) -> float:
     return p.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / p.epochs))
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
-    """A batched, prefetched tf.data pipeline over the arrays (shuffled each epoch if asked)."""
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                 augmenter: Any = None) -> Any:
+    """A batched, prefetched tf.data pipeline over the arrays (shuffled each epoch and
+    augmented on the fly if asked: only ever for the training split)."""
     import tensorflow as tf
+
+    from .augment import augment_dataset
 
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y)))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = augment_dataset(ds.batch(batch_size), augmenter)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _history_callback(path: Path) -> Any:
@@ -111,7 +116,7 @@ def _best_so_far(history: Path, monitor: str) -> float | None:
 
 def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
         x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        verbose: int | str = "auto") -> dict[str, Any]:
+        verbose: int | str = "auto", aug: AugmentParams | None = None) -> dict[str, Any]:
     """Build, compile and fit the model with checkpoints, early stopping, LR schedule and resume."""
     import keras
     import tensorflow as tf
@@ -139,7 +144,10 @@ def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
         keras.callbacks.EarlyStopping(monitor=monitor, patience=p.patience, restore_best_weights=True),
         _history_callback(history),
     ]
-    train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=p.seed)
+    from .augment import build_augmenter
+
+    train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=p.seed,
+                            augmenter=build_augmenter(aug or AugmentParams(), p.seed))
     val_ds = make_dataset(x_val, y_val, p.batch_size, shuffle=False, seed=p.seed) if has_val else None
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
@@ -156,10 +164,12 @@ def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
             "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds}
 
 
-def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "auto") -> bool:
+def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "auto",
+          aug: AugmentParams | None = None) -> bool:
     """Run the stage; return False when the bundle is already up to date."""
+    aug = aug or AugmentParams()
     marker = require_prepared(run)
-    fp = artifacts.fingerprint(marker.get("fingerprint"), params_mod.to_dict(p), __version__)
+    fp = artifacts.fingerprint(marker.get("fingerprint"), params_mod.to_dict(p), params_mod.to_dict(aug), __version__)
     dest = run / BUNDLE_DIR
     if not fresh and (dest / bundle.MARKER).is_file():
         try:
@@ -189,7 +199,7 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     log.info("train: %d train / %d val images, %d classes, model %s",
              len(arrays["X_train"]), len(arrays["X_val"]), len(labels), p.model)
     result = fit(run, p, len(labels), arrays["X_train"].shape[1:], arrays["X_train"], arrays["y_train"],
-                 arrays["X_val"], arrays["y_val"], verbose)
+                 arrays["X_val"], arrays["y_val"], verbose, aug)
     import keras
     import tensorflow as tf
 
@@ -197,7 +207,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
             "input_shape": list(arrays["X_train"].shape[1:]), "n_classes": len(labels),
             "keras": keras.__version__, "tensorflow": tf.__version__, **result}
     bundle.write_bundle(dest, run / CHECKPOINT, labels, marker["preprocess"],
-                        {"train": params_mod.to_dict(p), "prepare": marker["params"]}, info)
+                        {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug),
+                         "prepare": marker["params"]}, info)
     shutil.rmtree(run / BACKUP_DIR, ignore_errors=True)
     log.info("train: best epoch %d of %d (%s %.4f) in %.1fs -> %s", result["best_epoch"], result["epochs_run"],
              result["monitor"], result["best_" + result["monitor"]], result["fit_seconds"], dest)
@@ -213,5 +224,6 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: train the bundle for a run folder."""
-    train(Path(args.run), params_mod.load(args.params, "train"), fresh=args.fresh)
+    train(Path(args.run), params_mod.load(args.params, "train"), fresh=args.fresh,
+          aug=params_mod.load(args.params, "augment"))
     return 0

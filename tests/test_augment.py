@@ -1,0 +1,58 @@
+"""Augmentation: every transform runs, keeps shape and range, is seeded, and is train-only."""
+import numpy as np
+import pytest
+
+from pipeline import train
+from pipeline.augment import build_augmenter
+from pipeline.params import AugmentParams
+
+ALL = AugmentParams(enabled=True, rotation=15, translation=0.1, zoom=0.1, shear=0.2, elastic=0.5, noise=0.05,
+                    brightness=0.2, contrast=0.2, erasing=0.5, hflip=True)
+
+
+def digits(n=16):
+    x = np.full((n, 28, 28, 1), 0.2, np.float32)  # mid-grey values, so contrast changes show
+    x[:, 6:22, 12:16] = 0.7
+    return x, np.arange(n) % 10
+
+
+def test_off_by_default_and_each_layer_present_when_on():
+    assert build_augmenter(AugmentParams(), 0) is None
+    names = [type(layer).__name__ for layer in build_augmenter(ALL, 0).layers]
+    assert names == ["RandomRotation", "RandomTranslation", "RandomZoom", "RandomShear", "RandomElasticTransform",
+                     "RandomBrightness", "RandomContrast", "RandomErasing", "GaussianNoise", "RandomFlip"]
+    assert "RandomFlip" not in [type(layer).__name__ for layer in
+                                build_augmenter(AugmentParams(enabled=True), 0).layers]  # digits never flip
+
+
+def test_train_batches_are_augmented_in_range_and_seeded():
+    x, y = digits()
+    a = next(iter(train.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
+    b = next(iter(train.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
+    assert a.shape == x.shape and 0.0 <= a.min() and a.max() <= 1.0
+    assert not np.allclose(a, x)
+    np.testing.assert_allclose(a, b)  # same seed, same augmentation
+
+
+@pytest.mark.parametrize("field", ["rotation", "translation", "zoom", "shear", "elastic", "noise", "brightness",
+                                   "contrast", "erasing"])
+def test_each_transform_alone_changes_the_images(field):
+    x, y = digits()
+    zero = {k: 0.0 for k in ("rotation", "translation", "zoom", "shear", "elastic", "noise", "brightness",
+                             "contrast", "erasing")}
+    p = AugmentParams(enabled=True, **{**zero, field: 0.9 if field != "rotation" else 45.0})
+    out = next(iter(train.make_dataset(x, y, 16, False, 0, build_augmenter(p, 0))))[0].numpy()
+    assert out.shape == x.shape and not np.allclose(out, x)
+
+
+def test_validation_and_test_data_are_never_augmented():
+    x, y = digits()
+    ds = train.make_dataset(x, y, 16, shuffle=False, seed=0)  # how val data is built: no augmenter
+    np.testing.assert_array_equal(next(iter(ds))[0].numpy(), x)
+
+
+def test_bad_values():
+    with pytest.raises(ValueError, match="rotation must be 0..180"):
+        AugmentParams(rotation=200)
+    with pytest.raises(ValueError, match="zoom must be in"):
+        AugmentParams(zoom=2)
