@@ -21,14 +21,14 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate test bench clean help
+.PHONY: all setup mnist prepare train evaluate preview test bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
 all: setup $(PREP_DEPS) prepare train evaluate
 
 help:
-	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | test | bench | clean"
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | preview | test | bench | clean"
 
 setup: $(STAMP)
 
@@ -53,6 +53,9 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --run $(RUN) --params $(PARAMS)
+
+preview: $(STAMP)
+	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ STAGES = {
     "prepare": ("pipeline.prepare", "ingest, audit, preprocess and split a labeled image collection"),
     "train": ("pipeline.train", "train the model bundle (resumes after an interruption)"),
     "evaluate": ("pipeline.evaluate", "metrics on the test split"),
+    "preview": ("pipeline.preview", "PNG grid per class: original -> preprocessed -> augmented"),
 }
 
 log = logging.getLogger("pipeline")

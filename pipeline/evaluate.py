@@ -85,6 +85,6 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: evaluate and print the summary table."""
-    metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate"))
+    metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate", Path(args.run).name))
     print(format_table(metrics))
     return 0

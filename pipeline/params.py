@@ -226,8 +226,12 @@ def from_dict(cls: type[T], section: str, data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def load(path: str | Path | None, section: str) -> Any:
-    """Load one section of the params file (defaults when the file or section is absent)."""
+def load(path: str | Path | None, section: str, name: str | None = None) -> Any:
+    """Load one section of the params file (defaults when the file or section is absent).
+
+    ``[overrides.<name>.<section>]`` tables, keyed by the run folder's name,
+    replace keys of ``[<section>]`` for that dataset only.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -238,10 +242,26 @@ def load(path: str | Path | None, section: str) -> Any:
             raise ValueError(f"params file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"params file {path} is not valid TOML: {exc}") from None
-        unknown = sorted(set(data) - set(SECTIONS))
+        unknown = sorted(set(data) - set(SECTIONS) - {"overrides"})
         if unknown:
             raise ValueError(f"params file {path}: unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
-    return from_dict(SECTIONS[section], section, data.get(section, {}))
+    overrides = data.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise ValueError(f"[overrides] must be a table of datasets. Received: {overrides!r}")
+    for dataset, tables in overrides.items():
+        bad = sorted(set(tables) - set(SECTIONS)) if isinstance(tables, dict) else [tables]
+        if bad:
+            raise ValueError(f"[overrides.{dataset}] unknown section(s) {bad}; known: {sorted(SECTIONS)}")
+    merged = dict(data.get(section, {}))
+    extra = overrides.get(name, {}).get(section, {}) if name else {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"[overrides.{name}.{section}] must be a table. Received: {extra!r}")
+    merged.update(extra)
+    where = f"overrides.{name}.{section}" if extra else section
+    try:
+        return from_dict(SECTIONS[section], section, merged)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (from [{where}])" if extra else str(exc)) from None
 
 
 def to_dict(params: Any) -> dict[str, Any]:

@@ -334,11 +334,11 @@ def resolve_args(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: read params, run prepare, print the dataset table."""
-    p = params_mod.load(args.params, "prepare")
-    cfg = params_mod.load(args.params, "preprocess")
-    ip = params_mod.load(args.params, "ingest")
     data = Path(args.data)
     run = Path(args.run or default_run(data))
+    p = params_mod.load(args.params, "prepare", run.name)
+    cfg = params_mod.load(args.params, "preprocess", run.name)
+    ip = params_mod.load(args.params, "ingest", run.name)
     summary = prepare(data, run, p, cfg, args.layout, ip)
     print(audit.format_summary(summary.dataset))
     print(f"run folder: {run}")

@@ -203,7 +203,7 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     h, w = gray.shape[:2]
     b = max(1, min(h, w) // 10)
     border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
-    return float(np.median(border)) > float(gray.mean())
+    return float(np.partition(border, len(border) // 2)[len(border) // 2]) > float(cv2.mean(gray)[0])
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -270,7 +270,8 @@ def normalize_digit(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.nd
         return np.zeros((h, w), np.uint8)  # blank: nothing to centre
     crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
     # paper -> 0 and the strongest ink -> 255, keeping the anti-aliased edges
-    paper = float(np.median(gray[mask == 0])) if (mask == 0).any() else 0.0
+    rest = gray[mask == 0]
+    paper = float(np.partition(rest, len(rest) // 2)[len(rest) // 2]) if rest.size else 0.0
     crop = np.clip((crop - paper) * (255.0 / max(1.0, crop.max() - paper)), 0, 255)
     box = max(1, round(min(h, w) * 20 / 28))
     ch, cw = crop.shape
@@ -280,10 +281,9 @@ def normalize_digit(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.nd
     canvas = np.zeros((h, w), np.float32)
     top, left = (h - nh) // 2, (w - nw) // 2
     canvas[top:top + nh, left:left + nw] = small
-    total = canvas.sum()
-    if total > 0:
-        yy, xx = np.indices(canvas.shape)
-        cy, cx = (yy * canvas).sum() / total, (xx * canvas).sum() / total
+    m = cv2.moments(canvas)
+    if m["m00"] > 0:
+        cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
         # shift the centre of mass to the frame's centre, keeping the digit inside the frame
         dy = int(np.clip(round((h - 1) / 2 - cy), -top, h - nh - top))
         dx = int(np.clip(round((w - 1) / 2 - cx), -left, w - nw - left))

@@ -224,6 +224,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: train the bundle for a run folder."""
-    train(Path(args.run), params_mod.load(args.params, "train"), fresh=args.fresh,
-          aug=params_mod.load(args.params, "augment"))
+    name = Path(args.run).name
+    train(Path(args.run), params_mod.load(args.params, "train", name), fresh=args.fresh,
+          aug=params_mod.load(args.params, "augment", name))
     return 0

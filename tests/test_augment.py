@@ -18,11 +18,33 @@ def digits(n=16):
 
 def test_off_by_default_and_each_layer_present_when_on():
     assert build_augmenter(AugmentParams(), 0) is None
-    names = [type(layer).__name__ for layer in build_augmenter(ALL, 0).layers]
-    assert names == ["RandomRotation", "RandomTranslation", "RandomZoom", "RandomShear", "RandomElasticTransform",
-                     "RandomBrightness", "RandomContrast", "RandomErasing", "GaussianNoise", "RandomFlip"]
-    assert "RandomFlip" not in [type(layer).__name__ for layer in
-                                build_augmenter(AugmentParams(enabled=True), 0).layers]  # digits never flip
+    aug = build_augmenter(ALL, 0)
+    assert aug.geometric  # rotation, translation, zoom, shear: one combined affine transform
+    names = [type(layer).__name__ for layer in aug.layers.layers]
+    assert names == ["RandomElasticTransform", "RandomBrightness", "RandomContrast", "RandomErasing",
+                     "GaussianNoise", "RandomFlip"]
+    default = build_augmenter(AugmentParams(enabled=True), 0)
+    assert default.geometric and default.layers is None  # digits never flip
+
+
+def test_affine_known_answers():
+    """A pure translation moves a dot by the drawn amount; a 90-degree rotation turns a bar."""
+    import tensorflow as tf
+
+    from pipeline.augment import _affine
+
+    bar = np.zeros((1, 29, 29, 1), np.float32)
+    bar[0, 4:25, 14] = 1.0  # vertical bar through the centre
+    seed = tf.constant([0, 0], tf.int64)
+    rot = _affine(tf.constant(bar), AugmentParams(rotation=90, translation=0, zoom=0), seed).numpy()[0, ..., 0]
+    angle = float(tf.random.stateless_uniform([1], seed=tf.stack([seed[0], seed[1]]), minval=-np.pi / 2,
+                                              maxval=np.pi / 2)[0])
+    ys, xs = np.nonzero(rot > 0.5)
+    # the bar's direction after rotation, up to sign
+    fit = np.degrees(np.arctan2(np.ptp(ys), np.ptp(xs)))
+    assert abs(fit - (90 - abs(np.degrees(angle)))) < 8
+    zero = _affine(tf.constant(bar), AugmentParams(rotation=0, translation=0, zoom=0), seed).numpy()
+    np.testing.assert_allclose(zero, bar, atol=1e-6)  # identity when every range is 0
 
 
 def test_train_batches_are_augmented_in_range_and_seeded():

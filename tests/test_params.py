@@ -55,3 +55,20 @@ def test_int_accepted_for_float_and_lists_become_tuples():
     cfg = params.from_dict(PreprocessParams, "preprocess", {"size": [32, 28]})
     assert cfg.size == (32, 28) and cfg.input_shape == (32, 28, 1)
     assert params.to_dict(cfg)["size"] == [32, 28]
+
+
+def test_per_dataset_overrides(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("[preprocess]\nsize = [32, 32]\n[overrides.mnist.preprocess]\nnormalize = 'mnist'\n"
+                 "[overrides.mnist.augment]\nenabled = true\n")
+    assert params.load(f, "preprocess").normalize == "none"
+    assert params.load(f, "preprocess", "pets").normalize == "none"
+    cfg = params.load(f, "preprocess", "mnist")
+    assert cfg.normalize == "mnist" and cfg.size == (32, 32)  # other keys still from [preprocess]
+    assert params.load(f, "augment", "mnist").enabled and not params.load(f, "augment", "pets").enabled
+    f.write_text("[overrides.mnist.preproc]\nx = 1\n")
+    with pytest.raises(ValueError, match=r"\[overrides.mnist\] unknown section"):
+        params.load(f, "train", "mnist")
+    f.write_text("[overrides.mnist.train]\nepochs = 0\n")
+    with pytest.raises(ValueError, match=r"epochs must be >= 1.*overrides.mnist.train"):
+        params.load(f, "train", "mnist")
