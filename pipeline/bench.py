@@ -42,6 +42,15 @@ def _keras_ds(folder: Path, **kw: Any) -> Any:
         folder, color_mode="grayscale", image_size=(28, 28), batch_size=256, shuffle=False, verbose=False, **kw)
 
 
+def _mnist_source() -> Path:
+    from . import mnist
+
+    source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
+    if source is None:
+        raise SystemExit("bench needs local MNIST files (MNIST_DIR or datasets/raw/mnist)")
+    return source
+
+
 # ---------------------------------------------------------------- steps (run in a child)
 def step_export(data: Path, work: Path) -> dict[str, Any]:
     import shutil
@@ -49,9 +58,7 @@ def step_export(data: Path, work: Path) -> dict[str, Any]:
     from . import mnist
 
     shutil.rmtree(work / "mnist_export", ignore_errors=True)
-    source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
-    if source is None:
-        raise SystemExit("bench needs local MNIST files (MNIST_DIR or datasets/raw/mnist)")
+    source = _mnist_source()
     t0 = time.perf_counter()
     mnist.export(source, work / "mnist_export")
     return {"images": 70000, "seconds": time.perf_counter() - t0}
@@ -68,6 +75,44 @@ def step_prepare(data: Path, work: Path) -> dict[str, Any]:
     s = prepare(data, work / "run", PrepareParams(), PreprocessParams())
     n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
     return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_prepare_heavy(data: Path, work: Path) -> dict[str, Any]:
+    """The heaviest preprocessing: median denoise + CLAHE + MNIST digit normalization."""
+    import shutil
+
+    from .params import PrepareParams, PreprocessParams
+    from .prepare import prepare
+
+    shutil.rmtree(work / "run_heavy", ignore_errors=True)
+    cfg = PreprocessParams(denoise="median", equalize="clahe", normalize="mnist")
+    t0 = time.perf_counter()
+    s = prepare(data, work / "run_heavy", PrepareParams(), cfg)
+    n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_rendered(data: Path, work: Path) -> dict[str, Any]:
+    """Accuracy of the reference model (runs/mnist/model) on the 10k MNIST test digits
+    re-rendered as dark ink on white paper, 200x200, JPEG: through the bundle's preprocessing."""
+    import numpy as np
+
+    from . import bundle, mnist
+    from .preprocess import load_image
+
+    model_dir = Path(os.environ.get("BENCH_MODEL", "runs/mnist/model"))
+    if not (model_dir / "bundle.json").is_file():
+        raise SystemExit(f"step rendered needs a trained reference model at {model_dir} (run `make all`)")
+    b = bundle.load(model_dir)
+    images, labels = mnist.load_split(_mnist_source(), "test")
+    rng = np.random.default_rng(0)
+    pages = [mnist.render_on_paper(d, rng) for d in images]
+    t0 = time.perf_counter()
+    x = np.stack([load_image(page, b.preprocess) for page in pages])
+    pred = b.model.predict(x, batch_size=1024, verbose=0).argmax(1)
+    labels_idx = np.array([b.labels.index(str(v)) for v in labels])
+    return {"images": len(x), "seconds": time.perf_counter() - t0,
+            "accuracy": float((pred == labels_idx).mean()), "normalize": b.preprocess.normalize}
 
 
 def step_keras_read(data: Path, work: Path) -> dict[str, Any]:
@@ -95,6 +140,22 @@ def step_train(data: Path, work: Path) -> dict[str, Any]:
 
     n = len(np.load(run / "X_train.npy", mmap_mode="r"))
     return {"images": n, "seconds": seconds, "epoch_seconds": epochs[-1]}
+
+
+def step_train_aug(data: Path, work: Path) -> dict[str, Any]:
+    """Like ``train`` with augmentation on (the [augment] defaults), for the epoch-time cost."""
+    import csv
+
+    from .params import AugmentParams, TrainParams
+    from .train import train
+
+    run = work / "run"
+    t0 = time.perf_counter()
+    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0, aug=AugmentParams(enabled=True))
+    seconds = time.perf_counter() - t0
+    with open(run / "history.csv", newline="") as fh:
+        epochs = [float(r["seconds"]) for r in csv.DictReader(fh)]
+    return {"images": 54000, "seconds": seconds, "epoch_seconds": epochs[-1]}
 
 
 def step_keras_train(data: Path, work: Path) -> dict[str, Any]:
@@ -149,10 +210,13 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
     "keras_read": ("image_dataset_from_directory pass", step_keras_read),
+    "prepare_heavy": ("prepare, denoise+CLAHE+mnist normalize", step_prepare_heavy),
     "train": ("train (ours)", step_train),
+    "train_aug": ("train (ours), augmentation on", step_train_aug),
     "keras_train": ("fit on image_dataset_from_directory", step_keras_train),
     "evaluate": ("evaluate (ours)", step_evaluate),
     "keras_evaluate": ("evaluate on image_dataset_from_directory", step_keras_evaluate),
+    "rendered": ("reference model on re-rendered test digits", step_rendered),
 }
 
 
@@ -166,11 +230,16 @@ def _run_child(step: str, data: Path, work: Path) -> dict[str, Any]:
 
 
 def format_rows(results: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'step':<42} {'images':>7} {'wall s':>8} {'img/s':>9} {'epoch s':>8} {'peak RSS MB':>12} {'worker MB':>10}"]
+    lines = [f"{'step':<44} {'images':>7} {'wall s':>8} {'img/s':>9} {'epoch s':>8} {'peak RSS MB':>12} "
+             f"{'worker MB':>10} {'accuracy':>9}"]
     for step, r in results.items():
         epoch = f"{r['epoch_seconds']:.1f}" if "epoch_seconds" in r else "-"
-        lines.append(f"{STEPS[step][0]:<42} {r['images']:>7} {r['seconds']:>8.2f} {r['images'] / r['seconds']:>9.0f} "
-                     f"{epoch:>8} {r['peak_rss_mb']:>12.0f} {r['peak_worker_rss_mb']:>10.0f}")
+        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+        lines.append(f"{STEPS[step][0]:<44} {r['images']:>7} {r['seconds']:>8.2f} {r['images'] / r['seconds']:>9.0f} "
+                     f"{epoch:>8} {r['peak_rss_mb']:>12.0f} {r['peak_worker_rss_mb']:>10.0f} {acc:>9}")
+    if "train" in results and "train_aug" in results:
+        ratio = results["train_aug"]["epoch_seconds"] / results["train"]["epoch_seconds"]
+        lines.append(f"epoch time with augmentation / without: {ratio:.2f}x")
     return "\n".join(lines)
 
 
@@ -189,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if args.step:  # child: one measurement, one JSON line
         os.environ["TQDM_DISABLE"] = "1"
-        if args.step not in ("export", "prepare"):
+        if args.step not in ("export", "prepare", "prepare_heavy"):
             import keras  # noqa: F401  - import time is not part of any measurement
         result = STEPS[args.step][1](data, Path(args.work))
         result.update(_peak_rss_mb())

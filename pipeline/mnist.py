@@ -224,3 +224,23 @@ def main(args: argparse.Namespace) -> int:
     log.info("reading MNIST from %s", source)
     export(source, out, workers=args.workers)
     return 0
+
+
+def render_on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 200, quality: int = 75) -> bytes:
+    """An MNIST digit as a 'photo': dark ink on white, enlarged at a random place with margins, JPEG.
+
+    Used to check that ``normalize = "mnist"`` lets an MNIST model read real-looking digits.
+    """
+    import io
+
+    from PIL import Image
+
+    side = int(rng.integers(size * 45 // 100, size * 75 // 100))
+    ink = cv2.resize(255 - digit, (side, side), interpolation=cv2.INTER_CUBIC)
+    page = np.full((size, size), 255, np.uint8)
+    margin = size // 20
+    oy, ox = rng.integers(margin, size - side - margin + 1, 2)
+    page[oy:oy + side, ox:ox + side] = ink
+    buf = io.BytesIO()
+    Image.fromarray(page).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -159,3 +159,19 @@ def test_fresh_discards_an_interrupted_run(tmp_path):
     res = cli("train", "--run", str(run), "--params", str(params), "--fresh")
     assert res.returncode == 0 and "resuming" not in res.stderr
     assert len((run / "history.csv").read_text().splitlines()) == 2
+
+
+def test_bundle_preprocessing_reproduces_prepared_arrays_bit_for_bit(trained_run):
+    """Apply-time preprocessing (the bundle's config, the original files) == what training saw."""
+    import csv
+
+    from pipeline.preprocess import load_image
+
+    run, _ = trained_run
+    cfg = bundle.load(run / "model").preprocess
+    with open(run / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    x = np.load(run / "X_test.npy")
+    for row, expected in list(zip(rows, x))[:100]:
+        got = load_image(row["path"], cfg)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
