@@ -141,11 +141,11 @@ def _outside_splits(root: Path, groups: list[tuple[Path, str | None]], rejected:
             rejected.append((d.name, "folder beside train/val/test split folders is ignored"))
 
 
-def scan_folders(root: Path) -> Listing:
+def scan_folders(root: Path, stat: bool = True) -> Listing:
     """List a folder-per-label tree, honouring top-level train/val/test split folders."""
     items: list[Item] = []
     rejected: list[tuple[str, str]] = []
-    stats: list[tuple[int, int]] = []
+    stats: list[tuple[int, int]] | None = [] if stat else None
     groups = _split_groups(root)
     for base, split in groups:
         label_dirs, files = _children(base)
@@ -366,8 +366,13 @@ def detect_layout(data: Path) -> str:
     return "filenames"
 
 
-def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None) -> Listing:
-    """List a dataset in the given layout (``auto`` detects it)."""
+def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,
+         stat: bool = True) -> Listing:
+    """List a dataset in the given layout (``auto`` detects it).
+
+    ``stat=False`` skips reading each file's size and mtime in the folders layout
+    (``Listing.stats`` is then None), for callers that stat later, in the background.
+    """
     p = p or IngestParams()
     data = Path(data)
     if layout not in LAYOUTS:
@@ -385,7 +390,7 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
         return scan_csv(data, p) if layout == "csv" else scan_pixels(data, p)
     if not data.is_dir():
         raise ValueError(f"the {layout} layout needs a directory. Received: {data}")
-    listing = scan_folders(data) if layout == "folders" else scan_filenames(data, p)
+    listing = scan_folders(data, stat) if layout == "folders" else scan_filenames(data, p)
     if not listing.items and not listing.rejected:
         raise ValueError(f"dataset is empty: no files under {data}")
     return listing

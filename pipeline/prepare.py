@@ -15,11 +15,13 @@ are unchanged.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import hashlib
 import io
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -135,17 +137,16 @@ def _input_fingerprint(listing: ingest.Listing) -> str:
     if listing.source is not None and listing.layout == "pixels":
         st = os.stat(listing.source)
         return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
-    if listing.stats is not None:
-        return artifacts.fingerprint([(it.path, it.label, it.split) for it in listing.items], listing.stats,
-                                     listing.rejected)
-    stats = []
-    for item in listing.items:
-        try:
-            st = os.stat(listing.root / item.path)
-            stats.append((item.path, item.label, item.split, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stats.append((item.path, item.label, item.split, -1, -1))
-    return artifacts.fingerprint(stats, listing.rejected)
+    stats = listing.stats
+    if stats is None:
+        stats = []
+        for item in listing.items:
+            try:
+                st = os.stat(listing.root / item.path)
+                stats.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                stats.append((-1, -1))
+    return artifacts.fingerprint([(it.path, it.label, it.split) for it in listing.items], stats, listing.rejected)
 
 
 def artifact_names() -> list[str]:
@@ -178,16 +179,27 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
 
 def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str,
              ip: IngestParams, pool: Any) -> Summary:
-    listing = ingest.scan(data, layout, ip)
+    t0 = time.perf_counter()
     marker_path = run / MARKER
-    fp = artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
-                               params_mod.to_dict(ip), listing.layout, __version__)
-    if marker_path.is_file() and all((run / n).is_file() for n in artifact_names()):
+    done_before = marker_path.is_file() and all((run / n).is_file() for n in artifact_names())
+    # Sizes and mtimes are needed up front only to tell whether a finished run is up
+    # to date; otherwise they are read in a thread while the workers decode.
+    listing = ingest.scan(data, layout, ip, stat=done_before)
+    log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
+
+    def fingerprint() -> str:
+        return artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
+                                     params_mod.to_dict(ip), listing.layout, __version__)
+
+    stat_thread = concurrent.futures.ThreadPoolExecutor(1)
+    fp_future = stat_thread.submit(fingerprint)
+    stat_thread.shutdown(wait=False)
+    if done_before:
         try:
             old = artifacts.read_json(marker_path, "prepare marker")
         except artifacts.StageError:
             old = {}
-        if old.get("fingerprint") == fp:
+        if old.get("fingerprint") == fp_future.result():
             log.info("prepare: %s is up to date with %s; nothing to do", run, data)
             dataset = artifacts.read_json(run / "dataset.json", "dataset summary")
             return Summary(old["counts"], old["rejected"], dataset, skipped=True)
@@ -249,6 +261,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
                     else:
                         metas[i] = meta
                     pos += 1
+        log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
         artifacts.write_text(run / "rejected.csv", _csv_text(("path", "reason"), rejected))
         if rejected:
             log.warning("rejected %d file(s), see %s", len(rejected), run / "rejected.csv")
@@ -287,6 +300,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
     metas_list = good_metas
+    log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
     dataset = audit.summarize(labels, counts, paths, metas_list, rejected, duplicates, conflicts, leakage, action,
                               ip.imbalance_ratio)
@@ -303,7 +317,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     artifacts.write_json(run / "labels.json", labels)
     artifacts.write_json(run / "dataset.json", dataset)
     artifacts.write_json(marker_path, {
-        "stage": "prepare", "version": __version__, "fingerprint": fp, "data": str(data.resolve()),
+        "stage": "prepare", "version": __version__, "fingerprint": fp_future.result(), "data": str(data.resolve()),
         "layout": listing.layout, "params": params_mod.to_dict(p), "ingest": params_mod.to_dict(ip),
         "preprocess": params_mod.to_dict(cfg), "counts": counts, "rejected": len(rejected),
     })
