@@ -64,13 +64,11 @@ def _affine(images: Any, p: AugmentParams, seed: Any) -> Any:
     shape = tf.shape(images)
     n, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
 
-    def uniform(i: int, limit: float) -> Any:
-        return tf.random.stateless_uniform([n], seed=tf.stack([seed[0], seed[1] + i]), minval=-limit, maxval=limit)
-
-    theta = uniform(0, math.radians(p.rotation))
-    zoom = 1.0 + uniform(1, p.zoom)
-    shear = uniform(2, p.shear)
-    tx, ty = uniform(3, p.translation) * w, uniform(4, p.translation) * h
+    # one draw for all five parameters of every image: fewer small ops per batch
+    limits = tf.constant([math.radians(p.rotation), p.zoom, p.shear, p.translation, p.translation], tf.float32)
+    u = tf.random.stateless_uniform([5, n], seed=seed, minval=-1.0, maxval=1.0) * limits[:, None]
+    theta, zoom, shear = u[0], 1.0 + u[1], u[2]
+    tx, ty = u[3] * w, u[4] * h
     cos, sin = tf.cos(theta), tf.sin(theta)
     # Forward map A = R(theta) . Shear . Zoom about the centre, then shift by (tx, ty).
     # The op wants the inverse (output pixel -> input pixel): A^-1 = Zoom^-1 Shear^-1 R^-1.
@@ -101,9 +99,14 @@ def augment_dataset(ds: Any, augmenter: Augmenter | None) -> Any:
         x, y = batch
         seed = tf.stack([tf.constant(augmenter.seed, tf.int64), i * 16])
         if augmenter.geometric:
-            x = _affine(x, p, seed)
+            x = _affine(x, p, seed)  # bilinear with a 0 fill: stays in [0, 1]
         if augmenter.layers is not None:
-            x = augmenter.layers(x, training=True)
-        return tf.clip_by_value(x, 0.0, 1.0), y
+            x = tf.clip_by_value(augmenter.layers(x, training=True), 0.0, 1.0)
+        return x, y
 
-    return ds.enumerate().map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    # Augmenting a batch takes ~1 ms against ~13 ms of training: one private thread
+    # keeps ahead of training without competing with its threads for the cores.
+    opts = tf.data.Options()
+    opts.threading.private_threadpool_size = 1
+    opts.threading.max_intra_op_parallelism = 1
+    return ds.enumerate().map(apply, num_parallel_calls=1).with_options(opts)

@@ -37,8 +37,7 @@ def test_affine_known_answers():
     bar[0, 4:25, 14] = 1.0  # vertical bar through the centre
     seed = tf.constant([0, 0], tf.int64)
     rot = _affine(tf.constant(bar), AugmentParams(rotation=90, translation=0, zoom=0), seed).numpy()[0, ..., 0]
-    angle = float(tf.random.stateless_uniform([1], seed=tf.stack([seed[0], seed[1]]), minval=-np.pi / 2,
-                                              maxval=np.pi / 2)[0])
+    angle = float(tf.random.stateless_uniform([5, 1], seed=seed, minval=-1.0, maxval=1.0)[0, 0]) * np.pi / 2
     ys, xs = np.nonzero(rot > 0.5)
     # the bar's direction after rotation, up to sign
     fit = np.degrees(np.arctan2(np.ptp(ys), np.ptp(xs)))
