@@ -19,7 +19,6 @@ from .preprocess import inspect_image
 
 CHUNK = 512  # most images per worker task: amortises inter-process overhead
 SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost more than it saves)
-Result = tuple[np.ndarray | None, str, Meta | None]
 _worker_cfg: PreprocessParams | None = None
 
 
@@ -68,36 +67,7 @@ def _decode_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, Met
     return stacked, info
 
 
-Chunk = tuple[np.ndarray, list[tuple[str, Meta | None]]]
-
-
-def decode_chunks(paths: Sequence[str], cfg: PreprocessParams, workers: int = 0,
-                  desc: str = "decode") -> Iterator[Chunk]:
-    """Decode + preprocess each file once, in order, in worker processes.
-
-    Yields chunks ``(arrays, info)``: ``info`` has one ``(reason, meta)`` per path
-    (meta None for a rejected file) and ``arrays`` the good images stacked, in order.
-    """
-    workers = workers or os.cpu_count() or 1
-    size = max(32, min(CHUNK, -(-len(paths) // (workers * 4))))  # >= 4 tasks per worker
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        pool = None
-        if workers == 1 or len(paths) < SERIAL_BELOW:
-            _init_worker(cfg)
-            results: Iterator[Chunk] = map(_decode_chunk, chunks)
-        else:
-            # spawn, not fork: the caller may have TensorFlow's threads running.
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
-            results = pool.imap(_decode_chunk, chunks)
-        try:
-            for stacked, info in results:
-                yield stacked, info
-                bar.update(len(info))
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+Chunk = tuple[np.ndarray, list[tuple[str, Meta | None]]]  # (good arrays stacked, (reason, meta) per input)
 
 
 def start_pool(cfg: PreprocessParams, workers: int = 0) -> Any:
@@ -135,16 +105,3 @@ def decode_into(paths: Sequence[str], targets: Sequence[tuple[str, int]], cfg: P
         finally:
             for out in {t[0] for t in targets}:
                 _outputs.pop(out, None)
-
-
-def decode_files(paths: Sequence[str], cfg: PreprocessParams, workers: int = 0,
-                 desc: str = "decode") -> Iterator[Result]:
-    """Like :func:`decode_chunks`, one ``(array | None, reason, meta)`` per path."""
-    for stacked, info in decode_chunks(paths, cfg, workers, desc):
-        k = 0
-        for reason, meta in info:
-            if meta is None:
-                yield None, reason, None
-            else:
-                yield stacked[k], "", meta
-                k += 1

@@ -46,7 +46,7 @@ SPLITS = ("train", "val", "test")
 
 # ---------------------------------------------------------------- decoding
 def decode_pixels(source: Path, cfg: PreprocessParams, chunk: int = 512) -> Iterator[Chunk]:
-    """Rows of a pixel CSV through the same preprocessing, in chunks like :func:`decode_chunks`."""
+    """Rows of a pixel CSV through the same preprocessing, in chunks of (good arrays, (reason, meta) per row)."""
     arrays: list[np.ndarray] = []
     info: list[tuple[str, Meta | None]] = []
     for img, reason in tqdm(ingest.iter_pixel_images(source), desc="pixels", unit="img"):

@@ -10,7 +10,6 @@ import argparse
 import csv
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw

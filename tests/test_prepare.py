@@ -156,7 +156,7 @@ def test_parallel_workers_give_the_same_arrays(tmp_path):
 def test_cli_prints_table_and_defaults_run_folder(tmp_path, monkeypatch, capsys):
     from pipeline import __main__ as cli
 
-    data = make_tree(tmp_path / "mydata", {"a": 4, "b": 4})
+    make_tree(tmp_path / "mydata", {"a": 4, "b": 4})
     monkeypatch.chdir(tmp_path)
     assert cli.main(["prepare", "--data", "mydata", "--params", os.devnull]) == 0
     out = capsys.readouterr().out

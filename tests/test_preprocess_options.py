@@ -1,7 +1,6 @@
 """Each preprocessing option on a known-answer image, and the MNIST digit normalization."""
 import io
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
