@@ -124,38 +124,31 @@ def step_keras_read(data: Path, work: Path) -> dict[str, Any]:
     return {"images": n, "seconds": time.perf_counter() - t0}
 
 
-def step_train(data: Path, work: Path) -> dict[str, Any]:
+def _train_run(work: Path, augment: bool) -> dict[str, Any]:
     import csv
 
-    from .params import TrainParams
-    from .train import train
-
-    run = work / "run"
-    t0 = time.perf_counter()
-    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0)
-    seconds = time.perf_counter() - t0
-    with open(run / "history.csv", newline="") as fh:
-        epochs = [float(r["seconds"]) for r in csv.DictReader(fh)]
     import numpy as np
-
-    n = len(np.load(run / "X_train.npy", mmap_mode="r"))
-    return {"images": n, "seconds": seconds, "epoch_seconds": epochs[-1]}
-
-
-def step_train_aug(data: Path, work: Path) -> dict[str, Any]:
-    """Like ``train`` with augmentation on (the [augment] defaults), for the epoch-time cost."""
-    import csv
 
     from .params import AugmentParams, TrainParams
     from .train import train
 
     run = work / "run"
     t0 = time.perf_counter()
-    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0, aug=AugmentParams(enabled=True))
+    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0, aug=AugmentParams(enabled=augment))
     seconds = time.perf_counter() - t0
     with open(run / "history.csv", newline="") as fh:
         epochs = [float(r["seconds"]) for r in csv.DictReader(fh)]
-    return {"images": 54000, "seconds": seconds, "epoch_seconds": epochs[-1]}
+    n = len(np.load(run / "X_train.npy", mmap_mode="r"))
+    return {"images": n, "seconds": seconds, "epoch_seconds": epochs[-1]}
+
+
+def step_train(data: Path, work: Path) -> dict[str, Any]:
+    return _train_run(work, augment=False)
+
+
+def step_train_aug(data: Path, work: Path) -> dict[str, Any]:
+    """Like ``train`` with augmentation on (the [augment] defaults), for the epoch-time cost."""
+    return _train_run(work, augment=True)
 
 
 def step_keras_train(data: Path, work: Path) -> dict[str, Any]:

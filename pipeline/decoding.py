@@ -67,9 +67,6 @@ def _decode_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, Met
     return stacked, info
 
 
-Chunk = tuple[np.ndarray, list[tuple[str, Meta | None]]]  # (good arrays stacked, (reason, meta) per input)
-
-
 def start_pool(cfg: PreprocessParams, workers: int = 0) -> Any:
     """A pool of decoding workers, or None for one worker. Start it early: its start-up
     (spawn + imports) then overlaps with the caller's own work, e.g. listing files."""

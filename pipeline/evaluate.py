@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from . import __version__, artifacts, bundle, params as params_mod
 from .params import EvaluateParams
-from .train import BUNDLE_DIR, require_prepared
+from .prepare import require_prepared
+from .train import BUNDLE_DIR
 
 log = logging.getLogger(__name__)
 

@@ -169,9 +169,12 @@ def _write_chunk(job: tuple[str, int, np.ndarray, np.ndarray]) -> int:
     return len(images)
 
 
-def export(source: Path, out: Path, workers: int = 0, chunk: int = 1000) -> bool:
-    """Export both splits from ``source`` to PNG folders at ``out``; False if already complete."""
-    if is_complete(out):
+def export(source: Path, out: Path, workers: int = 0, chunk: int = 1000, check: bool = True) -> bool:
+    """Export both splits from ``source`` to PNG folders at ``out``; False if already complete.
+
+    ``check=False`` skips the completeness scan for a caller that has just made it.
+    """
+    if check and is_complete(out):
         log.info("MNIST export already complete at %s; nothing to do", out)
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +225,7 @@ def main(args: argparse.Namespace) -> int:
         log.info("no local MNIST files found; downloading to %s", raw)
         source = download(raw, args.mirror or MIRRORS)
     log.info("reading MNIST from %s", source)
-    export(source, out, workers=args.workers)
+    export(source, out, workers=args.workers, check=False)  # completeness checked above
     return 0
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import __version__, artifacts, audit, ingest, params as params_mod
 from .audit import Meta
-from .decoding import Chunk, decode_into, start_pool
+from .decoding import decode_into, start_pool
 from .params import IngestParams, PrepareParams, PreprocessParams
 from .preprocess import preprocess
 
@@ -45,21 +45,49 @@ SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------- decoding
-def decode_pixels(source: Path, cfg: PreprocessParams, chunk: int = 512) -> Iterator[Chunk]:
-    """Rows of a pixel CSV through the same preprocessing, in chunks of (good arrays, (reason, meta) per row)."""
-    arrays: list[np.ndarray] = []
-    info: list[tuple[str, Meta | None]] = []
-    for img, reason in tqdm(ingest.iter_pixel_images(source), desc="pixels", unit="img"):
-        if img is None:
-            info.append((reason, None))
-        else:
-            arrays.append(preprocess(img, cfg))
-            info.append(("", Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())))
-        if len(info) == chunk:
-            yield (np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)), info
-            arrays, info = [], []
-    if info:
-        yield (np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)), info
+def _pixel_meta(img: np.ndarray) -> Meta:
+    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())
+
+
+def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], files: dict[str, Path],
+                      cfg: PreprocessParams, pool: Any, rejected: list[tuple[str, str]]) -> dict[int, Meta]:
+    """Decode every candidate once into row r of ``files[split]`` (item ``by_split[split][r]``).
+
+    Returns the meta of each usable item by its index in the listing; unusable ones
+    are appended to ``rejected`` (their rows stay unset and are compacted away later).
+    """
+    slots = [(i, s, r) for s in SPLITS for r, i in enumerate(by_split[s])]
+    for s in SPLITS:
+        np.lib.format.open_memmap(files[s], mode="w+", dtype=np.float32,
+                                  shape=(len(by_split[s]),) + cfg.input_shape).flush()
+    metas: dict[int, Meta] = {}
+    if listing.layout == "pixels":  # rows are parsed here: cheap next to image decoding
+        outs = {s: np.load(files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
+        slot = {i: (s, r) for i, s, r in slots}
+        rows = tqdm(ingest.iter_pixel_images(listing.source), desc="pixels", unit="img")
+        for i, (img, reason) in enumerate(rows):
+            if img is None:
+                rejected.append((listing.items[i].path, reason))
+            elif i in slot:  # rows without a label are not candidates
+                s, r = slot[i]
+                outs[s][r] = preprocess(img, cfg)
+                metas[i] = _pixel_meta(img)
+        for arr in outs.values():
+            arr.flush()
+        return metas
+    prefix = str(listing.root) + os.sep
+    paths = [prefix + listing.items[i].path for i, _, _ in slots]
+    targets = [(str(files[s]), r) for _, s, r in slots]
+    pos = 0
+    for info in decode_into(paths, targets, cfg, pool):
+        for reason, meta in info:
+            i = slots[pos][0]
+            if meta is None:
+                rejected.append((listing.items[i].path, reason))
+            else:
+                metas[i] = meta
+            pos += 1
+    return metas
 
 
 # ---------------------------------------------------------------- splitting
@@ -149,6 +177,14 @@ def _input_fingerprint(listing: ingest.Listing) -> str:
     return artifacts.fingerprint([(it.path, it.label, it.split) for it in listing.items], stats, listing.rejected)
 
 
+def require_prepared(run: Path) -> dict[str, Any]:
+    """The prepare marker of ``run``; a clear error naming the stage to re-run if absent."""
+    if not (run / MARKER).is_file():
+        raise artifacts.StageError(f"{run} has no finished prepare stage ({MARKER} missing); "
+                                   "run `make prepare` (python -m pipeline prepare) first")
+    return artifacts.read_json(run / MARKER, "prepare marker")
+
+
 def artifact_names() -> list[str]:
     names = ["manifest.csv", "labels.json", "rejected.csv", "dataset.json"]
     return names + [f"{a}_{s}.npy" for s in SPLITS for a in ("X", "y")]
@@ -225,42 +261,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     order = [i for s in SPLITS for i in by_split[s]]
     tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
     try:
-        for s in SPLITS:
-            np.lib.format.open_memmap(tmp_files[s], mode="w+", dtype=np.float32,
-                                      shape=(len(by_split[s]),) + cfg.input_shape).flush()
-        targets = [(str(tmp_files[s]), r) for s in SPLITS for r in range(len(by_split[s]))]
-        metas: dict[int, Meta] = {}
-        if listing.layout == "pixels":
-            outs = {s: np.load(tmp_files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
-            slot = {i: (s, r) for s in SPLITS for r, i in enumerate(by_split[s])}
-            i = 0
-            for stacked, info in decode_pixels(listing.source, cfg):
-                k = 0
-                for reason, meta in info:
-                    if meta is None:
-                        rejected.append((listing.items[i].path, reason))
-                    else:
-                        if i in slot:
-                            s_, r = slot[i]
-                            outs[s_][r] = stacked[k]
-                            metas[i] = meta
-                        k += 1
-                    i += 1
-            for arr in outs.values():
-                arr.flush()
-            del outs
-        else:
-            prefix = str(listing.root) + os.sep
-            info_iter = decode_into([prefix + listing.items[i].path for i in order], targets, cfg, pool)
-            pos = 0
-            for info in info_iter:
-                for reason, meta in info:
-                    i = order[pos]
-                    if meta is None:
-                        rejected.append((listing.items[i].path, reason))
-                    else:
-                        metas[i] = meta
-                    pos += 1
+        metas = _decode_to_splits(listing, by_split, tmp_files, cfg, pool, rejected)
         log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
         artifacts.write_text(run / "rejected.csv", _csv_text(("path", "reason"), rejected))
         if rejected:
@@ -299,10 +300,9 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     finally:
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
-    metas_list = good_metas
     log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
-    dataset = audit.summarize(labels, counts, paths, metas_list, rejected, duplicates, conflicts, leakage, action,
+    dataset = audit.summarize(labels, counts, paths, good_metas, rejected, duplicates, conflicts, leakage, action,
                               ip.imbalance_ratio)
     dataset.update({"data": str(data), "layout": listing.layout})
     for warning in dataset["warnings"]:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import artifacts, params as params_mod
+from .prepare import require_prepared
 from .params import AugmentParams, PreprocessParams
 from .preprocess import ImageError, decode_file, load_image
 
@@ -91,8 +92,6 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
 def preview(run: Path, aug: AugmentParams, per_class: int = 2, n_aug: int = 4, seed: int = 42,
             out: Path | None = None) -> Path:
     """Write the preview grid of a prepared run; return its path."""
-    from .train import require_prepared
-
     marker = require_prepared(run)
     cfg = params_mod.from_dict(PreprocessParams, "preprocess", marker["preprocess"])
     labels = list(artifacts.read_json(run / "labels.json", "label map"))

@@ -32,14 +32,6 @@ HISTORY = "history.csv"
 BUNDLE_DIR = "model"
 
 
-def require_prepared(run: Path) -> dict[str, Any]:
-    """The prepare marker of ``run``; a clear error naming the stage to re-run if absent."""
-    if not (run / prepare.MARKER).is_file():
-        raise artifacts.StageError(f"{run} has no finished prepare stage ({prepare.MARKER} missing); "
-                                   "run `make prepare` (python -m pipeline prepare) first")
-    return artifacts.read_json(run / prepare.MARKER, "prepare marker")
-
-
 def lr_at(epoch: int, p: TrainParams) -> float:
     """Learning rate for an epoch: cosine decay from ``learning_rate`` towards 0, or constant."""
     if p.lr_schedule == "constant":
@@ -168,7 +160,7 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
           aug: AugmentParams | None = None) -> bool:
     """Run the stage; return False when the bundle is already up to date."""
     aug = aug or AugmentParams()
-    marker = require_prepared(run)
+    marker = prepare.require_prepared(run)
     fp = artifacts.fingerprint(marker.get("fingerprint"), params_mod.to_dict(p), params_mod.to_dict(aug), __version__)
     dest = run / BUNDLE_DIR
     if not fresh and (dest / bundle.MARKER).is_file():
