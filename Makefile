@@ -12,6 +12,9 @@ LAYOUT    ?= auto
 PARAMS    ?= params.toml
 RUN       ?= runs/$(basename $(notdir $(patsubst %/,%,$(DATA))))
 MNIST_DIR ?=
+IMAGES    ?=
+OUT       ?=
+ARGS      ?=
 FRESH     ?=
 GPU       ?=
 EXTRAS    := dev$(if $(filter 1,$(GPU)),$(comma)gpu)
@@ -21,14 +24,14 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate preview test bench clean help
+.PHONY: all setup mnist prepare train evaluate predict preview test bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
 all: setup $(PREP_DEPS) prepare train evaluate
 
 help:
-	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | preview | test | bench | clean"
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | preview | test | bench | clean"
 
 setup: $(STAMP)
 
@@ -53,6 +56,12 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --run $(RUN) --params $(PARAMS)
+
+# IMAGES: a folder (walked recursively), one image or a pixel CSV; ARGS: more options,
+# e.g. ARGS="--top-k 5 --threshold 0.8 --sort-into sorted --resume".
+predict: $(STAMP)
+	@test -n "$(IMAGES)" || { echo "usage: make predict IMAGES=<folder|image|pixel csv> [OUT=<file>] [RUN=<run folder>] [ARGS=<options>]" >&2; exit 2; }
+	$(PY) -m pipeline predict "$(IMAGES)" --model "$(RUN)/model" --params $(PARAMS) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 preview: $(STAMP)
 	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)

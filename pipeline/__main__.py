@@ -15,6 +15,7 @@ STAGES = {
     "train": ("pipeline.train", "train the model bundle (resumes after an interruption)"),
     "evaluate": ("pipeline.evaluate", "metrics on the test split"),
     "preview": ("pipeline.preview", "PNG grid per class: original -> preprocessed -> augmented"),
+    "predict": ("pipeline.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
 }
 
 log = logging.getLogger("pipeline")

@@ -10,6 +10,7 @@ Results are printed as a table and written to ``<out>/bench.json``.
 | ``prepare`` (70k PNGs, decode+audit+split) | one pass of ``image_dataset_from_directory`` over the same folders |
 | ``train`` epoch time (LeNet-5, prepared arrays) | ``model.fit`` on ``image_dataset_from_directory`` |
 | ``evaluate`` (10k test images) | ``model.evaluate`` on ``image_dataset_from_directory`` |
+| ``predict`` a folder of 10k PNGs to a CSV | a per-image ``model.predict`` loop; ``image_dataset_from_directory`` + ``predict`` |
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,10 +30,47 @@ log = logging.getLogger(__name__)
 EPOCHS = 2  # the second epoch is the steady-state figure
 
 
-def _peak_rss_mb() -> dict[str, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mb": round(own, 1), "peak_worker_rss_mb": round(kids, 1)}
+def _vm_hwm_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) of a live process, in MB; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class ChildPeak(threading.Thread):
+    """The largest peak RSS of any child process (e.g. a decoding worker).
+
+    Read every 100 ms from /proc (the kernel keeps each process's high-water mark).
+
+    ``ru_maxrss`` cannot tell this: a child that forks and execs inherits its parent's
+    peak at the fork, so every worker of a big process would look as big as it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self._stop_event = 0.0, threading.Event()
+
+    def run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop_event.wait(0.1):
+            for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        ppid = fh.read().rsplit(")", 1)[1].split()[1]
+                except (OSError, IndexError):
+                    continue
+                if ppid == me:
+                    self.peak = max(self.peak, _vm_hwm_mb(pid))
+
+    def stop(self) -> float:
+        self._stop_event.set()
+        self.join()
+        return self.peak
 
 
 def _keras_ds(folder: Path, **kw: Any) -> Any:
@@ -199,6 +237,60 @@ def step_keras_evaluate(data: Path, work: Path) -> dict[str, Any]:
     return {"images": 10000, "seconds": time.perf_counter() - t0}
 
 
+def _bench_model(work: Path) -> Path:
+    """The bundle the predict steps apply: this bench's train step's, else the reference model."""
+    for cand in (work / "run" / "model", Path(os.environ.get("BENCH_MODEL", "runs/mnist/model"))):
+        if (cand / "bundle.json").is_file():
+            return cand
+    raise SystemExit("the predict steps need a model: run the bench's train step first, or `make all`")
+
+
+def step_predict(data: Path, work: Path) -> dict[str, Any]:
+    """``pipeline predict`` on the 10k test PNGs (folder walk, decode, predict, CSV); model loaded first."""
+    from .params import PredictParams
+    from .predict import predict
+
+    s = predict(data / "test", _bench_model(work), work / "predictions.csv", PredictParams())
+    return {"images": s["rows"], "seconds": s["seconds"]}
+
+
+def step_predict_cli(data: Path, work: Path) -> dict[str, Any]:
+    """The same from the shell, end to end: interpreter and TensorFlow start-up included."""
+    cmd = [sys.executable, "-m", "pipeline", "predict", str(data / "test"), "--model", str(_bench_model(work)),
+           "--out", str(work / "predictions_cli.csv")]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return {"images": 10000, "seconds": time.perf_counter() - t0}
+
+
+def step_predict_loop(data: Path, work: Path) -> dict[str, Any]:
+    """The tutorials' way: load one image, ``model.predict`` it, next (500 images; img/s scales)."""
+    import keras
+    import numpy as np
+
+    from .ingest import walk_files
+
+    model = keras.models.load_model(_bench_model(work) / "model.keras", compile=False)
+    files = walk_files(data / "test", data / "test", [])[::20][:500]
+    t0 = time.perf_counter()
+    for f in files:
+        img = keras.utils.load_img(data / "test" / f, color_mode="grayscale", target_size=(28, 28))
+        x = keras.utils.img_to_array(img)[None] / 255.0
+        int(np.argmax(model.predict(x, verbose=0)))
+    return {"images": len(files), "seconds": time.perf_counter() - t0}
+
+
+def step_keras_predict(data: Path, work: Path) -> dict[str, Any]:
+    """``image_dataset_from_directory`` (no labels) + ``model.predict`` on the same folder."""
+    import keras
+
+    model = keras.models.load_model(_bench_model(work) / "model.keras", compile=False)
+    t0 = time.perf_counter()
+    ds = _keras_ds(data / "test", labels=None).map(lambda x: x / 255.0)
+    n = len(model.predict(ds, verbose=0).argmax(axis=1))
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
 STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
@@ -209,6 +301,10 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "keras_train": ("fit on image_dataset_from_directory", step_keras_train),
     "evaluate": ("evaluate (ours)", step_evaluate),
     "keras_evaluate": ("evaluate on image_dataset_from_directory", step_keras_evaluate),
+    "predict": ("predict 10k PNGs (ours)", step_predict),
+    "predict_cli": ("predict 10k PNGs (ours), CLI incl. start-up", step_predict_cli),
+    "predict_loop": ("per-image model.predict loop (500 imgs)", step_predict_loop),
+    "keras_predict": ("image_dataset_from_directory + predict", step_keras_predict),
     "rendered": ("reference model on re-rendered test digits", step_rendered),
 }
 
@@ -233,6 +329,10 @@ def format_rows(results: dict[str, dict[str, Any]]) -> str:
     if "train" in results and "train_aug" in results:
         ratio = results["train_aug"]["epoch_seconds"] / results["train"]["epoch_seconds"]
         lines.append(f"epoch time with augmentation / without: {ratio:.2f}x")
+    rate = {k: r["images"] / r["seconds"] for k, r in results.items()}
+    for other, what in (("predict_loop", "the per-image loop"), ("keras_predict", "image_dataset_from_directory")):
+        if "predict" in rate and other in rate:
+            lines.append(f"predict throughput vs {what}: {rate['predict'] / rate[other]:.1f}x")
     return "\n".join(lines)
 
 
@@ -253,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TQDM_DISABLE"] = "1"
         if args.step not in ("export", "prepare", "prepare_heavy"):
             import keras  # noqa: F401  - import time is not part of any measurement
+        watcher = ChildPeak()
+        watcher.start()
         result = STEPS[args.step][1](data, Path(args.work))
-        result.update(_peak_rss_mb())
+        result.update({"peak_rss_mb": round(_vm_hwm_mb(), 1), "peak_worker_rss_mb": round(watcher.stop(), 1)})
         print(json.dumps(result))
         return 0
     steps = [s for s in args.steps.split(",") if s]

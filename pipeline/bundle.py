@@ -64,18 +64,28 @@ def read_info(path: Path) -> dict[str, Any]:
     return info
 
 
+def _require(path: Path) -> None:
+    if not path.is_dir():
+        raise artifacts.StageError(f"model bundle not found: {path} (run `make train` first)")
+
+
+def read_preprocess(path: Path) -> PreprocessParams:
+    """The bundle's preprocessing config, validated (without loading the model)."""
+    _require(path)
+    try:
+        return params_mod.from_dict(PreprocessParams, "preprocess",
+                                    artifacts.read_json(path / "preprocess.json", "bundle preprocessing config"))
+    except (ValueError, TypeError) as exc:
+        raise artifacts.StageError(f"model bundle {path}: bad preprocessing config: {exc}") from None
+
+
 def load(path: str | Path) -> Bundle:
     """Load and verify a bundle folder (hash, label map, preprocessing config; safe_mode)."""
     path = Path(path)
-    if not path.is_dir():
-        raise artifacts.StageError(f"model bundle not found: {path} (run `make train` first)")
+    _require(path)
     info = read_info(path)
     labels = labels_from_map(artifacts.read_json(path / "labels.json", "bundle label map"), str(path))
-    try:
-        cfg = params_mod.from_dict(PreprocessParams, "preprocess",
-                                   artifacts.read_json(path / "preprocess.json", "bundle preprocessing config"))
-    except (ValueError, TypeError) as exc:
-        raise artifacts.StageError(f"model bundle {path}: bad preprocessing config: {exc}") from None
+    cfg = read_preprocess(path)
     import keras
 
     model = keras.models.load_model(path / "model.keras", compile=False, safe_mode=True)

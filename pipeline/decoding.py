@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator, Sequence
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,13 @@ SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost m
 _worker_cfg: PreprocessParams | None = None
 
 
-def _init_worker(cfg: PreprocessParams) -> None:
+def _init_worker(cfg: PreprocessParams, worker: bool = False) -> None:
     global _worker_cfg
     _worker_cfg = cfg
+    if worker:
+        # Ctrl-C reaches the whole process group; the parent alone reacts (and stops
+        # the pool), so the workers do not each print a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _outputs: dict[str, np.ndarray] = {}
@@ -74,7 +80,7 @@ def start_pool(cfg: PreprocessParams, workers: int = 0) -> Any:
     if workers == 1:
         return None
     # spawn, not fork: the caller may have TensorFlow's threads running.
-    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg, True))
 
 
 def decode_into(paths: Sequence[str], targets: Sequence[tuple[str, int]], cfg: PreprocessParams,
@@ -102,3 +108,26 @@ def decode_into(paths: Sequence[str], targets: Sequence[tuple[str, int]], cfg: P
         finally:
             for out in {t[0] for t in targets}:
                 _outputs.pop(out, None)
+
+
+def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: Any = None,
+                  ahead: int = 0) -> Iterator[tuple[np.ndarray, list[tuple[str, Meta | None]]]]:
+    """Decode + preprocess each chunk of paths; yield ``(good arrays stacked, (reason, meta) per path)``.
+
+    Chunks are yielded in order. With a pool, at most ``ahead`` chunks (default
+    two per worker, plus one) are in flight, so memory stays bounded however many
+    files there are, while the workers decode ahead of the caller.
+    """
+    if pool is None:
+        _init_worker(cfg)
+        for paths in chunks:
+            yield _decode_chunk(paths)
+        return
+    ahead = ahead or 2 * pool._processes + 1
+    pending: deque = deque()
+    for paths in chunks:
+        pending.append(pool.apply_async(_decode_chunk, (paths,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from . import __version__, artifacts, bundle, params as params_mod
 from .params import EvaluateParams
@@ -26,6 +25,8 @@ METRICS = "metrics.json"
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support and the confusion matrix (sklearn)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     idx = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=idx, zero_division=0)

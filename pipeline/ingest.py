@@ -81,7 +81,7 @@ class Listing:
 
 
 # ---------------------------------------------------------------- walking folders
-def _walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
+def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
                 stats: list[tuple[int, int]] | None = None) -> list[str]:
     """Sorted relative paths (POSIX) of the non-hidden files under ``folder``, files before sub-folders.
 
@@ -152,7 +152,7 @@ def scan_folders(root: Path, stat: bool = True) -> Listing:
         for f in files:
             rejected.append((f.relative_to(root).as_posix(), "not inside a label folder"))
         for label_dir in label_dirs:
-            found = _walk_files(label_dir, root, rejected, stats)
+            found = walk_files(label_dir, root, rejected, stats)
             if not found:
                 rejected.append((label_dir.relative_to(root).as_posix(), "empty label folder"))
             items.extend(Item(path, label_dir.name, split) for path in found)
@@ -195,7 +195,7 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
         "the automatic rule; set [ingest] filename_regex"
     for base, split in groups:
         start = len(stats)
-        for k, rel in enumerate(_walk_files(base, root, rejected, stats)):
+        for k, rel in enumerate(walk_files(base, root, rejected, stats)):
             label = label_from_name(rel.rsplit("/", 1)[-1], p)
             if label is None:
                 rejected.append((rel, f"file name gives no label ({how})"))

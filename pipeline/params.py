@@ -179,6 +179,26 @@ class EvaluateParams:
         _check(self.batch_size >= 1, "evaluate", "batch_size", ">= 1", self.batch_size)
 
 
+@dataclass(frozen=True)
+class PredictParams:
+    """Apply settings (each also a ``pipeline predict`` option, which wins)."""
+
+    top_k: int = 3
+    threshold: float = 0.0
+    unknown_label: str = "unknown"
+    batch_size: int = 512
+    workers: int = 0
+    format: str = "csv"
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, "predict", "top_k", ">= 1", self.top_k)
+        _check(0.0 <= self.threshold <= 1.0, "predict", "threshold", "in [0, 1]", self.threshold)
+        _check(bool(self.unknown_label.strip()), "predict", "unknown_label", "a non-empty name", self.unknown_label)
+        _check(self.batch_size >= 1, "predict", "batch_size", ">= 1", self.batch_size)
+        _check(self.workers >= 0, "predict", "workers", ">= 0 (0: one per CPU core)", self.workers)
+        _choice("predict", "format", self.format, ("csv", "jsonl"))
+
+
 SECTIONS: dict[str, type] = {
     "ingest": IngestParams,
     "prepare": PrepareParams,
@@ -186,6 +206,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "augment": AugmentParams,
     "evaluate": EvaluateParams,
+    "predict": PredictParams,
 }
 
 

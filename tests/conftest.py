@@ -58,3 +58,31 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Pat
         for i in range(n):
             write_image(root / split / str(int(labels[i])) / f"{i:05d}.png", images[i])
     return root
+
+
+SHADES = {"dark": 40, "mid": 128, "light": 215}  # classes a tiny model learns perfectly
+
+
+def shade_image(label: str, rng: np.random.Generator, size: tuple[int, int] = (20, 20),
+                rgb: bool = False) -> np.ndarray:
+    """An image of one of the SHADES classes: its gray level plus a little noise."""
+    img = np.clip(SHADES[label] + rng.normal(0, 6, size), 0, 255).astype(np.uint8)
+    return np.repeat(img[..., None], 3, axis=2) if rgb else img
+
+
+@pytest.fixture(scope="session")
+def shade_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle trained in a few seconds on the SHADES classes (perfectly separable)."""
+    from pipeline.params import PrepareParams, PreprocessParams, TrainParams
+    from pipeline.prepare import prepare
+    from pipeline.train import train
+
+    root = tmp_path_factory.mktemp("shades")
+    rng = np.random.default_rng(1)
+    for label in SHADES:
+        for i in range(30):
+            write_image(root / "data" / label / f"{i:02d}.png", shade_image(label, rng))
+    run = root / "run"
+    prepare(root / "data", run, PrepareParams(workers=1, test_size=0.2), PreprocessParams())
+    train(run, TrainParams(epochs=25, batch_size=8, learning_rate=3e-3, patience=25, dropout=0.0), verbose=0)
+    return run / "model"
