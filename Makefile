@@ -24,14 +24,14 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate predict preview test bench clean help
+.PHONY: all setup mnist prepare train evaluate predict preview report compare test bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
 all: setup $(PREP_DEPS) prepare train evaluate
 
 help:
-	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | preview | test | bench | clean"
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | preview | report | compare RUNS=.. | test | bench | clean"
 
 setup: $(STAMP)
 
@@ -65,6 +65,13 @@ predict: $(STAMP)
 
 preview: $(STAMP)
 	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)
+
+report: $(STAMP)
+	$(PY) -m pipeline report --run $(RUN)
+
+# RUNS: run folders to put side by side, e.g. RUNS="runs/lenet runs/mlp".
+compare: $(STAMP)
+	$(PY) -m pipeline compare $(if $(RUNS),$(RUNS),$(patsubst %/metrics.json,%,$(wildcard runs/*/metrics.json)))
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,7 +13,9 @@ STAGES = {
     "mnist": ("pipeline.mnist", "export the MNIST reference dataset to PNG folders"),
     "prepare": ("pipeline.prepare", "ingest, audit, preprocess and split a labeled image collection"),
     "train": ("pipeline.train", "train the model bundle (resumes after an interruption)"),
-    "evaluate": ("pipeline.evaluate", "metrics on the test split"),
+    "evaluate": ("pipeline.evaluate", "metrics and report.html on the test split"),
+    "report": ("pipeline.report", "(re)write report.html for an evaluated run"),
+    "compare": ("pipeline.compare", "side-by-side table of several runs"),
     "preview": ("pipeline.preview", "PNG grid per class: original -> preprocessed -> augmented"),
     "predict": ("pipeline.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
 }

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from .preprocess import EXTENSIONS
 
@@ -138,19 +137,3 @@ def format_summary(summary: dict[str, Any]) -> str:
                  f"leakage: {summary['leakage']['images']} ({summary['leakage']['action']})")
     lines += [f"WARNING: {w}" for w in summary["warnings"]]
     return "\n".join(lines)
-
-
-def sample_grid(images: np.ndarray, y: np.ndarray, labels: list[str], per_class: int = 8, cell: int = 56) -> Image.Image:
-    """A grid of up to ``per_class`` model-input images per class, one row each, label on the left."""
-    label_w = 12 + 7 * min(24, max(len(n) for n in labels))
-    grid = Image.new("RGB", (label_w + per_class * (cell + 4), len(labels) * (cell + 4) + 4), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, name in enumerate(labels):
-        top = 4 + row * (cell + 4)
-        draw.text((6, top + cell // 2 - 6), name[:24], fill="black")
-        for col, i in enumerate(np.flatnonzero(y == row)[:per_class]):
-            arr = np.asarray(images[i])
-            arr = (np.clip(arr, 0, 1) * 255).astype(np.uint8)
-            tile = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
-            grid.paste(tile.resize((cell, cell), Image.NEAREST), (label_w + col * (cell + 4), top))
-    return grid

@@ -1,8 +1,10 @@
-"""Evaluate: the model bundle on the prepared test split -> ``metrics.json`` and a summary table.
+"""Evaluate: the model bundle on the prepared test split -> ``metrics.json``, a summary table and ``report.html``.
 
 ``metrics.json`` holds ``accuracy``, ``per_class`` {label: precision, recall,
 f1, support}, ``confusion_matrix`` (rows = true, columns = predicted, in label
-order), ``labels`` and the bundle it measured.
+order), ``labels``, the bundle it measured and the environment;
+``test_probs.npy`` the class probabilities of each test image (the report's
+gallery and calibration plots come from it).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, artifacts, bundle, params as params_mod
+from .env import environment
 from .params import EvaluateParams
 from .prepare import require_prepared
 from .train import BUNDLE_DIR
@@ -21,6 +24,7 @@ from .train import BUNDLE_DIR
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
+PROBS = "test_probs.npy"
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -60,7 +64,7 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     info = bundle.read_info(model_dir)
     fp = artifacts.fingerprint(info["model_sha256"], params_mod.to_dict(p), __version__)
     out = run / METRICS
-    if out.is_file():
+    if out.is_file() and (run / PROBS).is_file():
         old = artifacts.read_json(out, "metrics")
         if old.get("fingerprint") == fp:
             log.info("evaluate: %s is up to date; nothing to do", out)
@@ -73,8 +77,10 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     probs = b.model.predict(np.asarray(x), batch_size=p.batch_size, verbose=0)
     metrics = compute_metrics(y, probs.argmax(axis=1), b.labels)
     metrics.update({"fingerprint": fp, "model_sha256": info["model_sha256"], "model": info.get("model"),
-                    "params": params_mod.to_dict(p)})
-    artifacts.write_json(out, metrics)
+                    "params": params_mod.to_dict(p), "environment": environment()})
+    # Per-image probabilities, in X_test order: the report's gallery and calibration use them.
+    artifacts.save_npy(run / PROBS, probs.astype(np.float32))
+    artifacts.write_json(out, metrics)  # last: metrics.json marks the evaluation finished
     log.info("evaluate: accuracy %.4f on %d test images -> %s", metrics["accuracy"], len(y), out)
     return metrics
 
@@ -89,4 +95,7 @@ def main(args: argparse.Namespace) -> int:
     """CLI: evaluate and print the summary table."""
     metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate", Path(args.run).name))
     print(format_table(metrics))
+    from .report import build_report
+
+    print(f"report: {build_report(Path(args.run))}")
     return 0

@@ -136,7 +136,7 @@ class TrainParams:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        _choice("train", "model", self.model, ("lenet5",))
+        _choice("train", "model", self.model, ("lenet5", "softmax", "mlp", "cnn"))
         _choice("train", "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check(self.epochs >= 1, "train", "epochs", ">= 1", self.epochs)
         _check(self.batch_size >= 1, "train", "batch_size", ">= 1", self.batch_size)

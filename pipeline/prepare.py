@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, artifacts, audit, ingest, params as params_mod
+from . import __version__, artifacts, audit, ingest, params as params_mod, plots
 from .audit import Meta
 from .decoding import decode_into, start_pool
 from .params import IngestParams, PrepareParams, PreprocessParams
@@ -312,8 +312,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         log.warning("the test split is empty: evaluate will have nothing to measure")
     x_train = artifacts.load_npy(run / "X_train.npy", "train images")
     y_train = np.load(run / "y_train.npy")
-    with artifacts.atomic_path(run / "samples.png", suffix=".png") as tmp:
-        audit.sample_grid(x_train, y_train, list(labels)).save(tmp, format="PNG")
+    artifacts.write_bytes(run / "samples.png", plots.sample_grid(x_train, y_train, list(labels)))
     artifacts.write_text(run / "manifest.csv", _csv_text(("path", "label", "split"), manifest_rows))
     artifacts.write_json(run / "labels.json", labels)
     artifacts.write_json(run / "dataset.json", dataset)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, artifacts, bundle, params as params_mod, prepare
+from .env import environment
 from .params import AugmentParams, TrainParams
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
     with open(history, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     best = min(rows, key=lambda r: float(r[monitor])) if rows else {}
-    return {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)),
+    return {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)), "parameters": model.count_params(),
             "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds}
 
 
@@ -197,7 +198,7 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
 
     info = {"stage": "train", "version": __version__, "fingerprint": fp, "model": p.model,
             "input_shape": list(arrays["X_train"].shape[1:]), "n_classes": len(labels),
-            "keras": keras.__version__, "tensorflow": tf.__version__, **result}
+            "keras": keras.__version__, "tensorflow": tf.__version__, **result, "environment": environment()}
     bundle.write_bundle(dest, run / CHECKPOINT, labels, marker["preprocess"],
                         {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug),
                          "prepare": marker["params"]}, info)

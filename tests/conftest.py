@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,32 @@ def shade_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepare(root / "data", run, PrepareParams(workers=1, test_size=0.2), PreprocessParams())
     train(run, TrainParams(epochs=25, batch_size=8, learning_rate=3e-3, patience=25, dropout=0.0), verbose=0)
     return run / "model"
+
+
+def cli(*args, cwd=None):
+    """Run ``python -m pipeline ARGS`` in a subprocess (as a user would)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+TINY_PARAMS = """
+[prepare]
+val_size = 0.1
+[train]
+epochs = 2
+batch_size = 32
+patience = 2
+"""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """prepare -> train -> evaluate (with its report) on the tiny MNIST folders, through the CLI."""
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "params.toml").write_text(TINY_PARAMS)
+    run = work / "runs" / "tiny"
+    for stage in (["prepare", "--data", str(tiny_mnist)], ["train"], ["evaluate"]):
+        res = cli(*stage, "--run", str(run), "--params", str(work / "params.toml"))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return run, work

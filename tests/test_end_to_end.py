@@ -10,35 +10,7 @@ import pytest
 from pipeline import artifacts, bundle, train
 from pipeline.params import TrainParams
 
-from conftest import REPO, make_tree
-
-PARAMS = """
-[prepare]
-val_size = 0.1
-[train]
-epochs = 2
-batch_size = 32
-patience = 2
-"""
-
-
-def cli(*args, cwd=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_mnist, tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    (work / "params.toml").write_text(PARAMS)
-    run = work / "runs" / "tiny"
-    for stage in (["prepare", "--data", str(tiny_mnist)], ["train"], ["evaluate"]):
-        extra = [] if stage[0] == "prepare" else []
-        res = cli(*stage, "--run", str(run), "--params", str(work / "params.toml"), *extra)
-        assert res.returncode == 0, res.stderr[-3000:]
-    return run, work
-
+from conftest import REPO, cli, make_tree
 
 def test_smoke_accuracy_well_above_chance(trained_run):
     run, _ = trained_run
@@ -105,7 +77,7 @@ def test_stages_refuse_missing_inputs_naming_the_stage(tmp_path):
 
 
 def test_every_stage_has_help():
-    for stage in ("mnist", "prepare", "train", "evaluate"):
+    for stage in ("mnist", "prepare", "train", "evaluate", "predict", "preview", "report", "compare"):
         res = cli(stage, "--help")
         assert res.returncode == 0 and "usage:" in res.stdout
 

@@ -21,3 +21,18 @@ def test_other_shapes_and_errors():
         build_model("lenet5", (8, 8, 1), 2)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg", (28, 28, 1), 2)
+
+
+@pytest.mark.parametrize("name, params, layers", [
+    ("softmax", 7850, ["Flatten", "Dense"]),                      # 784 * 10 + 10
+    ("mlp", 407050, ["Flatten", "Dense", "Dropout", "Dense"]),    # 784 * 512 + 512 + 512 * 10 + 10
+    ("cnn", 3274634, ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense"]),
+])
+def test_comparison_models(name, params, layers, tmp_path):
+    import keras
+
+    model = build_model(name, (28, 28, 1), 10, 0.5)
+    assert [layer.__class__.__name__ for layer in model.layers] == layers
+    assert model.count_params() == params and model.output_shape == (None, 10)
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras", safe_mode=True).count_params() == params
