@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -43,6 +44,16 @@ def _setup_logging(stage: str, run: str | None, verbose: bool) -> None:
             root.addHandler(handler)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error: what happened, to which path, what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space and re-run (finished artifacts are intact)"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write or read{where}: {exc.strerror}; choose a writable folder (RUN=..., --out ...)"
+    return f"file system error{where}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the stage and its options, run it, and map known errors to one clear line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
@@ -65,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return mod.main(args)
     except (StageError, MnistError, ValueError) as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or unreadable folder: say which, no traceback
+        log.debug("details", exc_info=True)
+        log.error("%s", describe_os_error(exc))
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; finished artifacts are intact, re-run to continue")

@@ -67,7 +67,7 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     if out.is_file() and (run / PROBS).is_file():
         old = artifacts.read_json(out, "metrics")
         if old.get("fingerprint") == fp:
-            log.info("evaluate: %s is up to date; nothing to do", out)
+            log.info("evaluate: %s is up to date; skipped", out)
             return old
     b = bundle.load(model_dir)
     x = artifacts.load_npy(run / "X_test.npy", "prepared test images")
@@ -81,6 +81,8 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     # Per-image probabilities, in X_test order: the report's gallery and calibration use them.
     artifacts.save_npy(run / PROBS, probs.astype(np.float32))
     artifacts.write_json(out, metrics)  # last: metrics.json marks the evaluation finished
+    log.info("evaluate: read %s, X_test.npy, y_test.npy from %s", model_dir, run)
+    log.info("evaluate: wrote %s, %s", out, run / PROBS)
     log.info("evaluate: accuracy %.4f on %d test images -> %s", metrics["accuracy"], len(y), out)
     return metrics
 

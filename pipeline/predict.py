@@ -440,8 +440,11 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
                "images_per_s": round(n_new / seconds, 1) if seconds > 0 else None}
     if sorter is not None:
         summary.update({"sorted": sorter.placed, "sort_existing": sorter.existing})
+    log.info("predict: read %d files from %s, model %s", n_new, source, model_dir)
     if out is not None:
         artifacts.write_json(summary_file, summary)
+        log.info("predict: wrote %d rows to %s (%d before), %s%s", n_new, out, len(done), summary_file,
+                 f"; sorted {sorter.placed} into {sort_into} ({sorter.existing} there already)" if sorter else "")
     else:
         summary["rows_list"] = collected
     return summary

@@ -48,6 +48,13 @@ def _pixel_meta(img: np.ndarray) -> Meta:
     return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())
 
 
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is then a clear OSError here,
+    not a SIGBUS in a worker writing into a page the file system cannot back."""
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+
+
 def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], files: dict[str, Path],
                       cfg: PreprocessParams, pool: Any, rejected: list[tuple[str, str]]) -> dict[int, Meta]:
     """Decode every candidate once into row r of ``files[split]`` (item ``by_split[split][r]``).
@@ -59,6 +66,7 @@ def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], f
     for s in SPLITS:
         np.lib.format.open_memmap(files[s], mode="w+", dtype=np.float32,
                                   shape=(len(by_split[s]),) + cfg.input_shape).flush()
+        _reserve(files[s])
     metas: dict[int, Meta] = {}
     if listing.layout == "pixels":  # rows are parsed here: cheap next to image decoding
         outs = {s: np.load(files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
@@ -155,6 +163,7 @@ def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096)
     """Atomically write ``src[rows]`` to a .npy, chunk by chunk (bounded memory)."""
     with artifacts.atomic_path(path, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(rows),) + src.shape[1:])
+        _reserve(tmp)
         for i in range(0, len(rows), chunk):
             out[i:i + chunk] = src[rows[i:i + chunk]]
         out.flush()
@@ -237,7 +246,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         except artifacts.StageError:
             old = {}
         if old.get("fingerprint") == fp_future.result():
-            log.info("prepare: %s is up to date with %s; nothing to do", run, data)
+            log.info("prepare: %s is up to date with %s; skipped", run, data)
             dataset = artifacts.read_json(run / "dataset.json", "dataset summary")
             return Summary(old["counts"], old["rejected"], dataset, skipped=True)
 
@@ -322,6 +331,8 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         "preprocess": params_mod.to_dict(cfg), "counts": counts, "rejected": len(rejected),
     })
     totals = {s: sum(c.values()) for s, c in counts.items()}
+    log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
+    log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), MARKER]), run)
     log.info("prepare: %d usable images in %d classes -> train %d, val %d, test %d; %d rejected",
              sum(totals.values()), len(labels), totals["train"], totals["val"], totals["test"], len(rejected))
     return Summary(counts, len(rejected), dataset)

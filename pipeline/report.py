@@ -272,7 +272,7 @@ def build_report(run: Path, force: bool = False) -> Path:
     fp = _inputs_fingerprint(run)
     if not force and out.is_file() and all((run / f).is_file() for f in PNGS.values()) and \
             f'content="{fp}"' in out.read_text(encoding="utf-8", errors="replace")[:4096]:
-        log.info("report: %s is up to date; nothing to do", out)
+        log.info("report: %s is up to date; skipped", out)
         return out
     t0 = time.perf_counter()
     metrics = artifacts.read_json(metrics_file, "metrics")
@@ -340,7 +340,9 @@ def build_report(run: Path, force: bool = False) -> Path:
 </main></body></html>
 """
     artifacts.write_text(out, page)
-    log.info("report: %s (%.1f s)", out, time.perf_counter() - t0)
+    log.info("report: read metrics.json, test_probs.npy, X_test.npy, history.csv, dataset.json, model/ in %s", run)
+    log.info("report: wrote %s and %s (%.1f s)", out, ", ".join(n for k, n in PNGS.items() if pngs.get(k)),
+             time.perf_counter() - t0)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import shutil
@@ -98,6 +99,34 @@ def _history_callback(path: Path) -> Any:
     return HistoryCSV()
 
 
+def _repair_backup(folder: Path) -> None:
+    """Undo a backup cut short by a kill while Keras wrote its epoch record (not atomic there).
+
+    Keras falls back to the previous backup when the weights file is unreadable,
+    but not when ``training_metadata.json`` is: then the previous pair is restored
+    here (or, without one, the backup is dropped and training starts over).
+    """
+    meta = folder / "training_metadata.json"
+
+    def valid(path: Path) -> bool:
+        try:
+            return isinstance(json.loads(path.read_text(encoding="utf-8"))["epoch"], int)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    if not meta.exists() or valid(meta):
+        return
+    prev_meta, prev_weights = folder / f"{meta.name}.bkp", folder / "latest.weights.h5.bkp"
+    if valid(prev_meta) and prev_weights.is_file():
+        log.warning("train: the last backup was cut short; resuming from the one before it")
+        shutil.copyfile(prev_weights, folder / "latest.weights.h5")
+        shutil.copyfile(prev_meta, meta)
+    else:
+        log.warning("train: the backup in %s is unreadable; starting over", folder)
+        for name in (meta.name, prev_meta.name, "latest.weights.h5", prev_weights.name):
+            (folder / name).unlink(missing_ok=True)
+
+
 def _best_so_far(history: Path, monitor: str) -> float | None:
     """Best monitored value in an existing history (so a resumed checkpoint keeps the true best)."""
     if not history.is_file():
@@ -129,13 +158,17 @@ def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
     ckpt = run / CHECKPOINT
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     history = run / HISTORY
+    # The backup comes last: when it says "epoch N finished", the checkpoint and the
+    # history row of epoch N are already on disk. A kill between them only makes the
+    # resumed run redo epoch N (its history row is then replaced, never lost).
+    _repair_backup(run / BACKUP_DIR)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True),
         keras.callbacks.LearningRateScheduler(lambda epoch: lr_at(epoch, p)),
         keras.callbacks.ModelCheckpoint(str(ckpt), monitor=monitor, save_best_only=True,
                                         initial_value_threshold=_best_so_far(history, monitor)),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=p.patience, restore_best_weights=True),
         _history_callback(history),
+        keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True),
     ]
     from .augment import build_augmenter
 
@@ -167,7 +200,7 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     if not fresh and (dest / bundle.MARKER).is_file():
         try:
             if bundle.read_info(dest).get("fingerprint") == fp:
-                log.info("train: %s is up to date; nothing to do (FRESH=1 / --fresh to retrain)", dest)
+                log.info("train: %s is up to date; skipped (FRESH=1 / --fresh to retrain)", dest)
                 return False
         except artifacts.StageError as exc:
             log.warning("existing bundle ignored: %s", exc)
@@ -203,6 +236,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
                         {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug),
                          "prepare": marker["params"]}, info)
     shutil.rmtree(run / BACKUP_DIR, ignore_errors=True)
+    log.info("train: read X_train/y_train/X_val/y_val.npy, labels.json, prepare.json from %s", run)
+    log.info("train: wrote %s (bundle), %s, %s", dest, run / HISTORY, run / CHECKPOINT)
     log.info("train: best epoch %d of %d (%s %.4f) in %.1fs -> %s", result["best_epoch"], result["epochs_run"],
              result["monitor"], result["best_" + result["monitor"]], result["fit_seconds"], dest)
     return True
