@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import compare, evaluate, plots, report
+from pipeline import evaluate, plots, report
 from pipeline.params import EvaluateParams, TrainParams
 from pipeline.train import train
 
