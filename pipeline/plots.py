@@ -133,7 +133,7 @@ def confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
             cut = data.max() / 2 if data.max() else 1
             for i in range(n):
                 for j in range(n):
-                    if data[i, j] or fmt == "d":
+                    if fmt == "d" or data[i, j] >= 0.005:  # no "0.00" for a stray image
                         ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8 if n > 10 else 9,
                                 color="white" if data[i, j] > cut else "black")
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -187,7 +187,7 @@ def calibration(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[
     right.set_xlabel("confidence")
     right.set_ylabel("accuracy")
     right.set_title(f"Reliability diagram (ECE {ece:.3f})")
-    right.legend(frameon=False, loc="upper left")
+    right.legend(loc="upper left", framealpha=0.9)  # a frame: tall bars may sit behind it
     table = [{"from": float(edges[b]), "to": float(edges[b + 1]), "images": int(count[b]),
               "accuracy": None if np.isnan(acc[b]) else float(acc[b])} for b in range(bins)]
     return _png(fig), {"ece": ece, "bins": table}
