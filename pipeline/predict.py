@@ -283,6 +283,10 @@ def _infer(forward: Any, x: np.ndarray, batch: int, n_out: int) -> np.ndarray:
     return np.concatenate(out)[:n]
 
 
+def _stack(arrays: list[np.ndarray], cfg: PreprocessParams) -> np.ndarray:
+    return np.stack(arrays) if arrays else np.zeros((0, *cfg.input_shape), np.float32)
+
+
 def _pixel_chunks(source: Path, cfg: PreprocessParams, size: int,
                   done: set[str]) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
     """Blocks of (row names, preprocessed arrays, reasons) from a pixel CSV, skipping ``done`` rows."""
@@ -298,10 +302,10 @@ def _pixel_chunks(source: Path, cfg: PreprocessParams, size: int,
         if img is not None:
             arrays.append(preprocess(img, cfg))
         if len(names) == size:
-            yield names, np.stack(arrays) if arrays else np.zeros((0, *cfg.input_shape), np.float32), reasons
+            yield names, _stack(arrays, cfg), reasons
             names, arrays, reasons = [], [], []
     if names:
-        yield names, np.stack(arrays) if arrays else np.zeros((0, *cfg.input_shape), np.float32), reasons
+        yield names, _stack(arrays, cfg), reasons
 
 
 def _file_chunks(inputs: Inputs, paths: list[str], cfg: PreprocessParams, size: int,
