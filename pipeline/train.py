@@ -100,31 +100,42 @@ def _history_callback(path: Path) -> Any:
 
 
 def _repair_backup(folder: Path) -> None:
-    """Undo a backup cut short by a kill while Keras wrote its epoch record (not atomic there).
+    """Undo a backup cut short by a kill while Keras wrote it (its writes are not atomic).
 
-    Keras falls back to the previous backup when the weights file is unreadable,
-    but not when ``training_metadata.json`` is: then the previous pair is restored
-    here (or, without one, the backup is dropped and training starts over).
+    The newest pair (weights + ``training_metadata.json``) is kept when both read;
+    else the previous pair (``*.bkp``) is restored; else the backup is dropped and
+    training starts over. Keras' own fallback covers only some of these cases.
     """
-    meta = folder / "training_metadata.json"
+    meta, weights = folder / "training_metadata.json", folder / "latest.weights.h5"
+    prev_meta, prev_weights = folder / f"{meta.name}.bkp", folder / f"{weights.name}.bkp"
 
-    def valid(path: Path) -> bool:
+    def valid_meta(path: Path) -> bool:
         try:
             return isinstance(json.loads(path.read_text(encoding="utf-8"))["epoch"], int)
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    if not meta.exists() or valid(meta):
+    def valid_weights(path: Path) -> bool:
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    if not meta.exists() and not weights.exists():
         return
-    prev_meta, prev_weights = folder / f"{meta.name}.bkp", folder / "latest.weights.h5.bkp"
-    if valid(prev_meta) and prev_weights.is_file():
+    if valid_meta(meta) and valid_weights(weights):
+        return
+    if valid_meta(prev_meta) and valid_weights(prev_weights):
         log.warning("train: the last backup was cut short; resuming from the one before it")
-        shutil.copyfile(prev_weights, folder / "latest.weights.h5")
+        shutil.copyfile(prev_weights, weights)
         shutil.copyfile(prev_meta, meta)
     else:
         log.warning("train: the backup in %s is unreadable; starting over", folder)
-        for name in (meta.name, prev_meta.name, "latest.weights.h5", prev_weights.name):
-            (folder / name).unlink(missing_ok=True)
+        for path in (meta, prev_meta, weights, prev_weights):
+            path.unlink(missing_ok=True)
 
 
 def _best_so_far(history: Path, monitor: str) -> float | None:

@@ -221,11 +221,14 @@ def test_a_backup_cut_while_keras_wrote_its_epoch_record_falls_back(tmp_path):
     backup.mkdir()
     (backup / "training_metadata.json").write_text('{"epo')  # killed mid-write
     (backup / "training_metadata.json.bkp").write_text('{"epoch": 3, "batch": 0}')
-    (backup / "latest.weights.h5").write_bytes(b"new")
-    (backup / "latest.weights.h5.bkp").write_bytes(b"previous")
+    import h5py
+
+    with h5py.File(backup / "latest.weights.h5.bkp", "w") as fh:
+        fh["w"] = np.arange(3)
+    (backup / "latest.weights.h5").write_bytes(b"cut short")
     train_mod._repair_backup(backup)
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
-    assert (backup / "latest.weights.h5").read_bytes() == b"previous"
+    assert (backup / "latest.weights.h5").read_bytes() == (backup / "latest.weights.h5.bkp").read_bytes()
     (backup / "training_metadata.json").write_text("")
     (backup / "training_metadata.json.bkp").unlink()
     train_mod._repair_backup(backup)
