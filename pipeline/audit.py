@@ -5,9 +5,10 @@ Pure functions over what prepare decoded; prepare writes the results to
 """
 from __future__ import annotations
 
+import copy
 import re
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from .preprocess import EXTENSIONS
 EXAMPLES = 20  # how many examples of each finding dataset.json lists
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
 class Meta:
     """What decoding learned about one usable file."""
 
@@ -29,15 +30,68 @@ class Meta:
     sha1: str
 
 
+
+class MetaTable(Sequence):
+    """Metas of many files in flat arrays, read back as :class:`Meta` one at a time.
+
+    A million ``Meta`` objects (with their hash strings) would cost ~250 MB; this
+    costs 30 bytes a file. ``put(i, meta)`` fills slot i; ``i in table`` says whether
+    slot i was filled; ``table.take(indices)`` is a sequence of those slots' metas.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.width = np.zeros(n, np.int32)
+        self.height = np.zeros(n, np.int32)
+        self.mode = np.zeros(n, np.int16)
+        self.format = np.zeros(n, np.int16)
+        self.sha1 = np.zeros((n, 20), np.uint8)  # not "S20": numpy strips trailing zero bytes
+        self.filled = np.zeros(n, bool)
+        self._names: list[str] = []
+        self._codes: dict[str, int] = {}
+        self.index = np.arange(n)
+
+    def _code(self, name: str) -> int:
+        if name not in self._codes:
+            self._codes[name] = len(self._names)
+            self._names.append(name)
+        return self._codes[name]
+
+    def put(self, i: int, m: Meta) -> None:
+        self.width[i], self.height[i] = m.width, m.height
+        self.mode[i], self.format[i] = self._code(m.mode), self._code(m.format)
+        self.sha1[i] = np.frombuffer(bytes.fromhex(m.sha1), np.uint8)
+        self.filled[i] = True
+
+    def __contains__(self, i: object) -> bool:
+        return isinstance(i, (int, np.integer)) and 0 <= i < len(self.filled) and bool(self.filled[i])
+
+    def take(self, indices: Sequence[int]) -> "MetaTable":
+        view = copy.copy(self)
+        view.index = np.asarray(indices, dtype=np.int64)
+        return view
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> Meta:  # type: ignore[override]
+        i = self.index[k]
+        return Meta(int(self.width[i]), int(self.height[i]), self._names[self.mode[i]],
+                    self._names[self.format[i]], self.sha1[i].tobytes().hex())
+
+    def __iter__(self) -> Iterator[Meta]:
+        return (self[k] for k in range(len(self)))
+
+
 def duplicate_groups(paths: Sequence[str], labels: Sequence[str], metas: Sequence[Meta]) -> tuple[list, list]:
     """(duplicates, conflicts): groups of identical files under one label, and under several labels."""
-    groups: dict[str, list[int]] = defaultdict(list)
+    first: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}  # only hashes seen more than once: no list per file
     for i, m in enumerate(metas):
-        groups[m.sha1].append(i)
+        j = first.setdefault(m.sha1, i)
+        if j != i:
+            groups.setdefault(m.sha1, [j]).append(i)
     duplicates, conflicts = [], []
-    for sha, idx in groups.items():
-        if len(idx) < 2:
-            continue
+    for sha, idx in sorted(groups.items(), key=lambda kv: kv[1][0]):  # in order of first appearance
         entry = {"sha1": sha, "paths": [paths[i] for i in idx], "labels": [labels[i] for i in idx]}
         (conflicts if len(set(entry["labels"])) > 1 else duplicates).append(entry)
     return duplicates, conflicts

@@ -9,7 +9,7 @@ import multiprocessing as mp
 import os
 import signal
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,19 +33,31 @@ def _init_worker(cfg: PreprocessParams, worker: bool = False) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-_outputs: dict[str, np.ndarray] = {}
+_outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset, bytes per row)
 
 
-def _open_output(path: str) -> np.ndarray:
+def _open_output(path: str) -> tuple[int, int, int]:
+    """The open file, data offset and row size of a float32 .npy (opened once per process)."""
     if path not in _outputs:
-        _outputs[path] = np.load(path, mmap_mode="r+", allow_pickle=False)
+        header = np.load(path, mmap_mode="r", allow_pickle=False)  # only to read where the rows start
+        offset, row_bytes = header.offset, header.itemsize * int(np.prod(header.shape[1:], dtype=np.int64))
+        del header
+        _outputs[path] = (os.open(path, os.O_WRONLY), offset, row_bytes)
     return _outputs[path]
+
+
+def _close_outputs() -> None:
+    for fd, _, _ in _outputs.values():
+        os.close(fd)
+    _outputs.clear()
 
 
 def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]]]) -> list[tuple[str, Meta | None]]:
     """Worker: decode a chunk, writing each good image to its (.npy file, row); return (reason, meta)s.
 
     Writing in the worker keeps the decoded pixels out of the pipes to the parent.
+    It writes with ``pwrite``, not through a memory map: pages written through a map
+    would count in the worker's resident memory until the end, growing with the data.
     Rows of rejected files are left as they are (the caller never reads them).
     """
     paths, targets = job
@@ -53,10 +65,9 @@ def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]]]) -> list[t
     k = 0
     for (reason, meta), (out, row) in zip(info, targets):
         if meta is not None:
-            _open_output(out)[row] = stacked[k]
+            fd, offset, row_bytes = _open_output(out)
+            os.pwrite(fd, np.ascontiguousarray(stacked[k], dtype=np.float32).tobytes(), offset + row * row_bytes)
             k += 1
-    for out in {t[0] for t in targets}:
-        _open_output(out).flush()
     return info
 
 
@@ -83,31 +94,45 @@ def start_pool(cfg: PreprocessParams, workers: int = 0) -> Any:
     return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg, True))
 
 
-def decode_into(paths: Sequence[str], targets: Sequence[tuple[str, int]], cfg: PreprocessParams,
+def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
+                targets: Callable[[int, int], Sequence[tuple[str, int]]], cfg: PreprocessParams,
                 pool: Any = None, desc: str = "decode") -> Iterator[list[tuple[str, Meta | None]]]:
-    """Decode ``paths[i]`` into row ``targets[i][1]`` of the float32 .npy file ``targets[i][0]``.
+    """Decode the ``n`` items: ``paths(i, j)`` gives the file paths of items i..j-1, and
+    ``targets(i, j)`` their (float32 .npy file, row) to write into.
 
     The files must exist with room for their rows. Runs in ``pool`` (from
     :func:`start_pool`) or in this process when it is None or the job is small.
     Yields the ``(reason, meta)`` list of each chunk, in order (meta None:
-    rejected, its row left unset).
+    rejected, its row left unset). Paths are built a chunk at a time and at most
+    two chunks per worker are in flight, so memory does not grow with the number of files.
     """
     workers = pool._processes if pool is not None else 1
-    size = max(32, min(CHUNK, -(-len(paths) // (workers * 4))))
-    jobs = [(paths[i:i + size], targets[i:i + size]) for i in range(0, len(paths), size)]
-    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        if pool is None or len(paths) < SERIAL_BELOW:
-            _init_worker(cfg)
-            results: Iterator = map(_decode_into, jobs)
-        else:
-            results = pool.imap(_decode_into, jobs)
+    size = max(32, min(CHUNK, -(-n // (workers * 4))))
+    jobs = ((paths(i, min(i + size, n)), targets(i, min(i + size, n))) for i in range(0, n, size))
+    with tqdm(total=n, desc=desc, unit="img") as bar:
         try:
+            if pool is None or n < SERIAL_BELOW:
+                _init_worker(cfg)
+                results: Iterator = map(_decode_into, jobs)
+            else:
+                results = _windowed(pool, _decode_into, jobs, 2 * workers + 1)
             for info in results:
                 yield info
                 bar.update(len(info))
         finally:
-            for out in {t[0] for t in targets}:
-                _outputs.pop(out, None)
+            _close_outputs()
+
+
+def _windowed(pool: Any, fn: Callable, jobs: Iterable, ahead: int) -> Iterator:
+    """``pool.imap(fn, jobs)`` with at most ``ahead`` jobs submitted and not yet consumed
+    (``imap`` itself would queue every job at once)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(fn, (job,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: Any = None,
@@ -123,11 +148,4 @@ def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: 
         for paths in chunks:
             yield _decode_chunk(paths)
         return
-    ahead = ahead or 2 * pool._processes + 1
-    pending: deque = deque()
-    for paths in chunks:
-        pending.append(pool.apply_async(_decode_chunk, (paths,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    yield from _windowed(pool, _decode_chunk, chunks, ahead or 2 * pool._processes + 1)

@@ -49,7 +49,7 @@ PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath", "
 _PIXEL_COL = re.compile(r"^pixel\d+$", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
 class Item:
     """One candidate image: path relative to the root (POSIX), label (None: unlabelled), given split.
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,21 +56,24 @@ def _reserve(path: Path) -> None:
 
 
 def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], files: dict[str, Path],
-                      cfg: PreprocessParams, pool: Any, rejected: list[tuple[str, str]]) -> dict[int, Meta]:
+                      cfg: PreprocessParams, pool: Any, rejected: list[tuple[str, str]]) -> audit.MetaTable:
     """Decode every candidate once into row r of ``files[split]`` (item ``by_split[split][r]``).
 
     Returns the meta of each usable item by its index in the listing; unusable ones
     are appended to ``rejected`` (their rows stay unset and are compacted away later).
     """
-    slots = [(i, s, r) for s in SPLITS for r, i in enumerate(by_split[s])]
+    # Three flat arrays, not a tuple per file: the listing is the only per-file Python object.
+    item = np.array([i for s in SPLITS for i in by_split[s]], dtype=np.int64)
+    split = np.repeat(np.arange(len(SPLITS)), [len(by_split[s]) for s in SPLITS])
+    row = np.concatenate([np.arange(len(by_split[s]), dtype=np.int64) for s in SPLITS])
     for s in SPLITS:
         np.lib.format.open_memmap(files[s], mode="w+", dtype=np.float32,
                                   shape=(len(by_split[s]),) + cfg.input_shape).flush()
         _reserve(files[s])
-    metas: dict[int, Meta] = {}
+    metas = audit.MetaTable(len(listing.items))
     if listing.layout == "pixels":  # rows are parsed here: cheap next to image decoding
         outs = {s: np.load(files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
-        slot = {i: (s, r) for i, s, r in slots}
+        slot = {int(i): (SPLITS[k], int(r)) for i, k, r in zip(item, split, row)}
         rows = tqdm(ingest.iter_pixel_images(listing.source), desc="pixels", unit="img")
         for i, (img, reason) in enumerate(rows):
             if img is None:
@@ -78,21 +81,27 @@ def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], f
             elif i in slot:  # rows without a label are not candidates
                 s, r = slot[i]
                 outs[s][r] = preprocess(img, cfg)
-                metas[i] = _pixel_meta(img)
+                metas.put(i, _pixel_meta(img))
         for arr in outs.values():
             arr.flush()
         return metas
     prefix = str(listing.root) + os.sep
-    paths = [prefix + listing.items[i].path for i, _, _ in slots]
-    targets = [(str(files[s]), r) for _, s, r in slots]
+    names = [str(files[s]) for s in SPLITS]
+
+    def paths(i: int, j: int) -> list[str]:
+        return [prefix + listing.items[k].path for k in item[i:j].tolist()]
+
+    def targets(i: int, j: int) -> list[tuple[str, int]]:
+        return [(names[k], r) for k, r in zip(split[i:j].tolist(), row[i:j].tolist())]
+
     pos = 0
-    for info in decode_into(paths, targets, cfg, pool):
+    for info in decode_into(len(item), paths, targets, cfg, pool):
         for reason, meta in info:
-            i = slots[pos][0]
+            i = int(item[pos])
             if meta is None:
                 rejected.append((listing.items[i].path, reason))
             else:
-                metas[i] = meta
+                metas.put(i, meta)
             pos += 1
     return metas
 
@@ -159,6 +168,15 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
+def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Atomically write a CSV row by row (a million rows never sit in memory as one string)."""
+    with artifacts.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
 def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096) -> None:
     """Atomically write ``src[rows]`` to a .npy, chunk by chunk (bounded memory)."""
     with artifacts.atomic_path(path, suffix=".npy") as tmp:
@@ -171,20 +189,25 @@ def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096)
 
 
 def _input_fingerprint(listing: ingest.Listing) -> str:
-    """Cheap fingerprint of the sources: path, label, split, size and mtime of each file."""
+    """Cheap fingerprint of the sources: path, label, split, size and mtime of each file.
+
+    Hashed file by file: a million files never sit in memory as one list or JSON text.
+    """
     if listing.source is not None and listing.layout == "pixels":
         st = os.stat(listing.source)
         return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
-    stats = listing.stats
-    if stats is None:
-        stats = []
-        for item in listing.items:
+    h = hashlib.sha256()
+    for k, item in enumerate(listing.items):
+        if listing.stats is not None:
+            size, mtime = listing.stats[k]
+        else:
             try:
                 st = os.stat(listing.root / item.path)
-                stats.append((st.st_size, st.st_mtime_ns))
+                size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
-                stats.append((-1, -1))
-    return artifacts.fingerprint([(it.path, it.label, it.split) for it in listing.items], stats, listing.rejected)
+                size, mtime = -1, -1
+        h.update(f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return artifacts.fingerprint(h.hexdigest(), listing.rejected)
 
 
 def require_prepared(run: Path) -> dict[str, Any]:
@@ -286,13 +309,13 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         split_of = {i: s for s in SPLITS for i in by_split[s]}
         items = [listing.items[i] for i in good]
         paths = [it.path for it in items]
-        good_metas = [metas[i] for i in good]
+        good_metas = metas.take(good)
         splits = np.array([split_of[i] for i in good], dtype=object)
         duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
         leaks = audit.find_leakage(splits, good_metas)
         leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
         dropped = {good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
-        manifest_rows = []
+        kept_items: dict[str, list[ingest.Item]] = {}
         counts: dict[str, dict[str, int]] = {}
         for s in SPLITS:
             keep = [r for r, i in enumerate(by_split[s]) if i in metas and i not in dropped]
@@ -304,7 +327,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
                 _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
             kept = [listing.items[by_split[s][r]] for r in keep]
             artifacts.save_npy(run / f"y_{s}.npy", np.array([labels[it.label] for it in kept], dtype=np.int64))
-            manifest_rows += [(where_s + it.path, it.label, s) for it in kept]
+            kept_items[s] = kept
             per = Counter(it.label for it in kept)
             counts[s] = {name: per.get(name, 0) for name in labels}
     finally:
@@ -322,7 +345,8 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     x_train = artifacts.load_npy(run / "X_train.npy", "train images")
     y_train = np.load(run / "y_train.npy")
     artifacts.write_bytes(run / "samples.png", plots.sample_grid(x_train, y_train, list(labels)))
-    artifacts.write_text(run / "manifest.csv", _csv_text(("path", "label", "split"), manifest_rows))
+    _write_rows(run / "manifest.csv", ("path", "label", "split"),
+                ((where_s + it.path, it.label, s) for s in SPLITS for it in kept_items[s]))
     artifacts.write_json(run / "labels.json", labels)
     artifacts.write_json(run / "dataset.json", dataset)
     artifacts.write_json(marker_path, {
