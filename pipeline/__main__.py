@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(STAGES[args.stage][0])
     if hasattr(mod, "resolve_args"):
         mod.resolve_args(args)
-    _setup_logging(args.stage, getattr(args, "run", None), args.verbose)
+    _setup_logging(getattr(args, "log_name", args.stage), getattr(args, "run", None), args.verbose)
 
     from .artifacts import StageError
     from .mnist import MnistError

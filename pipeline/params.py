@@ -134,9 +134,18 @@ class TrainParams:
     dropout: float = 0.2
     seed: int = 42
     deterministic: bool = False
+    strategy: str = "default"
+    streaming: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    data_threads: int = 0
 
     def __post_init__(self) -> None:
         _choice("train", "model", self.model, ("lenet5", "softmax", "mlp", "cnn"))
+        _choice("train", "strategy", self.strategy, ("default", "mirrored", "multiworker"))
+        _choice("train", "streaming", self.streaming, ("auto", "on", "off"))
+        for key in ("intra_op_threads", "inter_op_threads", "data_threads"):
+            _check(getattr(self, key) >= 0, "train", key, ">= 0 (0 = automatic)", getattr(self, key))
         _choice("train", "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _check(self.epochs >= 1, "train", "epochs", ">= 1", self.epochs)
         _check(self.batch_size >= 1, "train", "batch_size", ">= 1", self.batch_size)
