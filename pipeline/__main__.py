@@ -19,6 +19,7 @@ STAGES = {
     "compare": ("pipeline.compare", "side-by-side table of several runs"),
     "preview": ("pipeline.preview", "PNG grid per class: original -> preprocessed -> augmented"),
     "predict": ("pipeline.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
+    "export": ("pipeline.export", "export a model bundle as .keras, SavedModel or TFLite (optionally quantised)"),
 }
 
 log = logging.getLogger("pipeline")
