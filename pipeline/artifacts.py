@@ -138,3 +138,35 @@ def load_npy(path: str | os.PathLike, what: str, mmap: bool = True) -> np.ndarra
         raise StageError(f"{what} not found: {path}") from None
     except ValueError as exc:
         raise StageError(f"{what} is malformed ({exc}): {path}") from None
+
+
+class NpyRows:
+    """Read chosen rows of a .npy file with ``pread``: nothing is mapped, so the rows read
+    do not stay in this process's resident memory (streaming a file larger than RAM).
+    Falls back to plain indexing for an in-memory array."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+        self.row_bytes = array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+        self.fd = None
+        if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous:
+            self.fd = os.open(array.filename, os.O_RDONLY)
+            self.offset = array.offset
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted ascending for a front-to-back read), as a new array."""
+        if self.fd is None:
+            return np.asarray(self.array[idx])
+        out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+        view = memoryview(out.reshape(len(idx), -1).view(np.uint8).reshape(-1))
+        for k, i in enumerate(idx.tolist()):
+            start = k * self.row_bytes
+            got = os.preadv(self.fd, [view[start:start + self.row_bytes]], self.offset + i * self.row_bytes)
+            if got != self.row_bytes:
+                raise StageError(f"{self.array.filename}: short read at row {i} (file truncated?)")
+        return out
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)

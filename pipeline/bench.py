@@ -291,6 +291,127 @@ def step_keras_predict(data: Path, work: Path) -> dict[str, Any]:
     return {"images": n, "seconds": time.perf_counter() - t0}
 
 
+# ---------------------------------------------------------------- scale (synthetic data)
+def _synthetic_block(job: tuple[str, int, int]) -> int:
+    """Write images start..stop-1 of the synthetic set: a 28x28 digit glyph on noise, class = i % 10."""
+    import cv2
+    import numpy as np
+
+    folder, start, stop = job
+    for i in range(start, stop):
+        rng = np.random.default_rng(i)
+        label = i % 10
+        img = rng.integers(0, 40, (28, 28), dtype=np.uint8)
+        cv2.putText(img, str(label), (4 + int(rng.integers(0, 8)), 21 + int(rng.integers(0, 5))),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.7 + 0.2 * float(rng.random()), 255, 2)
+        ok, buf = cv2.imencode(".png", img)
+        Path(folder, f"c{label}", f"{i:07d}.png").write_bytes(buf.tobytes())
+    return stop - start
+
+
+def make_synthetic(folder: Path, start: int, stop: int) -> None:
+    """Grow the synthetic folder-per-label set from ``start`` to ``stop`` images (spawned workers)."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    for label in range(10):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+    blocks = [(str(folder), i, min(i + 5000, stop)) for i in range(start, stop, 5000)]
+    with mp.get_context("spawn").Pool() as pool, tqdm(total=stop - start, desc="synthetic", unit="img") as bar:
+        for n in pool.imap_unordered(_synthetic_block, blocks):
+            bar.update(n)
+
+
+def step_scale_prepare(data: Path, work: Path) -> dict[str, Any]:
+    """``prepare`` on the synthetic folder as it is now (a fresh run folder each time)."""
+    import shutil
+
+    from .params import PrepareParams, PreprocessParams
+    from .prepare import prepare
+
+    shutil.rmtree(work / "scale_run", ignore_errors=True)
+    t0 = time.perf_counter()
+    s = prepare(data, work / "scale_run", PrepareParams(), PreprocessParams())
+    n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_scale_keras(data: Path, work: Path) -> dict[str, Any]:
+    """The plain Keras way over the same folder: one pass of ``image_dataset_from_directory``."""
+    t0 = time.perf_counter()
+    n = sum(int(x.shape[0]) for x, _ in _keras_ds(data))
+    return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def _scale_train(work: Path, streaming: str) -> dict[str, Any]:
+    from .params import TrainParams
+    from .train import train
+
+    run = work / "scale_run"
+    t0 = time.perf_counter()
+    train(run, TrainParams(epochs=1, streaming=streaming), fresh=True, verbose=0)
+    import numpy as np
+
+    return {"images": len(np.load(run / "X_train.npy", mmap_mode="r")), "seconds": time.perf_counter() - t0}
+
+
+def step_scale_train_stream(data: Path, work: Path) -> dict[str, Any]:
+    """One training epoch on the largest synthetic run, batches read from the .npy files on disk."""
+    return _scale_train(work, "on")
+
+
+def step_scale_train_memory(data: Path, work: Path) -> dict[str, Any]:
+    """The same with the arrays loaded into memory first."""
+    return _scale_train(work, "off")
+
+
+SCALE_STEPS = {
+    "scale_prepare": ("prepare (ours), synthetic", step_scale_prepare),
+    "scale_keras": ("image_dataset_from_directory pass", step_scale_keras),
+    "scale_train_stream": ("train 1 epoch, streamed from disk", step_scale_train_stream),
+    "scale_train_memory": ("train 1 epoch, arrays in memory", step_scale_train_memory),
+}
+
+
+def run_scale(sizes: list[int], work: Path) -> dict[str, Any]:
+    """Grow a synthetic set through ``sizes`` images; at each size measure prepare and the Keras pass
+    (peak RSS of each in its own process); at the largest, one training epoch streamed vs in memory."""
+    folder = work / "synthetic"
+    rows: list[dict[str, Any]] = []
+    have = 0
+    for n in sorted(sizes):
+        print(f"scale: generating images {have}..{n}", file=sys.stderr, flush=True)
+        make_synthetic(folder, have, n)
+        have = n
+        for step in ("scale_prepare", "scale_keras"):
+            print(f"scale: {step} on {n} images ...", file=sys.stderr, flush=True)
+            rows.append({"size": n, "step": step, **_run_child(step, folder, work)})
+    for step in ("scale_train_stream", "scale_train_memory"):
+        print(f"scale: {step} on {have} images ...", file=sys.stderr, flush=True)
+        rows.append({"size": have, "step": step, **_run_child(step, folder, work)})
+    return {"sizes": sorted(sizes), "rows": rows}
+
+
+def format_scale(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    lines = [f"{'images':>9}  {'step':<38} {'wall s':>8} {'img/s':>8} {'peak RSS MB':>12} {'worker MB':>10} "
+             f"{'RSS vs smallest':>16}"]
+    first: dict[str, float] = {}
+    for r in rows:
+        base = first.setdefault(r["step"], r["peak_rss_mb"])
+        lines.append(f"{r['size']:>9}  {SCALE_STEPS[r['step']][0]:<38} {r['seconds']:>8.1f} "
+                     f"{r['images'] / r['seconds']:>8.0f} {r['peak_rss_mb']:>12.0f} {r['peak_worker_rss_mb']:>10.0f} "
+                     f"{r['peak_rss_mb'] / base:>15.2f}x")
+    prep = [r for r in rows if r["step"] == "scale_prepare"]
+    if len(prep) > 1:
+        growth = prep[-1]["size"] / prep[0]["size"]
+        ratio = max(r["peak_rss_mb"] for r in prep) / prep[0]["peak_rss_mb"]
+        lines.append(f"prepare peak RSS grew {ratio:.2f}x while the data grew {growth:.0f}x "
+                     f"({'within' if ratio <= 1.5 else 'OVER'} the 1.5x budget)")
+    return "\n".join(lines)
+
+
 STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
@@ -344,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: " + ",".join(STEPS))
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs per step, interleaved; the fastest is reported (default: %(default)s)")
+    parser.add_argument("--scale", default="",
+                        help="comma-separated image counts for the synthetic scale test, e.g. 20000,100000,200000 "
+                             "(add 1000000 for a million; needs ~4 GB of disk per million); empty: skip it")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -351,21 +475,26 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if args.step:  # child: one measurement, one JSON line
         os.environ["TQDM_DISABLE"] = "1"
-        if args.step not in ("export", "prepare", "prepare_heavy"):
+        if args.step not in ("export", "prepare", "prepare_heavy", "scale_prepare"):
             import keras  # noqa: F401  - import time is not part of any measurement
         watcher = ChildPeak()
         watcher.start()
-        result = STEPS[args.step][1](data, Path(args.work))
+        result = {**STEPS, **SCALE_STEPS}[args.step][1](data, Path(args.work))
         result.update({"peak_rss_mb": round(_vm_hwm_mb(), 1), "peak_worker_rss_mb": round(watcher.stop(), 1)})
         print(json.dumps(result))
         return 0
     steps = [s for s in args.steps.split(",") if s]
+    try:
+        sizes = [int(n) for n in args.scale.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--scale takes image counts, e.g. 20000,100000,200000; got {args.scale!r}")
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step(s) {unknown}")
     results: dict[str, dict[str, Any]] = {}
     # Rounds run every step in turn, so ours and Keras' see the same machine state;
     # the fastest run of each step is kept (the least disturbed by other load).
+    scale: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-", dir=".") as work:
         for r in range(max(1, args.repeat)):
             for step in steps:
@@ -373,13 +502,18 @@ def main(argv: list[str] | None = None) -> int:
                 res = _run_child(step, data, Path(work))
                 if step not in results or res["seconds"] < results[step]["seconds"]:
                     results[step] = res
-    table = format_rows(results)
+        if sizes:
+            scale = run_scale(sizes, Path(work))
+    table = format_rows(results) if results else ""
+    if scale:
+        table += ("\n\n" if table else "") + format_scale(scale)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from . import artifacts
 
-    artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "repeat": args.repeat, "results": results})
+    artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "repeat": args.repeat, "results": results,
+                                              "scale": scale})
     artifacts.write_text(out / "bench.txt", table + "\n")
     return 0
 

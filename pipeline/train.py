@@ -71,10 +71,11 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     ds = ds.batch(batch_size)
     if stream:
         shape = tuple(x.shape[1:])
+        x_rows, y_all = artifacts.NpyRows(x), np.asarray(y, dtype=np.int64)  # labels are small: in memory
 
         def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             idx = np.sort(idx)  # a batch is a set: read the file front to back
-            return np.asarray(x[idx], dtype=np.float32), np.asarray(y[idx], dtype=np.int64)
+            return x_rows.take(idx).astype(np.float32, copy=False), y_all[idx]
 
         def gather(idx: Any) -> tuple[Any, Any]:
             xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.int64), stateful=False)
