@@ -17,6 +17,7 @@ OUT       ?=
 ARGS      ?=
 FRESH     ?=
 GPU       ?=
+SCALE     ?= 20000,100000,200000
 EXTRAS    := dev$(if $(filter 1,$(GPU)),$(comma)gpu)
 comma     := ,
 
@@ -24,14 +25,14 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate predict preview report compare test bench clean help
+.PHONY: all setup mnist prepare train evaluate predict export serve preview report compare test bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
 all: setup $(PREP_DEPS) prepare train evaluate
 
 help:
-	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | preview | report | compare RUNS=.. | test | bench | clean"
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | export [FORMAT=..] | serve [PORT=..] | preview | report | compare RUNS=.. | test | bench | clean"
 
 setup: $(STAMP)
 
@@ -52,7 +53,7 @@ prepare: $(STAMP) $(PREP_DEPS)
 	$(PY) -m pipeline prepare --data $(DATA) --layout $(LAYOUT) --run $(RUN) --params $(PARAMS)
 
 train: $(STAMP)
-	$(PY) -m pipeline train --run $(RUN) --params $(PARAMS) $(if $(FRESH),--fresh)
+	$(PY) -m pipeline train --run $(RUN) --params $(PARAMS) $(if $(FRESH),--fresh) $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --run $(RUN) --params $(PARAMS)
@@ -62,6 +63,16 @@ evaluate: $(STAMP)
 predict: $(STAMP)
 	@test -n "$(IMAGES)" || { echo "usage: make predict IMAGES=<folder|image|pixel csv> [OUT=<file>] [RUN=<run folder>] [ARGS=<options>]" >&2; exit 2; }
 	$(PY) -m pipeline predict "$(IMAGES)" --model "$(RUN)/model" --params $(PARAMS) $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# http://127.0.0.1:$(PORT)/ : draw or drop images; ARGS e.g. "--host 0.0.0.0 --max-files 32".
+PORT      ?= 8000
+serve: $(STAMP)
+	$(PY) -m pipeline serve --model "$(RUN)/model" --port $(PORT) $(ARGS)
+
+# FORMAT: keras | savedmodel | tflite; ARGS e.g. "--quantize dynamic".
+FORMAT    ?= tflite
+export: $(STAMP)
+	$(PY) -m pipeline export --model "$(RUN)/model" --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 preview: $(STAMP)
 	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)
@@ -77,7 +88,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP) mnist
-	$(PY) -m pipeline.bench --data $(MNIST_OUT) --out bench-results
+	$(PY) -m pipeline.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE)
 
 clean:
 	rm -rf runs bench-results .pytest_cache

@@ -19,6 +19,7 @@ STAGES = {
     "compare": ("pipeline.compare", "side-by-side table of several runs"),
     "preview": ("pipeline.preview", "PNG grid per class: original -> preprocessed -> augmented"),
     "predict": ("pipeline.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
+    "serve": ("pipeline.serve", "a local web page and JSON API to try a model (draw or drop images)"),
     "export": ("pipeline.export", "export a model bundle as .keras, SavedModel or TFLite (optionally quantised)"),
 }
 

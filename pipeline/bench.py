@@ -291,6 +291,99 @@ def step_keras_predict(data: Path, work: Path) -> dict[str, Any]:
     return {"images": n, "seconds": time.perf_counter() - t0}
 
 
+# ---------------------------------------------------------------- serve (load check)
+def load_check(url: str, files: list[Path], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads POST one PNG each to ``url`` back to back for ``seconds``;
+    requests/s and latency percentiles (ms) over the answered requests."""
+    import http.client
+    import urllib.parse
+
+    import numpy as np
+
+    target = urllib.parse.urlsplit(url)
+    bodies = []
+    for f in files:
+        boundary = "pipelinebench"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode()
+        bodies.append(head + f.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        i = k
+        while time.perf_counter() < stop:
+            body = bodies[i % len(bodies)]
+            i += clients
+            t0 = time.perf_counter()
+            conn.request("POST", target.path, body=body,
+                         headers={"Content-Type": "multipart/form-data; boundary=pipelinebench"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                latencies[k].append(time.perf_counter() - t0)
+            else:
+                failures[k] += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = np.array([x for per in latencies for x in per]) * 1000
+    return {"clients": clients, "requests": int(len(lat)), "failures": int(sum(failures)), "seconds": wall,
+            "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def run_serve_load(data: Path, work: Path, clients: list[int], seconds: float) -> list[dict[str, Any]]:
+    """Start ``pipeline serve`` on a free port with the bench's model; load it with each client count."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model = _bench_model(work)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    files = sorted((data / "test").glob("*/*.png"))[:500]
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("pipeline serve did not start") from None
+                time.sleep(0.25)
+        rows = []
+        for n in clients:
+            print(f"serve: {n} client(s) for {seconds:.0f} s ...", file=sys.stderr, flush=True)
+            rows.append(load_check(f"http://127.0.0.1:{port}/predict", files, n, seconds))
+        return rows
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def format_serve(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'pipeline serve, POST /predict (1 MNIST PNG)':<44} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
+             f"{'p99 ms':>7} {'failed':>6}"]
+    for r in rows:
+        lines.append(f"{str(r['clients']) + ' concurrent client(s)':<44} {r['requests']:>8} {r['requests_per_s']:>7.0f} "
+                     f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['failures']:>6}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- scale (synthetic data)
 def _synthetic_block(job: tuple[str, int, int]) -> int:
     """Write images start..stop-1 of the synthetic set: a 28x28 digit glyph on noise, class = i % 10."""
@@ -468,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="",
                         help="comma-separated image counts for the synthetic scale test, e.g. 20000,100000,200000 "
                              "(add 1000000 for a million; needs ~4 GB of disk per million); empty: skip it")
+    parser.add_argument("--serve-clients", default="1,8",
+                        help="concurrent clients for the serve load check, e.g. 1,8 (empty: skip) (default: %(default)s)")
+    parser.add_argument("--serve-seconds", type=float, default=10, help="seconds per load level (default: %(default)s)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -495,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     # Rounds run every step in turn, so ours and Keras' see the same machine state;
     # the fastest run of each step is kept (the least disturbed by other load).
     scale: dict[str, Any] = {}
+    serve: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-", dir=".") as work:
         for r in range(max(1, args.repeat)):
             for step in steps:
@@ -502,9 +599,13 @@ def main(argv: list[str] | None = None) -> int:
                 res = _run_child(step, data, Path(work))
                 if step not in results or res["seconds"] < results[step]["seconds"]:
                     results[step] = res
+        clients = [int(n) for n in args.serve_clients.split(",") if n.strip()]
+        serve = run_serve_load(data, Path(work), clients, args.serve_seconds) if clients else []
         if sizes:
             scale = run_scale(sizes, Path(work))
     table = format_rows(results) if results else ""
+    if serve:
+        table += ("\n\n" if table else "") + format_serve(serve)
     if scale:
         table += ("\n\n" if table else "") + format_scale(scale)
     print(table)
@@ -513,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import artifacts
 
     artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "repeat": args.repeat, "results": results,
-                                              "scale": scale})
+                                              "scale": scale, "serve": serve})
     artifacts.write_text(out / "bench.txt", table + "\n")
     return 0
 

@@ -1,0 +1,221 @@
+"""`pipeline serve`: the JSON API (FastAPI's test client) and the page in headless Chromium."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, SHADES, shade_image
+
+pytest.importorskip("httpx", reason="the API tests need httpx (pip install -e .[dev])")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pipeline.serve import Limits, create_app  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(shade_bundle):
+    return TestClient(create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), top_k=2))
+
+
+def _post(client, *files, **kw):
+    return client.post("/predict", files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+                       **kw)
+
+
+def test_health_labels_page_and_offline_openapi_docs(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["labels"] == 3 and h["input_shape"] == [28, 28, 1]
+    assert h["limits"] == {"max_files": 4, "max_bytes": 65536}
+    assert client.get("/labels").json() == {"labels": sorted(SHADES)}
+    page = client.get("/").text
+    assert '<canvas id="pad"' in page and 'type="file"' in page and "multiple" in page
+    # no external assets: nothing is fetched from another host
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "@import" not in page and "url(" not in page
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/labels"} <= set(schema["paths"])
+    docs = client.get("/docs").text
+    assert "/docs-static/swagger-ui-bundle.js" in docs and "cdn." not in docs
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+
+
+def test_predict_one_and_many_images(client):
+    rng = np.random.default_rng(5)
+    r = _post(client, ("d.png", _png(shade_image("dark", rng))))
+    assert r.status_code == 200
+    (res,) = r.json()["results"]
+    assert res["file"] == "d.png" and res["label"] == "dark" and res["error"] is None
+    assert [t["label"] for t in res["top_k"]][0] == "dark" and len(res["top_k"]) == 2
+    assert res["confidence"] == pytest.approx(res["top_k"][0]["probability"])
+    with Image.open(io.BytesIO(base64.b64decode(res["input_png"].split(",", 1)[1]))) as seen:
+        assert seen.size == (28, 28)  # the model's view, after the bundle's preprocessing
+    # several at once, in order; one unreadable file gets its own error, the rest are predicted
+    files = [(f"{lab}.jpg", _jpeg(shade_image(lab, rng, rgb=True))) for lab in ("light", "mid")]
+    r = _post(client, *files, ("notes.txt", b"hello"), params={"top_k": 3})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["file"] for x in results] == ["light.jpg", "mid.jpg", "notes.txt"]
+    assert [x.get("label") for x in results[:2]] == ["light", "mid"] and len(results[0]["top_k"]) == 3
+    assert results[2]["error"].startswith("not an image")
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_bad_input_is_a_clear_4xx_never_a_500(client):
+    good = _png(shade_image("mid", np.random.default_rng(0)))
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, "PNG")  # 144M pixels declared in a tiny file
+    cases = {
+        "non-image": ([("a.txt", b"just text")], 422, "not an image"),
+        "truncated": ([("t.png", good[:60])], 422, "truncated"),
+        "empty file": ([("e.png", b"")], 422, "empty"),
+        "decompression bomb": ([("bomb.png", bomb.getvalue())], 422, "decompression bomb"),
+        "oversized file": ([("big.png", good + b"\0" * 70 * 1024)], 413, "larger than"),
+        "too many files": ([(f"{i}.png", good) for i in range(5)], 413, "too many files"),
+    }
+    for what, (files, status, text) in cases.items():
+        r = _post(client, *files)
+        assert r.status_code == status, (what, r.text)
+        assert text in r.json()["error"], (what, r.json())
+    r = client.post("/predict", data={"x": "1"})
+    assert r.status_code == 422 and "no images" in r.json()["error"]
+    r = _post(client, ("g.png", good), params={"top_k": 0})
+    assert r.status_code == 422 and "top_k" in r.json()["error"]
+    r = client.post("/predict", content=b"x" * 10, headers={"content-length": str(10**9),
+                                                           "content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "request too large" in r.json()["error"]
+
+
+def test_nothing_from_a_request_is_written(client, shade_bundle, tmp_path, monkeypatch):
+    """Uploads are decoded in memory: the working folder and the bundle stay as they were."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in Path(shade_bundle).iterdir())
+    rng = np.random.default_rng(2)
+    assert _post(client, *[(f"../../x{i}.png", _png(shade_image("light", rng))) for i in range(3)]).status_code == 200
+    assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in Path(shade_bundle).iterdir()) == before
+
+
+# ---------------------------------------------------------------- the page in a browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(model: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import httpx
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.kill()
+    raise AssertionError("server did not start within 90 s")
+
+
+def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist, tmp_path):
+    """Headless Chromium: draw a stroke on the canvas, upload an MNIST test PNG (and a bad file);
+    the page shows what the model predicts. Saves the screenshot used in the README
+    (to $SERVE_SCREENSHOT when set)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (.ci/run installs Debian's chromium package)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    run, _ = trained_run
+    from pipeline import bundle
+    from pipeline.preprocess import load_image
+
+    # $SERVE_MODEL: another bundle, e.g. the reference model for the README's screenshot.
+    model = Path(os.environ.get("SERVE_MODEL") or run / "model")
+    # An MNIST test digit this small model reads correctly (the page must show its label).
+    b = bundle.load(model)
+    digit, truth = None, None
+    for path in sorted((tiny_mnist / "test").glob("*/*.png"))[::7]:
+        probs = b.model.predict(load_image(path, b.preprocess)[None], verbose=0)[0]
+        if b.labels[int(probs.argmax())] == path.parent.name and probs.max() > 0.9:
+            digit, truth = path, path.parent.name
+            break
+    assert digit is not None
+    upload = tmp_path / f"digit_{truth}.png"
+    shutil.copy(digit, upload)
+    (tmp_path / "broken.png").write_bytes(upload.read_bytes()[:50])
+
+    port = _free_port()
+    server = _start_server(model, port)
+    errors, requests = [], []
+    try:
+        with sync_api.sync_playwright() as pw:
+            try:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            except Exception as exc:  # noqa: BLE001 - any launch failure means Chromium truly cannot run here
+                pytest.skip(f"Chromium cannot start here: {exc}")
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.wait_for_function("document.getElementById('model').textContent.includes('labels')")
+            # draw a "1": one vertical stroke
+            box = page.locator("#pad").bounding_box()
+            cx, top = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.15
+            page.mouse.move(cx, top)
+            page.mouse.down()
+            for i in range(1, 11):
+                page.mouse.move(cx + i * 0.5, top + i * box["height"] * 0.07)
+            page.mouse.up()
+            page.wait_for_selector("#canvas-result .card .label", timeout=30000)
+            drawn = page.locator("#canvas-result .card .label").text_content()
+            bars = page.locator("#canvas-result .bar").count()
+            # upload the digit and a broken file
+            page.set_input_files("#files", [str(upload), str(tmp_path / "broken.png")])
+            page.wait_for_function("document.querySelectorAll('#uploads .card').length == 2", timeout=30000)
+            shown = page.locator(f'#uploads .card[data-file="{upload.name}"] .label').text_content()
+            broken = page.locator('#uploads .card[data-file="broken.png"] .err').text_content()
+            seen = page.evaluate("Array.from(document.querySelectorAll('img.seen'))"
+                                 ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            shot = Path(os.environ.get("SERVE_SCREENSHOT") or tmp_path / "serve.png")
+            page.screenshot(path=str(shot))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert errors == []
+    assert all(u.startswith((f"http://127.0.0.1:{port}/", "data:", "blob:")) for u in requests), requests
+    assert drawn in b.labels and bars == 3
+    assert shown == truth
+    assert "truncated" in broken
+    assert len(seen) == 2 and all(ok and w == 28 and h == 28 for ok, w, h in seen)
+    with Image.open(shot) as img:
+        assert img.size == (1280, 760) and len(set(img.convert("L").resize((64, 64)).getdata())) > 20
