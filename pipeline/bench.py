@@ -11,6 +11,8 @@ Results are printed as a table and written to ``<out>/bench.json``.
 | ``train`` epoch time (LeNet-5, prepared arrays) | ``model.fit`` on ``image_dataset_from_directory`` |
 | ``evaluate`` (10k test images) | ``model.evaluate`` on ``image_dataset_from_directory`` |
 | ``predict`` a folder of 10k PNGs to a CSV | a per-image ``model.predict`` loop; ``image_dataset_from_directory`` + ``predict`` |
+| ``pipeline serve``: N concurrent clients posting PNGs (``--serve-clients``) | – (requests/s, p50/p99 latency) |
+| synthetic scale test (``--scale 20000,100000,200000``): prepare throughput and peak RSS per size | one ``image_dataset_from_directory`` pass per size; training streamed vs in memory |
 """
 from __future__ import annotations
 
