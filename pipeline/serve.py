@@ -125,8 +125,9 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int =
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}".replace("body.files: Field required",
-                                                                                           "no images: send them as multipart field 'files'"))
+        if where == "body.files" and first.get("type") == "missing":
+            return error(422, "no images: send them as multipart field 'files'")
+        return error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

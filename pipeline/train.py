@@ -281,8 +281,6 @@ def fit(run: Path, p: TrainParams, n_classes: int, input_shape: tuple[int, ...],
     if strategy is None:
         train_ds, val_ds = train_data((0, 1)), val_data() if has_val else None
     else:
-        import tensorflow as tf
-
         prepare_model(model, strategy)
         train_ds = strategy.distribute_datasets_from_function(
             lambda ctx: train_data((ctx.input_pipeline_id, ctx.num_input_pipelines)),

@@ -84,7 +84,7 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     assert captions >= 5
     with Image.open(shot) as img:
         assert img.size[0] == 1366 and img.size[1] > 3000
-        assert len(set(img.convert("L").resize((64, 256)).getdata())) > 20  # not a blank page
+        assert len(set(img.convert("L").resize((64, 256)).get_flattened_data())) > 20  # not a blank page
 
 
 def test_confused_pairs_and_worst_misclassified():

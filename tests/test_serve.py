@@ -218,4 +218,4 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
     assert "truncated" in broken
     assert len(seen) == 2 and all(ok and w == 28 and h == 28 for ok, w, h in seen)
     with Image.open(shot) as img:
-        assert img.size == (1280, 760) and len(set(img.convert("L").resize((64, 64)).getdata())) > 20
+        assert img.size == (1280, 760) and len(set(img.convert("L").resize((64, 64)).get_flattened_data())) > 20
