@@ -104,32 +104,30 @@ def step_export(data: Path, work: Path) -> dict[str, Any]:
     return {"images": 70000, "seconds": time.perf_counter() - t0}
 
 
-def step_prepare(data: Path, work: Path) -> dict[str, Any]:
+def _prepare_run(data: Path, run: Path, cfg: Any = None) -> dict[str, Any]:
+    """Time ``prepare`` of ``data`` into a fresh ``run`` folder."""
+    import shutil
+
     from .params import PrepareParams, PreprocessParams
     from .prepare import prepare
 
-    import shutil
-
-    shutil.rmtree(work / "run", ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    s = prepare(data, work / "run", PrepareParams(), PreprocessParams())
+    s = prepare(data, run, PrepareParams(), cfg or PreprocessParams())
     n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
     return {"images": n, "seconds": time.perf_counter() - t0}
+
+
+def step_prepare(data: Path, work: Path) -> dict[str, Any]:
+    return _prepare_run(data, work / "run")
 
 
 def step_prepare_heavy(data: Path, work: Path) -> dict[str, Any]:
     """The heaviest preprocessing: median denoise + CLAHE + MNIST digit normalization."""
-    import shutil
+    from .params import PreprocessParams
 
-    from .params import PrepareParams, PreprocessParams
-    from .prepare import prepare
-
-    shutil.rmtree(work / "run_heavy", ignore_errors=True)
-    cfg = PreprocessParams(denoise="median", equalize="clahe", normalize="mnist")
-    t0 = time.perf_counter()
-    s = prepare(data, work / "run_heavy", PrepareParams(), cfg)
-    n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
-    return {"images": n, "seconds": time.perf_counter() - t0}
+    return _prepare_run(data, work / "run_heavy", PreprocessParams(denoise="median", equalize="clahe",
+                                                                    normalize="mnist"))
 
 
 def step_rendered(data: Path, work: Path) -> dict[str, Any]:
@@ -420,16 +418,7 @@ def make_synthetic(folder: Path, start: int, stop: int) -> None:
 
 def step_scale_prepare(data: Path, work: Path) -> dict[str, Any]:
     """``prepare`` on the synthetic folder as it is now (a fresh run folder each time)."""
-    import shutil
-
-    from .params import PrepareParams, PreprocessParams
-    from .prepare import prepare
-
-    shutil.rmtree(work / "scale_run", ignore_errors=True)
-    t0 = time.perf_counter()
-    s = prepare(data, work / "scale_run", PrepareParams(), PreprocessParams())
-    n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
-    return {"images": n, "seconds": time.perf_counter() - t0}
+    return _prepare_run(data, work / "scale_run")
 
 
 def step_scale_keras(data: Path, work: Path) -> dict[str, Any]:

@@ -117,3 +117,22 @@ def trained_run(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> t
         res = cli(*stage, "--run", str(run), "--params", str(work / "params.toml"))
         assert res.returncode == 0, res.stderr[-3000:]
     return run, work
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by .ci/run; Playwright never downloads one
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium_page(pw, viewport: dict[str, int], errors: list[str], requests: list[str]):
+    """(browser, page) in headless Chromium, recording page/console errors and every request URL;
+    skips the test when Chromium is missing or cannot start here."""
+    try:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    except Exception as exc:  # noqa: BLE001 - any launch failure means Chromium truly cannot run here
+        pytest.skip(f"Chromium cannot start here: {exc}")
+    page = browser.new_page(viewport=viewport)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: requests.append(r.url))
+    return browser, page

@@ -11,11 +11,7 @@ from pipeline import evaluate, plots, report
 from pipeline.params import EvaluateParams, TrainParams
 from pipeline.train import train
 
-from conftest import cli
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+from conftest import CHROMIUM, chromium_page, cli
 
 
 def test_evaluate_writes_a_self_contained_report_and_pngs(trained_run):
@@ -60,14 +56,7 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     run, _ = trained_run
     errors, requests = [], []
     with sync_api.sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:  # noqa: BLE001 - any launch failure means Chromium truly cannot run here
-            pytest.skip(f"Chromium cannot start here: {exc}")
-        page = browser.new_page(viewport={"width": 1366, "height": 800})
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("request", lambda r: requests.append(r.url))
+        browser, page = chromium_page(pw, {"width": 1366, "height": 800}, errors, requests)
         page.goto((run / "report.html").as_uri(), wait_until="load")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
         overflow = page.evaluate("document.documentElement.scrollWidth")

@@ -16,16 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, SHADES, shade_image
+from conftest import CHROMIUM, REPO, SHADES, chromium_page, shade_image
 
 pytest.importorskip("httpx", reason="the API tests need httpx (pip install -e .[dev])")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pipeline.serve import Limits, create_app  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -177,14 +173,7 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
     errors, requests = [], []
     try:
         with sync_api.sync_playwright() as pw:
-            try:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            except Exception as exc:  # noqa: BLE001 - any launch failure means Chromium truly cannot run here
-                pytest.skip(f"Chromium cannot start here: {exc}")
-            page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("request", lambda r: requests.append(r.url))
+            browser, page = chromium_page(pw, {"width": 1280, "height": 760}, errors, requests)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
             page.wait_for_function("document.getElementById('model').textContent.includes('labels')")
             # draw a "1": one vertical stroke
