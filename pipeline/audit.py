@@ -79,7 +79,15 @@ class MetaTable(Sequence):
                     self._names[self.format[i]], self.sha1[i].tobytes().hex())
 
     def __iter__(self) -> Iterator[Meta]:
-        return (self[k] for k in range(len(self)))
+        # A block at a time with .tolist(): indexing numpy scalars one by one would make
+        # each pass of the audit over 70k files cost seconds.
+        names = self._names
+        for start in range(0, len(self.index), 4096):
+            i = self.index[start:start + 4096]
+            sha = self.sha1[i].tobytes()
+            for k, (w, h, m, f) in enumerate(zip(self.width[i].tolist(), self.height[i].tolist(),
+                                                 self.mode[i].tolist(), self.format[i].tolist())):
+                yield Meta(w, h, names[m], names[f], sha[20 * k:20 * k + 20].hex())
 
 
 def duplicate_groups(paths: Sequence[str], labels: Sequence[str], metas: Sequence[Meta]) -> tuple[list, list]:
@@ -146,22 +154,30 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
         warnings.append(f"{len(conflicts)} image(s) appear under more than one label")
     if leakage:
         warnings.append(f"{len(leakage)} val/test image(s) also appear in train ({leakage_action})")
-    sizes = Counter(f"{m.width}x{m.height}" for m in metas)
-    mismatched = extension_mismatches(paths, metas)
+    # One pass over the metas (a MetaTable rebuilds each one as it goes).
+    sizes, modes, formats = Counter(), Counter(), Counter()
+    wmin = hmin = 2**31
+    wmax = hmax = 0
+    for m in metas:
+        sizes[(m.width, m.height)] += 1
+        modes[m.mode] += 1
+        formats[m.format] += 1
+        wmin, wmax, hmin, hmax = min(wmin, m.width), max(wmax, m.width), min(hmin, m.height), max(hmax, m.height)
+    mismatched = extension_mismatches(paths, metas) if set(formats) - {"pixels"} else []
     return {
         "images": len(metas),
         "classes": len(labels),
         "counts": {name: {**{s: counts[s][name] for s in counts}, "total": totals[name]} for name in labels},
         "imbalance_ratio": round(ratio, 3),
         "sizes": {
-            "min_width": min((m.width for m in metas), default=0),
-            "max_width": max((m.width for m in metas), default=0),
-            "min_height": min((m.height for m in metas), default=0),
-            "max_height": max((m.height for m in metas), default=0),
-            "most_common": [[size, n] for size, n in sizes.most_common(10)],
+            "min_width": wmin if len(metas) else 0,
+            "max_width": wmax,
+            "min_height": hmin if len(metas) else 0,
+            "max_height": hmax,
+            "most_common": [[f"{w}x{h}", n] for (w, h), n in sizes.most_common(10)],
         },
-        "modes": dict(Counter(m.mode for m in metas).most_common()),
-        "formats": dict(Counter(m.format for m in metas).most_common()),
+        "modes": dict(modes.most_common()),
+        "formats": dict(formats.most_common()),
         "rejected": {"total": len(rejected),
                      "by_reason": dict(Counter(reason_category(r) for _, r in rejected).most_common())},
         "duplicates": {"groups": len(duplicates), "extra_copies": sum(len(d["paths"]) - 1 for d in duplicates),
