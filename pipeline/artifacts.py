@@ -140,6 +140,11 @@ def load_npy(path: str | os.PathLike, what: str, mmap: bool = True) -> np.ndarra
         raise StageError(f"{what} is malformed ({exc}): {path}") from None
 
 
+def row_layout(array: np.memmap) -> tuple[int, int]:
+    """(byte offset of the first row, bytes per row) of a memory-mapped .npy array."""
+    return array.offset, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+
+
 class NpyRows:
     """Read chosen rows of a .npy file with ``pread``: nothing is mapped, so the rows read
     do not stay in this process's resident memory (streaming a file larger than RAM).
@@ -152,7 +157,7 @@ class NpyRows:
         self.fd = None
         if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous:
             self.fd = os.open(array.filename, os.O_RDONLY)
-            self.offset = array.offset
+            self.offset, _ = row_layout(array)
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (sorted ascending for a front-to-back read), as a new array."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .artifacts import row_layout
 from .audit import Meta
 from .params import PreprocessParams
 from .preprocess import inspect_image
@@ -39,9 +40,8 @@ _outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset,
 def _open_output(path: str) -> tuple[int, int, int]:
     """The open file, data offset and row size of a float32 .npy (opened once per process)."""
     if path not in _outputs:
-        header = np.load(path, mmap_mode="r", allow_pickle=False)  # only to read where the rows start
-        offset, row_bytes = header.offset, header.itemsize * int(np.prod(header.shape[1:], dtype=np.int64))
-        del header
+        # mapped only to read where the rows start; the rows are written with pwrite
+        offset, row_bytes = row_layout(np.load(path, mmap_mode="r", allow_pickle=False))
         _outputs[path] = (os.open(path, os.O_WRONLY), offset, row_bytes)
     return _outputs[path]
 
