@@ -18,14 +18,14 @@ ARGS      ?=
 FRESH     ?=
 GPU       ?=
 SCALE     ?= 20000,100000,200000
-EXTRAS    := dev$(if $(filter 1,$(GPU)),$(comma)gpu)
 comma     := ,
+EXTRAS    := dev$(comma)export$(if $(filter 1,$(GPU)),$(comma)gpu)
 
 MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate predict export serve preview report compare test bench clean help
+.PHONY: all setup mnist prepare train evaluate suspects predict export serve preview report compare test bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
@@ -50,7 +50,7 @@ mnist: $(STAMP)
 	$(PY) -m pipeline mnist --out $(MNIST_OUT) $(if $(MNIST_DIR),--source $(MNIST_DIR))
 
 prepare: $(STAMP) $(PREP_DEPS)
-	$(PY) -m pipeline prepare --data $(DATA) --layout $(LAYOUT) --run $(RUN) --params $(PARAMS)
+	$(PY) -m pipeline prepare --data $(DATA) --layout $(LAYOUT) --run $(RUN) --params $(PARAMS) $(if $(CORRECTIONS),--corrections $(CORRECTIONS))
 
 train: $(STAMP)
 	$(PY) -m pipeline train --run $(RUN) --params $(PARAMS) $(if $(FRESH),--fresh) $(ARGS)
@@ -74,6 +74,10 @@ FORMAT    ?= tflite
 export: $(STAMP)
 	$(PY) -m pipeline export --model "$(RUN)/model" --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
+# Images whose label is probably wrong -> $(RUN)/suspects.csv, suspects.png (ARGS e.g. "--write-corrections").
+suspects: $(STAMP)
+	$(PY) -m pipeline suspects --run $(RUN) --params $(PARAMS) $(ARGS)
+
 preview: $(STAMP)
 	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)
 
@@ -87,8 +91,16 @@ compare: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP) mnist
-	$(PY) -m pipeline.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE)
+# BENCH: which parts (default all). The trust, export and suspects parts use the reference
+# model, so `make bench` first makes sure `make all` has run.
+BENCH     ?= stages,accuracy,trust,suspects,export
+SEEDS     ?= 1,2,3
+bench: all
+	$(if $(filter stages,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE))
+	$(if $(filter accuracy,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.accuracy --seeds $(SEEDS) --out bench-results)
+	$(if $(filter trust,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.trust --model runs/mnist/model --out bench-results)
+	$(if $(filter suspects,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.suspects_bench --full --run runs/mnist --out bench-results)
+	$(if $(filter export,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.export_bench --model runs/mnist/model --out bench-results)
 
 clean:
 	rm -rf runs bench-results .pytest_cache

@@ -1,3 +1,3 @@
 """Train and apply an image classifier on your own labeled images."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -18,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import StageError, UserError  # noqa: F401  (re-exported: artifacts.StageError is public)
+
 TMP_TAG = ".tmp-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class StageError(RuntimeError):
-    """A stage cannot run; the message says why and what to do."""
 
 
 @contextlib.contextmanager

@@ -9,33 +9,21 @@ import copy
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .preprocess import EXTENSIONS
+from .preprocess import EXTENSIONS, THUMB, Meta
 
 EXAMPLES = 20  # how many examples of each finding dataset.json lists
-
-
-@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
-class Meta:
-    """What decoding learned about one usable file."""
-
-    width: int
-    height: int
-    mode: str
-    format: str
-    sha1: str
-
 
 
 class MetaTable(Sequence):
     """Metas of many files in flat arrays, read back as :class:`Meta` one at a time.
 
     A million ``Meta`` objects (with their hash strings) would cost ~250 MB; this
-    costs 30 bytes a file. ``put(i, meta)`` fills slot i; ``i in table`` says whether
+    costs 30 bytes a file, plus the 8-byte perceptual hash and 256-byte thumbnail of
+    the near-duplicate and outlier checks (``phash``, ``thumb``: read as arrays). ``put(i, meta)`` fills slot i; ``i in table`` says whether
     slot i was filled; ``table.take(indices)`` is a sequence of those slots' metas.
     """
 
@@ -45,6 +33,8 @@ class MetaTable(Sequence):
         self.mode = np.zeros(n, np.int16)
         self.format = np.zeros(n, np.int16)
         self.sha1 = np.zeros((n, 20), np.uint8)  # not "S20": numpy strips trailing zero bytes
+        self.phash = np.zeros(n, np.uint64)
+        self.thumb = np.zeros((n, THUMB * THUMB), np.uint8)
         self.filled = np.zeros(n, bool)
         self._names: list[str] = []
         self._codes: dict[str, int] = {}
@@ -60,6 +50,9 @@ class MetaTable(Sequence):
         self.width[i], self.height[i] = m.width, m.height
         self.mode[i], self.format[i] = self._code(m.mode), self._code(m.format)
         self.sha1[i] = np.frombuffer(bytes.fromhex(m.sha1), np.uint8)
+        self.phash[i] = m.phash
+        if m.thumb:
+            self.thumb[i] = np.frombuffer(m.thumb, np.uint8)
         self.filled[i] = True
 
     def __contains__(self, i: object) -> bool:
@@ -189,6 +182,18 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     }
 
 
+def similarity_findings(near: dict[str, Any], odd: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """The near-duplicate and outlier findings for dataset.json; their warnings go into ``warnings``."""
+    if near["across_classes"]["pairs"]:
+        warnings.append(f"{near['across_classes']['pairs']} near-duplicate pair(s) carry different labels")
+    if near["across_splits"]["pairs"]:
+        warnings.append(f"{near['across_splits']['pairs']} near-duplicate pair(s) span train and val/test "
+                        "(kept; they may flatter the test accuracy)")
+    if odd["images"]:
+        warnings.append(f"{odd['images']} image(s) look unlike the rest of their class (outliers in dataset.json)")
+    return {"near_duplicates": near, "outliers": odd}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The console table: counts per class and split, then what the audit found."""
     counts = summary["counts"]
@@ -205,5 +210,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"duplicates: {summary['duplicates']['extra_copies']} extra copies in "
                  f"{summary['duplicates']['groups']} groups; label conflicts: {summary['conflicts']['groups']}; "
                  f"leakage: {summary['leakage']['images']} ({summary['leakage']['action']})")
+    near = summary.get("near_duplicates")
+    if near:
+        lines.append(f"near-duplicates: {near['within_class']['pairs']} pairs within a class, "
+                     f"{near['across_classes']['pairs']} across classes, {near['across_splits']['pairs']} across splits; "
+                     f"outliers: {summary.get('outliers', {}).get('images', 0)}")
     lines += [f"WARNING: {w}" for w in summary["warnings"]]
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def build_augmenter(p: AugmentParams, seed: int) -> Augmenter | None:
         steps.append(layers.RandomErasing(factor=p.erasing, value_range=(0, 1), seed=seed + 7))
     if p.noise:
         steps.append(layers.GaussianNoise(p.noise, seed=seed + 8))
-    if p.hflip:
+    if p.hflip is True:  # "auto" is resolved by the training recipe before this
         steps.append(layers.RandomFlip("horizontal", seed=seed + 9))
     aug = Augmenter(p, seed, keras.Sequential(steps, name="augment") if steps else None)
     return aug if aug.geometric or aug.layers is not None else None
@@ -82,7 +82,7 @@ def _affine(images: Any, p: AugmentParams, seed: Any) -> Any:
     transforms = tf.stack([a0, a1, c0, b0, b1, c1, zeros, zeros], axis=1)
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
+        interpolation="BILINEAR", fill_mode="NEAREST")
     out.set_shape(images.shape)  # the op loses the static shape later layers need
     return out
 

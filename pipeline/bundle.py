@@ -1,20 +1,30 @@
 """The model bundle: ``model.keras`` + label map + preprocessing config + params.
 
 A bundle folder holds ``model.keras``, ``labels.json``, ``preprocess.json``,
-``params.json`` and, written last, ``bundle.json`` with the SHA-256 of
-``model.keras``. Loading checks all of it and uses Keras' ``safe_mode``.
+``params.json``, optionally ``calibration.json`` (temperature, validation error and
+risk-coverage table) and ``novelty.json`` (the unfamiliar-input score and its
+threshold), and, written last, ``bundle.json`` with the SHA-256 of ``model.keras``.
+Loading checks all of it and uses Keras' ``safe_mode``. A bundle from an older
+version, without the optional files, still loads (without calibration or novelty).
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, params as params_mod
+from . import artifacts
+from . import params as params_mod
 from .params import PreprocessParams
 
+log = logging.getLogger(__name__)
+
 MARKER = "bundle.json"
+CALIBRATION = "calibration.json"
+NOVELTY = "novelty.json"
+NOVELTY_REFERENCE = "novelty_reference.npy"
 
 
 @dataclass
@@ -25,6 +35,9 @@ class Bundle:
     labels: list[str]
     preprocess: PreprocessParams
     info: dict[str, Any]
+    calibration: dict[str, Any] | None = None
+    novelty: dict[str, Any] | None = None
+    novelty_reference: Any = None  # np.ndarray: the novelty detector's training features
 
 
 def labels_from_map(mapping: Any, where: str) -> list[str]:
@@ -38,14 +51,23 @@ def labels_from_map(mapping: Any, where: str) -> list[str]:
 
 
 def write_bundle(dest: Path, model_file: Path, labels: dict[str, int], preprocess: dict[str, Any],
-                 params: dict[str, Any], info: dict[str, Any]) -> None:
-    """Assemble a bundle in a temp folder and move it into place (never half-written)."""
+                 params: dict[str, Any], info: dict[str, Any], extras: dict[str, Any] | None = None,
+                 arrays: dict[str, Any] | None = None) -> None:
+    """Assemble a bundle in a temp folder and move it into place (never half-written).
+
+    ``extras``: more JSON files of the bundle by name (calibration.json, novelty.json);
+    ``arrays``: ``.npy`` files by name (never pickled).
+    """
     tmp = artifacts.temp_dir_for(dest)
     try:
         shutil.copyfile(model_file, tmp / "model.keras")
         artifacts.write_json(tmp / "labels.json", labels)
         artifacts.write_json(tmp / "preprocess.json", preprocess)
         artifacts.write_json(tmp / "params.json", params)
+        for name, content in (extras or {}).items():
+            artifacts.write_json(tmp / name, content)
+        for name, array in (arrays or {}).items():
+            artifacts.save_npy(tmp / name, array)
         artifacts.write_json(tmp / MARKER, {**info, "model_sha256": artifacts.sha256_file(tmp / "model.keras")})
         artifacts.replace_dir(tmp, dest)
     finally:
@@ -69,14 +91,22 @@ def _require(path: Path) -> None:
         raise artifacts.StageError(f"model bundle not found: {path} (run `make train` first)")
 
 
+def read_preprocess_dict(config: Any, where: str = "preprocessing config") -> PreprocessParams:
+    """A recorded (resolved) preprocessing config, validated."""
+    try:
+        cfg = params_mod.from_dict(PreprocessParams, "preprocess", config)
+    except (ValueError, TypeError) as exc:
+        raise artifacts.StageError(f"{where}: bad preprocessing config: {exc}") from None
+    if not cfg.resolved:
+        raise artifacts.StageError(f'{where}: color and size must be resolved, not "auto"')
+    return cfg
+
+
 def read_preprocess(path: Path) -> PreprocessParams:
     """The bundle's preprocessing config, validated (without loading the model)."""
     _require(path)
-    try:
-        return params_mod.from_dict(PreprocessParams, "preprocess",
-                                    artifacts.read_json(path / "preprocess.json", "bundle preprocessing config"))
-    except (ValueError, TypeError) as exc:
-        raise artifacts.StageError(f"model bundle {path}: bad preprocessing config: {exc}") from None
+    return read_preprocess_dict(artifacts.read_json(path / "preprocess.json", "bundle preprocessing config"),
+                                f"model bundle {path}")
 
 
 def load(path: str | Path) -> Bundle:
@@ -92,4 +122,12 @@ def load(path: str | Path) -> Bundle:
     if model.output_shape[-1] != len(labels):
         raise artifacts.StageError(f"model bundle {path}: model has {model.output_shape[-1]} outputs "
                                    f"but the label map has {len(labels)} labels")
-    return Bundle(model, labels, cfg, info)
+    optional = {name: artifacts.read_json(path / name, f"bundle {name}") if (path / name).is_file() else None
+                for name in (CALIBRATION, NOVELTY)}
+    reference = None
+    if optional[NOVELTY] is not None:
+        reference = artifacts.load_npy(path / NOVELTY_REFERENCE, "novelty reference", mmap=False)
+    else:
+        log.info("model bundle %s has no %s (trained by an older version): unfamiliar-input detection is "
+                 "unavailable; retrain to get it", path, NOVELTY)
+    return Bundle(model, labels, cfg, info, optional[CALIBRATION], optional[NOVELTY], reference)

@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from . import artifacts, bundle
+from . import runfolder as rf
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 def summarize_run(run: Path) -> dict[str, Any]:
     """The figures of one evaluated run (metrics.json + the bundle marker + history.csv)."""
-    metrics = artifacts.read_json(run / "metrics.json", f"metrics of {run} (run `make evaluate` first)")
-    info = artifacts.read_json(run / "model" / bundle.MARKER, f"model bundle marker of {run}")
+    metrics = artifacts.read_json(run / rf.METRICS, f"metrics of {run} (run `make evaluate` first)")
+    info = artifacts.read_json(run / rf.BUNDLE / bundle.MARKER, f"model bundle marker of {run}")
     seconds = []
-    if (run / "history.csv").is_file():
-        with open(run / "history.csv", newline="", encoding="utf-8") as fh:
+    if (run / rf.HISTORY).is_file():
+        with open(run / rf.HISTORY, newline="", encoding="utf-8") as fh:
             seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
     f1 = {name: m["f1"] for name, m in metrics["per_class"].items()}
     return {"run": str(run), "model": info.get("model", "?"), "parameters": info.get("parameters"),
@@ -89,10 +91,18 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """CLI: print and write the table."""
     if len(args.runs) < 1:
-        raise ValueError("give at least one run folder")
+        raise UserError("give at least one run folder")
     rows = table([summarize_run(run) for run in args.runs])
     out = args.out or args.runs[0].parent / "compare.csv"
     artifacts.write_text(out, format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(rows))
     print(format_text(rows))
     log.info("compare: %d runs -> %s", len(args.runs), out)
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("compare"))

@@ -10,28 +10,24 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from .artifacts import row_layout
-from .audit import Meta
 from .params import PreprocessParams
-from .preprocess import inspect_image
+from .preprocess import ImageError, Meta, decode_file, inspect_image, is_gray_content, perceptual, polarity
 
 CHUNK = 512  # most images per worker task: amortises inter-process overhead
 SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost more than it saves)
-_worker_cfg: PreprocessParams | None = None
 
 
-def _init_worker(cfg: PreprocessParams, worker: bool = False) -> None:
-    global _worker_cfg
-    _worker_cfg = cfg
-    if worker:
-        # Ctrl-C reaches the whole process group; the parent alone reacts (and stops
-        # the pool), so the workers do not each print a traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group; the parent alone reacts (and stops
+    # the pool), so the workers do not each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset, bytes per row)
@@ -52,7 +48,7 @@ def _close_outputs() -> None:
     _outputs.clear()
 
 
-def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]]]) -> list[tuple[str, Meta | None]]:
+def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], PreprocessParams]) -> list[tuple[str, Meta | None]]:
     """Worker: decode a chunk, writing each good image to its (.npy file, row); return (reason, meta)s.
 
     Writing in the worker keeps the decoded pixels out of the pipes to the parent.
@@ -60,8 +56,8 @@ def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]]]) -> list[t
     would count in the worker's resident memory until the end, growing with the data.
     Rows of rejected files are left as they are (the caller never reads them).
     """
-    paths, targets = job
-    stacked, info = _decode_chunk(paths)
+    paths, targets, cfg = job
+    stacked, info = _decode_chunk((paths, cfg, True))
     k = 0
     for (reason, meta), (out, row) in zip(info, targets):
         if meta is not None:
@@ -71,27 +67,49 @@ def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]]]) -> list[t
     return info
 
 
-def _decode_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, Meta | None]]]:
-    """Worker: decode + preprocess a chunk; the good arrays stacked, plus (reason, meta) per path."""
-    assert _worker_cfg is not None
+def _decode_chunk(job: tuple[Sequence[str], PreprocessParams] | tuple[Sequence[str], PreprocessParams, bool]
+                  ) -> tuple[np.ndarray, list[tuple[str, Meta | None]]]:
+    """Worker: decode + preprocess a chunk; the good arrays stacked, plus (reason, meta) per path.
+
+    With ``audit`` (prepare), each meta also carries the perceptual hash and thumbnail.
+    """
+    paths, cfg, audit = (*job, False)[:3]
     arrays, info = [], []
     for path in paths:
-        arr, reason, d = inspect_image(path, _worker_cfg)
+        arr, reason, d = inspect_image(path, cfg)
+        meta = d.meta if d else None
         if arr is not None:
             arrays.append(arr)
-        info.append((reason, Meta(d.width, d.height, d.mode, d.format, d.sha1) if d else None))
-    stacked = np.stack(arrays) if arrays else np.zeros((0,) + _worker_cfg.input_shape, np.float32)
+            if audit:
+                phash, thumb = perceptual(d.array)
+                meta = replace(meta, phash=phash, thumb=thumb)
+        info.append((reason, meta))
+    stacked = np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)
     return stacked, info
 
 
-def start_pool(cfg: PreprocessParams, workers: int = 0) -> Any:
+class DecodePool:
+    """Spawned decoding workers, and how many (to size the chunks and the work in flight)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        # spawn, not fork: the caller may have TensorFlow's threads running.
+        self._pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+
+    def apply_async(self, fn: Callable, args: tuple) -> Any:
+        return self._pool.apply_async(fn, args)
+
+    def close(self) -> None:
+        """Stop the workers (also those still decoding)."""
+        self._pool.terminate()
+        self._pool.join()
+
+
+def start_pool(workers: int = 0) -> DecodePool | None:
     """A pool of decoding workers, or None for one worker. Start it early: its start-up
     (spawn + imports) then overlaps with the caller's own work, e.g. listing files."""
     workers = workers or os.cpu_count() or 1
-    if workers == 1:
-        return None
-    # spawn, not fork: the caller may have TensorFlow's threads running.
-    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg, True))
+    return DecodePool(workers) if workers > 1 else None
 
 
 def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
@@ -106,13 +124,12 @@ def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
     rejected, its row left unset). Paths are built a chunk at a time and at most
     two chunks per worker are in flight, so memory does not grow with the number of files.
     """
-    workers = pool._processes if pool is not None else 1
+    workers = pool.workers if pool is not None else 1
     size = max(32, min(CHUNK, -(-n // (workers * 4))))
-    jobs = ((paths(i, min(i + size, n)), targets(i, min(i + size, n))) for i in range(0, n, size))
+    jobs = ((paths(i, min(i + size, n)), targets(i, min(i + size, n)), cfg) for i in range(0, n, size))
     with tqdm(total=n, desc=desc, unit="img") as bar:
         try:
             if pool is None or n < SERIAL_BELOW:
-                _init_worker(cfg)
                 results: Iterator = map(_decode_into, jobs)
             else:
                 results = _windowed(pool, _decode_into, jobs, 2 * workers + 1)
@@ -135,7 +152,38 @@ def _windowed(pool: Any, fn: Callable, jobs: Iterable, ahead: int) -> Iterator:
         yield pending.popleft().get()
 
 
-def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: Any = None,
+def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
+    """Worker: (reason, (width, height, gray content?, polarity)) of each file, for the census."""
+    paths, cfg = job
+    out: list[tuple[str, tuple[int, int, bool, int] | None]] = []
+    for path in paths:
+        try:
+            d = decode_file(path, cfg)
+        except ImageError as exc:
+            out.append((str(exc), None))
+            continue
+        except MemoryError:
+            out.append(("image too large to decode in memory", None))
+            continue
+        gray = d.array if d.array.ndim == 2 else np.asarray(
+            d.array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
+        out.append(("", (d.meta.width, d.meta.height, is_gray_content(d.array), polarity(gray))))
+    return out
+
+
+def census(paths: Sequence[str], cfg: PreprocessParams,
+           pool: DecodePool | None = None) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
+    """Decode ``paths`` as colour images (nothing kept) and return each file's facts or reason."""
+    size = max(8, -(-len(paths) // ((pool.workers if pool else 1) * 2)))
+    jobs = [(list(paths[i:i + size]), cfg) for i in range(0, len(paths), size)]
+    if pool is None:
+        results: Iterable = map(_facts_chunk, jobs)
+    else:
+        results = _windowed(pool, _facts_chunk, jobs, 2 * pool.workers + 1)
+    return [fact for chunk in results for fact in chunk]
+
+
+def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: DecodePool | None = None,
                   ahead: int = 0) -> Iterator[tuple[np.ndarray, list[tuple[str, Meta | None]]]]:
     """Decode + preprocess each chunk of paths; yield ``(good arrays stacked, (reason, meta) per path)``.
 
@@ -143,9 +191,8 @@ def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: 
     two per worker, plus one) are in flight, so memory stays bounded however many
     files there are, while the workers decode ahead of the caller.
     """
+    jobs = ((paths, cfg) for paths in chunks)
     if pool is None:
-        _init_worker(cfg)
-        for paths in chunks:
-            yield _decode_chunk(paths)
+        yield from map(_decode_chunk, jobs)
         return
-    yield from _windowed(pool, _decode_chunk, chunks, ahead or 2 * pool._processes + 1)
+    yield from _windowed(pool, _decode_chunk, jobs, ahead or 2 * pool.workers + 1)

@@ -21,9 +21,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from . import compat
+from .errors import UserError
+from .params import STRATEGIES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass(frozen=True)
@@ -51,14 +54,14 @@ def tf_config_task(env: dict[str, str] | None = None) -> tuple[int, int, bool] |
         kind, index = task["type"], int(task["index"])
         chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"TF_CONFIG is not valid ({exc!r}); expected "
+        raise UserError(f"TF_CONFIG is not valid ({exc!r}); expected "
                          '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}') from None
     if kind not in ("chief", "worker"):
-        raise ValueError(f"TF_CONFIG task type {kind!r}: only 'chief' and 'worker' take part in training")
+        raise UserError(f"TF_CONFIG task type {kind!r}: only 'chief' and 'worker' take part in training")
     members = chiefs + workers
     offset = len(chiefs) if kind == "worker" else 0
     if not 0 <= index < len(cluster.get(kind, [])):
-        raise ValueError(f"TF_CONFIG task index {index} is not in the cluster's {kind} list ({members})")
+        raise UserError(f"TF_CONFIG task index {index} is not in the cluster's {kind} list ({members})")
     position = offset + index
     return position, len(members), position == 0
 
@@ -80,7 +83,7 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
 def make_strategy(name: str) -> tuple[Any, Cluster]:
     """The ``tf.distribute`` strategy for ``name`` (None for ``default``) and this process's place."""
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+        raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
     if name == "default":
         return None, Cluster()
     import tensorflow as tf
@@ -90,62 +93,15 @@ def make_strategy(name: str) -> tuple[Any, Cluster]:
         return strategy, Cluster(replicas=strategy.num_replicas_in_sync)
     task = tf_config_task()
     if task is None:
-        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable on every worker "
+        raise UserError("--strategy multiworker needs the TF_CONFIG environment variable on every worker "
                          '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                          '"task": {"type": "worker", "index": 0}}); see the README')
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"cannot start MultiWorkerMirroredStrategy: {exc}") from None
-    _patch_keras_multiworker_reduce()
+        raise UserError(f"cannot start MultiWorkerMirroredStrategy: {exc}") from None
+    compat.patch_multiworker_reduce()
     index, workers, is_chief = task
     log.info("train: worker %d of %d%s, %d replicas in sync", index, workers, " (chief)" if is_chief else "",
              strategy.num_replicas_in_sync)
     return strategy, Cluster(index, workers, is_chief, strategy.num_replicas_in_sync)
-
-
-def prepare_model(model: Any, strategy: Any) -> None:
-    """Let Keras 3 ``fit`` a model under a multi-worker strategy.
-
-    Keras builds the model's training state from the first batch, which it averages
-    over all replicas with a collective reduce that MultiWorkerMirroredStrategy rejects
-    for a nested (x, y) batch (keras-team/keras#20585). The first local replica's
-    batch has the same shapes, which is all the build needs. Set on this model only.
-    """
-    import tensorflow as tf
-
-    original = model._maybe_symbolic_build
-
-    def build(iterator: Any = None, data_batch: Any = None) -> Any:
-        if iterator is not None:
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
-                break
-        return original(data_batch=data_batch)
-
-    model._maybe_symbolic_build = build
-
-
-def _patch_keras_multiworker_reduce() -> None:
-    """Keras 3 averages the per-step metrics of a multi-worker run with ``axis=0``, which fails
-    for the scalar metrics every model has (keras-team/keras#20585). Average them with
-    ``axis=None`` instead: the mean over all replicas, the same number on every worker,
-    so early stopping and checkpoints decide alike everywhere. Other strategies untouched."""
-    from keras.src.backend.tensorflow import trainer
-
-    if getattr(trainer.reduce_per_replica, "_pipeline_patched", False):
-        return
-    original = trainer.reduce_per_replica
-
-    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            import tensorflow as tf
-
-            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._pipeline_patched = True  # type: ignore[attr-defined]
-    trainer.reduce_per_replica = reduce_per_replica

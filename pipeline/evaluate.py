@@ -2,7 +2,9 @@
 
 ``metrics.json`` holds ``accuracy``, ``per_class`` {label: precision, recall,
 f1, support}, ``confusion_matrix`` (rows = true, columns = predicted, in label
-order), ``labels``, the bundle it measured and the environment;
+order), ``labels``, ``calibration`` {ece, ece_before, temperature} (the expected
+calibration error on the test split with and without the bundle's temperature), the
+bundle it measured and the environment;
 ``test_probs.npy`` the class probabilities of each test image (the report's
 gallery and calibration plots come from it).
 """
@@ -15,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, artifacts, bundle, params as params_mod
+from . import __version__, artifacts, bundle, calibrate
+from . import params as params_mod
+from . import runfolder as rf
 from .env import environment
+from .infer import predict_probs
 from .params import EvaluateParams
-from .prepare import require_prepared
-from .train import BUNDLE_DIR
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
-PROBS = "test_probs.npy"
+METRICS, PROBS = rf.METRICS, rf.PROBS  # (kept importable here: scripts use evaluate.METRICS)
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -56,31 +58,30 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     """Predict the test split with the run's bundle and write ``metrics.json``."""
-    require_prepared(run)
-    model_dir = run / BUNDLE_DIR
-    if not (model_dir / bundle.MARKER).is_file():
-        raise artifacts.StageError(f"{run} has no finished model bundle ({model_dir / bundle.MARKER} missing); "
-                                   "run `make train` first")
+    rf.require(run, rf.PREPARE, "prepare")
+    model_dir = run / rf.BUNDLE
+    rf.require(model_dir, bundle.MARKER, "train")
     info = bundle.read_info(model_dir)
     fp = artifacts.fingerprint(info["model_sha256"], params_mod.to_dict(p), __version__)
-    out = run / METRICS
-    if out.is_file() and (run / PROBS).is_file():
-        old = artifacts.read_json(out, "metrics")
-        if old.get("fingerprint") == fp:
-            log.info("evaluate: %s is up to date; skipped", out)
-            return old
+    out = run / rf.METRICS
+    if rf.is_current(out, fp, [run / rf.PROBS]):
+        log.info("evaluate: %s is up to date; skipped", out)
+        return rf.read_marker(out)
     b = bundle.load(model_dir)
-    x = artifacts.load_npy(run / "X_test.npy", "prepared test images")
-    y = np.asarray(artifacts.load_npy(run / "y_test.npy", "prepared test labels"))
+    x = artifacts.load_npy(run / rf.x_file("test"), "prepared test images")
+    y = np.asarray(artifacts.load_npy(run / rf.y_file("test"), "prepared test labels"))
     if len(y) == 0:
         raise artifacts.StageError(f"{run}: the test split is empty; nothing to evaluate")
-    probs = b.model.predict(np.asarray(x), batch_size=p.batch_size, verbose=0)
+    probs = predict_probs(b, x, p.batch_size)  # the same path as `pipeline predict`
     metrics = compute_metrics(y, probs.argmax(axis=1), b.labels)
-    metrics.update({"fingerprint": fp, "model_sha256": info["model_sha256"], "model": info.get("model"),
+    t = float((b.calibration or {}).get("temperature", 1.0))
+    metrics["calibration"] = {"ece": calibrate.ece(probs, y), "temperature": t, "bins": calibrate.BINS,
+                              "ece_before": calibrate.ece(calibrate.uncalibrated(probs, t), y)}
+    metrics.update({"model_sha256": info["model_sha256"], "model": info.get("model"),
                     "params": params_mod.to_dict(p), "environment": environment()})
     # Per-image probabilities, in X_test order: the report's gallery and calibration use them.
-    artifacts.save_npy(run / PROBS, probs.astype(np.float32))
-    artifacts.write_json(out, metrics)  # last: metrics.json marks the evaluation finished
+    artifacts.save_npy(run / rf.PROBS, probs.astype(np.float32))
+    metrics = rf.write_marker(out, fp, **metrics)  # last: metrics.json marks the evaluation finished
     log.info("evaluate: read %s, X_test.npy, y_test.npy from %s", model_dir, run)
     log.info("evaluate: wrote %s, %s", out, run / PROBS)
     log.info("evaluate: accuracy %.4f on %d test images -> %s", metrics["accuracy"], len(y), out)
@@ -101,3 +102,11 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"report: {build_report(Path(args.run))}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("evaluate"))

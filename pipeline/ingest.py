@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .params import IngestParams
 
 LAYOUTS = ("auto", "folders", "filenames", "csv", "pixels")
@@ -61,6 +62,7 @@ class Item:
     label: str | None
     split: str | None = None
     row: int = -1
+    note: str = ""  # e.g. "relabeled from cat (corrections.csv line 4)"
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _children(folder: Path) -> tuple[list[Path], list[Path]]:
     try:
         entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
     except OSError as exc:
-        raise ValueError(f"cannot read dataset folder {folder}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read dataset folder {folder}: {exc.strerror or exc}") from None
     return [p for p in entries if p.is_dir()], [p for p in entries if p.is_file()]
 
 
@@ -173,15 +175,32 @@ def label_from_name(name: str, p: IngestParams) -> str | None:
             return tokens[p.filename_position] or None
         except IndexError:
             return None
-    tokens = re.split(r"[_.\-]", stem)
-    if len(tokens) != 2 or not all(tokens):
+    return _automatic_label(stem)
+
+
+_DELIMS = re.compile(r"[_.\- ]+")
+
+
+def _automatic_label(stem: str) -> str | None:
+    """The automatic rule: a numeric id at the start or the end of the name, and the rest is the label.
+
+    ``00123_T-shirt_top`` -> ``T-shirt_top``, ``Ankle_boot_00042`` -> ``Ankle_boot``,
+    ``golden retriever 12`` -> ``golden retriever``, ``cat.123`` -> ``cat``; two numbers
+    (``5_00001``, ``00001_5``): the shorter. Ids at both ends (``12_cat_34``), equal-length
+    numbers (``12_34``) or no id (``cat_dog``) are ambiguous: None, never a guess.
+    """
+    tokens = [t for t in _DELIMS.split(stem) if t]
+    if len(tokens) < 2:
         return None
-    words = [t for t in tokens if not t.isdigit()]
-    if len(words) == 1:  # cat.123, dog-7: the word is the label
-        return words[0]
-    if not words and len(tokens[0]) != len(tokens[1]):  # 5_00001, 00001_5: the short number
-        return min(tokens, key=len)
-    return None
+    if len(tokens) == 2 and all(t.isdigit() for t in tokens):  # 5_00001, 00001_5: the short number
+        return min(tokens, key=len) if len(tokens[0]) != len(tokens[1]) else None
+    first = _DELIMS.match(stem[len(tokens[0]):]) if stem.startswith(tokens[0]) else None
+    head = stem[len(tokens[0]) + first.end():].strip(" _.-") if tokens[0].isdigit() and first else None
+    tail = stem[:stem.rfind(tokens[-1])].strip(" _.-") if tokens[-1].isdigit() else None
+    if head and tail:  # an id at both ends: which part is the label?
+        return None
+    label = head or tail
+    return label if label and not label.isdigit() else None
 
 
 def scan_filenames(root: Path, p: IngestParams) -> Listing:
@@ -207,7 +226,7 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
 
 
 # ---------------------------------------------------------------- CSV mapping
-def _open_csv(path: Path) -> tuple[list[str], Iterator[list[str]], object]:
+def open_csv(path: Path) -> tuple[list[str], Iterator[list[str]], object]:
     """Header, row iterator and file handle of a CSV/TSV with a sniffed delimiter."""
     fh = open(path, newline="", encoding="utf-8-sig")
     sample = fh.read(65536)
@@ -221,7 +240,7 @@ def _open_csv(path: Path) -> tuple[list[str], Iterator[list[str]], object]:
     header = [h.strip() for h in next(reader, [])]
     if not header:
         fh.close()
-        raise ValueError(f"CSV file is empty: {path}")
+        raise UserError(f"CSV file is empty: {path}")
     return header, reader, fh
 
 
@@ -231,7 +250,7 @@ def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: s
     for name in names:
         if name.lower() in lower:
             return lower.index(name.lower())
-    raise ValueError(f"CSV {path} has no {what} column {' or '.join(repr(n) for n in names)}; "
+    raise UserError(f"CSV {path} has no {what} column {' or '.join(repr(n) for n in names)}; "
                      f"columns found: {header}")
 
 
@@ -251,7 +270,7 @@ def scan_csv(path: Path, p: IngestParams) -> Listing:
     """List images named in a CSV/TSV mapping file (paths relative to the CSV's folder)."""
     root = path.parent
     root_real = os.path.realpath(root)
-    header, reader, fh = _open_csv(path)
+    header, reader, fh = open_csv(path)
     rejected: list[tuple[str, str]] = []
     with fh:  # type: ignore[attr-defined]
         ip = _column(header, p.csv_path_column, PATH_COLUMNS, "path", path)
@@ -312,13 +331,13 @@ def _pixel_columns(header: list[str], path: Path) -> tuple[int | None, list[int]
     pix = [i for i, h in enumerate(header) if _PIXEL_COL.match(h.strip())]
     side = math.isqrt(len(pix))
     if not pix or side * side != len(pix):
-        raise ValueError(f"pixel CSV {path} has {len(pix)} pixel columns; expected a square image (e.g. 784 = 28x28)")
+        raise UserError(f"pixel CSV {path} has {len(pix)} pixel columns; expected a square image (e.g. 784 = 28x28)")
     return label_idx, pix, (side, side)
 
 
 def scan_pixels(path: Path, p: IngestParams) -> Listing:
     """List the rows of a Kaggle-style pixel CSV; rows are checked when decoded."""
-    header, reader, fh = _open_csv(path)
+    header, reader, fh = open_csv(path)
     with fh:  # type: ignore[attr-defined]
         label_idx, _, shape = _pixel_columns(header, path)
         items = []
@@ -330,7 +349,7 @@ def scan_pixels(path: Path, p: IngestParams) -> Listing:
 
 def iter_pixel_images(path: Path) -> Iterator[tuple[np.ndarray | None, str]]:
     """Yield each data row of a pixel CSV as a uint8 image, or (None, reason) for a bad row."""
-    header, reader, fh = _open_csv(path)
+    header, reader, fh = open_csv(path)
     with fh:  # type: ignore[attr-defined]
         _, pix, shape = _pixel_columns(header, path)
         for row in reader:
@@ -353,10 +372,13 @@ def detect_layout(data: Path) -> str:
     """Guess the layout of ``data`` (a folder or a CSV file)."""
     if data.is_file():
         if data.suffix.lower() not in CSV_SUFFIXES:
-            raise ValueError(f"DATA must be a folder or a .csv/.tsv file. Received: {data}")
-        header, _, fh = _open_csv(data)
+            raise UserError(f"DATA must be a folder or a .csv/.tsv file. Received: {data}")
+        header, _, fh = open_csv(data)
         fh.close()  # type: ignore[attr-defined]
         return "pixels" if is_pixel_header(header) else "csv"
+    top_csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
+    if len(top_csvs) == 1 and _is_mapping(top_csvs[0]):
+        return "csv"  # one mapping file (path + label columns) beside the images or their folders
     for base, _ in _split_groups(data):
         dirs, files = _children(base)
         if dirs:
@@ -364,6 +386,17 @@ def detect_layout(data: Path) -> str:
         if base == data and sum(f.suffix.lower() in CSV_SUFFIXES for f in files) == 1:
             return "csv"  # a folder of images with one mapping file
     return "filenames"
+
+
+def _is_mapping(path: Path) -> bool:
+    """True for a CSV whose header names a path column and a label column."""
+    try:
+        header, _, fh = open_csv(path)
+        fh.close()  # type: ignore[attr-defined]
+    except (UserError, OSError, UnicodeDecodeError, csv.Error):
+        return False
+    lower = {h.lower() for h in header}
+    return bool(lower & set(PATH_COLUMNS)) and "label" in lower
 
 
 def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,
@@ -376,21 +409,21 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
     p = p or IngestParams()
     data = Path(data)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not data.exists():
-        raise ValueError(f"dataset not found: {data}")
+        raise UserError(f"dataset not found: {data}")
     if layout == "auto":
         layout = detect_layout(data)
     if layout in ("csv", "pixels"):
         if data.is_dir():
             csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
             if len(csvs) != 1:
-                raise ValueError(f"the {layout} layout needs a CSV file; {data} holds {len(csvs)} CSV files")
+                raise UserError(f"the {layout} layout needs a CSV file; {data} holds {len(csvs)} CSV files")
             data = csvs[0]
         return scan_csv(data, p) if layout == "csv" else scan_pixels(data, p)
     if not data.is_dir():
-        raise ValueError(f"the {layout} layout needs a directory. Received: {data}")
+        raise UserError(f"the {layout} layout needs a directory. Received: {data}")
     listing = scan_folders(data, stat) if layout == "folders" else scan_filenames(data, p)
     if not listing.items and not listing.rejected:
-        raise ValueError(f"dataset is empty: no files under {data}")
+        raise UserError(f"dataset is empty: no files under {data}")
     return listing

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from . import artifacts
+from . import artifacts, runfolder
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ MARKER = ".mnist-export.json"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class MnistError(RuntimeError):
+class MnistError(UserError):
     """Missing, corrupt or unverifiable MNIST files."""
 
 
@@ -140,16 +141,13 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _export_fingerprint() -> str:
+    return artifacts.fingerprint(COUNTS, FILES)
+
+
 def is_complete(out: Path) -> bool:
-    """True when ``out`` holds a finished export with every PNG present."""
-    marker = out / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        counts = artifacts.read_json(marker, "MNIST export marker")["counts"]
-    except (artifacts.StageError, KeyError, TypeError):
-        return False
-    if counts != COUNTS:
+    """True when ``out`` holds a finished export (its marker is current) with every PNG present."""
+    if not runfolder.is_current(out / MARKER, _export_fingerprint()):
         return False
     for split, n in COUNTS.items():
         found = sum(1 for d in (out / split).iterdir() if d.is_dir() for _ in os.scandir(d)) \
@@ -195,7 +193,7 @@ def export(source: Path, out: Path, workers: int = 0, chunk: int = 1000, check: 
                 tqdm(total=total, desc="export MNIST", unit="img") as bar:
             for n in pool.imap_unordered(_write_chunk, jobs):
                 bar.update(n)
-        artifacts.write_json(tmp / MARKER, {"counts": COUNTS, "md5": FILES, "source": str(source)})
+        runfolder.write_marker(tmp / MARKER, _export_fingerprint(), counts=COUNTS, md5=FILES, source=str(source))
         artifacts.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -247,3 +245,11 @@ def render_on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 200
     buf = io.BytesIO()
     Image.fromarray(page).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("mnist"))

@@ -140,9 +140,9 @@ def confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
     return _png(fig)
 
 
-def misclassified(images: np.ndarray, true: Sequence[str], pred: Sequence[str], conf: Sequence[float],
-                  names: Sequence[str], cols: int = 8) -> bytes:
-    """A gallery of misclassified images (as the model saw them): true -> predicted (confidence)."""
+def gallery(images: np.ndarray, titles: Sequence[str], names: Sequence[str], suptitle: str, cols: int = 8,
+            overlays: Sequence[np.ndarray] | None = None) -> bytes:
+    """Images as the model saw them, each with a title and its file name (and a saliency overlay)."""
     n = len(images)
     rows = max(1, -(-n // cols))
     fig = _figure(1.45 * cols, 2.05 * rows + 0.4)
@@ -155,39 +155,114 @@ def misclassified(images: np.ndarray, true: Sequence[str], pred: Sequence[str], 
             ax.set_axis_off()
             continue
         _show(ax, images[k])
-        ax.set_title(f"{_short(true[k], 6)} → {_short(pred[k], 6)}\n{conf[k]:.2f}", fontsize=9, color=BAD)
+        if overlays is not None:
+            ax.imshow(overlays[k], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
+                      extent=(-0.5, images[k].shape[1] - 0.5, images[k].shape[0] - 0.5, -0.5))
+        ax.set_title(titles[k], fontsize=9, color=BAD)
         ax.set_xlabel(_short(names[k].rsplit("/", 1)[-1], 16), fontsize=7.5)
-    fig.suptitle("Worst misclassified test images: true → predicted, confidence", fontsize=11)
+    fig.suptitle(suptitle, fontsize=11)
     return _png(fig)
 
 
-def calibration(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[bytes, dict[str, Any]]:
-    """Confidence histogram (right vs wrong) and reliability diagram; also the expected calibration error."""
-    conf, correct = np.asarray(conf, float), np.asarray(correct, bool)
+def misclassified(images: np.ndarray, true: Sequence[str], pred: Sequence[str], conf: Sequence[float],
+                  names: Sequence[str], cols: int = 8, overlays: Sequence[np.ndarray] | None = None) -> bytes:
+    """A gallery of misclassified images (as the model saw them): true -> predicted (confidence)."""
+    titles = [f"{_short(t, 6)} → {_short(p, 6)}\n{c:.2f}" for t, p, c in zip(true, pred, conf)]
+    return gallery(images, titles, names, "Worst misclassified test images: true → predicted, confidence", cols,
+                   overlays)
+
+
+def _reliability(ax: Any, conf: np.ndarray, correct: np.ndarray, bins: int, title: str) -> float:
+    """One reliability diagram on ``ax``; returns its expected calibration error."""
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    which = np.clip((conf * bins).astype(int), 0, bins - 1)
     acc = np.array([correct[which == b].mean() if np.any(which == b) else np.nan for b in range(bins)])
     mean_conf = np.array([conf[which == b].mean() if np.any(which == b) else np.nan for b in range(bins)])
     count = np.bincount(which, minlength=bins)
     ece = float(np.nansum(count / max(len(conf), 1) * np.abs(acc - mean_conf)))
-    fig = _figure(11, 3.8)
-    left, right = fig.subplots(1, 2)
-    left.hist([conf[correct], conf[~correct]], bins=edges, stacked=True, color=[TEST, BAD],
-              label=["right", "wrong"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centers, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color=TRAIN, label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", framealpha=0.9)  # a frame: tall bars may sit behind it
+    return ece
+
+
+def calibration(probs: np.ndarray, y: np.ndarray, before: np.ndarray | None = None,
+                bins: int = 15) -> tuple[bytes, dict[str, Any]]:
+    """Confidence histogram (right vs wrong) and reliability diagrams before and after temperature
+    scaling (``before``: the uncalibrated probabilities); also the expected calibration errors."""
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    fig = _figure(15 if before is not None else 11, 3.8)
+    axes = fig.subplots(1, 3 if before is not None else 2)
+    left = axes[0]
+    edges = np.linspace(0, 1, bins + 1)
+    left.hist([conf[correct], conf[~correct]], bins=edges, stacked=True, color=[TEST, BAD], label=["right", "wrong"])
     left.set_yscale("log")
     left.set_xlabel("confidence of the predicted label")
     left.set_ylabel("test images (log scale)")
     left.set_title("Confidence histogram")
     left.legend(frameon=False)
-    centers = (edges[:-1] + edges[1:]) / 2
-    right.bar(centers, np.nan_to_num(acc), width=1 / bins, edgecolor="white", color=TRAIN, label="accuracy in bin")
-    right.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
+    out: dict[str, Any] = {}
+    if before is not None:
+        out["ece_before"] = _reliability(axes[1], before.max(axis=1), before.argmax(axis=1) == y, bins,
+                                         "Before temperature scaling")
+    out["ece"] = _reliability(axes[-1], conf, correct, bins, "Reliability" if before is None else "After")
+    return _png(fig), out
+
+
+def risk_coverage(table: dict[str, list[float]], marked: float | None = None) -> bytes:
+    """Accuracy of the predictions kept against the share kept, as the confidence cut rises."""
+    fig = _figure(6.5, 3.8)
+    ax = fig.add_subplot()
+    ax.plot(table["coverage"], table["precision"], color=TRAIN, marker=".", ms=3)
+    if marked is not None and table["threshold"]:
+        k = int(np.argmin(np.abs(np.asarray(table["threshold"]) - marked)))
+        ax.plot([table["coverage"][k]], [table["precision"][k]], "o", color=BAD,
+                label=f"cut {marked:.3f}: {table['coverage'][k]:.1%} kept, {table['precision'][k]:.2%} right")
+        ax.legend(frameon=False, loc="lower left")
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel("share of test images kept (confidence above the cut)")
+    ax.set_ylabel("accuracy of those kept")
+    ax.set_title("Risk-coverage")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def explanation(x: np.ndarray, heat: np.ndarray, top: Sequence[tuple[str, float]], title: str) -> bytes:
+    """The input as the model saw it, the same with the saliency map over it, and the top-k bars."""
+    fig = _figure(10, 3.6)
+    left, mid, right = fig.subplots(1, 3, width_ratios=[1, 1, 1.3])
+    for ax in (left, mid):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _show(ax, x)
+    im = mid.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+    fig.colorbar(im, ax=mid, shrink=0.8, label="saliency (relative)")
+    left.set_title("what the model saw")
+    mid.set_title("saliency")
+    names = [_short(label, 16) for label, _ in top][::-1]
+    right.barh(names, [p for _, p in top][::-1], color=TRAIN)
     right.set_xlim(0, 1)
-    right.set_ylim(0, 1)
-    right.set_xlabel("confidence")
-    right.set_ylabel("accuracy")
-    right.set_title(f"Reliability diagram (ECE {ece:.3f})")
-    right.legend(loc="upper left", framealpha=0.9)  # a frame: tall bars may sit behind it
-    table = [{"from": float(edges[b]), "to": float(edges[b + 1]), "images": int(count[b]),
-              "accuracy": None if np.isnan(acc[b]) else float(acc[b])} for b in range(bins)]
-    return _png(fig), {"ece": ece, "bins": table}
+    right.set_xlabel("probability")
+    right.set_title("top-k")
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def overlay_png(x: np.ndarray, heat: np.ndarray, scale: int = 4) -> bytes:
+    """A small PNG of the image with its saliency map blended in (for the web page), via OpenCV."""
+    import cv2
+
+    img = np.clip(np.asarray(x, np.float32), 0, 1)
+    rgb = np.repeat(img, 3, axis=2) if img.shape[-1] == 1 else img
+    colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)[..., ::-1] / 255.0
+    blend = (0.55 * rgb + 0.45 * colour) * 255
+    h, w = blend.shape[:2]
+    big = cv2.resize(blend.astype(np.uint8), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    ok, buf = cv2.imencode(".png", big[..., ::-1])
+    return buf.tobytes()

@@ -24,28 +24,32 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, artifacts, audit, ingest, params as params_mod, plots
-from .audit import Meta
+from . import __version__, artifacts, audit, census, corrections, ingest, plots, similar
+from . import params as params_mod
+from . import runfolder as rf
+from .decoding import census as census_of
 from .decoding import decode_into, start_pool
+from .errors import UserError
 from .params import IngestParams, PrepareParams, PreprocessParams
-from .preprocess import preprocess
+from .preprocess import Meta, perceptual, preprocess
 
 log = logging.getLogger(__name__)
 
-MARKER = "prepare.json"
-SPLITS = ("train", "val", "test")
+MARKER = rf.PREPARE
+SPLITS = rf.SPLITS
 
 
 # ---------------------------------------------------------------- decoding
 def _pixel_meta(img: np.ndarray) -> Meta:
-    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest())
+    phash, thumb = perceptual(img)
+    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest(), phash, thumb)
 
 
 def _reserve(path: Path) -> None:
@@ -153,7 +157,7 @@ def label_map(found: Sequence[str], order: Sequence[str]) -> dict[str, int]:
         missing = sorted(found_set - set(order))
         extra = sorted(set(order) - found_set)
         if missing or extra:
-            raise ValueError(f"[prepare] labels does not match the data: labels found but not listed "
+            raise UserError(f"[prepare] labels does not match the data: labels found but not listed "
                              f"{missing}, listed but not found {extra}")
         return {name: i for i, name in enumerate(order)}
     return {name: i for i, name in enumerate(sorted(found_set))}
@@ -212,15 +216,11 @@ def _input_fingerprint(listing: ingest.Listing) -> str:
 
 def require_prepared(run: Path) -> dict[str, Any]:
     """The prepare marker of ``run``; a clear error naming the stage to re-run if absent."""
-    if not (run / MARKER).is_file():
-        raise artifacts.StageError(f"{run} has no finished prepare stage ({MARKER} missing); "
-                                   "run `make prepare` (python -m pipeline prepare) first")
-    return artifacts.read_json(run / MARKER, "prepare marker")
+    return rf.require(run, rf.PREPARE, "prepare")
 
 
 def artifact_names() -> list[str]:
-    names = ["manifest.csv", "labels.json", "rejected.csv", "dataset.json"]
-    return names + [f"{a}_{s}.npy" for s in SPLITS for a in ("X", "y")]
+    return [rf.MANIFEST, rf.LABELS, rf.REJECTED, rf.DATASET, *rf.prepared_arrays()]
 
 
 @dataclass
@@ -233,133 +233,246 @@ class Summary:
     skipped: bool = False
 
 
+@dataclass
+class Plan:
+    """The candidates (items with a label) and the split each is decoded into."""
+
+    by_split: dict[str, list[int]]
+    rejected: list[tuple[str, str]]
+
+    @property
+    def order(self) -> list[int]:
+        return [i for s in SPLITS for i in self.by_split[s]]
+
+
+@dataclass
+class Decoded:
+    """The usable items after decoding, their labels and audit facts."""
+
+    good: list[int]
+    labels: dict[str, int]
+    metas: audit.MetaTable
+    split_of: dict[int, str]
+
+
 def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str = "auto",
-            ip: IngestParams | None = None) -> Summary:
-    """Run the whole stage: list, decode once, audit, split, write artifacts, marker last."""
+            ip: IngestParams | None = None, corrections: Path | None = None) -> Summary:
+    """Run the whole stage: list, decode once, audit, split, write artifacts, marker last.
+
+    ``corrections`` (default: ``corrections.csv`` in the run folder, when there is one)
+    relabels or excludes images before anything else looks at them.
+    """
     ip = ip or IngestParams()
-    pool = start_pool(cfg, p.workers)  # workers start up while we list the files
+    pool = start_pool(p.workers)  # workers start up while we list the files
     try:
-        return _prepare(data, run, p, cfg, layout, ip, pool)
+        return _prepare(data, run, p, cfg, layout, ip, pool, corrections)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
 
 
 def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str,
-             ip: IngestParams, pool: Any) -> Summary:
+             ip: IngestParams, pool: Any, corrections_file: Path | None) -> Summary:
     t0 = time.perf_counter()
-    marker_path = run / MARKER
-    done_before = marker_path.is_file() and all((run / n).is_file() for n in artifact_names())
+    done_before = (run / rf.PREPARE).is_file() and all((run / n).is_file() for n in artifact_names())
     # Sizes and mtimes are needed up front only to tell whether a finished run is up
     # to date; otherwise they are read in a thread while the workers decode.
     listing = ingest.scan(data, layout, ip, stat=done_before)
     log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
-
-    def fingerprint() -> str:
-        return artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
-                                     params_mod.to_dict(ip), listing.layout, __version__)
-
-    stat_thread = concurrent.futures.ThreadPoolExecutor(1)
-    fp_future = stat_thread.submit(fingerprint)
-    stat_thread.shutdown(wait=False)
-    if done_before:
-        try:
-            old = artifacts.read_json(marker_path, "prepare marker")
-        except artifacts.StageError:
-            old = {}
-        if old.get("fingerprint") == fp_future.result():
-            log.info("prepare: %s is up to date with %s; skipped", run, data)
-            dataset = artifacts.read_json(run / "dataset.json", "dataset summary")
-            return Summary(old["counts"], old["rejected"], dataset, skipped=True)
-
+    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
+    fp = _fingerprint_later(listing, p, cfg, ip, fixed)
+    if done_before and rf.is_current(run / rf.PREPARE, fp.result()):
+        log.info("prepare: %s is up to date with %s; skipped", run, data)
+        old = rf.read_marker(run / rf.PREPARE)
+        return Summary(old["counts"], old["rejected"], artifacts.read_json(run / rf.DATASET, "dataset summary"),
+                       skipped=True)
     run.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(run)
-    marker_path.unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
+    (run / rf.PREPARE).unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
     log.info("prepare: %s layout, %d candidate(s) under %s", listing.layout, len(listing.items), data)
-    if listing.items and all(it.label is None for it in listing.items):
-        raise artifacts.StageError(f"{listing.source or data} has no label column; "
-                                   "an unlabelled pixel CSV can only be used for prediction")
-
-    rejected = list(listing.rejected)
-    where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
-    where_s = str(where) + os.sep
-    cand = [i for i, it in enumerate(listing.items) if it.label is not None]
-    rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
-    # Split before decoding, so each image is decoded straight into its split's
-    # array (no scratch copy); files that turn out unusable are compacted away after.
-    pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
-    pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
-    by_split = {s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}
-    order = [i for s in SPLITS for i in by_split[s]]
+    plan = _plan(listing, p, data)
+    cfg, choices = _resolve(listing, plan, cfg, pool, p.seed)
     tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
     try:
-        metas = _decode_to_splits(listing, by_split, tmp_files, cfg, pool, rejected)
+        metas = _decode_to_splits(listing, plan.by_split, tmp_files, cfg, pool, plan.rejected)
         log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
-        artifacts.write_text(run / "rejected.csv", _csv_text(("path", "reason"), rejected))
-        if rejected:
-            log.warning("rejected %d file(s), see %s", len(rejected), run / "rejected.csv")
-        good = [i for i in order if i in metas]
-        if not good:
-            raise artifacts.StageError(f"no usable image in {data} ({len(rejected)} file(s) rejected, "
-                                       f"see {run / 'rejected.csv'})")
-        labels = label_map([listing.items[i].label for i in good], p.labels)
-        if len(labels) < 2:
-            raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
-        split_of = {i: s for s in SPLITS for i in by_split[s]}
-        items = [listing.items[i] for i in good]
-        paths = [it.path for it in items]
-        good_metas = metas.take(good)
-        splits = np.array([split_of[i] for i in good], dtype=object)
-        duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
-        leaks = audit.find_leakage(splits, good_metas)
-        leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
-        dropped = {good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
-        kept_items: dict[str, list[ingest.Item]] = {}
-        counts: dict[str, dict[str, int]] = {}
-        for s in SPLITS:
-            keep = [r for r, i in enumerate(by_split[s]) if i in metas and i not in dropped]
-            final = run / f"X_{s}.npy"
-            if len(keep) == len(by_split[s]):
-                artifacts.fsync_path(tmp_files[s])
-                os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
-            else:
-                _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
-            kept = [listing.items[by_split[s][r]] for r in keep]
-            artifacts.save_npy(run / f"y_{s}.npy", np.array([labels[it.label] for it in kept], dtype=np.int64))
-            kept_items[s] = kept
-            per = Counter(it.label for it in kept)
-            counts[s] = {name: per.get(name, 0) for name in labels}
+        artifacts.write_text(run / rf.REJECTED, _csv_text(("path", "reason"), plan.rejected))
+        if plan.rejected:
+            log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
+        decoded = _usable(listing, plan, metas, p, data, run)
+        audited = _audit(listing, decoded, ip)
+        kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
     finally:
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
     log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
+    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, run)
+    dataset["corrections"] = fixed
+    _write_outputs(run, listing, kept, decoded.labels, dataset)
+    marker = rf.write_marker(run / rf.PREPARE, fp.result(), stage="prepare", version=__version__,
+                             data=str(data.resolve()), layout=listing.layout, params=params_mod.to_dict(p),
+                             ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
+                             preprocess_choices=choices, counts=counts, rejected=len(plan.rejected))
+    _log_done(listing, data, run, marker)
+    return Summary(counts, len(plan.rejected), dataset)
+
+
+def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.Listing, dict[str, Any] | None]:
+    """Apply the corrections file (given, or found in the run folder) to the listing; log what it did."""
+    if not path.is_file():
+        if given:
+            raise artifacts.StageError(f"corrections file not found: {path}")
+        return listing, None
+    listing, summary = corrections.apply(listing, corrections.read(path, listing))
+    log.info("prepare: %s: %d relabeled, %d excluded%s (the files under DATA are untouched)", path,
+             summary["relabeled"], summary["excluded"],
+             f", new classes {summary['new_labels']}" if summary["new_labels"] else "")
+    return listing, summary
+
+
+def _fingerprint_later(listing: ingest.Listing, p: PrepareParams, cfg: PreprocessParams, ip: IngestParams,
+                       fixed: dict[str, Any] | None) -> concurrent.futures.Future:
+    """The input fingerprint, computed in a thread (it stats every file) while decoding goes on."""
+    def fingerprint() -> str:
+        return artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
+                                     params_mod.to_dict(ip), listing.layout, __version__,
+                                     *([fixed["sha256"]] if fixed else []))
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(fingerprint)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> Plan:
+    """Split before decoding, so each image is decoded straight into its split's array (no
+    scratch copy); files that turn out unusable are compacted away after."""
+    if listing.items and all(it.label is None for it in listing.items):
+        raise artifacts.StageError(f"{listing.source or data} has no label column; "
+                                   "an unlabelled pixel CSV can only be used for prediction")
+    rejected = list(listing.rejected)
+    cand = [i for i, it in enumerate(listing.items) if it.label is not None]
+    rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
+    pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
+    pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
+    return Plan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
+
+
+def _resolve(listing: ingest.Listing, plan: Plan, cfg: PreprocessParams, pool: Any,
+             seed: int) -> tuple[PreprocessParams, dict[str, Any]]:
+    """Settle ``"auto"`` preprocessing from a census of (a sample of) the files; log each choice."""
+    needs = cfg.color == params_mod.AUTO or cfg.size == params_mod.AUTO or cfg.invert == params_mod.AUTO
+    facts: list[census.Facts] = []
+    if needs and listing.layout == "pixels":
+        side = listing.pixel_shape or (28, 28)
+        facts = [census.Facts(side[1], side[0], True, 1)]  # pixel rows are gray; polarity left as it is
+    elif needs:
+        order = plan.order
+        picked = [order[k] for k in census.sample(len(order), seed)]
+        prefix = str(listing.root) + os.sep
+        look = replace(cfg, color="rgb", size=(28, 28), invert="false", normalize="none")
+        got = census_of([prefix + listing.items[i].path for i in picked], look, pool)
+        facts = [census.Facts(*f) for _, f in got if f is not None]
+    resolved, choices = census.resolve(cfg, facts)
+    for key in ("color", "size", "invert"):
+        log.info("prepare: %s = %s (%s)", key, choices[key]["value"], choices[key]["why"])
+    return resolved, choices
+
+
+def _usable(listing: ingest.Listing, plan: Plan, metas: audit.MetaTable, p: PrepareParams, data: Path,
+            run: Path) -> Decoded:
+    """The items that decoded, and the label map (refusing data with fewer than 2 classes)."""
+    good = [i for i in plan.order if i in metas]
+    if not good:
+        raise artifacts.StageError(f"no usable image in {data} ({len(plan.rejected)} file(s) rejected, "
+                                   f"see {run / rf.REJECTED})")
+    labels = label_map([listing.items[i].label for i in good], p.labels)
+    if len(labels) < 2:
+        raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
+    return Decoded(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]})
+
+
+def _audit(listing: ingest.Listing, d: Decoded, ip: IngestParams) -> dict[str, Any]:
+    """Duplicates, conflicts and leakage among the usable items (and which val/test items to drop)."""
+    items = [listing.items[i] for i in d.good]
+    paths = [it.path for it in items]
+    good_metas = d.metas.take(d.good)
+    splits = np.array([d.split_of[i] for i in d.good], dtype=object)
+    duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
+    leaks = audit.find_leakage(splits, good_metas)
+    leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
+    dropped = {d.good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
+    rows = np.asarray(d.good, np.int64)
+    item_labels = [it.label for it in items]
+    near = similar.near_duplicates(paths, item_labels, [str(x) for x in splits], d.metas.phash[rows],
+                                   d.metas.thumb[rows], d.metas.sha1[rows])
+    odd = similar.outliers(paths, item_labels, np.array([d.labels[lab] for lab in item_labels]), d.metas.thumb[rows])
+    return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
+            "leakage": leakage, "dropped": dropped, "near_duplicates": near, "outliers": odd}
+
+
+def _write_arrays(listing: ingest.Listing, plan: Plan, d: Decoded, dropped: set[int], tmp_files: dict[str, Path],
+                  run: Path) -> tuple[dict[str, list[ingest.Item]], dict[str, dict[str, int]]]:
+    """Move each split's decoded array into place (compacted when rows were dropped), write its labels."""
+    kept_items: dict[str, list[ingest.Item]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for s in SPLITS:
+        keep = [r for r, i in enumerate(plan.by_split[s]) if i in d.metas and i not in dropped]
+        final = run / rf.x_file(s)
+        if len(keep) == len(plan.by_split[s]):
+            artifacts.fsync_path(tmp_files[s])
+            os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
+        else:
+            _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
+        kept = [listing.items[plan.by_split[s][r]] for r in keep]
+        artifacts.save_npy(run / rf.y_file(s), np.array([d.labels[it.label] for it in kept], dtype=np.int64))
+        kept_items[s] = kept
+        per = Counter(it.label for it in kept)
+        counts[s] = {name: per.get(name, 0) for name in d.labels}
+    return kept_items, counts
+
+
+def _summary(listing: ingest.Listing, plan: Plan, d: Decoded, a: dict[str, Any], counts: dict[str, dict[str, int]],
+             choices: dict[str, Any], ip: IngestParams, data: Path, run: Path) -> dict[str, Any]:
+    """``dataset.json``: the audit's findings, the resolved choices and the class symmetry."""
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
-    dataset = audit.summarize(labels, counts, paths, good_metas, rejected, duplicates, conflicts, leakage, action,
-                              ip.imbalance_ratio)
-    dataset.update({"data": str(data), "layout": listing.layout})
+    dataset = audit.summarize(d.labels, counts, a["paths"], a["metas"], plan.rejected, a["duplicates"],
+                              a["conflicts"], a["leakage"], action, ip.imbalance_ratio)
+    dataset.update(audit.similarity_findings(a["near_duplicates"], a["outliers"], dataset["warnings"]))
+    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
+    y_train = np.load(run / rf.y_file("train"))
+    symmetry = census.symmetry(x_train, y_train, list(d.labels))
+    log.info("prepare: horizontal flips %s (%s)", "label-preserving" if symmetry["hflip"] else "not safe",
+             symmetry["why"])
+    dataset.update({"data": str(data), "layout": listing.layout, "choices": {**choices, "hflip": symmetry}})
     for warning in dataset["warnings"]:
         log.warning("%s", warning)
     if sum(counts["test"].values()) == 0:
         log.warning("the test split is empty: evaluate will have nothing to measure")
-    x_train = artifacts.load_npy(run / "X_train.npy", "train images")
-    y_train = np.load(run / "y_train.npy")
-    artifacts.write_bytes(run / "samples.png", plots.sample_grid(x_train, y_train, list(labels)))
-    _write_rows(run / "manifest.csv", ("path", "label", "split"),
-                ((where_s + it.path, it.label, s) for s in SPLITS for it in kept_items[s]))
-    artifacts.write_json(run / "labels.json", labels)
-    artifacts.write_json(run / "dataset.json", dataset)
-    artifacts.write_json(marker_path, {
-        "stage": "prepare", "version": __version__, "fingerprint": fp_future.result(), "data": str(data.resolve()),
-        "layout": listing.layout, "params": params_mod.to_dict(p), "ingest": params_mod.to_dict(ip),
-        "preprocess": params_mod.to_dict(cfg), "counts": counts, "rejected": len(rejected),
-    })
-    totals = {s: sum(c.values()) for s, c in counts.items()}
+    return dataset
+
+
+def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[ingest.Item]], labels: dict[str, int],
+                   dataset: dict[str, Any]) -> None:
+    """Samples, manifest, label map and dataset summary (the marker follows)."""
+    where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
+    where_s = str(where) + os.sep
+    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
+    artifacts.write_bytes(run / rf.SAMPLES, plots.sample_grid(x_train, np.load(run / rf.y_file("train")),
+                                                              list(labels)))
+    _write_rows(run / rf.MANIFEST, ("path", "label", "split", "note"),
+                ((where_s + it.path, it.label, s, it.note) for s in SPLITS for it in kept[s]))
+    artifacts.write_json(run / rf.LABELS, labels)
+    artifacts.write_json(run / rf.DATASET, dataset)
+
+
+def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, Any]) -> None:
+    totals = {s: sum(c.values()) for s, c in marker["counts"].items()}
     log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
-    log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), MARKER]), run)
+    log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
     log.info("prepare: %d usable images in %d classes -> train %d, val %d, test %d; %d rejected",
-             sum(totals.values()), len(labels), totals["train"], totals["val"], totals["test"], len(rejected))
-    return Summary(counts, len(rejected), dataset)
+             sum(totals.values()), len(marker["counts"]["train"]), totals["train"], totals["val"], totals["test"],
+             marker["rejected"])
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -368,6 +481,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto | folders | filenames | csv | pixels (default: %(default)s)")
     parser.add_argument("--run", help="run folder (default: runs/<name of DATA>)")
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    parser.add_argument("--corrections", type=Path, help="path,label rows that relabel (or exclude) images "
+                        "(default: corrections.csv in the run folder, when there is one)")
     return parser
 
 
@@ -388,7 +503,15 @@ def main(args: argparse.Namespace) -> int:
     p = params_mod.load(args.params, "prepare", run.name)
     cfg = params_mod.load(args.params, "preprocess", run.name)
     ip = params_mod.load(args.params, "ingest", run.name)
-    summary = prepare(data, run, p, cfg, args.layout, ip)
+    summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections)
     print(audit.format_summary(summary.dataset))
     print(f"run folder: {run}")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("prepare"))

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
 from .params import PreprocessParams
 
 # Pillow's decompression-bomb limit stays on; its warning (between 1x and 2x the
@@ -38,20 +39,34 @@ EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".
               ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """A file that cannot be used as an image; ``str()`` is the reason reported."""
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A decoded image (uint8 HxW or HxWx3) and what the audit records about the file."""
+@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
+class Meta:
+    """What decoding learned about one usable file (the audit's facts).
 
-    array: np.ndarray
+    ``phash`` and ``thumb`` (a perceptual hash and a 16x16 gray thumbnail, both of the
+    image centred on its content) are filled in by prepare's workers for the
+    near-duplicate and outlier checks; other callers leave them empty.
+    """
+
     width: int
     height: int
     mode: str
     format: str
     sha1: str
+    phash: int = 0
+    thumb: bytes = b""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image (uint8 HxW or HxWx3) and its :class:`Meta`."""
+
+    array: np.ndarray
+    meta: Meta
 
 
 def _read(source: str | os.PathLike | bytes) -> bytes:
@@ -96,7 +111,7 @@ def _fast_png(data: bytes, cfg: PreprocessParams) -> Decoded | None:
         arr = _pil_gray(arr) if cfg.color == "grayscale" else arr
     elif cfg.color == "rgb":
         arr = np.repeat(arr[..., None], 3, axis=2)
-    return Decoded(arr, w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest())
+    return Decoded(arr, Meta(w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest()))
 
 
 def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Decoded:
@@ -136,7 +151,7 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
             ZeroDivisionError) as exc:
         # Pillow's plugins raise any of these on malformed data.
         raise ImageError(f"corrupt or truncated image: {exc}") from None
-    return Decoded(arr, w, h, mode, fmt, hashlib.sha1(data).hexdigest())
+    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest()))
 
 
 def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
@@ -204,6 +219,52 @@ def is_dark_on_light(gray: np.ndarray) -> bool:
     b = max(1, min(h, w) // 10)
     border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
     return float(np.partition(border, len(border) // 2)[len(border) // 2]) > float(cv2.mean(gray)[0])
+
+
+def polarity(gray: np.ndarray) -> int:
+    """+1: light content on a darker, even background (like MNIST); -1: dark on light (ink on
+    paper); 0: no clear background (e.g. a photo), where polarity means nothing."""
+    h, w = gray.shape[:2]
+    b = max(1, min(h, w) // 10)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    lo, med, hi = np.percentile(border, (10, 50, 90))
+    mean = float(cv2.mean(gray)[0])
+    if hi - lo > 48 or abs(med - mean) < 4:  # an uneven border, or nothing stands out from it
+        return 0
+    return 1 if med < mean else -1
+
+
+def is_gray_content(img: np.ndarray) -> bool:
+    """True for a gray image, also one stored as RGB (a little JPEG chroma noise allowed)."""
+    if img.ndim == 2:
+        return True
+    spread = img.max(axis=2).astype(np.int16) - img.min(axis=2)
+    return float(spread.mean()) < 3.0 and float((spread > 24).mean()) < 0.005
+
+
+THUMB = 16  # side of the audit's thumbnails (256 bytes a file)
+
+
+def perceptual(img: np.ndarray) -> tuple[int, bytes]:
+    """(64-bit perceptual hash, 16x16 uint8 thumbnail) of an image centred on its content.
+
+    The image is brought to 32x32 and shifted so that the centre of its content (what
+    differs from the border's level) is in the middle: shifted copies then look alike.
+    The hash is the DCT hash (pHash): the signs of the 8x8 lowest frequencies against
+    their median; re-encoded and resized copies keep it within a few bits.
+    """
+    g = _gray(img)
+    shrink = g.shape[0] * g.shape[1] > 1024
+    small = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR).astype(np.float32)
+    level = (small[0].sum() + small[-1].sum() + small[1:-1, 0].sum() + small[1:-1, -1].sum()) / 124.0
+    m = cv2.moments(np.abs(small - np.float32(level)))
+    if m["m00"] > 0:
+        shift = np.float32([[1, 0, 15.5 - m["m10"] / m["m00"]], [0, 1, 15.5 - m["m01"] / m["m00"]]])
+        small = cv2.warpAffine(small, shift, (32, 32), borderMode=cv2.BORDER_REPLICATE)
+    low = cv2.dct(small)[:8, :8].ravel()
+    bits = np.packbits(low > np.partition(low[1:], 31)[31])
+    thumb = cv2.resize(small, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return int.from_bytes(bits.tobytes(), "big"), np.clip(thumb + 0.5, 0, 255).astype(np.uint8).tobytes()
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -295,17 +356,21 @@ def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
     """uint8 HxW[x3] image -> float32 (height, width, channels) in [0, 1].
 
     Steps, in this fixed order (each off unless its param asks for it): colour
-    (grayscale | rgb) -> invert (true | auto: when dark ink on light paper) ->
+    (grayscale | rgb) -> invert (true | per-image: when dark ink on light paper) ->
     denoise (median | gaussian | bilateral) -> equalize (hist | clahe) ->
     binarize (otsu | fixed) -> morphology (erode | dilate | open | close) ->
     normalize = mnist (polarity, crop to ink, 20 px box, centre of mass) or
     resize (stretch | pad | crop) -> scale to [0, 1].
     """
+    if not cfg.resolved:
+        raise UserError('preprocess needs a resolved config: color and size "auto" are settled by prepare '
+                        "(or give them in params)")
     if cfg.color == "grayscale" and img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     elif cfg.color == "rgb" and img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if cfg.invert == "true" or (cfg.invert == "auto" and is_dark_on_light(_gray(img))):
+    # "auto" here (not resolved by prepare: an older bundle) judges each image, like "per-image".
+    if cfg.invert == "true" or (cfg.invert in ("per-image", "auto") and is_dark_on_light(_gray(img))):
         img = 255 - img
     img = _morphology(_binarize(_equalize(_denoise(img, cfg), cfg), cfg), cfg)
     if cfg.normalize == "mnist":

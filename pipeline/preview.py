@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import artifacts, params as params_mod
-from .prepare import require_prepared
+from . import artifacts
+from . import params as params_mod
+from . import runfolder as rf
+from .bundle import read_preprocess_dict
 from .params import AugmentParams, PreprocessParams
 from .preprocess import ImageError, decode_file, load_image
 
@@ -92,16 +95,19 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
 def preview(run: Path, aug: AugmentParams, per_class: int = 2, n_aug: int = 4, seed: int = 42,
             out: Path | None = None) -> Path:
     """Write the preview grid of a prepared run; return its path."""
-    marker = require_prepared(run)
-    cfg = params_mod.from_dict(PreprocessParams, "preprocess", marker["preprocess"])
-    labels = list(artifacts.read_json(run / "labels.json", "label map"))
+    marker = rf.require(run, rf.PREPARE, "prepare")
+    cfg = read_preprocess_dict(marker["preprocess"], f"{run / rf.PREPARE}")
+    if aug.hflip == params_mod.AUTO:  # as training will resolve it
+        dataset = artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {}
+        aug = replace(aug, hflip=bool(dataset.get("choices", {}).get("hflip", {}).get("hflip", False)))
+    labels = list(artifacts.read_json(run / rf.LABELS, "label map"))
     picked: dict[str, list[str]] = {name: [] for name in labels}
-    with open(run / "manifest.csv", newline="", encoding="utf-8") as fh:
+    with open(run / rf.MANIFEST, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["split"] == "train" and len(picked.get(row["label"], [None] * per_class)) < per_class:
                 picked[row["label"]].append(row["path"])
     grid = preview_grid([(name, picked[name]) for name in labels], cfg, aug, n_aug, seed)
-    out = out or run / "preview.png"
+    out = out or run / rf.PREVIEW
     with artifacts.atomic_path(out, suffix=".png") as tmp:
         grid.save(tmp, format="PNG")
     log.info("preview: %d classes -> %s", len(labels), out)
@@ -124,3 +130,11 @@ def main(args: argparse.Namespace) -> int:
     seed = params_mod.load(args.params, "train", run.name).seed
     print(preview(run, aug, args.per_class, args.augmented, seed, Path(args.out) if args.out else None))
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("preview"))

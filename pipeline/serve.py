@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 
 from . import bundle as bundle_mod
-from .predict import _compiled, _infer, make_rows
+from .errors import UserError
+from .explain import occlusion
+from .infer import Predictor as ModelRunner
+from .plots import overlay_png
+from .predictions import Rules, make_rows
 from .preprocess import inspect_image
 
 log = logging.getLogger(__name__)
@@ -42,11 +46,15 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.max_files < 1 or self.max_bytes < 1:
-            raise ValueError("--max-files and --max-mb must be positive")
+            raise UserError("--max-files and --max-mb must be positive")
 
     @property
     def max_request(self) -> int:
         return self.max_files * (self.max_bytes + 4096) + 65536  # + multipart headers
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _view_png(arr: np.ndarray) -> str:
@@ -57,7 +65,7 @@ def _view_png(arr: np.ndarray) -> str:
     img = img[..., 0] if img.shape[-1] == 1 else img
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _data_url(buf.getvalue())
 
 
 class Predictor:
@@ -70,13 +78,13 @@ class Predictor:
         self.cfg = self.bundle.preprocess
         self.limits = limits
         self.top_k = max(1, min(top_k, len(self.labels)))
-        self._forward = _compiled(self.bundle.model)
+        self._runner = ModelRunner(self.bundle, limits.max_files)
         self._lock = threading.Lock()
-        # Trace the graph now (one fixed batch shape), not on the first request.
-        _infer(self._forward, np.zeros((1, *self.cfg.input_shape), np.float32), limits.max_files, len(self.labels))
+        self._runner.warm_up()  # trace the graph now (one fixed batch shape), not on the first request
 
-    def predict(self, files: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
-        """One result per (name, bytes): label, confidence, top_k and the model's view, or an error."""
+    def predict(self, files: list[tuple[str, bytes]], top_k: int, explain: bool = False) -> list[dict[str, Any]]:
+        """One result per (name, bytes): label, confidence, top_k, novelty, the model's view (and, with
+        ``explain``, its occlusion map), or an error."""
         arrays, reasons = [], []
         for _, data in files:
             arr, reason, _ = inspect_image(data, self.cfg)
@@ -85,58 +93,53 @@ class Predictor:
                 arrays.append(arr)
         x = np.stack(arrays) if arrays else np.zeros((0, *self.cfg.input_shape), np.float32)
         with self._lock:  # one batch at a time: TF's own threads already use every core
-            probs = _infer(self._forward, x, self.limits.max_files, len(self.labels))
-        rows = make_rows([name for name, _ in files], reasons, probs, self.labels, top_k, 0.0, "")
-        out, j = [], 0
+            out = self._runner(x)
+            maps = [occlusion(self._runner, x[j], int(out.probs[j].argmax())) for j in range(len(x))] if explain else []
+        rows = make_rows([name for name, _ in files], reasons, out.probs, self.labels, Rules(top_k), out.novelty,
+                         out.familiar)
+        results, j = [], 0
         for row in rows:
             if row["error"]:
-                out.append({"file": row["path"], "error": row["error"]})
+                results.append({"file": row["path"], "error": row["error"]})
                 continue
-            out.append({"file": row["path"], "label": row["label"], "confidence": row["confidence"],
-                        "top_k": [{"label": row[f"top{i}_label"], "probability": row[f"top{i}_prob"]}
-                                  for i in range(1, top_k + 1)],
-                        "input_png": _view_png(x[j]), "error": None})
+            results.append({"file": row["path"], "label": row["label"], "confidence": row["confidence"],
+                            "top_k": [{"label": row[f"top{i}_label"], "probability": row[f"top{i}_prob"]}
+                                      for i in range(1, top_k + 1)],
+                            "novelty": row["novelty"], "familiar": None if row["familiar"] is None
+                            else row["familiar"] == "true", "input_png": _view_png(x[j]), "error": None,
+                            **({"saliency_png": _data_url(overlay_png(x[j], maps[j]))} if explain else {})})
             j += 1
-        return out
+        return results
 
 
-def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int = 3) -> Any:
-    """The FastAPI app for one bundle (loaded once, here)."""
-    from fastapi import FastAPI, File, Query, Request, UploadFile
+def _error(status: int, message: str, **extra: Any) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _add_error_handlers(app: Any, limits: Limits) -> None:
+    """Every failure is a JSON ``{"error": ...}`` with a 4xx (or, for a bug, 500) status."""
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    limits = limits or Limits()
-    predictor = Predictor(Path(model_dir), limits, top_k)
-    info = predictor.bundle.info
-    app = FastAPI(title="pipeline serve", version=str(info.get("version", "")), docs_url=None, redoc_url=None,
-                  description=f"Predictions of the model bundle `{model_dir}` ({info.get('model', '?')}, "
-                              f"{len(predictor.labels)} labels). Up to {limits.max_files} images of "
-                              f"{limits.max_bytes // 2**20} MB per request.")
-    page = PAGE.read_text(encoding="utf-8")
-
-    def error(status: int, message: str, **extra: Any) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=status)
-
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(_: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         if where == "body.files" and first.get("type") == "missing":
-            return error(422, "no images: send them as multipart field 'files'")
-        return error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+            return _error(422, "no images: send them as multipart field 'files'")
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:  # never a bare 500 page
+    async def crashed(_: Request, exc: Exception) -> Any:  # never a bare 500 page
         log.exception("serve: request failed")
-        return error(500, f"internal error: {type(exc).__name__}")
+        return _error(500, f"internal error: {type(exc).__name__}")
 
     @app.middleware("http")
     async def limit_size(request: Request, call_next: Any) -> Any:
@@ -144,11 +147,20 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int =
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None:
-                return error(411, "send a Content-Length header")
+                return _error(411, "send a Content-Length header")
             if not length.isdigit() or int(length) > limits.max_request:
-                return error(413, f"request too large: at most {limits.max_files} images of "
-                                  f"{limits.max_bytes // 2**20} MB each")
+                return _error(413, f"request too large: at most {limits.max_files} images of "
+                                   f"{limits.max_bytes // 2**20} MB each")
         return await call_next(request)
+
+
+def _add_pages(app: Any, predictor: Predictor, model_dir: str | Path) -> None:
+    """``/`` (the page), ``/health``, ``/labels`` and the offline ``/docs``."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    page, info, limits = PAGE.read_text(encoding="utf-8"), predictor.bundle.info, predictor.limits
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -158,35 +170,14 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int =
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": str(model_dir), "model_sha256": info.get("model_sha256"),
                 "architecture": info.get("model"), "labels": len(predictor.labels),
+                "novelty": predictor.bundle.novelty is not None,
+                "temperature": (predictor.bundle.calibration or {}).get("temperature", 1.0),
                 "input_shape": list(predictor.cfg.input_shape), "top_k": predictor.top_k,
                 "limits": {"max_files": limits.max_files, "max_bytes": limits.max_bytes}}
 
     @app.get("/labels", summary="The label names, by class index")
     async def labels() -> dict[str, list[str]]:
         return {"labels": predictor.labels}
-
-    @app.post("/predict", summary="Predict one or more images",
-              responses={413: {"description": "too many files, or a file or request too large"},
-                         422: {"description": "no images, or none of them readable (each with its reason)"}})
-    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
-                      top_k: int | None = Query(None, ge=1, description="labels per image (default: the server's)")
-                      ) -> Any:
-        """Label, confidence, top-k and the model's view per image. Unreadable files get an
-        ``error`` (the others are still predicted); 422 when none can be read."""
-        if len(files) > limits.max_files:
-            return error(413, f"too many files: {len(files)} (at most {limits.max_files} per request)")
-        k = min(top_k or predictor.top_k, len(predictor.labels))
-        batch = []
-        for f in files:
-            data = await f.read(limits.max_bytes + 1)
-            if len(data) > limits.max_bytes:
-                return error(413, f"{f.filename}: larger than {limits.max_bytes // 2**20} MB")
-            batch.append((Path(f.filename or "upload").name, data))
-        results = await asyncio.to_thread(predictor.predict, batch, k)
-        if all(r["error"] for r in results):
-            return error(422, "no readable image: " + "; ".join(f"{r['file']}: {r['error']}" for r in results),
-                         results=results)
-        return {"results": results}
 
     try:
         import swagger_ui_bundle
@@ -202,6 +193,52 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int =
         return get_swagger_ui_html(openapi_url="/openapi.json", title="pipeline serve: API",
                                    swagger_js_url=js, swagger_css_url=css, swagger_favicon_url="data:,")
 
+
+def _add_predict(app: Any, predictor: Predictor) -> None:
+    """``POST /predict``: one or more images in, label/confidence/top-k/model's view per image out."""
+    from fastapi import File, Query, UploadFile
+
+    limits = predictor.limits
+
+    @app.post("/predict", summary="Predict one or more images",
+              responses={413: {"description": "too many files, or a file or request too large"},
+                         422: {"description": "no images, or none of them readable (each with its reason)"}})
+    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
+                      top_k: int | None = Query(None, ge=1, description="labels per image (default: the server's)"),
+                      explain: bool = Query(False, description="add each image's occlusion map (saliency_png)")
+                      ) -> Any:
+        """Label, confidence, top-k and the model's view per image. Unreadable files get an
+        ``error`` (the others are still predicted); 422 when none can be read."""
+        if len(files) > limits.max_files:
+            return _error(413, f"too many files: {len(files)} (at most {limits.max_files} per request)")
+        k = min(top_k or predictor.top_k, len(predictor.labels))
+        batch = []
+        for f in files:
+            data = await f.read(limits.max_bytes + 1)
+            if len(data) > limits.max_bytes:
+                return _error(413, f"{f.filename}: larger than {limits.max_bytes // 2**20} MB")
+            batch.append((Path(f.filename or "upload").name, data))
+        results = await asyncio.to_thread(predictor.predict, batch, k, explain)
+        if all(r["error"] for r in results):
+            return _error(422, "no readable image: " + "; ".join(f"{r['file']}: {r['error']}" for r in results),
+                          results=results)
+        return {"results": results}
+
+
+def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int = 3) -> Any:
+    """The FastAPI app for one bundle (loaded once, here)."""
+    from fastapi import FastAPI
+
+    limits = limits or Limits()
+    predictor = Predictor(Path(model_dir), limits, top_k)
+    info = predictor.bundle.info
+    app = FastAPI(title="pipeline serve", version=str(info.get("version", "")), docs_url=None, redoc_url=None,
+                  description=f"Predictions of the model bundle `{model_dir}` ({info.get('model', '?')}, "
+                              f"{len(predictor.labels)} labels). Up to {limits.max_files} images of "
+                              f"{limits.max_bytes // 2**20} MB per request.")
+    _add_error_handlers(app, limits)
+    _add_pages(app, predictor, model_dir)
+    _add_predict(app, predictor)
     return app
 
 
@@ -225,3 +262,11 @@ def main(args: argparse.Namespace) -> int:
              args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from . import cli
+
+    sys.exit(cli.run_module("serve"))

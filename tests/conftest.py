@@ -101,9 +101,9 @@ TINY_PARAMS = """
 [prepare]
 val_size = 0.1
 [train]
-epochs = 2
-batch_size = 32
-patience = 2
+epochs = 3
+batch_size = 16
+patience = 3
 """
 
 
@@ -136,3 +136,8 @@ def chromium_page(pw, viewport: dict[str, int], errors: list[str], requests: lis
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("request", lambda r: requests.append(r.url))
     return browser, page
+
+
+# The synthetic clothing set lives with the benchmarks' datasets (make bench uses it too).
+sys.path.insert(0, str(REPO))
+from benchmarks.devsets import CLOTHING, clothing_image  # noqa: E402,F401

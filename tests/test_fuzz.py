@@ -100,8 +100,10 @@ def time_limit():
     signal.signal(signal.SIGALRM, old)
 
 
-CONFIGS = [PreprocessParams(), PreprocessParams(color="rgb", resize="pad"),
-           PreprocessParams(normalize="mnist", invert="auto", denoise="median", equalize="clahe")]
+CONFIGS = [PreprocessParams(color="grayscale", size=(28, 28), invert="false"),
+           PreprocessParams(color="rgb", size=(28, 28), invert="false", resize="pad"),
+           PreprocessParams(normalize="mnist", color="grayscale", size=(28, 28), invert="per-image", denoise="median",
+                            equalize="clahe")]
 
 
 @settings(max_examples=2500, deadline=None, derandomize=True, database=None,

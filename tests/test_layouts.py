@@ -19,7 +19,12 @@ def img(path, value=100, size=12):
 # ---------------------------------------------------------------- filenames
 @pytest.mark.parametrize("name, label", [
     ("5_00001.png", "5"), ("00001_5.png", "5"), ("cat.123.jpg", "cat"), ("dog-7.png", "dog"),
-    ("12_34.png", None), ("cat_dog.png", None), ("a_b_c.png", None), ("plain.png", None)])
+    # labels holding delimiters: a numeric id at the start or the end, the rest is the label
+    ("00123_T-shirt_top.png", "T-shirt_top"), ("Ankle_boot_00042.png", "Ankle_boot"),
+    ("golden retriever 12.jpg", "golden retriever"), ("0001__bird.png", "bird"), ("00012_at sign.png", "at sign"),
+    # ambiguous: never guessed
+    ("12_34.png", None), ("cat_dog.png", None), ("a_b_c.png", None), ("plain.png", None), ("12_cat_34.png", None),
+    ("1_2_3.png", None), ("7.png", None)])
 def test_default_filename_rule(name, label):
     assert ingest.label_from_name(name, P) == label
 
@@ -163,3 +168,16 @@ def test_folder_with_one_csv_is_detected_as_csv(tmp_path):
     (tmp_path / "imgs").rmdir()
     assert ingest.detect_layout(tmp_path) == "csv"
     assert ingest.scan(tmp_path).items[0].label == "x"
+
+
+def test_a_mapping_csv_beside_an_images_folder_is_the_csv_layout(tmp_path):
+    """labels.csv + images/… (how many datasets ship) is detected as csv, not as one folder per label."""
+    root = tmp_path / "ds"
+    img(root / "images" / "a1.png", 30)
+    img(root / "images" / "b1.png", 200)
+    (root / "labels.csv").write_text("file,label\nimages/a1.png,a\nimages/b1.png,b\n")
+    assert ingest.detect_layout(root) == "csv"
+    listing = ingest.scan(root)
+    assert listing.layout == "csv" and sorted(i.label for i in listing.items) == ["a", "b"]
+    (root / "notes.csv").write_text("x,y\n1,2\n")  # two CSVs: no guess, the label folders rule
+    assert ingest.detect_layout(root) == "folders"

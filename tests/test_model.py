@@ -1,18 +1,39 @@
 import pytest
 
-from pipeline.model import build_model
+from pipeline.model import build_model, first_pool, second_pool, set_temperature, temperature
+
+HEAD = ["Dense", "Rescaling", "Activation"]  # logits -> temperature -> softmax
 
 
 def test_lenet5_layers_and_parameter_count():
     model = build_model("lenet5", (28, 28, 1), 10)
     convs = [l for l in model.layers if l.__class__.__name__ == "Conv2D"]
     dense = [l for l in model.layers if l.__class__.__name__ == "Dense"]
-    assert [(c.filters, c.kernel_size) for c in convs] == [(6, (5, 5)), (16, (5, 5))]
+    assert [(c.filters, c.kernel_size) for c in convs] == [(8, (5, 5)), (24, (5, 5))]
     assert [d.units for d in dense] == [120, 84, 10]
-    # 156 + 2416 + 48120 + 10164 + 850: the classic LeNet-5 size
-    assert model.count_params() == 61706
+    assert [l.name for l in model.layers if l.__class__.__name__ == "BatchNormalization"] == ["s2_bn", "s4_bn"]
+    # 200 + 32 (BN) + 4800 + 96 (BN) (no conv biases before a BN) + 72120 + 10164 + 850
+    assert model.count_params() == 88262 < 100_000
     assert model.output_shape == (None, 10)
     assert not any(l.__class__.__name__ == "Lambda" for l in model.layers)
+
+
+def test_lenet5_classic_is_the_1998_network():
+    model = build_model("lenet5-classic", (28, 28, 1), 10)
+    assert [l.__class__.__name__ for l in model.layers] == [
+        "Conv2D", "AveragePooling2D", "Conv2D", "AveragePooling2D", "Flatten", "Dense", "Dense", *HEAD]
+    assert model.get_layer("c1").activation.__name__ == "tanh"
+    assert model.count_params() == 61706  # 156 + 2416 + 48120 + 10164 + 850: the classic LeNet-5 size
+
+
+@pytest.mark.parametrize("side, pool, pool2", [(28, 2, 2), (32, 2, 3), (40, 3, 2), (48, 3, 3), (64, 5, 2)])
+def test_lenet5_adapts_to_the_input_size_within_100k_parameters(side, pool, pool2):
+    assert first_pool((side, side, 1)) == (pool, pool) and second_pool((side, side, 1)) == (pool2, pool2)
+    for name in ("lenet5", "lenet5-classic"):
+        for channels in (1, 3):
+            model = build_model(name, (side, side, channels), 26)
+            assert model.output_shape == (None, 26) and model.count_params() < 100_000
+            assert model.get_layer("flatten").output.shape[1] <= 25 * 24  # at most 5 x 5 maps
 
 
 def test_other_shapes_and_errors():
@@ -24,9 +45,9 @@ def test_other_shapes_and_errors():
 
 
 @pytest.mark.parametrize("name, params, layers", [
-    ("softmax", 7850, ["Flatten", "Dense"]),                      # 784 * 10 + 10
-    ("mlp", 407050, ["Flatten", "Dense", "Dropout", "Dense"]),    # 784 * 512 + 512 + 512 * 10 + 10
-    ("cnn", 3274634, ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense"]),
+    ("softmax", 7850, ["Flatten", *HEAD]),                      # 784 * 10 + 10
+    ("mlp", 407050, ["Flatten", "Dense", "Dropout", *HEAD]),    # 784 * 512 + 512 + 512 * 10 + 10
+    ("cnn", 3274634, ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", *HEAD]),
 ])
 def test_comparison_models(name, params, layers, tmp_path):
     import keras
@@ -36,3 +57,18 @@ def test_comparison_models(name, params, layers, tmp_path):
     assert model.count_params() == params and model.output_shape == (None, 10)
     model.save(tmp_path / "m.keras")
     assert keras.models.load_model(tmp_path / "m.keras", safe_mode=True).count_params() == params
+
+
+def test_temperature_divides_the_logits_and_survives_saving(tmp_path):
+    import keras
+    import numpy as np
+
+    model = build_model("softmax", (28, 28, 1), 3)
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+    logits = keras.Model(model.inputs, model.get_layer("logits").output)(x).numpy()
+    set_temperature(model, 2.0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    expected = np.exp(logits / 2) / np.exp(logits / 2).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5)
+    assert temperature(loaded) == pytest.approx(2.0)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import artifacts, predict as predict_mod
+from pipeline import artifacts
 from pipeline.params import PredictParams
-from pipeline.predict import columns, predict, read_rows, summary_path
+from pipeline.predict import predict
+from pipeline.predictions import columns, read_rows, summary_path
 
 from conftest import REPO, SHADES, shade_image, write_image
 
@@ -46,7 +47,7 @@ def test_every_image_gets_its_label_and_top_k(shade_bundle, tmp_path):
     s = predict(tmp_path / "imgs", shade_bundle, out, P1)
     rows = read_csv(out)
     assert list(rows[0]) == ["path", "label", "confidence", "top1_label", "top1_prob", "top2_label", "top2_prob",
-                             "top3_label", "top3_prob", "error"]
+                             "top3_label", "top3_prob", "novelty", "familiar", "error"]
     assert [r["path"] for r in rows][:3] == ["dark/0.png", "dark/3.png", "light/0.png"]  # sorted walk
     assert [r["path"] for r in rows][-2:] == ["sub/deeper/light-2.bmp", "sub/deeper/mid-2.bmp"]
     assert {r["path"]: r["label"] for r in rows} == truth
@@ -100,9 +101,10 @@ def test_bad_files_get_error_rows_and_the_run_goes_on(shade_bundle, tmp_path):
 
 
 def test_threshold_labels_low_confidence_unknown(shade_bundle, tmp_path):
-    make_images(tmp_path / "imgs")
+    for level in range(40, 216, 5):  # from dark through mid to light: the in-between ones are uncertain
+        write_image(tmp_path / "imgs" / f"{level:03d}.png", np.full((20, 20), level, np.uint8))
     base = {r["path"]: r for r in read_csv(_run(shade_bundle, tmp_path, "base.csv", P1))}
-    confs = sorted(float(r["confidence"]) for r in base.values())
+    confs = sorted({float(r["confidence"]) for r in base.values()})
     cut = (confs[len(confs) // 2 - 1] + confs[len(confs) // 2]) / 2
     p = PredictParams(workers=1, threshold=cut, unknown_label="not sure")
     rows = read_csv(_run(shade_bundle, tmp_path, "t.csv", p))
@@ -114,7 +116,7 @@ def test_threshold_labels_low_confidence_unknown(shade_bundle, tmp_path):
     with pytest.raises(ValueError, match="also a label"):
         predict(tmp_path / "imgs", shade_bundle, tmp_path / "x.csv", PredictParams(workers=1, threshold=0.5,
                                                                                   unknown_label="mid"))
-    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold must be \"auto\" or in \[0, 1\]"):
         PredictParams(threshold=1.5)
 
 
@@ -164,15 +166,17 @@ def test_outputs_inside_images_are_not_predicted(shade_bundle, tmp_path):
 
 
 def _interrupt_at(monkeypatch, call):
-    real, calls = predict_mod._infer, []
+    from pipeline.infer import Predictor
 
-    def flaky(*args):
+    real, calls = Predictor.__call__, []
+
+    def flaky(self, x):
         calls.append(1)
         if len(calls) == call:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(self, x)
 
-    monkeypatch.setattr(predict_mod, "_infer", flaky)
+    monkeypatch.setattr(Predictor, "__call__", flaky)
 
 
 def test_resume_after_interruption_gives_the_uninterrupted_csv(shade_bundle, tmp_path, monkeypatch):
@@ -270,3 +274,20 @@ def test_cli_single_image_pixel_csv_and_exit_codes(shade_bundle, tmp_path, capsy
     err = capsys.readouterr().err
     assert "none of the 1 files" in err and "no files found" in err and "--link needs --sort-into" in err
     assert "model bundle not found" in err
+
+
+def test_predict_and_evaluate_agree_exactly(trained_run, tiny_mnist, tmp_path):
+    """One inference path: `pipeline predict` over the test folder gives metrics.json's accuracy."""
+    run, _ = trained_run
+    out = tmp_path / "test.csv"
+    s = predict(tiny_mnist / "test", run / "model", out, PredictParams(workers=1))
+    rows = list(csv.DictReader(open(out, newline="", encoding="utf-8")))
+    assert s["predicted"] == len(rows) == 300
+    accuracy = sum(r["label"] == r["path"].split("/")[0] for r in rows) / len(rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert accuracy == metrics["accuracy"]
+    # and the same probabilities, image by image (the manifest's test rows are in X_test order)
+    probs = np.load(run / "test_probs.npy")
+    test_rows = [r["path"] for r in csv.DictReader(open(run / "manifest.csv")) if r["split"] == "test"]
+    by_path = {str(tiny_mnist / "test" / r["path"]): float(r["confidence"]) for r in rows}
+    np.testing.assert_allclose([by_path[p] for p in test_rows], probs.max(axis=1), atol=2e-6)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import artifacts, prepare
+from pipeline import artifacts, bundle, prepare
 from pipeline.params import PrepareParams, PreprocessParams
 
 from conftest import make_tree, write_image
@@ -36,7 +36,7 @@ def test_artifacts_and_stratified_seeded_split(tmp_path):
     assert summary.counts["val"] == {"a": 4, "b": 6, "c": 2}
     assert summary.counts["train"] == {"a": 12, "b": 18, "c": 6}
     rows = read_csv(run / "manifest.csv")
-    assert len(rows) == 60 and set(rows[0]) == {"path", "label", "split"}
+    assert len(rows) == 60 and set(rows[0]) == {"path", "label", "split", "note"}
     for split in prepare.SPLITS:
         x = np.load(run / f"X_{split}.npy")
         y = np.load(run / f"y_{split}.npy")
@@ -59,10 +59,12 @@ def test_arrays_hold_the_preprocessed_pixels_of_the_manifest_rows(tmp_path):
     run = tmp_path / "run"
     run_prepare(data, run)
     rows = read_csv(run / "manifest.csv")
+    cfg = bundle.read_preprocess_dict(json.loads((run / "prepare.json").read_text())["preprocess"])
+    assert (cfg.color, cfg.size, cfg.invert) == ("grayscale", (16, 16), "false")  # "auto" resolved, size as set
     for split in prepare.SPLITS:
         x = np.load(run / f"X_{split}.npy")
         for row, arr in zip([r for r in rows if r["split"] == split], x):
-            np.testing.assert_array_equal(load_image(row["path"], CFG), arr)
+            np.testing.assert_array_equal(load_image(row["path"], cfg), arr)
 
 
 def test_given_train_test_folders_are_honoured(tmp_path):

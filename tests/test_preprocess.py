@@ -8,7 +8,7 @@ from PIL import Image
 from pipeline.params import PreprocessParams
 from pipeline.preprocess import ImageError, decode, load_image, load_image_safe, resize
 
-GRAY = PreprocessParams()
+GRAY = PreprocessParams(color="grayscale", size=(28, 28), invert="false")
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -137,9 +137,9 @@ def test_fast_png_path_matches_pillow_exactly(mode, color):
     rng = np.random.default_rng(3)
     shape = (37, 23) if mode == "L" else (37, 23, 3)
     data = png_bytes(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode))
-    cfg = PreprocessParams(color=color)
+    cfg = PreprocessParams(color=color, size=(28, 28), invert="false")
     fast = pp._fast_png(data, cfg)
-    assert fast is not None and fast.mode == mode
+    assert fast is not None and fast.meta.mode == mode
     with Image.open(io.BytesIO(data)) as img:
         slow = pp._to_array(img, color, 0)
     np.testing.assert_array_equal(fast.array, slow)
@@ -148,7 +148,7 @@ def test_fast_png_path_matches_pillow_exactly(mode, color):
 def test_fast_png_path_declines_what_it_cannot_do_identically():
     from pipeline import preprocess as pp
 
-    cfg = PreprocessParams()
+    cfg = GRAY
     rgba = png_bytes(Image.new("RGBA", (10, 10)))
     pal = png_bytes(Image.new("P", (10, 10)))
     deep = png_bytes(Image.fromarray(np.zeros((10, 10), np.uint16)))

@@ -18,7 +18,7 @@ def test_preview_grid_original_preprocessed_augmented(tmp_path):
     assert out == run / "preview.png"
     assert img.size[1] == 24 + 4 * (CELL + 4) + 4          # 2 classes x 2 images, plus the header
     assert img.size[0] == 120 + 5 * (CELL + 4) + 4         # original, preprocessed, 3 augmented
-    plain = preview(run, AugmentParams(), per_class=1, n_aug=3, out=tmp_path / "p.png")
+    plain = preview(run, AugmentParams(enabled=False), per_class=1, n_aug=3, out=tmp_path / "p.png")
     assert Image.open(plain).size[0] == 120 + 2 * (CELL + 4) + 4  # augmentation off: no augmented columns
 
 

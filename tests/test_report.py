@@ -17,18 +17,21 @@ from conftest import CHROMIUM, chromium_page, cli
 def test_evaluate_writes_a_self_contained_report_and_pngs(trained_run):
     run, _ = trained_run
     page = (run / "report.html").read_text(encoding="utf-8")
-    for name in report.PNGS.values():
+    for name in ("class_counts.png", "samples.png", "curves.png", "confusion_matrix.png", "misclassified.png",
+                 "calibration.png"):
         with Image.open(run / name) as img:
             img.verify()
     for anchor in ('id="dataset"', 'id="training"', 'id="results"', 'id="settings"'):
         assert anchor in page
-    for text in ("Images per class", "Rejected files by reason", "Duplicates and leakage", "best epoch",
-                 "Per class", "Most confused pairs", "Worst misclassified", "Reliability", "[train]", "[preprocess]",
+    for text in ("Images per class", "Rejected files by reason", "near-duplicate pairs", "best epoch",
+                 "Chosen from the data", "temperature", "risk-coverage",
+                 "Suspected label errors", "temperature scaling",
+                 "Per class", "Most confused pairs", "Worst misclassified", "reliability", "[train]", "[preprocess]",
                  "tensorflow", "lenet5", "macro F1"):
         assert text in page, text
     # self-contained: every image is inline, nothing is fetched
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)  # + risk-coverage
     assert not re.search(r'(href|src)="(https?:)?//', page) and "<script" not in page
     assert "@import" not in page and "url(" not in page
 
@@ -67,9 +70,9 @@ def test_report_renders_in_headless_chromium(trained_run, tmp_path):
         browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
-    assert len(images) == 6 and all(ok and w > 0 and h > 0 for ok, w, h in images), images
+    assert len(images) == 7 and all(ok and w > 0 and h > 0 for ok, w, h in images), images
     assert overflow <= 1366  # no sideways scrolling at a laptop width
-    assert headings == ["Dataset", "Training", "Test results", "Settings and environment"]
+    assert headings == ["Dataset", "Training", "Test results", "Suspected label errors", "Settings and environment"]
     assert captions >= 5
     with Image.open(shot) as img:
         assert img.size[0] == 1366 and img.size[1] > 3000
@@ -87,11 +90,18 @@ def test_confused_pairs_and_worst_misclassified():
 
 
 def test_calibration_error_known_answers():
-    _, perfect = plots.calibration(np.array([0.95] * 20), np.array([True] * 19 + [False]))
-    assert perfect["ece"] == pytest.approx(0.0, abs=1e-9)
-    _, over = plots.calibration(np.array([0.99] * 10), np.array([True] * 5 + [False] * 5))
-    assert over["ece"] == pytest.approx(0.49)
-    assert sum(b["images"] for b in over["bins"]) == 10
+    from pipeline import calibrate
+
+    def two_class(conf, right):
+        probs = np.stack([conf, 1 - conf], axis=1)
+        return probs, np.where(right, 0, 1)
+
+    probs, y = two_class(np.array([0.95] * 20), np.array([True] * 19 + [False]))
+    _, perfect = plots.calibration(probs, y)
+    assert perfect["ece"] == pytest.approx(0.0, abs=1e-9) == calibrate.ece(probs, y)
+    probs, y = two_class(np.array([0.99] * 10), np.array([True] * 5 + [False] * 5))
+    _, over = plots.calibration(probs, y, before=probs)
+    assert over["ece"] == pytest.approx(0.49) == calibrate.ece(probs, y) and over["ece_before"] == over["ece"]
 
 
 def test_warnings_repeat_the_audit_and_flag_low_accuracy():
@@ -118,7 +128,7 @@ def test_model_choice_is_reported_and_compared(shade_bundle, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model" in printed and "lenet5" in printed and "softmax" in printed and "F1 mid" in printed
     md = (tmp_path / "cmp.md").read_text()
-    assert md.startswith(f"|  | {lenet} | {soft} |") and "| parameters | 61,111 | 2,355 |" in md, md
+    assert md.startswith(f"|  | {lenet} | {soft} |") and "| parameters | 87,667 | 2,355 |" in md, md
     assert pipeline_cli.main(["compare", str(lenet)]) == 0 and (tmp_path / "compare.csv").is_file()
 
 

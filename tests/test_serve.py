@@ -205,6 +205,7 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
     assert drawn in b.labels and bars == 3
     assert shown == truth
     assert "truncated" in broken
-    assert len(seen) == 2 and all(ok and w == 28 and h == 28 for ok, w, h in seen)
+    # each card: the model's 28x28 view and its saliency overlay (shown 4x)
+    assert len(seen) == 4 and all(ok and (w, h) in ((28, 28), (112, 112)) for ok, w, h in seen)
     with Image.open(shot) as img:
         assert img.size == (1280, 760) and len(set(img.convert("L").resize((64, 64)).get_flattened_data())) > 20

@@ -1,0 +1,84 @@
+"""The "auto" choices: colour, size, polarity and flips, from the census of the data (tiny generated sets)."""
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import census, prepare
+from pipeline.params import PrepareParams, PreprocessParams
+
+from conftest import CLOTHING, clothing_image, write_image
+
+
+def stroke(side: int, dark_on_light: bool, rng: np.random.Generator) -> np.ndarray:
+    img = np.full((side, side), 25, np.uint8) + rng.integers(0, 6, (side, side), dtype=np.uint8)
+    c = side // 2 + int(rng.integers(-3, 4))
+    img[side // 4: 3 * side // 4, c - 2:c + 2] = 230
+    return 255 - img if dark_on_light else img
+
+
+def prepared(tmp_path, make, n=12, labels=("a", "b"), cfg=None):
+    rng = np.random.default_rng(0)
+    for label in labels:
+        for i in range(n):
+            write_image(tmp_path / "data" / label / f"{i:02d}.png", make(label, i, rng))
+    prepare.prepare(tmp_path / "data", tmp_path / "run", PrepareParams(workers=1), cfg or PreprocessParams())
+    marker = json.loads((tmp_path / "run" / "prepare.json").read_text())
+    return marker["preprocess"], json.loads((tmp_path / "run" / "dataset.json").read_text())["choices"]
+
+
+def test_gray_images_stored_as_rgb_are_grayscale_and_small_images_go_to_28(tmp_path):
+    cfg, choices = prepared(tmp_path, lambda l, i, rng: np.repeat(stroke(12, False, rng)[..., None], 3, axis=2))
+    assert cfg["color"] == "grayscale" and "are gray" in choices["color"]["why"]
+    assert cfg["size"] == [28, 28] and "12x12" in choices["size"]["why"]  # kept within 28..64
+    assert cfg["invert"] == "false" and "one polarity" in choices["invert"]["why"]
+
+
+def test_colour_images_are_rgb_and_sizes_follow_the_census(tmp_path):
+    def make(label, i, rng):
+        img = np.zeros((40, 48, 3), np.uint8)
+        img[..., 0 if label == "a" else 2] = 200
+        return img
+    cfg, choices = prepared(tmp_path, make)
+    assert cfg["color"] == "rgb" and cfg["size"] == [40, 48] and cfg["invert"] == "false"
+    big, _ = prepared(tmp_path / "big", lambda l, i, rng: np.zeros((120, 200, 3), np.uint8) + i)
+    assert big["size"] == [64, 64]
+
+
+def test_mixed_polarity_is_normalised_per_image_and_explicit_values_win(tmp_path):
+    cfg, choices = prepared(tmp_path, lambda l, i, rng: stroke(28, i % 2 == 0, rng))
+    assert cfg["invert"] == "per-image" and "polarity varies" in choices["invert"]["why"]
+    x = np.load(tmp_path / "run" / "X_train.npy")
+    assert (np.median(x[:, :3], axis=(1, 2, 3)) < 0.3).all()  # every image now light on dark
+    fixed, why = prepared(tmp_path / "fixed", lambda l, i, rng: stroke(28, i % 2 == 0, rng),
+                          cfg=PreprocessParams(invert="false", size=(20, 20), color="rgb"))
+    assert (fixed["invert"], fixed["size"], fixed["color"]) == ("false", [20, 20], "rgb")
+    assert all(why[k]["why"] == "set in params" for k in ("invert", "size", "color"))
+
+
+def test_flips_yes_for_clothing_no_for_digits(tiny_mnist, tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.stack([clothing_image(k, rng) for k in CLOTHING for _ in range(30)]).astype(np.float32)[..., None] / 255
+    s = census.symmetry(x, np.repeat(np.arange(10), 30), list(CLOTHING))
+    assert s["hflip"] and s["symmetric_classes"] >= 7, s
+    assert s["per_class"]["tshirt"] > 0.8 and s["per_class"]["boot"] < census.SYMMETRIC
+    prepare.prepare(tiny_mnist, tmp_path / "run", PrepareParams(workers=1), PreprocessParams())
+    digits = json.loads((tmp_path / "run" / "dataset.json").read_text())["choices"]["hflip"]
+    assert digits["hflip"] is False and digits["symmetric_classes"] <= 3, digits
+
+
+def test_a_mirror_that_is_another_class_forbids_flips():
+    """b and d: each the other's mirror image (even if every other class were symmetric)."""
+    b = np.zeros((20, 20), np.float32)
+    b[3:17, 5:7] = 1
+    b[10:17, 5:14] = 1
+    means = np.stack([b, b[:, ::-1], np.eye(20, dtype=np.float32) + np.eye(20, dtype=np.float32)[:, ::-1]])
+    x = np.repeat(means, 5, axis=0)[..., None]
+    s = census.symmetry(x, np.repeat(np.arange(3), 5), ["b", "d", "x"])
+    assert s["hflip"] is False and s["mirror_looks_like"] == {"b": "d", "d": "b"}
+
+
+@pytest.mark.parametrize("n, size, expected", [(10, 500, 10), (2000, 500, 500)])
+def test_census_sample_is_seeded(n, size, expected):
+    a, b = census.sample(n, 3, size), census.sample(n, 3, size)
+    assert len(a) == expected and (a == b).all() and (np.diff(a) > 0).all()

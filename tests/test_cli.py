@@ -1,0 +1,41 @@
+"""The command line: user errors are one line and exit 2; anything else is a bug, shown with its traceback, exit 1."""
+import pytest
+
+from pipeline import cli, compare
+from pipeline.errors import StageError, UserError
+
+
+def _fail_with(monkeypatch, exc):
+    def main(args):
+        raise exc
+    monkeypatch.setattr(compare, "main", main)
+
+
+@pytest.mark.parametrize("exc", [UserError("bad params: [train] epochs must be >= 1"),
+                                 StageError("runs/x has no finished prepare stage")])
+def test_user_errors_are_one_line_and_exit_2(monkeypatch, capsys, exc):
+    _fail_with(monkeypatch, exc)
+    assert cli.main(["compare", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert str(exc) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("exc", [ValueError("operands could not be broadcast together"),  # e.g. from numpy
+                                 ZeroDivisionError("division by zero"), KeyError("labels")])
+def test_anything_else_is_a_bug_with_its_traceback_and_exit_1(monkeypatch, capsys, exc):
+    _fail_with(monkeypatch, exc)
+    assert cli.main(["compare", "runs/x"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and type(exc).__name__ in err and "-v for the full traceback" in err
+    assert cli.main(["-v", "compare", "runs/x"]) == 1
+    full = capsys.readouterr().err
+    assert "Traceback" in full and "cli.py" in full and "-v for the full" not in full  # every frame under -v
+
+
+def test_file_system_errors_stay_one_line(monkeypatch, capsys):
+    import errno
+
+    _fail_with(monkeypatch, OSError(errno.ENOSPC, "No space left on device", "/full/disk"))
+    assert cli.main(["compare", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device (/full/disk)" in err and "Traceback" not in err

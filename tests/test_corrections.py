@@ -1,0 +1,72 @@
+"""corrections.csv: relabel, exclude or add a class at the next prepare; the originals are never touched."""
+import csv
+import hashlib
+import json
+
+import pytest
+
+from pipeline import prepare
+from pipeline.params import PrepareParams, PreprocessParams
+
+from conftest import make_tree
+
+CFG = PreprocessParams(size=(16, 16))
+
+
+def checksums(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_relabel_exclude_and_new_class_without_touching_the_originals(tmp_path):
+    data = make_tree(tmp_path / "data", {"cat": 8, "dog": 8})
+    before = checksums(data)
+    run = tmp_path / "run"
+    (tmp_path / "fix.csv").write_text("path,label,suggested,score,reason\n"
+                                      "cat/000.png,dog,dog,0.9,from suspects\n"
+                                      f"{data / 'cat' / '001.png'},exclude,,,\n"  # the manifest's full path works too
+                                      "dog/002.png,new:fox,,,\n"
+                                      "dog/003.png,dog,,,\n")  # already right: nothing to do
+    s = prepare.prepare(data, run, PrepareParams(workers=1, test_size=0.25), CFG, corrections=tmp_path / "fix.csv")
+    assert checksums(data) == before  # nothing under DATA was written
+    fixed = s.dataset["corrections"]
+    assert (fixed["relabeled"], fixed["excluded"], fixed["new_labels"]) == (2, 1, ["fox"])
+    manifest = {r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1]: r for r in rows(run / "manifest.csv")}
+    assert manifest["cat/000.png"]["label"] == "dog" and "relabeled from cat" in manifest["cat/000.png"]["note"]
+    assert manifest["dog/002.png"]["label"] == "fox" and "cat/001.png" not in manifest
+    assert json.loads((run / "labels.json").read_text()) == {"cat": 0, "dog": 1, "fox": 2}
+    assert ("cat/001.png", "excluded by fix.csv line 3") in {(r["path"], r["reason"]) for r in rows(run / "rejected.csv")}
+
+
+def test_the_run_folders_corrections_file_is_picked_up_and_a_change_redoes_prepare(tmp_path):
+    data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    run = tmp_path / "run"
+    assert prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"] is None
+    (run / "corrections.csv").write_text("path,label\na/000.png,b\n")
+    s = prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    assert not s.skipped and s.dataset["corrections"]["relabeled"] == 1
+    assert prepare.prepare(data, run, PrepareParams(workers=1), CFG).skipped
+    (run / "corrections.csv").write_text("path,label\na/000.png,exclude\n")
+    assert prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"]["excluded"] == 1
+
+
+@pytest.mark.parametrize("text, match", [
+    ("file,label\n", "must name the columns path,label"),
+    ("path,label\nnope/1.png,a\n", r"line 2: 'nope/1.png' is not an image of this dataset"),
+    ("path,label\na/000.png,bb\n", r"line 2: label 'bb' is not a label of this dataset \(write new:bb"),
+    ("path,label\na/000.png,\n", "line 2: empty label"),
+    ("path,label\na/000.png,b\na/000.png,exclude\n", "line 3: 'a/000.png' is also on line 2"),
+    ("path,label\na/000.png,new:\n", "line 2: new: needs a class name"),
+])
+def test_bad_rows_are_named_by_line(tmp_path, text, match):
+    data = make_tree(tmp_path / "data", {"a": 4, "b": 4})
+    (tmp_path / "c.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), CFG, corrections=tmp_path / "c.csv")
+    with pytest.raises(ValueError, match="corrections file not found"):
+        prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), CFG, corrections=tmp_path / "none.csv")

@@ -1,0 +1,99 @@
+"""Suspects: planted label flips are found first; a killed run resumes; suggestions become corrections."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import confident, prepare
+from pipeline.params import AugmentParams, PrepareParams, PreprocessParams, SuspectsParams, TrainParams
+from pipeline.suspects import suspects, write_corrections
+
+from conftest import REPO, SHADES, shade_image, write_image
+
+PARAMS = """
+[prepare]
+test_size = 0.1
+val_size = 0.1
+[train]
+batch_size = 16
+[augment]
+enabled = false
+[suspects]
+folds = 4
+step_budget = 400
+"""
+FLIPS = {("dark", 3): "light", ("mid", 5): "dark", ("light", 7): "mid"}
+
+
+@pytest.fixture()
+def flipped(tmp_path):
+    """Three shades, 40 images each, three of them filed under a wrong label."""
+    rng = np.random.default_rng(0)
+    for label in SHADES:
+        for i in range(40):
+            given = FLIPS.get((label, i), label)
+            write_image(tmp_path / "data" / given / f"{label}{i:02d}.png", shade_image(label, rng))
+    (tmp_path / "params.toml").write_text(PARAMS)
+    return tmp_path
+
+
+def test_confident_learning_on_known_probabilities():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.85, 0.15], [0.1, 0.9], [0.2, 0.8], [0.95, 0.05]])
+    labels = np.array([0, 0, 0, 1, 1, 1])  # the last image is labelled 1 but looks like 0
+    issues = confident.find_issues(probs, labels)
+    assert issues.index.tolist() == [5] and issues.suggested.tolist() == [0]
+    assert issues.quality[0] == pytest.approx(0.05)
+
+
+def test_planted_flips_are_ranked_first(flipped):
+    run = flipped / "run"
+    prepare.prepare(flipped / "data", run, PrepareParams(workers=1, test_size=0.1, val_size=0.1),
+                    PreprocessParams(size=(16, 16)))
+    record = suspects(run, SuspectsParams(folds=4, step_budget=400), TrainParams(batch_size=16),
+                      AugmentParams(enabled=False))
+    rows = list(csv.DictReader(open(run / "suspects.csv", newline="")))
+    assert list(rows[0]) == ["path", "label", "suggested", "score", "reason"]
+    in_train_val = {r["path"].rsplit("/", 1)[-1] for r in csv.DictReader(open(run / "manifest.csv"))
+                    if r["split"] in ("train", "val")}
+    planted = {f"{t}{i:02d}.png" for (t, i) in FLIPS} & in_train_val
+    top = [r["path"].rsplit("/", 1)[-1] for r in rows[:len(planted)]]
+    assert set(top) == planted, rows[:5]
+    true = [r["path"].rsplit("/", 1)[-1][:-6] for r in rows[:len(planted)]]  # "mid05.png" -> "mid"
+    assert all(r["suggested"] != r["label"] for r in rows) and sum(
+        r["suggested"] == t for r, t in zip(rows, true)) >= len(planted) - 1
+    assert record["flagged"] == len(rows) <= len(planted) + 2
+    assert (run / "suspects.png").is_file() and record["out_of_fold_accuracy"] > 0.9
+    fixes = write_corrections(run)
+    assert [r["label"] for r in csv.DictReader(open(fixes))][:len(planted)] == [r["suggested"] for r in rows[:len(planted)]]
+    with pytest.raises(ValueError, match="exists"):
+        write_corrections(run)
+    s = prepare.prepare(flipped / "data", run, PrepareParams(workers=1, test_size=0.1, val_size=0.1),
+                        PreprocessParams(size=(16, 16)))
+    assert s.dataset["corrections"]["relabeled"] == len(rows)
+
+
+def test_a_killed_run_resumes_from_its_finished_folds(flipped):
+    run = flipped / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "pipeline", "suspects", "--run", str(run), "--params", str(flipped / "params.toml")]
+    assert subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--data", str(flipped / "data"), "--run",
+                           str(run), "--params", str(flipped / "params.toml")], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((run / "suspects_folds").glob("fold*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (run / "suspects_folds").glob("fold*.json"))
+    assert done and not (run / "suspects.csv").exists()
+    res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{done[0].removesuffix('.json')} done before; kept" in res.stderr
+    assert (run / "suspects.csv").is_file() and "suspects of" in res.stdout
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert "up to date" in again.stderr

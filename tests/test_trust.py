@@ -1,0 +1,124 @@
+"""Trust a prediction: novelty on tiny in/out sets, the cut rule on val, calibration, explain, old bundles."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import bundle, calibrate, novelty
+from pipeline.params import PredictParams
+from pipeline.predict import predict, resolve_threshold
+
+from conftest import SHADES, cli, shade_image, write_image
+
+
+def strokes(n, rng, side=20):
+    """In-distribution: one bright vertical bar on black, anywhere."""
+    x = np.zeros((n, side, side, 1), np.float32)
+    for i in range(n):
+        c = int(rng.integers(4, side - 4))
+        x[i, 3:side - 3, c - 1:c + 1] = rng.uniform(0.7, 1.0)
+    return x + rng.normal(0, 0.02, x.shape).astype(np.float32).clip(0)
+
+
+def test_novelty_flags_other_kinds_and_keeps_the_rate_on_val():
+    rng = np.random.default_rng(0)
+    train, val, test = strokes(600, rng), strokes(300, rng), strokes(300, rng)
+    feats = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731  (stand-in for the model's features)
+    spec, ref = novelty.fit(novelty.image_stats(train), feats(train), novelty.image_stats(val), feats(val))
+    assert spec["val_flagged"] <= novelty.FLAG_RATE and json.dumps(spec)  # JSON-ready, no pickle
+    _, familiar = novelty.score(spec, ref, test, feats(test))
+    assert familiar.mean() >= 0.95
+    blobs = np.stack([np.clip(np.exp(-((np.mgrid[0:20, 0:20] - rng.uniform(5, 15, (2, 1, 1))) ** 2).sum(0) / 20),
+                              0, 1)[..., None] for _ in range(100)]).astype(np.float32)
+    others = {"noise": rng.random((100, 20, 20, 1)).astype(np.float32), "inverted": 1 - test[:100], "blobs": blobs}
+    for name, x in others.items():
+        nov, fam = novelty.score(spec, ref, x, feats(x))
+        assert (~fam).mean() >= 0.9, name
+        assert nov.min() > np.median(novelty.score(spec, ref, test, feats(test))[0]), name
+
+
+def test_auto_threshold_reaches_the_target_precision_on_val():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.3, 1.0, 2000)
+    correct = rng.random(2000) < conf  # higher confidence, more often right
+    probs = np.stack([conf, 1 - conf], axis=1)
+    y = np.where(correct, 0, 1)
+    table = calibrate.risk_coverage(probs, y)
+    for target in (0.9, 0.95):
+        cut, facts = calibrate.threshold_for(table, target)
+        kept = conf >= cut
+        assert facts["reached"] and correct[kept].mean() >= target and facts["coverage"] == pytest.approx(kept.mean())
+        lower = [c for c in table["threshold"] if c < cut]
+        assert not lower or correct[conf >= max(lower)].mean() < target  # the lowest cut that reaches it
+    assert calibrate.threshold_for(table, 1.01)[1]["reached"] is False
+
+
+def test_temperature_scaling_reduces_the_calibration_error_of_an_overconfident_model():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 3000)
+    logits = rng.normal(0, 1, (3000, 5))
+    logits[np.arange(3000), y] += 1.5
+    overconfident = logits * 6  # the same ranking, far too sure
+    t = calibrate.fit_temperature(overconfident, y)
+    before, after = calibrate.ece(calibrate.softmax(overconfident), y), calibrate.ece(calibrate.softmax(overconfident / t), y)
+    assert t > 3 and after < 0.5 * before and after < 0.03, (t, before, after)
+    p = calibrate.softmax(overconfident / t)
+    np.testing.assert_allclose(calibrate.uncalibrated(p, t), calibrate.softmax(overconfident), atol=1e-6)
+
+
+def test_trained_bundle_carries_calibration_and_novelty(shade_bundle):
+    b = bundle.load(shade_bundle)
+    assert b.calibration["temperature"] > 0 and b.calibration["risk_coverage"]["threshold"]
+    assert b.novelty["threshold"] > 0 and b.novelty_reference.shape[1] == 120  # the f5 layer
+    cut, how = resolve_threshold(b, PredictParams(threshold="auto"))
+    assert 0 <= cut <= 1 and "auto" in how["how"]
+
+
+def test_predict_columns_unfamiliar_and_unknown(shade_bundle, tmp_path):
+    rng = np.random.default_rng(3)
+    for label in SHADES:
+        write_image(tmp_path / "in" / f"{label}.png", shade_image(label, rng))
+    for i in range(3):
+        write_image(tmp_path / "in" / f"noise{i}.png", (rng.random((20, 20)) * 255).astype(np.uint8))
+    s = predict(tmp_path / "in", shade_bundle, tmp_path / "p.csv", PredictParams(workers=1, unfamiliar="unknown"))
+    rows = {r["path"]: r for r in __import__("csv").DictReader(open(tmp_path / "p.csv"))}
+    assert all(rows[f"noise{i}.png"]["familiar"] == "false" and rows[f"noise{i}.png"]["label"] == "unknown"
+               for i in range(3))
+    # a model fitted on 54 images has a rough cut: most (not always all) new shades are familiar
+    familiar = [label for label in SHADES if rows[f"{label}.png"]["familiar"] == "true"]
+    assert len(familiar) >= 2 and all(rows[f"{label}.png"]["label"] == label for label in familiar)
+    assert min(float(rows[f"noise{i}.png"]["novelty"]) for i in range(3)) > max(
+        float(rows[f"{label}.png"]["novelty"]) for label in SHADES)
+    assert s["unfamiliar"] == 6 - len(familiar) and s["unfamiliar_share"] == pytest.approx((6 - len(familiar)) / 6, abs=1e-4)
+
+
+def test_bundles_without_the_new_files_still_load(shade_bundle, tmp_path, caplog):
+    old = tmp_path / "old"
+    shutil.copytree(shade_bundle, old)
+    for name in (bundle.CALIBRATION, bundle.NOVELTY, bundle.NOVELTY_REFERENCE):
+        (old / name).unlink()
+    with caplog.at_level("INFO"):
+        b = bundle.load(old)
+    assert b.novelty is None and b.calibration is None
+    assert "unfamiliar-input detection is unavailable" in caplog.text
+    rng = np.random.default_rng(4)
+    write_image(tmp_path / "in" / "a.png", shade_image("dark", rng))
+    s = predict(tmp_path / "in", old, tmp_path / "p.csv", PredictParams(workers=1))
+    assert s["predicted"] == 1 and s["unfamiliar"] is None
+    row = next(iter(__import__("csv").DictReader(open(tmp_path / "p.csv"))))
+    assert row["novelty"] == "" and row["familiar"] == "" and row["label"] == "dark"
+    with pytest.raises(ValueError, match='threshold = "auto" needs the validation figures'):
+        predict(tmp_path / "in", old, tmp_path / "q.csv", PredictParams(workers=1, threshold="auto"))
+
+
+@pytest.mark.parametrize("method", ["occlusion", "gradcam"])
+def test_explain_writes_an_overlay_png(shade_bundle, tmp_path, method):
+    rng = np.random.default_rng(5)
+    img = write_image(tmp_path / "mid.png", shade_image("mid", rng))
+    res = cli("explain", img, "--model", shade_bundle, "--out", tmp_path / "o.png", "--method", method)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "mid" in res.stdout and f"{method} map" in res.stdout
+    with Image.open(tmp_path / "o.png") as png:
+        assert png.format == "PNG" and png.size == (1000, 360)  # the three panels at 100 dpi
