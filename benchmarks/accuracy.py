@@ -82,10 +82,10 @@ def one(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[str,
     """prepare -> train -> evaluate with the defaults, then the Keras recipe on the same split (in this process)."""
     from dataclasses import replace
 
-    from pipeline import params as params_mod
-    from pipeline.evaluate import evaluate
-    from pipeline.prepare import prepare
-    from pipeline.train import train
+    from pipeline.shared import params as params_mod
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import train
 
     run = work / f"seed{seed}" / name  # the folder's name picks [overrides.<name>] as `make` would
     shutil.rmtree(run, ignore_errors=True)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(one(args.one, Path(args.data), Path(args.work), args.seed, Path(args.params))))
         return 0
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     names = [n for n in args.datasets.split(",") if n]
     unknown = [n for n in names if n not in DATASETS]

@@ -83,7 +83,7 @@ def _keras_ds(folder: Path, **kw: Any) -> Any:
 
 
 def _mnist_source() -> Path:
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
     if source is None:
@@ -95,7 +95,7 @@ def _mnist_source() -> Path:
 def step_export(data: Path, work: Path) -> dict[str, Any]:
     import shutil
 
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     shutil.rmtree(work / "mnist_export", ignore_errors=True)
     source = _mnist_source()
@@ -108,8 +108,8 @@ def _prepare_run(data: Path, run: Path, cfg: Any = None) -> dict[str, Any]:
     """Time ``prepare`` of ``data`` into a fresh ``run`` folder."""
     import shutil
 
-    from pipeline.params import PrepareParams, PreprocessParams
-    from pipeline.prepare import prepare
+    from pipeline.shared.params import PrepareParams, PreprocessParams
+    from pipeline.stages.prepare import prepare
 
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def step_prepare(data: Path, work: Path) -> dict[str, Any]:
 
 def step_prepare_heavy(data: Path, work: Path) -> dict[str, Any]:
     """The heaviest preprocessing: median denoise + CLAHE + MNIST digit normalization."""
-    from pipeline.params import PreprocessParams
+    from pipeline.shared.params import PreprocessParams
 
     return _prepare_run(data, work / "run_heavy", PreprocessParams(denoise="median", equalize="clahe",
                                                                     normalize="mnist"))
@@ -135,9 +135,10 @@ def step_rendered(data: Path, work: Path) -> dict[str, Any]:
     re-rendered as dark ink on white paper, 200x200, JPEG: through the bundle's preprocessing."""
     import numpy as np
 
-    from pipeline import bundle, mnist
-    from pipeline.infer import predict_probs
-    from pipeline.preprocess import load_image
+    from pipeline.data import mnist
+    from pipeline.data.preprocess import load_image
+    from pipeline.model.infer import predict_probs
+    from pipeline.shared import bundle
 
     model_dir = Path(os.environ.get("BENCH_MODEL", "runs/mnist/model"))
     if not (model_dir / "bundle.json").is_file():
@@ -169,8 +170,8 @@ def _train_run(work: Path, augment: bool) -> dict[str, Any]:
 
     import numpy as np
 
-    from pipeline.params import AugmentParams, TrainParams
-    from pipeline.train import train
+    from pipeline.shared.params import AugmentParams, TrainParams
+    from pipeline.stages.train import train
 
     run = work / "run"
     t0 = time.perf_counter()
@@ -249,8 +250,8 @@ def step_keras_train(data: Path, work: Path) -> dict[str, Any]:
 
 
 def step_evaluate(data: Path, work: Path) -> dict[str, Any]:
-    from pipeline.evaluate import METRICS, evaluate
-    from pipeline.params import EvaluateParams
+    from pipeline.shared.params import EvaluateParams
+    from pipeline.stages.evaluate import METRICS, evaluate
 
     (work / "run" / METRICS).unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -278,8 +279,8 @@ def _bench_model(work: Path) -> Path:
 
 def step_predict(data: Path, work: Path) -> dict[str, Any]:
     """``pipeline predict`` on the 10k test PNGs (folder walk, decode, predict, CSV); model loaded first."""
-    from pipeline.params import PredictParams
-    from pipeline.predict import predict
+    from pipeline.shared.params import PredictParams
+    from pipeline.stages.predict import predict
 
     s = predict(data / "test", _bench_model(work), work / "predictions.csv", PredictParams())
     return {"images": s["rows"], "seconds": s["seconds"]}
@@ -289,8 +290,8 @@ def step_predict_plain(data: Path, work: Path) -> dict[str, Any]:
     """The same bundle without its novelty detector (as bundles were before it): the cost of the new columns."""
     import shutil
 
-    from pipeline.params import PredictParams
-    from pipeline.predict import predict
+    from pipeline.shared.params import PredictParams
+    from pipeline.stages.predict import predict
 
     plain = work / "model_plain"
     shutil.rmtree(plain, ignore_errors=True)
@@ -315,7 +316,7 @@ def step_predict_loop(data: Path, work: Path) -> dict[str, Any]:
     import keras
     import numpy as np
 
-    from pipeline.ingest import walk_files
+    from pipeline.data.ingest import walk_files
 
     model = keras.models.load_model(_bench_model(work) / "model.keras", compile=False)
     files = walk_files(data / "test", data / "test", [])[::20][:500]
@@ -476,8 +477,8 @@ def step_scale_keras(data: Path, work: Path) -> dict[str, Any]:
 
 
 def _scale_train(work: Path, streaming: str) -> dict[str, Any]:
-    from pipeline.params import TrainParams
-    from pipeline.train import train
+    from pipeline.shared.params import TrainParams
+    from pipeline.stages.train import train
 
     run = work / "scale_run"
     t0 = time.perf_counter()
@@ -657,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from pipeline import artifacts
+    from pipeline.shared import artifacts
 
     artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "repeat": args.repeat, "results": results,
                                               "scale": scale, "serve": serve})

@@ -100,7 +100,7 @@ def _save(path: Path, arr: np.ndarray, quality: int | None = None) -> None:
 # ---------------------------------------------------------------- builders
 def build_mnist100(mnist_source: Path, out: Path, per_class: int = 100, seed: int = 0) -> Path:
     """``per_class`` MNIST training digits per class in ``train/``, the full 10k test set in ``test/``."""
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     images, labels = mnist.load_split(mnist_source, "train")
     rng = np.random.default_rng(seed)
@@ -229,7 +229,7 @@ def build_noisy_mnist(mnist_source: Path, out: Path, per_class: int = 1000, nois
     """``per_class`` MNIST training digits per class in label folders, with ``noise`` of them moved to a
     random wrong class (planted label errors). Returns (path under ``out``, true label, given label)
     of each flipped image; the truth is not written into the dataset."""
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     images, labels = mnist.load_split(mnist_source, "train")
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
 
-    from pipeline.export import export
+    from pipeline.stages.export import export
 
     model = Path(args.model)
     run = model.parent

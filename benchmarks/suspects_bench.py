@@ -19,10 +19,10 @@ from benchmarks.common import publish
 def planted(noise: float, work: Path, params: Path) -> dict[str, Any]:
     """Build the noisy subset, prepare it, find the suspects; score them against the planted flips."""
     from benchmarks import devsets
-    from pipeline import mnist
-    from pipeline import params as params_mod
-    from pipeline.prepare import prepare
-    from pipeline.suspects import suspects
+    from pipeline.data import mnist
+    from pipeline.shared import params as params_mod
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.suspects import suspects
 
     source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
     data, run = work / f"noisy{int(noise * 100)}", work / f"run{int(noise * 100)}"
@@ -49,8 +49,8 @@ def planted(noise: float, work: Path, params: Path) -> dict[str, Any]:
 
 def full_mnist(run: Path, params: Path) -> dict[str, Any]:
     """Suspects of the 60k MNIST training images (the reference run's train + val splits)."""
-    from pipeline import params as params_mod
-    from pipeline.suspects import suspects
+    from pipeline.shared import params as params_mod
+    from pipeline.stages.suspects import suspects
 
     load = lambda section: params_mod.load(params, section, run.name)  # noqa: E731
     t0 = time.perf_counter()

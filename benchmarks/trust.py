@@ -40,9 +40,9 @@ def _baselines(b: Any, out: Any, val_out: Any, f_train: np.ndarray, y_train: np.
 
 def ood_table(model_dir: Path, ood_root: Path) -> dict[str, Any]:
     """Share flagged per kind, ours and the baselines, each at its 2%-of-validation cut."""
-    from pipeline import bundle
-    from pipeline.infer import Predictor
-    from pipeline.preprocess import load_image
+    from pipeline.data.preprocess import load_image
+    from pipeline.model.infer import Predictor
+    from pipeline.shared import bundle
 
     run = model_dir.parent
     b = bundle.load(model_dir)
@@ -73,9 +73,9 @@ def ece_figures(model_dir: Path) -> dict[str, Any]:
 
 def deletion(model_dir: Path, n: int = 200) -> dict[str, float]:
     """Mean deletion-curve probability (lower: more faithful) of each saliency method on test digits."""
-    from pipeline import bundle
-    from pipeline.explain import METHODS, deletion_auc, saliency
-    from pipeline.infer import Predictor
+    from pipeline.model.infer import Predictor
+    from pipeline.shared import bundle
+    from pipeline.stages.explain import METHODS, deletion_auc, saliency
 
     b = bundle.load(model_dir)
     predictor = Predictor(b, 256)
@@ -96,7 +96,7 @@ def _inverted_files(out: Path, n: int = 1000) -> None:
     """MNIST test digits saved dark on light: the bundle's preprocessing turns them back (a digit is a digit)."""
     from PIL import Image
 
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
     if source is None:

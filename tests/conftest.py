@@ -52,7 +52,7 @@ def make_tree(root: Path, spec: dict[str, int], size: int = 16, split: str | Non
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """A few hundred real MNIST digits exported as train/test PNG folders."""
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     root = tmp_path_factory.mktemp("tiny_mnist")
     for split, n in (("train", 1200), ("test", 300)):
@@ -75,9 +75,9 @@ def shade_image(label: str, rng: np.random.Generator, size: tuple[int, int] = (2
 @pytest.fixture(scope="session")
 def shade_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model bundle trained in a few seconds on the SHADES classes (perfectly separable)."""
-    from pipeline.params import PrepareParams, PreprocessParams, TrainParams
-    from pipeline.prepare import prepare
-    from pipeline.train import train
+    from pipeline.shared.params import PrepareParams, PreprocessParams, TrainParams
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import train
 
     root = tmp_path_factory.mktemp("shades")
     rng = np.random.default_rng(1)

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import artifacts
+from pipeline.shared import artifacts
 
 
 def test_atomic_write_leaves_no_temp_on_failure(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import prepare
-from pipeline.params import IngestParams, PrepareParams, PreprocessParams
+from pipeline.shared.params import IngestParams, PrepareParams, PreprocessParams
+from pipeline.stages import prepare
 
 from conftest import make_tree, write_image
 
@@ -138,7 +138,7 @@ def test_prepare_from_a_pixel_csv(tmp_path):
 
 def test_unlabelled_pixel_csv_cannot_be_prepared(tmp_path):
     f = pixel_csv(tmp_path / "test.csv", labelled=False)
-    from pipeline.artifacts import StageError
+    from pipeline.shared.artifacts import StageError
 
     with pytest.raises(StageError, match="no label column"):
         prepare.prepare(f, tmp_path / "run", PrepareParams(workers=1), PreprocessParams())

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pipeline import train
-from pipeline.augment import build_augmenter
-from pipeline.params import AugmentParams
+from pipeline.data.augment import build_augmenter
+from pipeline.shared.params import AugmentParams
+from pipeline.stages import train
 
 ALL = AugmentParams(enabled=True, rotation=15, translation=0.1, zoom=0.1, shear=0.2, elastic=0.5, noise=0.05,
                     brightness=0.2, contrast=0.2, erasing=0.5, hflip=True)
@@ -31,7 +31,7 @@ def test_affine_known_answers():
     """A pure translation moves a dot by the drawn amount; a 90-degree rotation turns a bar."""
     import tensorflow as tf
 
-    from pipeline.augment import _affine
+    from pipeline.data.augment import _affine
 
     bar = np.zeros((1, 29, 29, 1), np.float32)
     bar[0, 4:25, 14] = 1.0  # vertical bar through the centre

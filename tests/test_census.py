@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import census, prepare
-from pipeline.params import PrepareParams, PreprocessParams
+from pipeline.data import census
+from pipeline.shared.params import PrepareParams, PreprocessParams
+from pipeline.stages import prepare
 
 from conftest import CLOTHING, clothing_image, write_image
 

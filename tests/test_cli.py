@@ -1,8 +1,9 @@
 """The command line: user errors are one line and exit 2; anything else is a bug, shown with its traceback, exit 1."""
 import pytest
 
-from pipeline import cli, compare
-from pipeline.errors import StageError, UserError
+from pipeline.shared import cli
+from pipeline.shared.errors import StageError, UserError
+from pipeline.stages import compare
 
 
 def _fail_with(monkeypatch, exc):

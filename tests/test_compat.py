@@ -1,13 +1,13 @@
 """Private Keras names the project patches must still exist (a Keras update that removes one fails here)."""
 import importlib.metadata
 
-from pipeline import compat
+from pipeline.shared import compat
 
 
 def test_every_patched_private_name_still_exists():
     assert compat.missing() == [], (
         f"Keras {importlib.metadata.version('keras')} no longer has {compat.missing()}; "
-        f"the shims in pipeline/compat.py were verified on {compat.VERIFIED}")
+        f"the shims in pipeline/shared/compat.py were verified on {compat.VERIFIED}")
 
 
 def test_installed_versions_are_within_the_verified_bounds():

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline import prepare
-from pipeline.params import PrepareParams, PreprocessParams
+from pipeline.shared.params import PrepareParams, PreprocessParams
+from pipeline.stages import prepare
 
 from conftest import make_tree
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHADES, shade_image, write_image
-from pipeline.distribute import tf_config_task
+from pipeline.model.distribute import tf_config_task
 
 WORKER_PARAMS = """
 [prepare]
@@ -183,8 +183,8 @@ def test_two_workers_killed_mid_run_both_resume_from_the_chiefs_backup(shade_run
 
 def test_mirrored_builds_in_the_strategy_scope_and_records_its_replicas(shade_run):
     """On this CPU-only machine MirroredStrategy has one replica (one per GPU where there are GPUs)."""
-    from pipeline.params import TrainParams
-    from pipeline.train import train
+    from pipeline.shared.params import TrainParams
+    from pipeline.stages.train import train
 
     run, _ = shade_run
     assert train(run, TrainParams(epochs=2, batch_size=8, strategy="mirrored"), verbose=0)

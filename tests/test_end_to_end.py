@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import artifacts, bundle, train
+from pipeline.shared import artifacts, bundle
+from pipeline.stages import train
 
 from conftest import REPO, cli, make_tree
 
@@ -79,8 +80,8 @@ def test_stages_refuse_missing_inputs_naming_the_stage(tmp_path):
 
 
 def test_every_stage_has_help_both_ways():
-    """``python -m pipeline STAGE --help`` and ``python -m pipeline.STAGE --help`` (each module runs)."""
-    from pipeline.cli import STAGES
+    """``python -m pipeline STAGE --help`` and ``python -m pipeline.<layer>.STAGE --help`` (each module runs)."""
+    from pipeline.shared.cli import STAGES
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     for stage, (module, _) in STAGES.items():
@@ -139,7 +140,7 @@ def test_bundle_preprocessing_reproduces_prepared_arrays_bit_for_bit(trained_run
     """Apply-time preprocessing (the bundle's config, the original files) == what training saw."""
     import csv
 
-    from pipeline.preprocess import load_image
+    from pipeline.data.preprocess import load_image
 
     run, _ = trained_run
     cfg = bundle.load(run / "model").preprocess

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import exporters
+from pipeline.stages import exporters
 
 from conftest import cli
 
@@ -25,8 +25,8 @@ def export_run(trained_run, tmp_path_factory):
     short run leaves many near-ties between two digits)."""
     import shutil
 
-    from pipeline.params import TrainParams
-    from pipeline.train import train
+    from pipeline.shared.params import TrainParams
+    from pipeline.stages.train import train
 
     src, _ = trained_run
     run = tmp_path_factory.mktemp("export") / "run"
@@ -40,7 +40,7 @@ def export_run(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(export_run, tmp_path_factory):
     """Every format exported once (through the CLI), by (format, quantize)."""
-    from pipeline.cli import main
+    from pipeline.shared.cli import main
 
     root = tmp_path_factory.mktemp("exports")
     out = {}

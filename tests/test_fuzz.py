@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from pipeline.params import PredictParams, PreprocessParams
-from pipeline.predict import predict
-from pipeline.preprocess import inspect_image
+from pipeline.data.preprocess import inspect_image
+from pipeline.shared.params import PredictParams, PreprocessParams
+from pipeline.stages.predict import predict
 
 SECONDS_PER_FILE = 5
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline import ingest
+from pipeline.data import ingest
 
 from conftest import make_tree, write_image
 import numpy as np

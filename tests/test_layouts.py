@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import ingest
-from pipeline.params import IngestParams
+from pipeline.data import ingest
+from pipeline.shared.params import IngestParams
 
 from conftest import make_tree, write_image
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.model import build_model, first_pool, second_pool, set_temperature, temperature
+from pipeline.model.model import build_model, first_pool, second_pool, set_temperature, temperature
 
 HEAD = ["Dense", "Rescaling", "Activation"]  # logits -> temperature -> softmax
 

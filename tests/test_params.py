@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import params
-from pipeline.params import PreprocessParams, TrainParams
+from pipeline.shared import params
+from pipeline.shared.params import PreprocessParams, TrainParams
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import artifacts
-from pipeline.params import PredictParams
-from pipeline.predict import predict
-from pipeline.predictions import columns, read_rows, summary_path
+from pipeline.shared import artifacts
+from pipeline.shared.params import PredictParams
+from pipeline.stages.predict import predict
+from pipeline.stages.predictions import columns, read_rows, summary_path
 
 from conftest import REPO, SHADES, shade_image, write_image
 
@@ -166,7 +166,7 @@ def test_outputs_inside_images_are_not_predicted(shade_bundle, tmp_path):
 
 
 def _interrupt_at(monkeypatch, call):
-    from pipeline.infer import Predictor
+    from pipeline.model.infer import Predictor
 
     real, calls = Predictor.__call__, []
 

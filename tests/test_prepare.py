@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import artifacts, bundle, prepare
-from pipeline.params import PrepareParams, PreprocessParams
+from pipeline.shared import artifacts, bundle
+from pipeline.shared.params import PrepareParams, PreprocessParams
+from pipeline.stages import prepare
 
 from conftest import make_tree, write_image
 
@@ -53,7 +54,7 @@ def test_artifacts_and_stratified_seeded_split(tmp_path):
 
 
 def test_arrays_hold_the_preprocessed_pixels_of_the_manifest_rows(tmp_path):
-    from pipeline.preprocess import load_image
+    from pipeline.data.preprocess import load_image
 
     data = make_tree(tmp_path / "data", {"a": 5, "b": 5})
     run = tmp_path / "run"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.params import PreprocessParams
-from pipeline.preprocess import ImageError, decode, load_image, load_image_safe, resize
+from pipeline.data.preprocess import ImageError, decode, load_image, load_image_safe, resize
+from pipeline.shared.params import PreprocessParams
 
 GRAY = PreprocessParams(color="grayscale", size=(28, 28), invert="false")
 
@@ -132,7 +132,7 @@ def test_resize_modes_known_answers():
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 @pytest.mark.parametrize("color", ["grayscale", "rgb"])
 def test_fast_png_path_matches_pillow_exactly(mode, color):
-    from pipeline import preprocess as pp
+    from pipeline.data import preprocess as pp
 
     rng = np.random.default_rng(3)
     shape = (37, 23) if mode == "L" else (37, 23, 3)
@@ -146,7 +146,7 @@ def test_fast_png_path_matches_pillow_exactly(mode, color):
 
 
 def test_fast_png_path_declines_what_it_cannot_do_identically():
-    from pipeline import preprocess as pp
+    from pipeline.data import preprocess as pp
 
     cfg = GRAY
     rgba = png_bytes(Image.new("RGBA", (10, 10)))

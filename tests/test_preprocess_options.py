@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.params import PreprocessParams
-from pipeline.preprocess import is_dark_on_light, load_image, normalize_digit, preprocess
+from pipeline.data.preprocess import is_dark_on_light, load_image, normalize_digit, preprocess
+from pipeline.shared.params import PreprocessParams
 
 
 def run(img: np.ndarray, **kw) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_normalize_digit_crops_scales_and_centres_on_mass():
 
 def test_normalized_rerendered_digit_matches_normalized_original(mnist_dir):
     """A digit printed dark on white at 200x200, JPEG-compressed, normalizes back to the original."""
-    from pipeline import mnist
+    from pipeline.data import mnist
 
     images, _ = mnist.load_split(mnist_dir, "test")
     cfg = PreprocessParams(normalize="mnist", color="grayscale", size=(28, 28), invert="false")

@@ -1,9 +1,10 @@
 import pytest
 from PIL import Image
 
-from pipeline import artifacts, prepare
-from pipeline.params import AugmentParams, PrepareParams, PreprocessParams
-from pipeline.preview import CELL, preview
+from pipeline.shared import artifacts
+from pipeline.shared.params import AugmentParams, PrepareParams, PreprocessParams
+from pipeline.stages import prepare
+from pipeline.stages.preview import CELL, preview
 
 from conftest import make_tree
 

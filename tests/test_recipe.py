@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from pipeline import recipe
-from pipeline.params import AugmentParams, TrainParams
+from pipeline.model import recipe
+from pipeline.shared.params import AugmentParams, TrainParams
 
 from conftest import cli, make_tree
 

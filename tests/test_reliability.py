@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import artifacts, params as params_mod, train as train_mod
-from pipeline.evaluate import evaluate
-from pipeline.params import EvaluateParams, PrepareParams, PreprocessParams, TrainParams
-from pipeline.prepare import prepare
+from pipeline.shared import artifacts, params as params_mod
+from pipeline.shared.params import EvaluateParams, PrepareParams, PreprocessParams, TrainParams
+from pipeline.stages import train as train_mod
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.prepare import prepare
 
 from conftest import REPO, SHADES, cli, make_tree, shade_image, write_image
 

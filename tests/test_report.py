@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import evaluate, plots, report
-from pipeline.params import EvaluateParams, TrainParams
-from pipeline.train import train
+from pipeline.shared import plots
+from pipeline.shared.params import EvaluateParams, TrainParams
+from pipeline.stages import evaluate, report
+from pipeline.stages.train import train
 
 from conftest import CHROMIUM, chromium_page, cli
 
@@ -90,7 +91,7 @@ def test_confused_pairs_and_worst_misclassified():
 
 
 def test_calibration_error_known_answers():
-    from pipeline import calibrate
+    from pipeline.model import calibrate
 
     def two_class(conf, right):
         probs = np.stack([conf, 1 - conf], axis=1)

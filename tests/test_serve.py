@@ -21,7 +21,7 @@ from conftest import CHROMIUM, REPO, SHADES, chromium_page, shade_image
 pytest.importorskip("httpx", reason="the API tests need httpx (pip install -e .[dev])")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from pipeline.serve import Limits, create_app  # noqa: E402
+from pipeline.faces.serve import Limits, create_app  # noqa: E402
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -150,8 +150,8 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (.ci/run installs Debian's chromium package)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
     run, _ = trained_run
-    from pipeline import bundle
-    from pipeline.preprocess import load_image
+    from pipeline.data.preprocess import load_image
+    from pipeline.shared import bundle
 
     # $SERVE_MODEL: another bundle, e.g. the reference model for the README's screenshot.
     model = Path(os.environ.get("SERVE_MODEL") or run / "model")

@@ -6,9 +6,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline import prepare, similar
-from pipeline.params import PrepareParams, PreprocessParams
-from pipeline.preprocess import perceptual
+from pipeline.data import similar
+from pipeline.data.preprocess import perceptual
+from pipeline.shared.params import PrepareParams, PreprocessParams
+from pipeline.stages import prepare
 
 from conftest import write_image
 

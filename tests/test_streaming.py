@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import artifacts
-from pipeline.params import TrainParams
-from pipeline.train import make_dataset, should_stream
+from pipeline.shared import artifacts
+from pipeline.shared.params import TrainParams
+from pipeline.stages.train import make_dataset, should_stream
 
 
 def _arrays(tmp_path, n=103):

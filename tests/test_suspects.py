@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import confident, prepare
-from pipeline.params import AugmentParams, PrepareParams, PreprocessParams, SuspectsParams, TrainParams
-from pipeline.suspects import suspects, write_corrections
+from pipeline.model import confident
+from pipeline.shared.params import AugmentParams, PrepareParams, PreprocessParams, SuspectsParams, TrainParams
+from pipeline.stages import prepare
+from pipeline.stages.suspects import suspects, write_corrections
 
 from conftest import REPO, SHADES, shade_image, write_image
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import bundle, calibrate, novelty
-from pipeline.params import PredictParams
-from pipeline.predict import predict, resolve_threshold
+from pipeline.model import calibrate, novelty
+from pipeline.shared import bundle
+from pipeline.shared.params import PredictParams
+from pipeline.stages.predict import predict, resolve_threshold
 
 from conftest import SHADES, cli, shade_image, write_image
 

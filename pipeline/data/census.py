@@ -1,0 +1,141 @@
+"""What the data looks like, and the preprocessing and augmentation it calls for ("auto").
+
+Before decoding everything, prepare decodes a seeded sample of the files (all of
+them when there are at most :data:`SAMPLE`) and records, per file, its size,
+whether its content is gray, and its polarity (light on dark, dark on light, or no
+clear background). :func:`resolve` turns that census into the settings
+``color``, ``size`` and ``invert`` = ``"auto"`` stand for, each with the reason,
+for the log, ``dataset.json`` and the bundle. After the split, :func:`symmetry`
+decides ``[augment] hflip = "auto"`` from the training images' class means.
+Pure functions: numbers in, choices out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.shared.params import AUTO, SIZE_BOUNDS, PreprocessParams
+
+SAMPLE = 500          # files decoded for the census
+MIXED_POLARITY = 0.1  # invert per image when the minority polarity is at least this share
+SYMMETRIC = 0.7       # a class is mirror-symmetric when its mean image correlates this well with its mirror
+SYMMETRIC_SHARE = 2 / 3  # ... and flips are safe when this share of the classes is
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the census learned about one file."""
+
+    width: int
+    height: int
+    gray: bool
+    polarity: int  # +1 light on dark, -1 dark on light, 0 unclear
+
+
+def sample(n: int, seed: int, size: int = SAMPLE) -> np.ndarray:
+    """Indices of the files the census decodes: all of them, or a seeded sample (sorted)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def _color(cfg: PreprocessParams, facts: list[Facts]) -> tuple[str, str]:
+    if cfg.color != AUTO:
+        return cfg.color, "set in params"
+    if cfg.normalize == "mnist":
+        return "grayscale", "normalize = 'mnist' works on gray images"
+    colour = sum(not f.gray for f in facts)
+    if colour == 0:
+        return "grayscale", f"all {len(facts)} images looked at are gray"
+    return "rgb", f"{colour} of {len(facts)} images looked at have colour"
+
+
+def _size(cfg: PreprocessParams, facts: list[Facts]) -> tuple[tuple[int, int], str]:
+    if cfg.size != AUTO:
+        return (int(cfg.size[0]), int(cfg.size[1])), "set in params"
+    lo, hi = SIZE_BOUNDS
+    h = int(np.median([f.height for f in facts]))
+    w = int(np.median([f.width for f in facts]))
+    size = (int(np.clip(h, lo, hi)), int(np.clip(w, lo, hi)))
+    return size, f"median image {w}x{h} px, kept within {lo}..{hi} px a side"
+
+
+def _invert(cfg: PreprocessParams, color: str, facts: list[Facts]) -> tuple[str, str]:
+    if cfg.invert != AUTO:
+        return cfg.invert, "set in params"
+    if color != "grayscale":
+        return "false", "colour images: polarity is left as it is"
+    light, dark = sum(f.polarity > 0 for f in facts), sum(f.polarity < 0 for f in facts)
+    counts = f"{light} light on dark, {dark} dark on light, {len(facts) - light - dark} unclear"
+    clear = light + dark
+    if clear < len(facts) / 2:
+        return "false", f"most images have no clear background ({counts})"
+    if min(light, dark) >= MIXED_POLARITY * clear:
+        return "per-image", f"polarity varies ({counts}): each image is turned light on dark"
+    return "false", f"one polarity ({counts})"
+
+
+def resolve(cfg: PreprocessParams, facts: list[Facts]) -> tuple[PreprocessParams, dict[str, dict[str, Any]]]:
+    """The settings ``"auto"`` stands for, and for each the value and the reason (for the record)."""
+    if not facts:  # nothing decodable: the stage reports that itself; keep a valid config
+        facts = [Facts(28, 28, True, 0)]
+    color, why_color = _color(cfg, facts)
+    size, why_size = _size(cfg, facts)
+    invert, why_invert = _invert(cfg, color, facts)
+    choices = {"color": {"value": color, "why": why_color},
+               "size": {"value": list(size), "why": why_size},
+               "invert": {"value": invert, "why": why_invert},
+               "census": {"images": len(facts)}}
+    return replace(cfg, color=color, size=size, invert=invert), choices
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-12 else 1.0
+
+
+def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> np.ndarray:
+    """Mean image of each class (a chunk at a time: ``x`` may be memory-mapped and large)."""
+    sums = np.zeros((n_classes, *x.shape[1:]), np.float64)
+    counts = np.zeros(n_classes, np.int64)
+    for i in range(0, len(x), chunk):
+        xb, yb = np.asarray(x[i:i + chunk], np.float64), np.asarray(y[i:i + chunk])
+        np.add.at(sums, yb, xb)
+        counts += np.bincount(yb, minlength=n_classes)
+    return sums / np.maximum(counts, 1).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Are horizontal flips label-preserving here? From the training images' class means.
+
+    A class is mirror-symmetric when its mean image (less the mean of all classes)
+    correlates with its own mirror image at least :data:`SYMMETRIC`. Flips are safe when
+    most classes are (:data:`SYMMETRIC_SHARE`) and no class's mirror looks more like
+    another class than itself (a mirrored ``b`` is a ``d``). Digits and letters: no;
+    clothing, objects, shapes seen from the front: yes.
+    """
+    present = np.unique(np.asarray(y)) if len(y) else np.array([], int)
+    if len(present) < 2:
+        return {"hflip": False, "why": "fewer than 2 classes with training images", "per_class": {}}
+    means = class_means(x, y, len(labels))[present]
+    centred = means - means.mean(axis=0)
+    mirrored = centred[:, :, ::-1]
+    per_class, turns_into = {}, {}
+    for k, c in enumerate(present):
+        per_class[labels[c]] = round(_corr(centred[k], mirrored[k]), 3)
+        like = [_corr(mirrored[k], centred[j]) for j in range(len(present))]
+        nearest = int(np.argmax(like))
+        # A mirror that is clearly another class (b -> d), not just a little nearer to it.
+        if nearest != k and like[nearest] >= SYMMETRIC and like[nearest] - like[k] >= 0.1:
+            turns_into[labels[c]] = labels[present[nearest]]
+    n_sym = sum(v >= SYMMETRIC for v in per_class.values())
+    share = n_sym / len(per_class)
+    if turns_into:
+        why = "a mirrored class looks like another: " + ", ".join(f"{a} -> {b}" for a, b in turns_into.items())
+    else:
+        why = f"{n_sym} of {len(per_class)} classes are mirror-symmetric"
+    return {"hflip": bool(share >= SYMMETRIC_SHARE and not turns_into), "why": why,
+            "symmetric_classes": n_sym, "per_class": per_class, "mirror_looks_like": turns_into}

@@ -1,0 +1,126 @@
+"""Corrections: relabel or exclude images without touching the originals.
+
+``corrections.csv`` (in the run folder, or ``prepare --corrections FILE``) has the
+columns ``path,label``. ``path`` is the image's path as ``manifest.csv`` and
+``suspects.csv`` give it (relative to the dataset, or the manifest's full path);
+``label`` is the label it should have, ``exclude`` to leave it out, or
+``new:<name>`` for a class the dataset does not have yet (spelt out, so a typo is
+an error, not a new class). Other columns are ignored, so ``suspects.csv`` itself
+can be edited into one. ``prepare`` applies the file to its listing: nothing under
+``DATA`` is ever written. A bad row is an error naming its line.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.ingest import Listing
+from pipeline.shared.errors import UserError
+
+EXCLUDE = "exclude"
+NEW = "new:"
+
+
+@dataclass
+class Corrections:
+    """The rows of a corrections file: path (relative to the dataset) -> (new label or EXCLUDE, line)."""
+
+    source: Path
+    rows: dict[str, tuple[str, int]] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def _relative(path: str, root: Path) -> str:
+    """A row's path relative to the dataset root (as the listing has it): the manifest's path
+    (``<DATA>/<path>``, relative or absolute) or the path under DATA itself."""
+    p = path.strip()
+    if not p or "#" in p:  # a pixel CSV row: <file>#<row>, as given
+        return p
+    cand = Path(os.path.normpath(p))
+    for base in (Path(os.path.normpath(root)), root.resolve()):
+        for form in (cand, cand.resolve() if cand.is_absolute() else None):
+            if form is None:
+                continue
+            try:
+                return form.relative_to(base).as_posix()
+            except ValueError:
+                continue
+    return cand.as_posix()
+
+
+def read(path: Path, listing: Listing) -> Corrections:
+    """Read and check a corrections file against the listing; every bad line is named."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read corrections file {path}: {exc.strerror or exc}") from None
+    root = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
+    known = {it.path for it in listing.items}
+    labels = {it.label for it in listing.items if it.label is not None}
+    reader = csv.reader(data.decode("utf-8-sig").splitlines())
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "path" not in header or "label" not in header:
+        raise UserError(f"{path}: the first line must name the columns path,label. Received: {header}")
+    ip, il = header.index("path"), header.index("label")
+    out, errors = Corrections(path, sha256=hashlib.sha256(data).hexdigest()), []
+    for line, row in enumerate(reader, start=2):
+        if not any(c.strip() for c in row):
+            continue
+        cell = lambda i: row[i].strip() if i < len(row) else ""  # noqa: E731
+        rel, label = _relative(cell(ip), root), cell(il)
+        why = _check_row(rel, label, known, labels, out.rows)
+        if why:
+            errors.append(f"line {line}: {why}")
+        else:
+            out.rows[rel] = (label, line)
+    if errors:
+        shown = "; ".join(errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
+        raise UserError(f"{path}: {len(errors)} bad row(s): {shown}")
+    return out
+
+
+def _check_row(rel: str, label: str, known: set[str], labels: set[str], seen: dict[str, tuple[str, int]]) -> str:
+    """Why a row cannot be applied ("" when it can)."""
+    if not rel:
+        return "empty path"
+    if rel not in known:
+        return f"{rel!r} is not an image of this dataset (paths as in manifest.csv or suspects.csv)"
+    if not label:
+        return f"empty label for {rel!r} (a label, {EXCLUDE!r}, or {NEW}<name> for a new class)"
+    if label != EXCLUDE and not label.startswith(NEW) and label not in labels:
+        return (f"label {label!r} is not a label of this dataset (write {NEW}{label} to add a class, or "
+                f"{EXCLUDE!r}); labels: {sorted(labels)[:20]}")
+    if label.startswith(NEW) and not label[len(NEW):].strip():
+        return f"{NEW} needs a class name"
+    if rel in seen and seen[rel][0] != label:
+        return f"{rel!r} is also on line {seen[rel][1]} with another label"
+    return ""
+
+
+def apply(listing: Listing, corr: Corrections) -> tuple[Listing, dict[str, Any]]:
+    """The listing with the corrections applied (excluded items go to its rejected list), and a summary."""
+    items, rejected, stats = [], list(listing.rejected), []
+    relabeled, excluded, new_labels = 0, 0, set()
+    for k, item in enumerate(listing.items):
+        fix = corr.rows.get(item.path)
+        if fix is not None and fix[0] == EXCLUDE:
+            rejected.append((item.path, f"excluded by {corr.source.name} line {fix[1]}"))
+            excluded += 1
+            continue
+        if fix is not None:
+            label = fix[0][len(NEW):].strip() if fix[0].startswith(NEW) else fix[0]
+            if label != item.label:
+                relabeled += 1
+                if fix[0].startswith(NEW):
+                    new_labels.add(label)
+                item = replace(item, label=label, note=f"relabeled from {item.label} ({corr.source.name} line {fix[1]})")
+        items.append(item)
+        if listing.stats is not None:
+            stats.append(listing.stats[k])
+    summary = {"file": str(corr.source), "sha256": corr.sha256, "rows": len(corr.rows), "relabeled": relabeled,
+               "excluded": excluded, "new_labels": sorted(new_labels)}
+    return replace(listing, items=items, rejected=rejected, stats=stats if listing.stats is not None else None), summary

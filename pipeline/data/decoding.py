@@ -1,0 +1,198 @@
+"""Parallel decoding: many files through :func:`preprocess.inspect_image` in worker processes.
+
+Kept apart from the stages so that worker processes import only what decoding
+needs (no scikit-learn, no TensorFlow): a spawned worker starts in well under a second.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.preprocess import ImageError, Meta, decode_file, inspect_image, is_gray_content, perceptual, polarity
+from pipeline.shared.artifacts import row_layout
+from pipeline.shared.params import PreprocessParams
+
+CHUNK = 512  # most images per worker task: amortises inter-process overhead
+SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost more than it saves)
+
+
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group; the parent alone reacts (and stops
+    # the pool), so the workers do not each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset, bytes per row)
+
+
+def _open_output(path: str) -> tuple[int, int, int]:
+    """The open file, data offset and row size of a float32 .npy (opened once per process)."""
+    if path not in _outputs:
+        # mapped only to read where the rows start; the rows are written with pwrite
+        offset, row_bytes = row_layout(np.load(path, mmap_mode="r", allow_pickle=False))
+        _outputs[path] = (os.open(path, os.O_WRONLY), offset, row_bytes)
+    return _outputs[path]
+
+
+def _close_outputs() -> None:
+    for fd, _, _ in _outputs.values():
+        os.close(fd)
+    _outputs.clear()
+
+
+def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], PreprocessParams]) -> list[tuple[str, Meta | None]]:
+    """Worker: decode a chunk, writing each good image to its (.npy file, row); return (reason, meta)s.
+
+    Writing in the worker keeps the decoded pixels out of the pipes to the parent.
+    It writes with ``pwrite``, not through a memory map: pages written through a map
+    would count in the worker's resident memory until the end, growing with the data.
+    Rows of rejected files are left as they are (the caller never reads them).
+    """
+    paths, targets, cfg = job
+    stacked, info = _decode_chunk((paths, cfg, True))
+    k = 0
+    for (reason, meta), (out, row) in zip(info, targets):
+        if meta is not None:
+            fd, offset, row_bytes = _open_output(out)
+            os.pwrite(fd, np.ascontiguousarray(stacked[k], dtype=np.float32).tobytes(), offset + row * row_bytes)
+            k += 1
+    return info
+
+
+def _decode_chunk(job: tuple[Sequence[str], PreprocessParams] | tuple[Sequence[str], PreprocessParams, bool]
+                  ) -> tuple[np.ndarray, list[tuple[str, Meta | None]]]:
+    """Worker: decode + preprocess a chunk; the good arrays stacked, plus (reason, meta) per path.
+
+    With ``audit`` (prepare), each meta also carries the perceptual hash and thumbnail.
+    """
+    paths, cfg, audit = (*job, False)[:3]
+    arrays, info = [], []
+    for path in paths:
+        arr, reason, d = inspect_image(path, cfg)
+        meta = d.meta if d else None
+        if arr is not None:
+            arrays.append(arr)
+            if audit:
+                phash, thumb = perceptual(d.array)
+                meta = replace(meta, phash=phash, thumb=thumb)
+        info.append((reason, meta))
+    stacked = np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)
+    return stacked, info
+
+
+class DecodePool:
+    """Spawned decoding workers, and how many (to size the chunks and the work in flight)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        # spawn, not fork: the caller may have TensorFlow's threads running.
+        self._pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+
+    def apply_async(self, fn: Callable, args: tuple) -> Any:
+        return self._pool.apply_async(fn, args)
+
+    def close(self) -> None:
+        """Stop the workers (also those still decoding)."""
+        self._pool.terminate()
+        self._pool.join()
+
+
+def start_pool(workers: int = 0) -> DecodePool | None:
+    """A pool of decoding workers, or None for one worker. Start it early: its start-up
+    (spawn + imports) then overlaps with the caller's own work, e.g. listing files."""
+    workers = workers or os.cpu_count() or 1
+    return DecodePool(workers) if workers > 1 else None
+
+
+def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
+                targets: Callable[[int, int], Sequence[tuple[str, int]]], cfg: PreprocessParams,
+                pool: Any = None, desc: str = "decode") -> Iterator[list[tuple[str, Meta | None]]]:
+    """Decode the ``n`` items: ``paths(i, j)`` gives the file paths of items i..j-1, and
+    ``targets(i, j)`` their (float32 .npy file, row) to write into.
+
+    The files must exist with room for their rows. Runs in ``pool`` (from
+    :func:`start_pool`) or in this process when it is None or the job is small.
+    Yields the ``(reason, meta)`` list of each chunk, in order (meta None:
+    rejected, its row left unset). Paths are built a chunk at a time and at most
+    two chunks per worker are in flight, so memory does not grow with the number of files.
+    """
+    workers = pool.workers if pool is not None else 1
+    size = max(32, min(CHUNK, -(-n // (workers * 4))))
+    jobs = ((paths(i, min(i + size, n)), targets(i, min(i + size, n)), cfg) for i in range(0, n, size))
+    with tqdm(total=n, desc=desc, unit="img") as bar:
+        try:
+            if pool is None or n < SERIAL_BELOW:
+                results: Iterator = map(_decode_into, jobs)
+            else:
+                results = _windowed(pool, _decode_into, jobs, 2 * workers + 1)
+            for info in results:
+                yield info
+                bar.update(len(info))
+        finally:
+            _close_outputs()
+
+
+def _windowed(pool: Any, fn: Callable, jobs: Iterable, ahead: int) -> Iterator:
+    """``pool.imap(fn, jobs)`` with at most ``ahead`` jobs submitted and not yet consumed
+    (``imap`` itself would queue every job at once)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(fn, (job,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
+    """Worker: (reason, (width, height, gray content?, polarity)) of each file, for the census."""
+    paths, cfg = job
+    out: list[tuple[str, tuple[int, int, bool, int] | None]] = []
+    for path in paths:
+        try:
+            d = decode_file(path, cfg)
+        except ImageError as exc:
+            out.append((str(exc), None))
+            continue
+        except MemoryError:
+            out.append(("image too large to decode in memory", None))
+            continue
+        gray = d.array if d.array.ndim == 2 else np.asarray(
+            d.array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
+        out.append(("", (d.meta.width, d.meta.height, is_gray_content(d.array), polarity(gray))))
+    return out
+
+
+def census(paths: Sequence[str], cfg: PreprocessParams,
+           pool: DecodePool | None = None) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
+    """Decode ``paths`` as colour images (nothing kept) and return each file's facts or reason."""
+    size = max(8, -(-len(paths) // ((pool.workers if pool else 1) * 2)))
+    jobs = [(list(paths[i:i + size]), cfg) for i in range(0, len(paths), size)]
+    if pool is None:
+        results: Iterable = map(_facts_chunk, jobs)
+    else:
+        results = _windowed(pool, _facts_chunk, jobs, 2 * pool.workers + 1)
+    return [fact for chunk in results for fact in chunk]
+
+
+def decode_chunks(chunks: Iterable[Sequence[str]], cfg: PreprocessParams, pool: DecodePool | None = None,
+                  ahead: int = 0) -> Iterator[tuple[np.ndarray, list[tuple[str, Meta | None]]]]:
+    """Decode + preprocess each chunk of paths; yield ``(good arrays stacked, (reason, meta) per path)``.
+
+    Chunks are yielded in order. With a pool, at most ``ahead`` chunks (default
+    two per worker, plus one) are in flight, so memory stays bounded however many
+    files there are, while the workers decode ahead of the caller.
+    """
+    jobs = ((paths, cfg) for paths in chunks)
+    if pool is None:
+        yield from map(_decode_chunk, jobs)
+        return
+    yield from _windowed(pool, _decode_chunk, jobs, ahead or 2 * pool.workers + 1)

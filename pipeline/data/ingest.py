@@ -1,0 +1,429 @@
+"""Ingest: turn a labeled image collection into one list of (path, label, split) items.
+
+Four layouts, detected automatically (``--layout`` / ``LAYOUT=`` overrides):
+
+``folders``
+    one folder per label, images nested at any depth below it::
+
+        DATA/cat/a.png  DATA/dog/x/b.jpg        or with given splits:
+        DATA/train/cat/...  DATA/test/cat/...   (val/ optional)
+
+``filenames``
+    the label is in the file name: ``5_00001.png``, ``00001_5.png``,
+    ``cat.123.jpg``, ``dog-7.png`` by default, or ``[ingest] filename_regex``
+    (a named group ``label``), or ``filename_delimiter`` + ``filename_position``.
+    Names that give no label are reported, never guessed.
+
+``csv``
+    a CSV/TSV file (delimiter sniffed) mapping image paths, relative to the CSV's
+    folder, to labels, with an optional split column. Absolute paths, paths
+    escaping that folder (``..``, symlinks out) and missing files are refused per
+    row; duplicate rows and conflicting labels are reported.
+
+``pixels``
+    the Kaggle digit-recognizer form: a ``label`` column and one column per pixel
+    (784 for 28x28). A file without the label column can only be predicted.
+
+Ingest only lists; decoding (and rejecting bad files) happens once, in prepare.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import IngestParams
+
+LAYOUTS = ("auto", "folders", "filenames", "csv", "pixels")
+SPLIT_NAMES = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "testing": "test"}
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath", "img")
+_PIXEL_COL = re.compile(r"^pixel\d+$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
+class Item:
+    """One candidate image: path relative to the root (POSIX), label (None: unlabelled), given split.
+
+    For the pixels layout ``row`` is the data row (0-based) in the CSV and ``path``
+    reads ``<file>#<row>``.
+    """
+
+    path: str
+    label: str | None
+    split: str | None = None
+    row: int = -1
+    note: str = ""  # e.g. "relabeled from cat (corrections.csv line 4)"
+
+
+@dataclass
+class Listing:
+    """What ingest found: candidate items, and entries it could not use (path, reason)."""
+
+    root: Path
+    layout: str
+    items: list[Item]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    source: Path | None = None  # the CSV file for the csv and pixels layouts
+    pixel_shape: tuple[int, int] | None = None
+    stats: list[tuple[int, int]] | None = None  # (size, mtime_ns) per item, when the walk saw them
+
+    @property
+    def has_splits(self) -> bool:
+        return any(item.split is not None for item in self.items)
+
+
+# ---------------------------------------------------------------- walking folders
+def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
+                stats: list[tuple[int, int]] | None = None) -> list[str]:
+    """Sorted relative paths (POSIX) of the non-hidden files under ``folder``, files before sub-folders.
+
+    Unreadable folders are reported in ``rejected``; (size, mtime) of each file go to ``stats``.
+    Folder symlinks are not followed (no loops); file symlinks are.
+    """
+    found: list[str] = []
+
+    def walk(abs_dir: str, rel_dir: str) -> None:
+        try:
+            with os.scandir(abs_dir) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:
+            rejected.append((rel_dir, f"unreadable folder: {exc.strerror or exc}"))
+            return
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e)
+                elif e.is_file():
+                    found.append(f"{rel_dir}/{e.name}" if rel_dir != "." else e.name)
+                    if stats is not None:
+                        st = e.stat()
+                        stats.append((st.st_size, st.st_mtime_ns))
+            except OSError as exc:
+                rejected.append((f"{rel_dir}/{e.name}", f"unreadable: {exc.strerror or exc}"))
+        for e in subdirs:
+            walk(e.path, f"{rel_dir}/{e.name}" if rel_dir != "." else e.name)
+
+    walk(str(folder), folder.relative_to(root).as_posix())
+    return found
+
+
+def _children(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Sorted non-hidden (sub-folders, files) of ``folder``."""
+    try:
+        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    except OSError as exc:
+        raise UserError(f"cannot read dataset folder {folder}: {exc.strerror or exc}") from None
+    return [p for p in entries if p.is_dir()], [p for p in entries if p.is_file()]
+
+
+def _split_groups(root: Path) -> list[tuple[Path, str | None]]:
+    """(base folder, split) pairs: the given train/val/test folders, else the root itself."""
+    dirs, _ = _children(root)
+    splits = [(d, d.name.lower()) for d in dirs if d.name.lower() in SPLIT_NAMES]
+    return splits or [(root, None)]
+
+
+def _outside_splits(root: Path, groups: list[tuple[Path, str | None]], rejected: list[tuple[str, str]]) -> None:
+    if groups[0][1] is None:
+        return
+    dirs, _ = _children(root)
+    for d in dirs:
+        if d.name.lower() not in SPLIT_NAMES:
+            rejected.append((d.name, "folder beside train/val/test split folders is ignored"))
+
+
+def scan_folders(root: Path, stat: bool = True) -> Listing:
+    """List a folder-per-label tree, honouring top-level train/val/test split folders."""
+    items: list[Item] = []
+    rejected: list[tuple[str, str]] = []
+    stats: list[tuple[int, int]] | None = [] if stat else None
+    groups = _split_groups(root)
+    for base, split in groups:
+        label_dirs, files = _children(base)
+        for f in files:
+            rejected.append((f.relative_to(root).as_posix(), "not inside a label folder"))
+        for label_dir in label_dirs:
+            found = walk_files(label_dir, root, rejected, stats)
+            if not found:
+                rejected.append((label_dir.relative_to(root).as_posix(), "empty label folder"))
+            items.extend(Item(path, label_dir.name, split) for path in found)
+    _outside_splits(root, groups, rejected)
+    return Listing(root, "folders", items, rejected, stats=stats)
+
+
+# ---------------------------------------------------------------- labels from file names
+def label_from_name(name: str, p: IngestParams) -> str | None:
+    """The label in a file name, or None when the name does not give one unambiguously."""
+    stem = Path(name).stem
+    if p.filename_regex:
+        m = re.search(p.filename_regex, name)
+        return (m.group("label") or None) if m else None
+    if p.filename_delimiter:
+        tokens = stem.split(p.filename_delimiter)
+        try:
+            return tokens[p.filename_position] or None
+        except IndexError:
+            return None
+    return _automatic_label(stem)
+
+
+_DELIMS = re.compile(r"[_.\- ]+")
+
+
+def _automatic_label(stem: str) -> str | None:
+    """The automatic rule: a numeric id at the start or the end of the name, and the rest is the label.
+
+    ``00123_T-shirt_top`` -> ``T-shirt_top``, ``Ankle_boot_00042`` -> ``Ankle_boot``,
+    ``golden retriever 12`` -> ``golden retriever``, ``cat.123`` -> ``cat``; two numbers
+    (``5_00001``, ``00001_5``): the shorter. Ids at both ends (``12_cat_34``), equal-length
+    numbers (``12_34``) or no id (``cat_dog``) are ambiguous: None, never a guess.
+    """
+    tokens = [t for t in _DELIMS.split(stem) if t]
+    if len(tokens) < 2:
+        return None
+    if len(tokens) == 2 and all(t.isdigit() for t in tokens):  # 5_00001, 00001_5: the short number
+        return min(tokens, key=len) if len(tokens[0]) != len(tokens[1]) else None
+    first = _DELIMS.match(stem[len(tokens[0]):]) if stem.startswith(tokens[0]) else None
+    head = stem[len(tokens[0]) + first.end():].strip(" _.-") if tokens[0].isdigit() and first else None
+    tail = stem[:stem.rfind(tokens[-1])].strip(" _.-") if tokens[-1].isdigit() else None
+    if head and tail:  # an id at both ends: which part is the label?
+        return None
+    label = head or tail
+    return label if label and not label.isdigit() else None
+
+
+def scan_filenames(root: Path, p: IngestParams) -> Listing:
+    """List image files whose names carry their label, honouring split folders."""
+    items: list[Item] = []
+    rejected: list[tuple[str, str]] = []
+    stats: list[tuple[int, int]] = []
+    kept: list[tuple[int, int]] = []
+    groups = _split_groups(root)
+    how = "filename_regex" if p.filename_regex else "filename_delimiter" if p.filename_delimiter else \
+        "the automatic rule; set [ingest] filename_regex"
+    for base, split in groups:
+        start = len(stats)
+        for k, rel in enumerate(walk_files(base, root, rejected, stats)):
+            label = label_from_name(rel.rsplit("/", 1)[-1], p)
+            if label is None:
+                rejected.append((rel, f"file name gives no label ({how})"))
+            else:
+                items.append(Item(rel, label, split))
+                kept.append(stats[start + k])
+    _outside_splits(root, groups, rejected)
+    return Listing(root, "filenames", items, rejected, stats=kept)
+
+
+# ---------------------------------------------------------------- CSV mapping
+def open_csv(path: Path) -> tuple[list[str], Iterator[list[str]], object]:
+    """Header, row iterator and file handle of a CSV/TSV with a sniffed delimiter."""
+    fh = open(path, newline="", encoding="utf-8-sig")
+    sample = fh.read(65536)
+    fh.seek(0)
+    try:
+        dialect = csv.Sniffer().sniff(sample.split("\n", 1)[0] if "\n" in sample else sample, delimiters=",;\t|")
+        delimiter = dialect.delimiter
+    except csv.Error:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(fh, delimiter=delimiter)
+    header = [h.strip() for h in next(reader, [])]
+    if not header:
+        fh.close()
+        raise UserError(f"CSV file is empty: {path}")
+    return header, reader, fh
+
+
+def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: str, path: Path) -> int:
+    lower = [h.lower() for h in header]
+    names = (wanted,) if wanted else candidates
+    for name in names:
+        if name.lower() in lower:
+            return lower.index(name.lower())
+    raise UserError(f"CSV {path} has no {what} column {' or '.join(repr(n) for n in names)}; "
+                     f"columns found: {header}")
+
+
+def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
+    """Why ``rel`` may not be used (absolute, escaping the root, missing), or None."""
+    if os.path.isabs(rel) or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\"):
+        return "absolute path refused (paths are relative to the CSV's folder)"
+    real = os.path.realpath(root / rel)
+    if os.path.commonpath([root_real, real]) != root_real:
+        return "path escapes the dataset root (.. or a symlink out)"
+    if not os.path.isfile(real):
+        return "file not found" if not os.path.exists(real) else "not a file"
+    return None
+
+
+def scan_csv(path: Path, p: IngestParams) -> Listing:
+    """List images named in a CSV/TSV mapping file (paths relative to the CSV's folder)."""
+    root = path.parent
+    root_real = os.path.realpath(root)
+    header, reader, fh = open_csv(path)
+    rejected: list[tuple[str, str]] = []
+    with fh:  # type: ignore[attr-defined]
+        ip = _column(header, p.csv_path_column, PATH_COLUMNS, "path", path)
+        il = _column(header, p.csv_label_column, (), "label", path)
+        lower = [h.lower() for h in header]
+        isplit = lower.index(p.csv_split_column.lower()) if p.csv_split_column.lower() in lower else None
+        first: dict[str, tuple[int, Item]] = {}  # normalised path -> (line, item)
+        conflicts: dict[str, list[tuple[int, str]]] = {}
+        for line, row in enumerate(reader, start=2):
+            if not any(c.strip() for c in row):
+                continue
+            cell = lambda i: row[i].strip() if i is not None and i < len(row) else ""  # noqa: E731
+            rel, label = cell(ip), cell(il)
+            where = rel or f"{path.name}:{line}"
+            if not rel:
+                rejected.append((where, f"line {line}: empty path"))
+                continue
+            if not label:
+                rejected.append((where, f"line {line}: empty label"))
+                continue
+            split = None
+            if isplit is not None and cell(isplit):
+                split = _SPLIT_ALIASES.get(cell(isplit).lower())
+                if split is None:
+                    rejected.append((where, f"line {line}: unknown split {cell(isplit)!r} (train, val or test)"))
+                    continue
+            why = _check_inside(root_real, root, rel)
+            if why:
+                rejected.append((rel, f"line {line}: {why}"))
+                continue
+            key = os.path.normpath(rel)
+            if key in first:
+                first_line, first_item = first[key]
+                if first_item.label == label:
+                    rejected.append((rel, f"line {line}: duplicate row (same file and label as line {first_line})"))
+                else:
+                    conflicts.setdefault(key, [(first_line, first_item.label or "")]).append((line, label))
+                continue
+            first[key] = (line, Item(Path(key).as_posix(), label, split))
+    for key, seen in conflicts.items():
+        del first[key]
+        labels = ", ".join(f"{lab!r} (line {ln})" for ln, lab in seen)
+        rejected.append((Path(key).as_posix(), f"conflicting labels for the same file: {labels}"))
+    items = [item for _, item in first.values()]
+    return Listing(root, "csv", items, rejected, source=path)
+
+
+# ---------------------------------------------------------------- Kaggle pixel CSV
+def is_pixel_header(header: list[str]) -> bool:
+    """True for a header like ``label,pixel0,...,pixel783`` (label optional)."""
+    pixel_cols = sum(1 for h in header if _PIXEL_COL.match(h.strip()))
+    return pixel_cols >= 16 and pixel_cols >= len(header) - 1
+
+
+def _pixel_columns(header: list[str], path: Path) -> tuple[int | None, list[int], tuple[int, int]]:
+    lower = [h.strip().lower() for h in header]
+    label_idx = lower.index("label") if "label" in lower else None
+    pix = [i for i, h in enumerate(header) if _PIXEL_COL.match(h.strip())]
+    side = math.isqrt(len(pix))
+    if not pix or side * side != len(pix):
+        raise UserError(f"pixel CSV {path} has {len(pix)} pixel columns; expected a square image (e.g. 784 = 28x28)")
+    return label_idx, pix, (side, side)
+
+
+def scan_pixels(path: Path, p: IngestParams) -> Listing:
+    """List the rows of a Kaggle-style pixel CSV; rows are checked when decoded."""
+    header, reader, fh = open_csv(path)
+    with fh:  # type: ignore[attr-defined]
+        label_idx, _, shape = _pixel_columns(header, path)
+        items = []
+        for row_no, row in enumerate(reader):
+            label = row[label_idx].strip() if label_idx is not None and label_idx < len(row) else None
+            items.append(Item(f"{path.name}#{row_no}", label or None, None, row_no))
+    return Listing(path.parent, "pixels", items, [], source=path, pixel_shape=shape)
+
+
+def iter_pixel_images(path: Path) -> Iterator[tuple[np.ndarray | None, str]]:
+    """Yield each data row of a pixel CSV as a uint8 image, or (None, reason) for a bad row."""
+    header, reader, fh = open_csv(path)
+    with fh:  # type: ignore[attr-defined]
+        _, pix, shape = _pixel_columns(header, path)
+        for row in reader:
+            if len(row) != len(header):
+                yield None, f"row has {len(row)} values, header has {len(header)}"
+                continue
+            try:
+                values = np.array([float(row[i]) for i in pix])
+            except ValueError:
+                yield None, "non-numeric pixel value"
+                continue
+            if values.min() < 0 or values.max() > 255 or not np.all(values == np.round(values)):
+                yield None, "pixel values must be integers in 0..255"
+                continue
+            yield values.astype(np.uint8).reshape(shape), ""
+
+
+# ---------------------------------------------------------------- entry point
+def detect_layout(data: Path) -> str:
+    """Guess the layout of ``data`` (a folder or a CSV file)."""
+    if data.is_file():
+        if data.suffix.lower() not in CSV_SUFFIXES:
+            raise UserError(f"DATA must be a folder or a .csv/.tsv file. Received: {data}")
+        header, _, fh = open_csv(data)
+        fh.close()  # type: ignore[attr-defined]
+        return "pixels" if is_pixel_header(header) else "csv"
+    top_csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
+    if len(top_csvs) == 1 and _is_mapping(top_csvs[0]):
+        return "csv"  # one mapping file (path + label columns) beside the images or their folders
+    for base, _ in _split_groups(data):
+        dirs, files = _children(base)
+        if dirs:
+            return "folders"
+        if base == data and sum(f.suffix.lower() in CSV_SUFFIXES for f in files) == 1:
+            return "csv"  # a folder of images with one mapping file
+    return "filenames"
+
+
+def _is_mapping(path: Path) -> bool:
+    """True for a CSV whose header names a path column and a label column."""
+    try:
+        header, _, fh = open_csv(path)
+        fh.close()  # type: ignore[attr-defined]
+    except (UserError, OSError, UnicodeDecodeError, csv.Error):
+        return False
+    lower = {h.lower() for h in header}
+    return bool(lower & set(PATH_COLUMNS)) and "label" in lower
+
+
+def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,
+         stat: bool = True) -> Listing:
+    """List a dataset in the given layout (``auto`` detects it).
+
+    ``stat=False`` skips reading each file's size and mtime in the folders layout
+    (``Listing.stats`` is then None), for callers that stat later, in the background.
+    """
+    p = p or IngestParams()
+    data = Path(data)
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not data.exists():
+        raise UserError(f"dataset not found: {data}")
+    if layout == "auto":
+        layout = detect_layout(data)
+    if layout in ("csv", "pixels"):
+        if data.is_dir():
+            csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
+            if len(csvs) != 1:
+                raise UserError(f"the {layout} layout needs a CSV file; {data} holds {len(csvs)} CSV files")
+            data = csvs[0]
+        return scan_csv(data, p) if layout == "csv" else scan_pixels(data, p)
+    if not data.is_dir():
+        raise UserError(f"the {layout} layout needs a directory. Received: {data}")
+    listing = scan_folders(data, stat) if layout == "folders" else scan_filenames(data, p)
+    if not listing.items and not listing.rejected:
+        raise UserError(f"dataset is empty: no files under {data}")
+    return listing

@@ -1,0 +1,106 @@
+"""What to predict: the files under a folder, one image, or the rows of a pixel CSV, and their
+model input a batch at a time (decoded in worker processes, through the bundle's preprocessing).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import decoding, ingest
+from pipeline.data.preprocess import preprocess
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import PreprocessParams
+
+
+@dataclass
+class Inputs:
+    """What ``IMAGES`` holds: ``folder`` (files under it), ``file`` (one image) or ``pixels`` (a pixel CSV)."""
+
+    kind: str
+    source: Path
+    paths: list[str] = field(default_factory=list)  # row names: relative to the folder, or as given
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # unreadable entries found by the walk
+
+    def file(self, path: str) -> Path:
+        """The file behind a row name."""
+        return self.source / path if self.kind == "folder" else self.source
+
+    def relative(self, path: str) -> str:
+        """A row's file relative to IMAGES (for --sort-into)."""
+        return path if self.kind == "folder" else self.source.name
+
+
+def inside(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (POSIX) when it lies inside it, else None."""
+    try:
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def list_inputs(source: Path, exclude: tuple[Path, ...] = ()) -> Inputs:
+    """List what to predict; ``exclude`` (our own outputs) is left out of a folder walk."""
+    if not source.exists():
+        raise UserError(f"IMAGES not found: {source}")
+    if source.is_file():
+        if source.suffix.lower() in ingest.CSV_SUFFIXES:
+            header, _, fh = ingest.open_csv(source)
+            fh.close()  # type: ignore[attr-defined]
+            if not ingest.is_pixel_header(header):
+                raise UserError(f"{source} is a CSV but not a pixel CSV (label?, pixel0, pixel1, ...); "
+                                 "give the folder of images instead")
+            return Inputs("pixels", source)
+        return Inputs("file", source, [str(source)])
+    rejected: list[tuple[str, str]] = []
+    paths = ingest.walk_files(source, source, rejected)
+    skip = [rel for rel in (inside(p, source) for p in exclude) if rel]
+    if skip:
+        paths = [p for p in paths if not any(p == s or p.startswith(s + "/") for s in skip)]
+    if not paths and not rejected:
+        raise UserError(f"no files found under {source}")
+    return Inputs("folder", source, paths, rejected)
+
+
+def _stack(arrays: list[np.ndarray], cfg: PreprocessParams) -> np.ndarray:
+    return np.stack(arrays) if arrays else np.zeros((0, *cfg.input_shape), np.float32)
+
+
+def pixel_chunks(source: Path, cfg: PreprocessParams, size: int,
+                  done: set[str]) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    """Blocks of (row names, preprocessed arrays, reasons) from a pixel CSV, skipping ``done`` rows."""
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    reasons: list[str] = []
+    for i, (img, reason) in enumerate(ingest.iter_pixel_images(source)):
+        name = f"{source.name}#{i}"
+        if name in done:
+            continue
+        names.append(name)
+        reasons.append(reason)
+        if img is not None:
+            arrays.append(preprocess(img, cfg))
+        if len(names) == size:
+            yield names, _stack(arrays, cfg), reasons
+            names, arrays, reasons = [], [], []
+    if names:
+        yield names, _stack(arrays, cfg), reasons
+
+
+def file_chunks(inputs: Inputs, paths: list[str], cfg: PreprocessParams, size: int,
+                 pool: Any) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    blocks = [paths[i:i + size] for i in range(0, len(paths), size)]
+    files = ([str(inputs.file(p)) for p in block] for block in blocks)
+    for block, (stacked, info) in zip(blocks, decoding.decode_chunks(files, cfg, pool)):
+        yield block, stacked, [reason for reason, _ in info]
+
+
+def chunks(inputs: Inputs, todo: list[str], cfg: PreprocessParams, size: int, pool: Any,
+           done: set[str]) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    """Blocks of (row names, model input, reasons) for the rows still ``todo`` (pixel CSV: not ``done``)."""
+    if inputs.kind == "pixels":
+        return pixel_chunks(inputs.source, cfg, size, done)
+    return file_chunks(inputs, todo, cfg, size, pool)

@@ -1,0 +1,403 @@
+"""Decoding and preprocessing: the one function that turns a file into model input.
+
+Prepare, evaluate and apply all call :func:`load_image` with the preprocessing
+config stored in the model bundle, so an image is seen the same way everywhere.
+Order: decode (content-detected, first frame, EXIF orientation) -> mode
+conversion (16-bit scaled, alpha composited on ``background``, palette
+expanded) -> colour (grayscale | rgb) -> resize -> scale to [0, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import PreprocessParams
+
+# Pillow's decompression-bomb limit stays on; its warning (between 1x and 2x the
+# limit) is promoted to an error so such files are rejected, never decoded.
+_BOMB = (Image.DecompressionBombWarning, Image.DecompressionBombError)
+
+
+# Formats we read (detected from content). Others that Pillow knows (EPS, PSD,
+# ICO, ...) are reported as unsupported before any pixel is decoded.
+FORMATS = ("PNG", "JPEG", "MPO", "BMP", "DIB", "GIF", "TIFF", "WEBP")
+
+
+# What each image extension should contain (for reporting mismatches only:
+# files are always read by content).
+EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".dib": "BMP",
+              ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+
+
+class ImageError(UserError):
+    """A file that cannot be used as an image; ``str()`` is the reason reported."""
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per file, a million of them
+class Meta:
+    """What decoding learned about one usable file (the audit's facts).
+
+    ``phash`` and ``thumb`` (a perceptual hash and a 16x16 gray thumbnail, both of the
+    image centred on its content) are filled in by prepare's workers for the
+    near-duplicate and outlier checks; other callers leave them empty.
+    """
+
+    width: int
+    height: int
+    mode: str
+    format: str
+    sha1: str
+    phash: int = 0
+    thumb: bytes = b""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image (uint8 HxW or HxWx3) and its :class:`Meta`."""
+
+    array: np.ndarray
+    meta: Meta
+
+
+def _read(source: str | os.PathLike | bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        with open(source, "rb") as fh:  # read-only: user files are never written
+            return fh.read()
+    except OSError as exc:
+        raise ImageError(f"unreadable file: {exc.strerror or exc}") from None
+
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def _pil_gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> L exactly as Pillow's ``convert("L")`` computes it (ITU-R 601-2, fixed point)."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def _fast_png(data: bytes, cfg: PreprocessParams) -> Decoded | None:
+    """Decode a plain 8-bit gray/RGB PNG with OpenCV (3-4x faster than Pillow); None if not plain.
+
+    Only files whose result is provably identical to the Pillow path qualify:
+    no transparency, no EXIF, no palette, 8-bit; limits are checked the same way.
+    Anything else (or any decoding trouble) goes through Pillow, which gives the reasons.
+    """
+    if len(data) < 33 or not data.startswith(_PNG_SIG) or data[12:16] != b"IHDR":
+        return None
+    w, h, depth, ctype = struct.unpack(">IIBB", data[16:26])
+    if depth != 8 or ctype not in (0, 2) or b"tRNS" in data or b"eXIf" in data:
+        return None
+    if not (cfg.min_side <= min(w, h) and max(w, h) <= cfg.max_side) or w * h > Image.MAX_IMAGE_PIXELS:
+        return None  # let the Pillow path report it with its exact reason
+    flag = cv2.IMREAD_GRAYSCALE if ctype == 0 else cv2.IMREAD_COLOR
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if arr is None or arr.shape[:2] != (h, w):
+        return None
+    if ctype == 2:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        arr = _pil_gray(arr) if cfg.color == "grayscale" else arr
+    elif cfg.color == "rgb":
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    return Decoded(arr, Meta(w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest()))
+
+
+def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Decoded:
+    """Decode a file (path or bytes) with all checks; raise ImageError with the reason."""
+    data = _read(source)
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    fast = _fast_png(data, cfg)
+    if fast is not None:
+        return fast
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt, mode, (w, h) = img.format or "?", img.mode, img.size
+                if fmt not in FORMATS:
+                    raise ImageError(f"unsupported image format: {fmt}")
+                if min(w, h) < cfg.min_side:
+                    raise ImageError(f"too small: {w}x{h} px (min_side {cfg.min_side})")
+                if max(w, h) > cfg.max_side:
+                    raise ImageError(f"too large: {w}x{h} px (max_side {cfg.max_side})")
+                img.load()
+                # EXIF orientation (cheap test first: most files carry no EXIF at all)
+                if "exif" in img.info or fmt in ("TIFF", "MPO"):
+                    img = ImageOps.exif_transpose(img)
+                arr = _to_array(img, cfg.color, cfg.background)
+    except ImageError:
+        raise
+    except _BOMB as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        ext = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
+        if ext in EXTENSIONS:
+            raise ImageError(f"not an image: the content does not match its {ext} extension") from None
+        raise ImageError("not an image (content not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            ZeroDivisionError) as exc:
+        # Pillow's plugins raise any of these on malformed data.
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
+    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest()))
+
+
+def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
+    """Decode a file to uint8 HxW (grayscale) or HxWx3 (rgb) with default limits; raise ImageError."""
+    return decode_file(source, PreprocessParams(color=color, background=background, min_side=1)).array
+
+
+def _to_array(img: Image.Image, color: str, background: int) -> np.ndarray:
+    """Convert any Pillow mode to uint8 L or RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit and 32-bit integer images are scaled from the 16-bit range;
+        # float images are taken as [0, 1] when they fit, else clipped.
+        if img.mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        elif img.mode != "F":
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        img = Image.alpha_composite(canvas, rgba).convert("RGB")
+    target = "L" if color == "grayscale" else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    return cv2.INTER_AREA if dst_hw[0] * dst_hw[1] < src_hw[0] * src_hw[1] else cv2.INTER_LINEAR
+
+
+def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    h, w = size_hw
+    if img.shape[:2] == (h, w):
+        return img
+    return cv2.resize(img, (w, h), interpolation=_interpolation(img.shape[:2], (h, w)))
+
+
+def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int = 0) -> np.ndarray:
+    """Resize to ``size_hw`` by stretching, padding (keep aspect) or centre-cropping."""
+    h, w = size_hw
+    ih, iw = img.shape[:2]
+    if mode == "stretch":
+        return _resize(img, (h, w))
+    scale = min(h / ih, w / iw) if mode == "pad" else max(h / ih, w / iw)
+    nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
+    scaled = _resize(img, (nh, nw))
+    if mode == "pad":
+        out = np.full((h, w) + img.shape[2:], background, dtype=img.dtype)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        out[top:top + nh, left:left + nw] = scaled
+        return out
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return scaled[top:top + h, left:left + w]
+
+
+def is_dark_on_light(gray: np.ndarray) -> bool:
+    """Polarity: True when the background (the border) is lighter than the image on average,
+    i.e. dark ink on light paper. Ink pulls the mean away from the paper's level."""
+    h, w = gray.shape[:2]
+    b = max(1, min(h, w) // 10)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    return float(np.partition(border, len(border) // 2)[len(border) // 2]) > float(cv2.mean(gray)[0])
+
+
+def polarity(gray: np.ndarray) -> int:
+    """+1: light content on a darker, even background (like MNIST); -1: dark on light (ink on
+    paper); 0: no clear background (e.g. a photo), where polarity means nothing."""
+    h, w = gray.shape[:2]
+    b = max(1, min(h, w) // 10)
+    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    lo, med, hi = np.percentile(border, (10, 50, 90))
+    mean = float(cv2.mean(gray)[0])
+    if hi - lo > 48 or abs(med - mean) < 4:  # an uneven border, or nothing stands out from it
+        return 0
+    return 1 if med < mean else -1
+
+
+def is_gray_content(img: np.ndarray) -> bool:
+    """True for a gray image, also one stored as RGB (a little JPEG chroma noise allowed)."""
+    if img.ndim == 2:
+        return True
+    spread = img.max(axis=2).astype(np.int16) - img.min(axis=2)
+    return float(spread.mean()) < 3.0 and float((spread > 24).mean()) < 0.005
+
+
+THUMB = 16  # side of the audit's thumbnails (256 bytes a file)
+
+
+def perceptual(img: np.ndarray) -> tuple[int, bytes]:
+    """(64-bit perceptual hash, 16x16 uint8 thumbnail) of an image centred on its content.
+
+    The image is brought to 32x32 and shifted so that the centre of its content (what
+    differs from the border's level) is in the middle: shifted copies then look alike.
+    The hash is the DCT hash (pHash): the signs of the 8x8 lowest frequencies against
+    their median; re-encoded and resized copies keep it within a few bits.
+    """
+    g = _gray(img)
+    shrink = g.shape[0] * g.shape[1] > 1024
+    small = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR).astype(np.float32)
+    level = (small[0].sum() + small[-1].sum() + small[1:-1, 0].sum() + small[1:-1, -1].sum()) / 124.0
+    m = cv2.moments(np.abs(small - np.float32(level)))
+    if m["m00"] > 0:
+        shift = np.float32([[1, 0, 15.5 - m["m10"] / m["m00"]], [0, 1, 15.5 - m["m01"] / m["m00"]]])
+        small = cv2.warpAffine(small, shift, (32, 32), borderMode=cv2.BORDER_REPLICATE)
+    low = cv2.dct(small)[:8, :8].ravel()
+    bits = np.packbits(low > np.partition(low[1:], 31)[31])
+    thumb = cv2.resize(small, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return int.from_bytes(bits.tobytes(), "big"), np.clip(thumb + 0.5, 0, 255).astype(np.uint8).tobytes()
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def _per_channel(img: np.ndarray, fn) -> np.ndarray:
+    if img.ndim == 2:
+        return fn(img)
+    return np.stack([fn(np.ascontiguousarray(img[..., c])) for c in range(img.shape[2])], axis=2)
+
+
+def _denoise(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    k = cfg.denoise_kernel
+    if cfg.denoise == "median":
+        return cv2.medianBlur(img, k)
+    if cfg.denoise == "gaussian":
+        return cv2.GaussianBlur(img, (k, k), cfg.denoise_sigma)
+    if cfg.denoise == "bilateral":
+        return cv2.bilateralFilter(img, k, 75, 75)
+    return img
+
+
+def _equalize(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.equalize == "none":
+        return img
+    op = cv2.equalizeHist if cfg.equalize == "hist" else \
+        cv2.createCLAHE(clipLimit=cfg.clahe_clip, tileGridSize=(8, 8)).apply
+    if img.ndim == 2:
+        return op(img)
+    # colour: equalize brightness only, so hues do not shift
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)
+    ycc[..., 0] = op(np.ascontiguousarray(ycc[..., 0]))
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def _binarize(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.binarize == "none":
+        return img
+    if cfg.binarize == "otsu":
+        return _per_channel(img, lambda c: cv2.threshold(c, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1])
+    return _per_channel(img, lambda c: cv2.threshold(c, cfg.threshold - 1, 255, cv2.THRESH_BINARY)[1])
+
+
+_MORPH = {"open": cv2.MORPH_OPEN, "close": cv2.MORPH_CLOSE, "erode": cv2.MORPH_ERODE, "dilate": cv2.MORPH_DILATE}
+
+
+def _morphology(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    if cfg.morphology == "none":
+        return img
+    kernel = np.ones((cfg.morph_kernel, cfg.morph_kernel), np.uint8)
+    return cv2.morphologyEx(img, _MORPH[cfg.morphology], kernel)
+
+
+def normalize_digit(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """The MNIST recipe for a real image of one digit: light ink on black, cropped to the ink,
+    longer side scaled to 20/28 of the frame keeping aspect, centred on the centre of mass."""
+    if is_dark_on_light(gray):
+        gray = 255 - gray
+    h, w = size
+    t, mask = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0 or t == 0 and mask.all():
+        return np.zeros((h, w), np.uint8)  # blank: nothing to centre
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    # paper -> 0 and the strongest ink -> 255, keeping the anti-aliased edges
+    rest = gray[mask == 0]
+    paper = float(np.partition(rest, len(rest) // 2)[len(rest) // 2]) if rest.size else 0.0
+    crop = np.clip((crop - paper) * (255.0 / max(1.0, crop.max() - paper)), 0, 255)
+    box = max(1, round(min(h, w) * 20 / 28))
+    ch, cw = crop.shape
+    scale = box / max(ch, cw)
+    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    small = cv2.resize(crop, (nw, nh), interpolation=_interpolation((ch, cw), (nh, nw)))
+    canvas = np.zeros((h, w), np.float32)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    canvas[top:top + nh, left:left + nw] = small
+    m = cv2.moments(canvas)
+    if m["m00"] > 0:
+        cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+        # shift the centre of mass to the frame's centre, keeping the digit inside the frame
+        dy = int(np.clip(round((h - 1) / 2 - cy), -top, h - nh - top))
+        dx = int(np.clip(round((w - 1) / 2 - cx), -left, w - nw - left))
+        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    """uint8 HxW[x3] image -> float32 (height, width, channels) in [0, 1].
+
+    Steps, in this fixed order (each off unless its param asks for it): colour
+    (grayscale | rgb) -> invert (true | per-image: when dark ink on light paper) ->
+    denoise (median | gaussian | bilateral) -> equalize (hist | clahe) ->
+    binarize (otsu | fixed) -> morphology (erode | dilate | open | close) ->
+    normalize = mnist (polarity, crop to ink, 20 px box, centre of mass) or
+    resize (stretch | pad | crop) -> scale to [0, 1].
+    """
+    if not cfg.resolved:
+        raise UserError('preprocess needs a resolved config: color and size "auto" are settled by prepare '
+                        "(or give them in params)")
+    if cfg.color == "grayscale" and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    elif cfg.color == "rgb" and img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    # "auto" here (not resolved by prepare: an older bundle) judges each image, like "per-image".
+    if cfg.invert == "true" or (cfg.invert in ("per-image", "auto") and is_dark_on_light(_gray(img))):
+        img = 255 - img
+    img = _morphology(_binarize(_equalize(_denoise(img, cfg), cfg), cfg), cfg)
+    if cfg.normalize == "mnist":
+        out = normalize_digit(img, tuple(cfg.size))
+    else:
+        out = resize(img, tuple(cfg.size), cfg.resize, cfg.background)
+    out = out.astype(np.float32) / np.float32(255.0)
+    return out.reshape(cfg.input_shape)
+
+
+def load_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> np.ndarray:
+    """Decode and preprocess one image file: THE function used by prepare, evaluate and apply."""
+    return preprocess(decode_file(source, cfg).array, cfg)
+
+
+def inspect_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> tuple[np.ndarray | None, str, Decoded | None]:
+    """Like :func:`load_image` but never raises: ``(array, "", info)`` or ``(None, reason, None)``."""
+    try:
+        d = decode_file(source, cfg)
+        return preprocess(d.array, cfg), "", d
+    except ImageError as exc:
+        return None, str(exc), None
+    except MemoryError:
+        return None, "image too large to decode in memory", None
+
+
+def load_image_safe(path: str | Path, cfg: PreprocessParams) -> tuple[np.ndarray | None, str]:
+    """``(array, "")`` or ``(None, reason)``: for callers that report instead of failing."""
+    arr, reason, _ = inspect_image(path, cfg)
+    return arr, reason

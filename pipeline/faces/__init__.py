@@ -1,0 +1,1 @@
+"""Faces: the web app. May import anything."""

@@ -1,0 +1,272 @@
+"""Serve: a local web page and JSON API to try a model bundle (FastAPI + uvicorn).
+
+``GET /`` is one self-contained page (no external assets; works offline): draw on a
+canvas or drop images, and see for each the image the model saw (after the bundle's
+preprocessing), its label and the top-k probabilities as bars. ``POST /predict``
+takes one or more images (multipart field ``files``) and returns label, confidence
+and top-k per image; ``GET /health`` and ``GET /labels`` describe the model;
+``/docs`` is the OpenAPI page (served from the installed ``swagger-ui-bundle``, so it
+works offline too). Images are decoded in memory with the same code as
+``pipeline predict``; nothing from a request is written anywhere but the web
+framework's own temp files. Binds to 127.0.0.1 unless ``--host`` says otherwise.
+"""
+# No `from __future__ import annotations` here: FastAPI reads the endpoint signatures'
+# types at run time, and they are imported inside create_app (the CLI starts faster).
+import argparse
+import asyncio
+import base64
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.preprocess import inspect_image
+from pipeline.model.infer import Predictor as ModelRunner
+from pipeline.shared import bundle as bundle_mod
+from pipeline.shared.errors import UserError
+from pipeline.shared.plots import overlay_png
+from pipeline.stages.explain import occlusion
+from pipeline.stages.predictions import Rules, make_rows
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("web") / "index.html"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry."""
+
+    max_files: int = 16
+    max_bytes: int = 10 * 2**20  # per file
+
+    def __post_init__(self) -> None:
+        if self.max_files < 1 or self.max_bytes < 1:
+            raise UserError("--max-files and --max-mb must be positive")
+
+    @property
+    def max_request(self) -> int:
+        return self.max_files * (self.max_bytes + 4096) + 65536  # + multipart headers
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _view_png(arr: np.ndarray) -> str:
+    """The model's input as a PNG data URL (what the page shows as "model saw")."""
+    from PIL import Image
+
+    img = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = img[..., 0] if img.shape[-1] == 1 else img
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return _data_url(buf.getvalue())
+
+
+class Predictor:
+    """The loaded bundle and its compiled forward pass; thread-safe to call."""
+
+    def __init__(self, model_dir: Path, limits: Limits, top_k: int = 3) -> None:
+        self.bundle = bundle_mod.load(model_dir)
+        self.model_dir = model_dir
+        self.labels = self.bundle.labels
+        self.cfg = self.bundle.preprocess
+        self.limits = limits
+        self.top_k = max(1, min(top_k, len(self.labels)))
+        self._runner = ModelRunner(self.bundle, limits.max_files)
+        self._lock = threading.Lock()
+        self._runner.warm_up()  # trace the graph now (one fixed batch shape), not on the first request
+
+    def predict(self, files: list[tuple[str, bytes]], top_k: int, explain: bool = False) -> list[dict[str, Any]]:
+        """One result per (name, bytes): label, confidence, top_k, novelty, the model's view (and, with
+        ``explain``, its occlusion map), or an error."""
+        arrays, reasons = [], []
+        for _, data in files:
+            arr, reason, _ = inspect_image(data, self.cfg)
+            reasons.append(reason)
+            if arr is not None:
+                arrays.append(arr)
+        x = np.stack(arrays) if arrays else np.zeros((0, *self.cfg.input_shape), np.float32)
+        with self._lock:  # one batch at a time: TF's own threads already use every core
+            out = self._runner(x)
+            maps = [occlusion(self._runner, x[j], int(out.probs[j].argmax())) for j in range(len(x))] if explain else []
+        rows = make_rows([name for name, _ in files], reasons, out.probs, self.labels, Rules(top_k), out.novelty,
+                         out.familiar)
+        results, j = [], 0
+        for row in rows:
+            if row["error"]:
+                results.append({"file": row["path"], "error": row["error"]})
+                continue
+            results.append({"file": row["path"], "label": row["label"], "confidence": row["confidence"],
+                            "top_k": [{"label": row[f"top{i}_label"], "probability": row[f"top{i}_prob"]}
+                                      for i in range(1, top_k + 1)],
+                            "novelty": row["novelty"], "familiar": None if row["familiar"] is None
+                            else row["familiar"] == "true", "input_png": _view_png(x[j]), "error": None,
+                            **({"saliency_png": _data_url(overlay_png(x[j], maps[j]))} if explain else {})})
+            j += 1
+        return results
+
+
+def _error(status: int, message: str, **extra: Any) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _add_error_handlers(app: Any, limits: Limits) -> None:
+    """Every failure is a JSON ``{"error": ...}`` with a 4xx (or, for a bug, 500) status."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        if where == "body.files" and first.get("type") == "missing":
+            return _error(422, "no images: send them as multipart field 'files'")
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Any:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> Any:  # never a bare 500 page
+        log.exception("serve: request failed")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next: Any) -> Any:
+        # Refuse an oversized upload before reading it (the browser sends its length).
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return _error(411, "send a Content-Length header")
+            if not length.isdigit() or int(length) > limits.max_request:
+                return _error(413, f"request too large: at most {limits.max_files} images of "
+                                   f"{limits.max_bytes // 2**20} MB each")
+        return await call_next(request)
+
+
+def _add_pages(app: Any, predictor: Predictor, model_dir: str | Path) -> None:
+    """``/`` (the page), ``/health``, ``/labels`` and the offline ``/docs``."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    page, info, limits = PAGE.read_text(encoding="utf-8"), predictor.bundle.info, predictor.limits
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/health", summary="Model and limits; 200 when the model is loaded")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": str(model_dir), "model_sha256": info.get("model_sha256"),
+                "architecture": info.get("model"), "labels": len(predictor.labels),
+                "novelty": predictor.bundle.novelty is not None,
+                "temperature": (predictor.bundle.calibration or {}).get("temperature", 1.0),
+                "input_shape": list(predictor.cfg.input_shape), "top_k": predictor.top_k,
+                "limits": {"max_files": limits.max_files, "max_bytes": limits.max_bytes}}
+
+    @app.get("/labels", summary="The label names, by class index")
+    async def labels() -> dict[str, list[str]]:
+        return {"labels": predictor.labels}
+
+    try:
+        import swagger_ui_bundle
+
+        app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-static")
+        js, css = "/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"
+    except ImportError:  # the CDN copy, as FastAPI's default
+        js, css = ("https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js",
+                   "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="pipeline serve: API",
+                                   swagger_js_url=js, swagger_css_url=css, swagger_favicon_url="data:,")
+
+
+def _add_predict(app: Any, predictor: Predictor) -> None:
+    """``POST /predict``: one or more images in, label/confidence/top-k/model's view per image out."""
+    from fastapi import File, Query, UploadFile
+
+    limits = predictor.limits
+
+    @app.post("/predict", summary="Predict one or more images",
+              responses={413: {"description": "too many files, or a file or request too large"},
+                         422: {"description": "no images, or none of them readable (each with its reason)"}})
+    async def predict(files: list[UploadFile] = File(..., description="one or more image files"),
+                      top_k: int | None = Query(None, ge=1, description="labels per image (default: the server's)"),
+                      explain: bool = Query(False, description="add each image's occlusion map (saliency_png)")
+                      ) -> Any:
+        """Label, confidence, top-k and the model's view per image. Unreadable files get an
+        ``error`` (the others are still predicted); 422 when none can be read."""
+        if len(files) > limits.max_files:
+            return _error(413, f"too many files: {len(files)} (at most {limits.max_files} per request)")
+        k = min(top_k or predictor.top_k, len(predictor.labels))
+        batch = []
+        for f in files:
+            data = await f.read(limits.max_bytes + 1)
+            if len(data) > limits.max_bytes:
+                return _error(413, f"{f.filename}: larger than {limits.max_bytes // 2**20} MB")
+            batch.append((Path(f.filename or "upload").name, data))
+        results = await asyncio.to_thread(predictor.predict, batch, k, explain)
+        if all(r["error"] for r in results):
+            return _error(422, "no readable image: " + "; ".join(f"{r['file']}: {r['error']}" for r in results),
+                          results=results)
+        return {"results": results}
+
+
+def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int = 3) -> Any:
+    """The FastAPI app for one bundle (loaded once, here)."""
+    from fastapi import FastAPI
+
+    limits = limits or Limits()
+    predictor = Predictor(Path(model_dir), limits, top_k)
+    info = predictor.bundle.info
+    app = FastAPI(title="pipeline serve", version=str(info.get("version", "")), docs_url=None, redoc_url=None,
+                  description=f"Predictions of the model bundle `{model_dir}` ({info.get('model', '?')}, "
+                              f"{len(predictor.labels)} labels). Up to {limits.max_files} images of "
+                              f"{limits.max_bytes // 2**20} MB per request.")
+    _add_error_handlers(app, limits)
+    _add_pages(app, predictor, model_dir)
+    _add_predict(app, predictor)
+    return app
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="model bundle folder (runs/<name>/model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=3, help="labels shown per image (default: %(default)s)")
+    parser.add_argument("--max-files", type=int, default=16, help="images per request (default: %(default)s)")
+    parser.add_argument("--max-mb", type=float, default=10, help="MB per image (default: %(default)s)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI: load the bundle, serve until Ctrl-C."""
+    import uvicorn
+
+    limits = Limits(args.max_files, int(args.max_mb * 2**20))
+    app = create_app(args.model, limits, args.top_k)
+    log.info("serve: read %s; open http://%s:%d/ (API docs: /docs); Ctrl-C stops", args.model,
+             args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.shared import cli
+
+    sys.exit(cli.run_module("serve"))

@@ -1,0 +1,1 @@
+"""Model: the network, the training recipe, the one inference path, calibration, novelty, confident learning. Imports shared only."""

@@ -1,0 +1,107 @@
+"""Inference: the one path from model input to class probabilities.
+
+``evaluate`` (the metrics we report), ``predict`` and ``serve`` (the labels users
+get), ``export``'s agreement check and ``suspects`` all call :class:`Predictor` (or
+:func:`predict_probs`), so what the bundle says about its outputs is applied in one
+place, the same way everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.model import novelty
+from pipeline.model.model import LOGITS_LAYER, feature_layer
+from pipeline.shared.bundle import Bundle
+
+
+@dataclass
+class Output:
+    """What the model says about a batch of images."""
+
+    probs: np.ndarray   # (n, classes): the bundle's (calibrated) class probabilities
+    logits: np.ndarray  # (n, classes): before the temperature and the softmax
+    features: np.ndarray | None = None  # (n, d): the novelty detector's features (None: the model has none)
+    novelty: np.ndarray | None = None   # (n,): higher = less like the training data (None: no novelty model)
+    familiar: np.ndarray | None = None  # (n,) bool: novelty within the bundle's threshold
+
+
+class Predictor:
+    """A bundle's model as one compiled TensorFlow graph, called on fixed-size batches.
+
+    A fixed batch shape means the graph is traced once, and an image gets the same
+    arithmetic whatever else is in its batch (a resumed run writes the same rows).
+    """
+
+    def __init__(self, b: Bundle, batch_size: int = 512) -> None:
+        import tensorflow as tf
+
+        self.bundle, self.batch_size = b, batch_size
+        self.n_classes = len(b.labels)
+        forward = _with_logits(b.model)
+        self._forward = tf.function(lambda x: forward(x, training=False))
+
+    def warm_up(self) -> None:
+        """Trace the graph now (the first call is slow), e.g. before a server takes requests."""
+        self(np.zeros((1, *self.bundle.preprocess.input_shape), np.float32))
+
+    def __call__(self, x: np.ndarray) -> Output:
+        n, batch = len(x), self.batch_size
+        if n == 0:
+            empty = np.zeros((0, self.n_classes), np.float32)
+            return self._novelty(x, Output(empty, empty, None))
+        parts: list[list[np.ndarray]] = [[], [], []]
+        for i in range(0, n, batch):
+            block = np.asarray(x[i:i + batch], np.float32)  # one batch in memory (x may be memory-mapped)
+            if len(block) < batch:  # the last one, zero-padded to the traced shape
+                block = np.concatenate([block, np.zeros((batch - len(block), *block.shape[1:]), np.float32)])
+            for part, value in zip(parts, self._forward(block)):
+                part.append(np.asarray(value))
+        feats, logits, probs = (np.concatenate(p)[:n] if p and p[0].size else None for p in parts)
+        return self._novelty(x, Output(probs, logits, feats))
+
+    def _novelty(self, x: np.ndarray, out: Output) -> Output:
+        """Add the bundle's novelty score (nothing when the bundle has no novelty model)."""
+        b = self.bundle
+        if b.novelty is None or b.novelty_reference is None or out.features is None:
+            return out
+        if not len(x):
+            out.novelty, out.familiar = np.zeros(0, np.float32), np.zeros(0, bool)
+            return out
+        out.novelty, out.familiar = novelty.score(b.novelty, b.novelty_reference, np.asarray(x, np.float32),
+                                                  out.features)
+        return out
+
+
+def _with_logits(model: Any) -> Any:
+    """The model as a function of the images returning (features, logits, probabilities). A model
+    without a ``logits`` layer (an older bundle) gives no features and its log-probabilities as logits."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if LOGITS_LAYER not in names:
+        def old(x: Any, training: bool = False) -> tuple[Any, Any, Any]:
+            p = model(x, training=training)
+            return keras.ops.zeros((keras.ops.shape(x)[0], 0)), keras.ops.log(keras.ops.maximum(p, 1e-12)), p
+        return old
+    feature_name = feature_layer(model)
+
+    def forward(x: Any, training: bool = False) -> tuple[Any, Any, Any]:
+        feats = logits = None
+        for layer in model.layers:  # a Sequential model: the layers in order
+            x = layer(x, training=training)
+            if layer.name == feature_name:
+                feats = x
+            if layer.name == LOGITS_LAYER:
+                logits = x
+        return feats, logits, x
+    return forward
+
+
+def predict_probs(b: Bundle, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities of ``x`` (already preprocessed) with the bundle's model."""
+    return Predictor(b, batch_size)(x).probs
+
+

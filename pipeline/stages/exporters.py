@@ -1,0 +1,199 @@
+"""The export formats: write a Keras model as each, put the labels and preprocessing inside the file
+where the format allows, and run the exported file in its own runtime (for the agreement check,
+the latency figure and ``predict_example.py``).
+
+| format | runtime | inside the file |
+|---|---|---|
+| ``keras`` | Keras | – (the bundle's own ``.keras``) |
+| ``savedmodel`` | TensorFlow | – |
+| ``tflite`` (``--quantize none|dynamic|float16|int8``) | LiteRT (``ai-edge-litert``; TensorFlow's own interpreter is deprecated) | TFLite metadata entries ``labels.json``, ``preprocess.json`` |
+| ``onnx`` | ONNX Runtime | ``metadata_props`` ``labels``, ``preprocess`` |
+
+ONNX uses Keras 3's own ``model.export(format="onnx")`` (through tf2onnx); ONNX Runtime, onnx,
+tf2onnx and LiteRT are the optional extra ``pip install -e .[export]``.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.shared.errors import UserError
+
+FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+QUANTIZE = ("none", "dynamic", "float16", "int8")
+MODEL_NAME = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+META_KEYS = ("labels.json", "preprocess.json")
+
+
+def _need(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{what} needs the optional packages: pip install -e '.[export]' "
+                        f"(make setup EXTRAS=export); {module} is missing") from None
+
+
+# ---------------------------------------------------------------- TFLite
+def to_tflite(model: Any, quantize: str = "none", representative: np.ndarray | None = None,
+              io_type: str = "int8") -> bytes:
+    """The Keras model as a TFLite flatbuffer (via a temporary SavedModel).
+
+    ``dynamic``: 8-bit weights, float activations; ``float16``: 16-bit float weights; ``int8``:
+    full-integer (weights and activations), calibrated on ``representative`` images, with
+    ``io_type`` (int8 or uint8) input and output.
+    """
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        model.export(Path(tmp) / "sm", format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "sm"))
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            if representative is None or not len(representative):
+                raise UserError("--quantize int8 needs representative images (the run's training split)")
+            converter.representative_dataset = lambda: ([np.asarray(x[None], np.float32)] for x in representative)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, io_type)
+        return converter.convert()
+
+
+def with_tflite_metadata(flatbuffer: bytes, entries: dict[str, bytes]) -> bytes:
+    """The flatbuffer with ``entries`` added as TFLite metadata (a named buffer each), as TFLite's
+    metadata writers do; interpreters ignore them, readers find them by name."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    model.metadata = list(model.metadata or [])
+    for name, data in entries.items():
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(data, np.uint8)
+        model.buffers.append(buf)
+        meta = schema.MetadataT()
+        meta.name, meta.buffer = name, len(model.buffers) - 1
+        model.metadata.append(meta)
+    builder = flatbuffers.Builder(len(flatbuffer) + sum(len(d) for d in entries.values()) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def tflite_metadata(flatbuffer: bytes) -> dict[str, bytes]:
+    """The named metadata entries of a TFLite file (read with LiteRT's schema, no TensorFlow)."""
+    schema = _need("ai_edge_litert.schema_py_generated", "reading TFLite metadata")
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        meta = model.Metadata(i)
+        out[meta.Name().decode("utf-8")] = model.Buffers(meta.Buffer()).DataAsNumpy().tobytes()
+    return out
+
+
+class TFLiteRunner:
+    """A TFLite model in LiteRT's interpreter: float images in, float probabilities out (quantized
+    input and output are converted with the tensors' own scale and zero point)."""
+
+    def __init__(self, flatbuffer: bytes) -> None:
+        interpreter = _need("ai_edge_litert.interpreter", "running TFLite models")
+        self.interp = interpreter.Interpreter(model_content=flatbuffer)
+        self.inp, self.out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
+        self._size = None
+
+    def __call__(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch):
+            block = np.asarray(x[i:i + batch], np.float32)
+            if len(block) != self._size:
+                self.interp.resize_tensor_input(self.inp["index"], list(block.shape))
+                self.interp.allocate_tensors()
+                self._size = len(block)
+            scale, zero = self.inp["quantization"]
+            if self.inp["dtype"] != np.float32:
+                info = np.iinfo(self.inp["dtype"])
+                block = np.clip(np.rint(block / scale + zero), info.min, info.max).astype(self.inp["dtype"])
+            self.interp.set_tensor(self.inp["index"], block)
+            self.interp.invoke()
+            got = self.interp.get_tensor(self.out["index"]).copy()
+            scale, zero = self.out["quantization"]
+            outs.append((got.astype(np.float32) - zero) * scale if self.out["dtype"] != np.float32 else got)
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+# ---------------------------------------------------------------- ONNX
+def to_onnx(model: Any, path: Path, metadata: dict[str, str]) -> None:
+    """The Keras model as ONNX (Keras' own exporter), with ``metadata`` in its metadata_props."""
+    onnx = _need("onnx", "--format onnx")
+    _need("tf2onnx", "--format onnx")
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras' ONNX exporter wants a called model
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        raw = Path(tmp) / "model.onnx"
+        model.export(str(raw), format="onnx", verbose=False)
+        proto = onnx.load(str(raw))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+class OnnxRunner:
+    """An ONNX model in ONNX Runtime (CPU)."""
+
+    def __init__(self, path: Path) -> None:
+        ort = _need("onnxruntime", "running ONNX models")
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def __call__(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        return np.concatenate([self.session.run(None, {self.name: np.asarray(x[i:i + batch], np.float32)})[0]
+                               for i in range(0, len(x), batch)])
+
+
+# ---------------------------------------------------------------- SavedModel, Keras
+class SavedModelRunner:
+    def __init__(self, folder: Path) -> None:
+        import tensorflow as tf
+
+        self.loaded = tf.saved_model.load(str(folder))
+
+    def __call__(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        import tensorflow as tf
+
+        return np.concatenate([np.asarray(self.loaded.serve(tf.constant(x[i:i + batch], tf.float32)))
+                               for i in range(0, len(x), batch)])
+
+
+class KerasRunner:
+    def __init__(self, path: Path) -> None:
+        import keras
+
+        self.model = keras.models.load_model(path, compile=False, safe_mode=True)
+
+    def __call__(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        return self.model.predict(x, batch_size=batch, verbose=0)
+
+
+def runner(fmt: str, target: Path) -> Any:
+    """The exported model in its own runtime, as a function of float images."""
+    if fmt == "tflite":
+        return TFLiteRunner(target.read_bytes())
+    if fmt == "onnx":
+        return OnnxRunner(target)
+    if fmt == "savedmodel":
+        return SavedModelRunner(target)
+    return KerasRunner(target)
+
+
+def metadata_strings(labels: dict[str, int], preprocess: dict[str, Any]) -> dict[str, str]:
+    """The label map and preprocessing config as the JSON texts that travel inside the file."""
+    return {"labels.json": json.dumps(labels, ensure_ascii=False),
+            "preprocess.json": json.dumps(preprocess, ensure_ascii=False)}

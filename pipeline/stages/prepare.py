@@ -1,0 +1,519 @@
+"""Prepare: ingest + audit + preprocess + split a labeled image collection into a run folder.
+
+Writes to the run folder (``--run``, default ``runs/<name of DATA>``):
+``X_<split>.npy`` / ``y_<split>.npy`` for train, val and test (float32 model
+input and int label indices; rows in manifest order), ``manifest.csv``
+(path,label,split), ``labels.json`` (label -> index), ``rejected.csv``
+(path,reason), ``dataset.json`` (counts, size/mode census, rejections,
+duplicates, conflicts, leakage, warnings), ``samples.png``, and last the stage
+marker ``prepare.json``. Given ``train/``, ``val/``, ``test/`` folders (or a
+split column) are honoured; otherwise a stratified, seeded ``train_test_split``
+makes them. Every file is decoded once; bad files are reported, never fatal;
+the user's files are only read. Nothing is redone when files, params and code
+are unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import hashlib
+import io
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import __version__
+from pipeline.data import audit, census, corrections, ingest, similar
+from pipeline.data.decoding import census as census_of
+from pipeline.data.decoding import decode_into, start_pool
+from pipeline.data.preprocess import Meta, perceptual, preprocess
+from pipeline.shared import artifacts, plots
+from pipeline.shared import params as params_mod
+from pipeline.shared import runfolder as rf
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import IngestParams, PrepareParams, PreprocessParams
+
+log = logging.getLogger(__name__)
+
+MARKER = rf.PREPARE
+SPLITS = rf.SPLITS
+
+
+# ---------------------------------------------------------------- decoding
+def _pixel_meta(img: np.ndarray) -> Meta:
+    phash, thumb = perceptual(img)
+    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest(), phash, thumb)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is then a clear OSError here,
+    not a SIGBUS in a worker writing into a page the file system cannot back."""
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+
+
+def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], files: dict[str, Path],
+                      cfg: PreprocessParams, pool: Any, rejected: list[tuple[str, str]]) -> audit.MetaTable:
+    """Decode every candidate once into row r of ``files[split]`` (item ``by_split[split][r]``).
+
+    Returns the meta of each usable item by its index in the listing; unusable ones
+    are appended to ``rejected`` (their rows stay unset and are compacted away later).
+    """
+    # Three flat arrays, not a tuple per file: the listing is the only per-file Python object.
+    item = np.array([i for s in SPLITS for i in by_split[s]], dtype=np.int64)
+    split = np.repeat(np.arange(len(SPLITS)), [len(by_split[s]) for s in SPLITS])
+    row = np.concatenate([np.arange(len(by_split[s]), dtype=np.int64) for s in SPLITS])
+    for s in SPLITS:
+        np.lib.format.open_memmap(files[s], mode="w+", dtype=np.float32,
+                                  shape=(len(by_split[s]),) + cfg.input_shape).flush()
+        _reserve(files[s])
+    metas = audit.MetaTable(len(listing.items))
+    if listing.layout == "pixels":  # rows are parsed here: cheap next to image decoding
+        outs = {s: np.load(files[s], mmap_mode="r+", allow_pickle=False) for s in SPLITS}
+        slot = {int(i): (SPLITS[k], int(r)) for i, k, r in zip(item, split, row)}
+        rows = tqdm(ingest.iter_pixel_images(listing.source), desc="pixels", unit="img")
+        for i, (img, reason) in enumerate(rows):
+            if img is None:
+                rejected.append((listing.items[i].path, reason))
+            elif i in slot:  # rows without a label are not candidates
+                s, r = slot[i]
+                outs[s][r] = preprocess(img, cfg)
+                metas.put(i, _pixel_meta(img))
+        for arr in outs.values():
+            arr.flush()
+        return metas
+    prefix = str(listing.root) + os.sep
+    names = [str(files[s]) for s in SPLITS]
+
+    def paths(i: int, j: int) -> list[str]:
+        return [prefix + listing.items[k].path for k in item[i:j].tolist()]
+
+    def targets(i: int, j: int) -> list[tuple[str, int]]:
+        return [(names[k], r) for k, r in zip(split[i:j].tolist(), row[i:j].tolist())]
+
+    pos = 0
+    for info in decode_into(len(item), paths, targets, cfg, pool):
+        for reason, meta in info:
+            i = int(item[pos])
+            if meta is None:
+                rejected.append((listing.items[i].path, reason))
+            else:
+                metas.put(i, meta)
+            pos += 1
+    return metas
+
+
+# ---------------------------------------------------------------- splitting
+def _holdout(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``idx`` into (keep, held) with ``fraction`` held out, stratified by ``y[idx]``.
+
+    Classes with a single sample cannot be stratified; they stay in ``keep``.
+    """
+    if fraction <= 0 or len(idx) < 2:
+        return idx, idx[:0]
+    counts = Counter(y[idx].tolist())
+    single = np.array([counts[c] < 2 for c in y[idx].tolist()], dtype=bool)
+    pool = idx[~single]
+    n_held = int(round(fraction * len(pool)))
+    if n_held == 0 or n_held == len(pool):
+        return idx, idx[:0]
+    n_classes = len({c for c, n in counts.items() if n >= 2})
+    stratify = y[pool] if min(n_held, len(pool) - n_held) >= n_classes else None
+    if stratify is None:
+        log.warning("too few samples to stratify a %.0f%% hold-out over %d classes; splitting at random",
+                    fraction * 100, n_classes)
+    from sklearn.model_selection import train_test_split  # here: the CLI starts faster without it
+
+    keep, held = train_test_split(pool, test_size=n_held, random_state=seed, stratify=stratify)
+    return np.sort(np.concatenate([keep, idx[single]])), np.sort(held)
+
+
+def assign_splits(y: np.ndarray, given: Sequence[str | None], p: PrepareParams) -> np.ndarray:
+    """Split name per item: given splits are kept; missing test/val are carved from train."""
+    given_arr = np.array([g or "train" for g in given], dtype=object)
+    has = set(given_arr.tolist()) if any(given) else set()
+    out = given_arr.copy()
+    train_idx = np.flatnonzero(given_arr == "train")
+    if "test" not in has:
+        train_idx, test_idx = _holdout(train_idx, y, p.test_size, p.seed)
+        out[test_idx] = "test"
+    if "val" not in has:
+        train_idx, val_idx = _holdout(train_idx, y, p.val_size, p.seed)
+        out[val_idx] = "val"
+    return out
+
+
+def label_map(found: Sequence[str], order: Sequence[str]) -> dict[str, int]:
+    """Label -> index: sorted names, or the explicit ``order`` (which must match what was found)."""
+    found_set = set(found)
+    if order:
+        missing = sorted(found_set - set(order))
+        extra = sorted(set(order) - found_set)
+        if missing or extra:
+            raise UserError(f"[prepare] labels does not match the data: labels found but not listed "
+                             f"{missing}, listed but not found {extra}")
+        return {name: i for i, name in enumerate(order)}
+    return {name: i for i, name in enumerate(sorted(found_set))}
+
+
+# ---------------------------------------------------------------- I/O helpers
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Atomically write a CSV row by row (a million rows never sit in memory as one string)."""
+    with artifacts.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096) -> None:
+    """Atomically write ``src[rows]`` to a .npy, chunk by chunk (bounded memory)."""
+    with artifacts.atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(rows),) + src.shape[1:])
+        _reserve(tmp)
+        for i in range(0, len(rows), chunk):
+            out[i:i + chunk] = src[rows[i:i + chunk]]
+        out.flush()
+        del out
+
+
+def _input_fingerprint(listing: ingest.Listing) -> str:
+    """Cheap fingerprint of the sources: path, label, split, size and mtime of each file.
+
+    Hashed file by file: a million files never sit in memory as one list or JSON text.
+    """
+    if listing.source is not None and listing.layout == "pixels":
+        st = os.stat(listing.source)
+        return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
+    h = hashlib.sha256()
+    for k, item in enumerate(listing.items):
+        if listing.stats is not None:
+            size, mtime = listing.stats[k]
+        else:
+            try:
+                st = os.stat(listing.root / item.path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+        h.update(f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return artifacts.fingerprint(h.hexdigest(), listing.rejected)
+
+
+def require_prepared(run: Path) -> dict[str, Any]:
+    """The prepare marker of ``run``; a clear error naming the stage to re-run if absent."""
+    return rf.require(run, rf.PREPARE, "prepare")
+
+
+def artifact_names() -> list[str]:
+    return [rf.MANIFEST, rf.LABELS, rf.REJECTED, rf.DATASET, *rf.prepared_arrays()]
+
+
+@dataclass
+class Summary:
+    """What prepare produced, for logs and tests."""
+
+    counts: dict[str, dict[str, int]]
+    rejected: int
+    dataset: dict
+    skipped: bool = False
+
+
+@dataclass
+class Plan:
+    """The candidates (items with a label) and the split each is decoded into."""
+
+    by_split: dict[str, list[int]]
+    rejected: list[tuple[str, str]]
+
+    @property
+    def order(self) -> list[int]:
+        return [i for s in SPLITS for i in self.by_split[s]]
+
+
+@dataclass
+class Decoded:
+    """The usable items after decoding, their labels and audit facts."""
+
+    good: list[int]
+    labels: dict[str, int]
+    metas: audit.MetaTable
+    split_of: dict[int, str]
+
+
+def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str = "auto",
+            ip: IngestParams | None = None, corrections: Path | None = None) -> Summary:
+    """Run the whole stage: list, decode once, audit, split, write artifacts, marker last.
+
+    ``corrections`` (default: ``corrections.csv`` in the run folder, when there is one)
+    relabels or excludes images before anything else looks at them.
+    """
+    ip = ip or IngestParams()
+    pool = start_pool(p.workers)  # workers start up while we list the files
+    try:
+        return _prepare(data, run, p, cfg, layout, ip, pool, corrections)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str,
+             ip: IngestParams, pool: Any, corrections_file: Path | None) -> Summary:
+    t0 = time.perf_counter()
+    done_before = (run / rf.PREPARE).is_file() and all((run / n).is_file() for n in artifact_names())
+    # Sizes and mtimes are needed up front only to tell whether a finished run is up
+    # to date; otherwise they are read in a thread while the workers decode.
+    listing = ingest.scan(data, layout, ip, stat=done_before)
+    log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
+    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
+    fp = _fingerprint_later(listing, p, cfg, ip, fixed)
+    if done_before and rf.is_current(run / rf.PREPARE, fp.result()):
+        log.info("prepare: %s is up to date with %s; skipped", run, data)
+        old = rf.read_marker(run / rf.PREPARE)
+        return Summary(old["counts"], old["rejected"], artifacts.read_json(run / rf.DATASET, "dataset summary"),
+                       skipped=True)
+    run.mkdir(parents=True, exist_ok=True)
+    artifacts.remove_stale_temps(run)
+    (run / rf.PREPARE).unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
+    log.info("prepare: %s layout, %d candidate(s) under %s", listing.layout, len(listing.items), data)
+    plan = _plan(listing, p, data)
+    cfg, choices = _resolve(listing, plan, cfg, pool, p.seed)
+    tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
+    try:
+        metas = _decode_to_splits(listing, plan.by_split, tmp_files, cfg, pool, plan.rejected)
+        log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
+        artifacts.write_text(run / rf.REJECTED, _csv_text(("path", "reason"), plan.rejected))
+        if plan.rejected:
+            log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
+        decoded = _usable(listing, plan, metas, p, data, run)
+        audited = _audit(listing, decoded, ip)
+        kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
+    finally:
+        for f in tmp_files.values():
+            f.unlink(missing_ok=True)
+    log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
+    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, run)
+    dataset["corrections"] = fixed
+    _write_outputs(run, listing, kept, decoded.labels, dataset)
+    marker = rf.write_marker(run / rf.PREPARE, fp.result(), stage="prepare", version=__version__,
+                             data=str(data.resolve()), layout=listing.layout, params=params_mod.to_dict(p),
+                             ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
+                             preprocess_choices=choices, counts=counts, rejected=len(plan.rejected))
+    _log_done(listing, data, run, marker)
+    return Summary(counts, len(plan.rejected), dataset)
+
+
+def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.Listing, dict[str, Any] | None]:
+    """Apply the corrections file (given, or found in the run folder) to the listing; log what it did."""
+    if not path.is_file():
+        if given:
+            raise artifacts.StageError(f"corrections file not found: {path}")
+        return listing, None
+    listing, summary = corrections.apply(listing, corrections.read(path, listing))
+    log.info("prepare: %s: %d relabeled, %d excluded%s (the files under DATA are untouched)", path,
+             summary["relabeled"], summary["excluded"],
+             f", new classes {summary['new_labels']}" if summary["new_labels"] else "")
+    return listing, summary
+
+
+def _fingerprint_later(listing: ingest.Listing, p: PrepareParams, cfg: PreprocessParams, ip: IngestParams,
+                       fixed: dict[str, Any] | None) -> concurrent.futures.Future:
+    """The input fingerprint, computed in a thread (it stats every file) while decoding goes on."""
+    def fingerprint() -> str:
+        return artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
+                                     params_mod.to_dict(ip), listing.layout, __version__,
+                                     *([fixed["sha256"]] if fixed else []))
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(fingerprint)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> Plan:
+    """Split before decoding, so each image is decoded straight into its split's array (no
+    scratch copy); files that turn out unusable are compacted away after."""
+    if listing.items and all(it.label is None for it in listing.items):
+        raise artifacts.StageError(f"{listing.source or data} has no label column; "
+                                   "an unlabelled pixel CSV can only be used for prediction")
+    rejected = list(listing.rejected)
+    cand = [i for i, it in enumerate(listing.items) if it.label is not None]
+    rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
+    pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
+    pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
+    return Plan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
+
+
+def _resolve(listing: ingest.Listing, plan: Plan, cfg: PreprocessParams, pool: Any,
+             seed: int) -> tuple[PreprocessParams, dict[str, Any]]:
+    """Settle ``"auto"`` preprocessing from a census of (a sample of) the files; log each choice."""
+    needs = cfg.color == params_mod.AUTO or cfg.size == params_mod.AUTO or cfg.invert == params_mod.AUTO
+    facts: list[census.Facts] = []
+    if needs and listing.layout == "pixels":
+        side = listing.pixel_shape or (28, 28)
+        facts = [census.Facts(side[1], side[0], True, 1)]  # pixel rows are gray; polarity left as it is
+    elif needs:
+        order = plan.order
+        picked = [order[k] for k in census.sample(len(order), seed)]
+        prefix = str(listing.root) + os.sep
+        look = replace(cfg, color="rgb", size=(28, 28), invert="false", normalize="none")
+        got = census_of([prefix + listing.items[i].path for i in picked], look, pool)
+        facts = [census.Facts(*f) for _, f in got if f is not None]
+    resolved, choices = census.resolve(cfg, facts)
+    for key in ("color", "size", "invert"):
+        log.info("prepare: %s = %s (%s)", key, choices[key]["value"], choices[key]["why"])
+    return resolved, choices
+
+
+def _usable(listing: ingest.Listing, plan: Plan, metas: audit.MetaTable, p: PrepareParams, data: Path,
+            run: Path) -> Decoded:
+    """The items that decoded, and the label map (refusing data with fewer than 2 classes)."""
+    good = [i for i in plan.order if i in metas]
+    if not good:
+        raise artifacts.StageError(f"no usable image in {data} ({len(plan.rejected)} file(s) rejected, "
+                                   f"see {run / rf.REJECTED})")
+    labels = label_map([listing.items[i].label for i in good], p.labels)
+    if len(labels) < 2:
+        raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
+    return Decoded(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]})
+
+
+def _audit(listing: ingest.Listing, d: Decoded, ip: IngestParams) -> dict[str, Any]:
+    """Duplicates, conflicts and leakage among the usable items (and which val/test items to drop)."""
+    items = [listing.items[i] for i in d.good]
+    paths = [it.path for it in items]
+    good_metas = d.metas.take(d.good)
+    splits = np.array([d.split_of[i] for i in d.good], dtype=object)
+    duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
+    leaks = audit.find_leakage(splits, good_metas)
+    leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
+    dropped = {d.good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
+    rows = np.asarray(d.good, np.int64)
+    item_labels = [it.label for it in items]
+    near = similar.near_duplicates(paths, item_labels, [str(x) for x in splits], d.metas.phash[rows],
+                                   d.metas.thumb[rows], d.metas.sha1[rows])
+    odd = similar.outliers(paths, item_labels, np.array([d.labels[lab] for lab in item_labels]), d.metas.thumb[rows])
+    return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
+            "leakage": leakage, "dropped": dropped, "near_duplicates": near, "outliers": odd}
+
+
+def _write_arrays(listing: ingest.Listing, plan: Plan, d: Decoded, dropped: set[int], tmp_files: dict[str, Path],
+                  run: Path) -> tuple[dict[str, list[ingest.Item]], dict[str, dict[str, int]]]:
+    """Move each split's decoded array into place (compacted when rows were dropped), write its labels."""
+    kept_items: dict[str, list[ingest.Item]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for s in SPLITS:
+        keep = [r for r, i in enumerate(plan.by_split[s]) if i in d.metas and i not in dropped]
+        final = run / rf.x_file(s)
+        if len(keep) == len(plan.by_split[s]):
+            artifacts.fsync_path(tmp_files[s])
+            os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
+        else:
+            _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
+        kept = [listing.items[plan.by_split[s][r]] for r in keep]
+        artifacts.save_npy(run / rf.y_file(s), np.array([d.labels[it.label] for it in kept], dtype=np.int64))
+        kept_items[s] = kept
+        per = Counter(it.label for it in kept)
+        counts[s] = {name: per.get(name, 0) for name in d.labels}
+    return kept_items, counts
+
+
+def _summary(listing: ingest.Listing, plan: Plan, d: Decoded, a: dict[str, Any], counts: dict[str, dict[str, int]],
+             choices: dict[str, Any], ip: IngestParams, data: Path, run: Path) -> dict[str, Any]:
+    """``dataset.json``: the audit's findings, the resolved choices and the class symmetry."""
+    action = "dropped from val/test" if ip.leakage == "drop" else "kept"
+    dataset = audit.summarize(d.labels, counts, a["paths"], a["metas"], plan.rejected, a["duplicates"],
+                              a["conflicts"], a["leakage"], action, ip.imbalance_ratio)
+    dataset.update(audit.similarity_findings(a["near_duplicates"], a["outliers"], dataset["warnings"]))
+    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
+    y_train = np.load(run / rf.y_file("train"))
+    symmetry = census.symmetry(x_train, y_train, list(d.labels))
+    log.info("prepare: horizontal flips %s (%s)", "label-preserving" if symmetry["hflip"] else "not safe",
+             symmetry["why"])
+    dataset.update({"data": str(data), "layout": listing.layout, "choices": {**choices, "hflip": symmetry}})
+    for warning in dataset["warnings"]:
+        log.warning("%s", warning)
+    if sum(counts["test"].values()) == 0:
+        log.warning("the test split is empty: evaluate will have nothing to measure")
+    return dataset
+
+
+def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[ingest.Item]], labels: dict[str, int],
+                   dataset: dict[str, Any]) -> None:
+    """Samples, manifest, label map and dataset summary (the marker follows)."""
+    where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
+    where_s = str(where) + os.sep
+    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
+    artifacts.write_bytes(run / rf.SAMPLES, plots.sample_grid(x_train, np.load(run / rf.y_file("train")),
+                                                              list(labels)))
+    _write_rows(run / rf.MANIFEST, ("path", "label", "split", "note"),
+                ((where_s + it.path, it.label, s, it.note) for s in SPLITS for it in kept[s]))
+    artifacts.write_json(run / rf.LABELS, labels)
+    artifacts.write_json(run / rf.DATASET, dataset)
+
+
+def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, Any]) -> None:
+    totals = {s: sum(c.values()) for s, c in marker["counts"].items()}
+    log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
+    log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
+    log.info("prepare: %d usable images in %d classes -> train %d, val %d, test %d; %d rejected",
+             sum(totals.values()), len(marker["counts"]["train"]), totals["train"], totals["val"], totals["test"],
+             marker["rejected"])
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--data", required=True, help="dataset folder, or a .csv/.tsv file")
+    parser.add_argument("--layout", default="auto", choices=ingest.LAYOUTS,
+                        help="auto | folders | filenames | csv | pixels (default: %(default)s)")
+    parser.add_argument("--run", help="run folder (default: runs/<name of DATA>)")
+    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    parser.add_argument("--corrections", type=Path, help="path,label rows that relabel (or exclude) images "
+                        "(default: corrections.csv in the run folder, when there is one)")
+    return parser
+
+
+def default_run(data: str | Path) -> Path:
+    """``runs/<basename of DATA without extension>``, as the Makefile computes it."""
+    return Path("runs") / Path(str(data).rstrip("/")).stem
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    """Fill in the run folder default (used by the CLI before logging starts)."""
+    args.run = args.run or str(default_run(args.data))
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI: read params, run prepare, print the dataset table."""
+    data = Path(args.data)
+    run = Path(args.run or default_run(data))
+    p = params_mod.load(args.params, "prepare", run.name)
+    cfg = params_mod.load(args.params, "preprocess", run.name)
+    ip = params_mod.load(args.params, "ingest", run.name)
+    summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections)
+    print(audit.format_summary(summary.dataset))
+    print(f"run folder: {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.shared import cli
+
+    sys.exit(cli.run_module("prepare"))

@@ -1,0 +1,245 @@
+"""The report's HTML sections: plain data in (from the run folder), escaped HTML out.
+
+:mod:`pipeline.stages.report` reads the run folder, draws the figures and fills the page
+template with these sections.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+import numpy as np
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{esc(alt)}">'
+
+
+def _figure(png: bytes | None, alt: str, caption: str) -> str:
+    if png is None:
+        return f'<p class="missing">{esc(alt)}: not available.</p>'
+    return f"<figure>{_img(png, alt)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    rows = [[k, json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v] for k, v in d.items()]
+    return _table(["key", "value"], rows, "kv")
+
+
+def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str]],
+                     pngs: dict[str, bytes | None]) -> str:
+    if dataset is None:
+        return ('<section id="dataset"><h2>Dataset</h2><p class="missing">dataset.json not found '
+                "(prepared by an older version); re-run <code>make prepare</code>.</p>"
+                + _figure(pngs.get("samples"), "samples", "Preprocessed training images per class.") + "</section>")
+    counts = dataset["counts"]
+    splits = [s for s in next(iter(counts.values())) if s != "total"] if counts else []
+    table = _table(["label", *splits, "total"], [[k, *(c[s] for s in splits), c["total"]] for k, c in counts.items()])
+    rej = dataset["rejected"]
+    reasons = (_table(["reason", "files"], [[r, n] for r, n in rej["by_reason"].items()])
+               if rej["total"] else '<p class="ok">No file was rejected.</p>')
+    examples = ""
+    if rejected:
+        examples = ("<details><summary>Rejected files (first 50)</summary>"
+                    + _table(["path", "reason"], [[r["path"], r["reason"]] for r in rejected[:50]]) + "</details>")
+    dup, leak, conf = dataset["duplicates"], dataset["leakage"], dataset["conflicts"]
+    near, odd = dataset.get("near_duplicates"), dataset.get("outliers")
+    checks = [
+        ["duplicate files (identical bytes)", dup["extra_copies"], f"{dup['groups']} groups"],
+        ["same bytes under different labels", conf["groups"], "kept; listed in dataset.json"],
+        ["leakage (train image also in val/test)", leak["images"], leak["action"]],
+        ["extension does not match content", dataset.get("extension_mismatch", {}).get("files", 0),
+         "read by content"]]
+    if near:
+        checks += [["near-duplicate pairs within a class", near["within_class"]["pairs"], "resized, re-encoded, shifted"],
+                   ["near-duplicate pairs across classes", near["across_classes"]["pairs"], "label conflicts"],
+                   ["near-duplicate pairs across splits", near["across_splits"]["pairs"], "kept; leakage"]]
+    if odd:
+        checks.append(["outliers (unlike the rest of their class)", odd["images"], odd["rule"]])
+    found = _table(["check", "found", "detail"], checks) + _similar_examples(near, odd)
+    sizes = dataset.get("sizes", {})
+    census = (f"{dataset['images']} usable images in {dataset['classes']} classes, from "
+              f"<code>{esc(dataset.get('data', '?'))}</code> (layout <code>{esc(dataset.get('layout', '?'))}</code>); "
+              f"sizes {sizes.get('min_width')}–{sizes.get('max_width')} × {sizes.get('min_height')}–"
+              f"{sizes.get('max_height')} px; formats {esc(', '.join(f'{k} {v}' for k, v in dataset['formats'].items()))}"
+              f"; modes {esc(', '.join(f'{k} {v}' for k, v in dataset['modes'].items()))}.")
+    return f"""<section id="dataset"><h2>Dataset</h2><p>{census}</p>
+<div class="cols"><div>{_figure(pngs["counts"], "images per class", "Images per class, stacked by split.")}</div>
+<div><h3>Images per class</h3>{table}</div></div>
+{_figure(pngs.get("samples"), "samples", "Training images per class after preprocessing: what the model sees.")}
+{_choices(dataset.get("choices"))}{_corrections(dataset.get("corrections"))}
+<div class="cols"><div><h3>Rejected files by reason</h3>{reasons}{examples}</div>
+<div><h3>Duplicates, near-duplicates, outliers and leakage</h3>{found}</div></div></section>"""
+
+
+def _choices(choices: dict[str, Any] | None) -> str:
+    """The settings "auto" resolved to, and why."""
+    if not choices:
+        return ""
+    rows = [[key, choices[key].get("value"), choices[key].get("why")] for key in ("color", "size", "invert")
+            if key in choices]
+    flip = choices.get("hflip")
+    if flip:
+        rows.append(["horizontal flips", "label-preserving" if flip.get("hflip") else "not safe", flip.get("why")])
+    return "<h3>Chosen from the data</h3>" + _table(["setting", "value", "why"], rows, "kv")
+
+
+def _corrections(fixed: dict[str, Any] | None) -> str:
+    if not fixed:
+        return ""
+    new = f"; new classes: {', '.join(fixed['new_labels'])}" if fixed["new_labels"] else ""
+    return (f"<h3>Corrections applied</h3><p>{esc(fixed['file'])}: <b>{fixed['relabeled']}</b> image(s) relabeled, "
+            f"<b>{fixed['excluded']}</b> excluded{esc(new)} (the files under DATA are untouched; excluded ones are "
+            "listed in rejected.csv, relabeled ones carry a note in manifest.csv).</p>")
+
+
+def _similar_examples(near: dict[str, Any] | None, odd: dict[str, Any] | None) -> str:
+    parts = []
+    for kind, title in (("across_classes", "Near-duplicates under different labels"),
+                        ("across_splits", "Near-duplicates across splits"), ("within_class", "Near-duplicates")):
+        ex = (near or {}).get(kind, {}).get("examples", [])[:10]
+        if ex:
+            parts.append(f"<details><summary>{title} (first {len(ex)})</summary>" + _table(
+                ["first", "second", "labels", "similarity"],
+                [[e["paths"][0], e["paths"][1], " / ".join(e["labels"]), e["similarity"]] for e in ex]) + "</details>")
+    ex = (odd or {}).get("examples", [])[:10]
+    if ex:
+        parts.append("<details><summary>Outliers (first 10)</summary>" + _table(
+            ["path", "label", "robust z"], [[e["path"], e["label"], e["z"]] for e in ex]) + "</details>")
+    return "".join(parts)
+
+
+def _plan(info: dict[str, Any], calibration: dict[str, Any] | None) -> str:
+    """What the recipe chose from the data (epochs, flips, class weights) and the temperature."""
+    plan = info.get("plan")
+    if not plan:
+        return ""
+    weights = plan.get("class_weights")
+    rows = [["epochs", plan["epochs"], plan["epochs_why"]],
+            ["steps", f"{plan['total_steps']:,} ({plan['steps_per_epoch']} per epoch, batch {plan['global_batch']})", ""],
+            ["early stopping patience", plan["patience"], "epochs without a better val_loss"],
+            ["horizontal flips", "on" if plan["hflip"] else "off", plan["hflip_why"]],
+            ["class weights", "balanced" if weights else "none", plan["class_weights_why"]]]
+    if calibration:
+        rows.append(["temperature", calibration.get("temperature"), f"fitted on the {calibration.get('fitted_on')}"])
+    return "<h3>Chosen from the data</h3>" + _table(["setting", "value", "why"], rows, "kv")
+
+
+def training_section(history: list[dict[str, float]], info: dict[str, Any], pngs: dict[str, bytes | None],
+                     calibration: dict[str, Any] | None = None) -> str:
+    if not history:
+        return '<section id="training"><h2>Training</h2><p class="missing">history.csv not found.</p></section>'
+    best = info.get("best_epoch")
+    secs = [r.get("seconds", 0.0) for r in history]
+    kpis = [("model", info.get("model", "?")), ("parameters", f"{info.get('parameters', '?'):,}"
+                                                 if isinstance(info.get("parameters"), int) else "?"),
+            ("epochs run", len(history)), ("best epoch", best),
+            (f"best {info.get('monitor', 'val_loss')}", f"{info.get('best_' + info.get('monitor', 'val_loss'), 0):.4f}"),
+            ("training time", f"{sum(secs):.0f} s"), ("median epoch", f"{float(np.median(secs)):.1f} s")]
+    rows = [[int(r["epoch"]), f"{r.get('seconds', 0):.1f}", f"{r.get('learning_rate', 0):.2e}",
+             f"{r.get('loss', float('nan')):.4f}", f"{r.get('accuracy', float('nan')):.4f}",
+             f"{r.get('val_loss', float('nan')):.4f}", f"{r.get('val_accuracy', float('nan')):.4f}"]
+            for r in history]
+    return f"""<section id="training"><h2>Training</h2>
+<div class="kpis">{"".join(f'<div class="kpi">{esc(k)}<b>{esc(v)}</b></div>' for k, v in kpis)}</div>
+{_figure(pngs["curves"], "training curves", "Loss and accuracy on the training and validation splits, the "
+         "learning rate and the time of each epoch; the dashed line marks the best epoch (its weights are the "
+         "model's).")}
+{_plan(info, calibration)}
+<details><summary>Every epoch</summary>{_table(["epoch", "seconds", "learning rate", "loss", "accuracy",
+                                               "val loss", "val accuracy"], rows)}</details></section>"""
+
+
+def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], gallery: list[list[Any]],
+                     calib: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
+    per_class = [[name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+                 for name, m in metrics["per_class"].items()]
+    macro_f1 = float(np.mean([m["f1"] for m in metrics["per_class"].values()]))
+    n_wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
+    kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"), ("macro F1", f"{macro_f1:.4f}"),
+            ("test images", metrics["n"]), ("misclassified", n_wrong)]
+    if calib:
+        kpis.append(("calibration error (ECE)", f"{calib['ece']:.3f}"
+                     + (f" (before: {calib['ece_before']:.3f})" if "ece_before" in calib else "")))
+    pair_table = (_table(["true", "predicted as", "images", "share of the true class"],
+                         [[p["true"], p["predicted"], p["count"], f"{p['share']:.1%}"] for p in pairs])
+                  if pairs else '<p class="ok">No confusions: every test image was classified correctly.</p>')
+    worst = ""
+    if gallery:
+        worst = (_figure(pngs["misclassified"], "misclassified images",
+                         "The model's most confident mistakes on the test split, as the model saw them "
+                         "(after preprocessing), with the occlusion map of the predicted label over them (red: "
+                         "hiding it costs the label most; see <code>pipeline explain</code>): true → predicted "
+                         "label, confidence; file name below.")
+                 + "<details><summary>The same as a table</summary>"
+                 + _table(["file", "true", "predicted", "confidence", "second guess"], gallery) + "</details>")
+    calib_fig = _figure(pngs["calibration"], "confidence and calibration",
+                        "Left: confidence histogram of the predicted label, right and wrong predictions. Then the "
+                        "reliability diagrams before and after temperature scaling (fitted on the validation "
+                        "split): the accuracy in each confidence bin; bars on the diagonal mean the confidences "
+                        "can be read as probabilities. ECE = expected calibration error.") if calib else ""
+    calib_fig += _figure(pngs.get("risk"), "risk-coverage", "Accuracy of the predictions kept against the share "
+                         "kept, as the confidence cut rises; the dot is the cut <code>--threshold auto</code> "
+                         "picks on validation for the default 99% target precision.") if pngs.get("risk") else ""
+    return f"""<section id="results"><h2>Test results</h2>
+<div class="kpis">{"".join(f'<div class="kpi">{esc(k)}<b>{esc(v)}</b></div>' for k, v in kpis)}</div>
+<div class="cols"><div><h3>Per class</h3>{_table(["label", "precision", "recall", "F1", "support"], per_class)}</div>
+<div><h3>Most confused pairs</h3>{pair_table}</div></div>
+{_figure(pngs["confusion"], "confusion matrix", "Confusion matrix on the test split: rows are the true labels, "
+         "columns the predictions; left in images, right as a share of each true class.")}
+<h3>Worst misclassified</h3>{worst or '<p class="ok">No misclassified test images.</p>'}
+<h3>Confidence</h3>{calib_fig}</section>"""
+
+
+def settings_section(params: dict[str, dict[str, Any]], envs: dict[str, dict[str, Any]]) -> str:
+    blocks = "".join(f"<div><h3>[{esc(name)}]</h3>{_kv_table(p)}</div>" for name, p in params.items() if p)
+    env_rows = []
+    keys = ["python", "platform", "cpu", "cpu_count", "memory_gb", "gpus"]
+    stages = [s for s, e in envs.items() if e]
+    for key in keys:
+        env_rows.append([key, *(envs[s].get(key) if envs[s].get(key) is not None else "–" for s in stages)])
+    packages = sorted({p for s in stages for p in envs[s].get("packages", {})})
+    for pkg in packages:
+        env_rows.append([pkg, *(envs[s].get("packages", {}).get(pkg, "–") for s in stages)])
+    def cell(v: Any) -> Any:
+        return (", ".join(v) or "none (CPU only)") if isinstance(v, list) else v
+
+    env = (_table(["", *stages], [[k, *(cell(v) for v in vs)] for k, *vs in env_rows], "kv") if stages
+           else '<p class="missing">not recorded (trained by an older version).</p>')
+    return f"""<section id="settings"><h2>Settings and environment</h2>
+<p>The resolved parameters of every stage (after per-dataset overrides), as recorded with the artifacts.</p>
+<div class="cols">{blocks}</div><h3>Environment</h3>{env}</section>"""
+
+
+
+
+def suspects_section(record: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
+    """The suspected label errors (``make suspects``), when they were looked for."""
+    if not record:
+        return ('<section id="suspects"><h2>Suspected label errors</h2><p class="missing">Not looked for yet: '
+                "<code>make suspects</code> cross-checks every train and val label.</p></section>")
+    top = record.get("top", [])[:20]
+    rows = [[r["path"], r["label"], r["suggested"], f"{r['score']:.3f}"] for r in top]
+    table = (_table(["file", "label", "suggested", "score"], rows) if rows
+             else '<p class="ok">No label looks wrong.</p>')
+    return f"""<section id="suspects"><h2>Suspected label errors</h2>
+<p><b>{record['flagged']}</b> of {record['images']} train and val images carry a label that models trained on
+the other {record['folds'] - 1} of {record['folds']} folds contradict (out-of-fold accuracy
+{record['out_of_fold_accuracy']:.2%}; {esc(record['method'])}). They are listed in <code>suspects.csv</code>, most
+suspicious first; <code>pipeline suspects --write-corrections</code> turns them into a
+<code>corrections.csv</code> to review.</p>
+{_figure(pngs.get("suspects"), "suspected label errors", "The most suspicious images as the model sees them: "
+         "given → suggested label, score (1 - the probability of the given label).")}
+<details><summary>The 20 most suspicious</summary>{table}</details></section>"""

@@ -1,0 +1,555 @@
+"""Train: fit the model on the prepared train split, validate on val, write the model bundle.
+
+Reads the run folder written by prepare (refuses it without ``prepare.json``).
+Writes ``history.csv`` (one row per epoch, rewritten atomically), the best
+checkpoint, TensorBoard logs (``tensorboard/``) and the bundle ``model/``. The
+recipe (:mod:`pipeline.model.recipe`) resolves ``"auto"`` settings from the data: the
+number of epochs, patience, horizontal flips and class weights, logged and
+recorded in ``bundle.json``. An interrupted run resumes from the last finished
+epoch (Keras ``BackupAndRestore`` in ``train_backup/``); ``--fresh`` starts over.
+Nothing is redone when the prepared data and params are unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.model import calibrate, novelty, recipe
+from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
+from pipeline.shared import artifacts, bundle, compat
+from pipeline.shared import params as params_mod
+from pipeline.shared import runfolder as rf
+from pipeline.shared.env import environment
+from pipeline.shared.params import STRATEGIES, AugmentParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+BACKUP_DIR = rf.BACKUP
+CHECKPOINT = rf.CHECKPOINT
+HISTORY = rf.HISTORY
+BUNDLE_DIR = rf.BUNDLE
+STEPS_PER_EXECUTION = 8  # steps per call into the compiled graph: fewer Python round trips per epoch
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                 augmenter: Any = None, stream: bool = False, shard: tuple[int, int] = (0, 1),
+                 data_threads: int = 0, n_classes: int = 0, class_weights: list[float] | None = None) -> Any:
+    """A batched, prefetched tf.data pipeline over the arrays: shuffled each epoch and
+    augmented on the fly if asked (only ever for the training split).
+
+    The pipeline runs over row indices; the rows are gathered a batch at a time, from
+    memory, or (``stream``) from the memory-mapped .npy, so data larger than RAM is
+    read as it is needed. ``shard = (index, count)`` keeps every count-th index of
+    the shuffled order, starting at index: each worker of a multi-worker run sees its
+    own part, all of the same size (so all take the same number of steps). With
+    ``n_classes`` the labels become one-hot (for label smoothing), with
+    ``class_weights`` each batch also carries per-image weights.
+    """
+    import tensorflow as tf
+
+    from pipeline.data.augment import augment_dataset
+
+    n = len(x)
+    index, count = shard
+    parallel = data_threads or os.cpu_count() or 1
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if count > 1:
+        ds = ds.shard(count, index).take(n // count)
+    ds = ds.batch(batch_size).map(_gather(x, y, stream), num_parallel_calls=parallel)
+    ds = augment_dataset(ds, augmenter)
+    if n_classes:
+        ds = ds.map(_targets(n_classes, class_weights), num_parallel_calls=parallel)
+    options = tf.data.Options()
+    options.deterministic = True  # parallel map, same order: same seed, same weights
+    # tf.data's autotuner stalls whole epochs on 2 cores (an epoch took 2.7 s or 5.1 s at
+    # random); fixed parallelism is steady. README "Training details".
+    options.autotune.enabled = False
+    # Sharding is done above, by us: tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(2)
+
+
+def _gather(x: np.ndarray, y: np.ndarray, stream: bool) -> Any:
+    """A batch of row indices -> (images, labels), from memory or read from the .npy file."""
+    import tensorflow as tf
+
+    if not stream:
+        xt, yt = tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=np.int64))
+        return lambda idx: (tf.gather(xt, idx), tf.gather(yt, idx))
+    shape = tuple(x.shape[1:])
+    x_rows, y_all = artifacts.NpyRows(x), np.asarray(y, dtype=np.int64)  # labels are small: in memory
+
+    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(idx)  # a batch is a set: read the file front to back
+        return x_rows.take(idx).astype(np.float32, copy=False), y_all[idx]
+
+    def gather(idx: Any) -> tuple[Any, Any]:
+        xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.int64), stateful=False)
+        return tf.ensure_shape(xb, (None,) + shape), tf.ensure_shape(yb, (None,))
+
+    return gather
+
+
+def _targets(n_classes: int, class_weights: list[float] | None) -> Any:
+    """(images, labels) -> (images, one-hot labels[, per-image class weights])."""
+    import tensorflow as tf
+
+    if class_weights is None:
+        return lambda xb, yb: (xb, tf.one_hot(yb, n_classes))
+    w = tf.constant(class_weights, tf.float32)
+    return lambda xb, yb: (xb, tf.one_hot(yb, n_classes), tf.gather(w, yb))
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or total physical memory."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def should_stream(p: TrainParams, nbytes: int) -> bool:
+    """Stream from disk when asked, or (auto) when the arrays would take over a quarter of free memory."""
+    if p.streaming != "auto":
+        return p.streaming == "on"
+    return nbytes > _available_memory() // 4
+
+
+def _history_callback(path: Path) -> Any:
+    import keras
+
+    class HistoryCSV(keras.callbacks.Callback):
+        """One row per finished epoch (1-based; metrics, lr, seconds), rewritten atomically.
+
+        On resume, rows of epochs that will be re-run are dropped, so the file
+        never holds duplicates or a half-written line.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, Any]] = []
+            self._t0 = 0.0
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            if path.is_file():
+                with open(path, newline="", encoding="utf-8") as fh:
+                    self.rows = list(csv.DictReader(fh))
+            self._started = False
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if not self._started:  # first epoch of this fit() call: the resume point
+                self.rows = [r for r in self.rows if int(r["epoch"]) <= epoch]
+                self._started = True
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._t0, 3), "learning_rate": lr}
+            row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
+            self.rows.append(row)
+            fields = list(dict.fromkeys(k for r in self.rows for k in r))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            artifacts.write_text(path, buf.getvalue())
+
+    return HistoryCSV()
+
+
+def _repair_backup(folder: Path) -> None:
+    """Undo a backup cut short by a kill while Keras wrote it (its writes are not atomic).
+
+    The newest pair (weights + ``training_metadata.json``) is kept when both read;
+    else the previous pair (``*.bkp``) is restored; else the backup is dropped and
+    training starts over. Keras' own fallback covers only some of these cases.
+    """
+    meta, weights = folder / "training_metadata.json", folder / "latest.weights.h5"
+    prev_meta, prev_weights = folder / f"{meta.name}.bkp", folder / f"{weights.name}.bkp"
+
+    def valid_meta(path: Path) -> bool:
+        try:
+            return isinstance(json.loads(path.read_text(encoding="utf-8"))["epoch"], int)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def valid_weights(path: Path) -> bool:
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    if not meta.exists() and not weights.exists():
+        return
+    if valid_meta(meta) and valid_weights(weights):
+        return
+    if valid_meta(prev_meta) and valid_weights(prev_weights):
+        log.warning("train: the last backup was cut short; resuming from the one before it")
+        shutil.copyfile(prev_weights, weights)
+        shutil.copyfile(prev_meta, meta)
+    else:
+        log.warning("train: the backup in %s is unreadable; starting over", folder)
+        for path in (meta, prev_meta, weights, prev_weights):
+            path.unlink(missing_ok=True)
+
+
+def _best_so_far(history: Path, monitor: str) -> float | None:
+    """Best monitored value in an existing history (so a resumed checkpoint keeps the true best)."""
+    if not history.is_file():
+        return None
+    with open(history, newline="", encoding="utf-8") as fh:
+        values = [float(r[monitor]) for r in csv.DictReader(fh) if r.get(monitor)]
+    return min(values) if values else None
+
+
+@dataclass
+class Data:
+    """The prepared arrays a run trains on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_classes: int
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.x_val) > 0
+
+
+def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any) -> Any:
+    """The model with its optimizer, loss and metrics (built in the strategy's scope when there is one)."""
+    import contextlib
+
+    import keras
+
+    from pipeline.model.model import build_model
+
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps)
+        model.compile(optimizer=recipe.optimizer(p, plan.total_steps), loss=recipe.loss(p),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      # Several steps per graph call (not under tf.distribute: Keras' multi-step loop
+                      # fails there); no XLA: slower on CPU.
+                      steps_per_execution=STEPS_PER_EXECUTION if strategy is None else 1, jit_compile=False)
+    return model
+
+
+def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> list[Any]:
+    """Early stopping on every worker; checkpoint, history, TensorBoard and backup on the chief."""
+    import keras
+
+    # On every worker: all see the same averaged val_loss, so all stop at the same epoch.
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, patience=plan.patience, restore_best_weights=True)]
+    if not cluster.is_chief:
+        return callbacks + [compat.restore_only_backup(str(run / BACKUP_DIR))]
+    (run / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
+    _repair_backup(run / BACKUP_DIR)
+    # The backup comes last: when it says "epoch N finished", the checkpoint and the
+    # history row of epoch N are already on disk. A kill between them only makes the
+    # resumed run redo epoch N (its history row is then replaced, never lost).
+    return [keras.callbacks.ModelCheckpoint(str(run / CHECKPOINT), monitor=monitor, save_best_only=True,
+                                            initial_value_threshold=_best_so_far(run / HISTORY, monitor)),
+            *callbacks, _history_callback(run / HISTORY),
+            keras.callbacks.TensorBoard(str(run / rf.TENSORBOARD), write_graph=False, profile_batch=0),
+            keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True)]
+
+
+def _datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data, strategy: Any,
+              cluster: Cluster) -> tuple[Any, Any]:
+    """The training and validation tf.data pipelines (distributed under a strategy)."""
+    import tensorflow as tf
+
+    from pipeline.data.augment import build_augmenter
+
+    stream = should_stream(p, data.x_train.nbytes + data.x_val.nbytes)
+    log.info("train: %s the arrays (%.0f MB)", "streaming" if stream else "loading",
+             (data.x_train.nbytes + data.x_val.nbytes) / 1e6)
+    # The augmentation seed differs per worker: their shards differ, so should their distortions.
+    augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed + cluster.index)
+
+    def train_data(shard: tuple[int, int]) -> Any:
+        return make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed, augmenter=augmenter,
+                            stream=stream, shard=shard, data_threads=p.data_threads, n_classes=data.n_classes,
+                            class_weights=plan.class_weights)
+
+    def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
+        return make_dataset(data.x_val, data.y_val, p.batch_size, shuffle=False, seed=p.seed, stream=stream,
+                            data_threads=p.data_threads, n_classes=data.n_classes)
+
+    if strategy is None:
+        return train_data((0, 1)), val_data() if data.has_val else None
+    train_ds = strategy.distribute_datasets_from_function(
+        lambda ctx: train_data((ctx.input_pipeline_id, ctx.num_input_pipelines)),
+        tf.distribute.InputOptions(experimental_fetch_to_device=True))
+    return train_ds, strategy.distribute_datasets_from_function(lambda ctx: val_data()) if data.has_val else None
+
+
+def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int | str = "auto",
+        aug: AugmentParams | None = None, strategy: Any = None, cluster: Cluster | None = None) -> dict[str, Any]:
+    """Build, compile and fit the model with checkpoints, early stopping, LR schedule and resume.
+
+    With a ``tf.distribute`` strategy the model and optimizer are built in its scope and
+    each replica takes ``batch_size`` images a step (global batch = batch_size x replicas);
+    only the chief writes checkpoints, history and backups, every worker restores them.
+    """
+    import keras
+    import tensorflow as tf
+
+    cluster = cluster or Cluster()
+    keras.utils.set_random_seed(p.seed)
+    if p.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model = compile_model(p, plan, data, strategy)
+    monitor = "val_loss" if data.has_val else "loss"
+    if not data.has_val:
+        log.warning("no validation split: early stopping and checkpoints watch the training loss")
+    train_ds, val_ds = _datasets(p, plan, aug or AugmentParams(), data, strategy, cluster)
+    if strategy is not None:
+        compat.build_from_local_replica(model, strategy)
+        log.info("train: global batch %d = %d per replica x %d replicas", plan.global_batch, p.batch_size,
+                 cluster.replicas)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    t0 = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, verbose=verbose, shuffle=False,
+              callbacks=_callbacks(run, plan, monitor, cluster))  # train_ds reshuffles itself each epoch
+    seconds = time.perf_counter() - t0
+    if not cluster.is_chief:
+        return {"fit_seconds": seconds}
+    if not (run / CHECKPOINT).is_file():  # e.g. resumed after the last epoch finished: keep the current weights
+        model.save(run / CHECKPOINT)
+    with open(run / HISTORY, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    best = min(rows, key=lambda r: float(r[monitor])) if rows else {}
+    return {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)), "parameters": model.count_params(),
+            "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds}
+
+
+# Knobs that change how fast training runs, not what it learns: not part of the fingerprint.
+RUNTIME_KEYS = ("streaming", "intra_op_threads", "inter_op_threads", "data_threads")
+
+
+def _load(run: Path) -> tuple[dict[str, int], Data]:
+    """The label map and the prepared train/val arrays (memory-mapped)."""
+    labels = artifacts.read_json(run / rf.LABELS, "label map")
+    bundle.labels_from_map(labels, str(run / rf.LABELS))
+    arrays = {name: artifacts.load_npy(run / f"{name}.npy", f"prepared array {name}")
+              for name in ("X_train", "y_train", "X_val", "y_val")}
+    return labels, Data(arrays["X_train"], arrays["y_train"], arrays["X_val"], arrays["y_val"], len(labels))
+
+
+def _plan(run: Path, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cluster) -> recipe.Plan:
+    """Resolve the recipe's "auto" choices from the data; log each."""
+    dataset = artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {}
+    marker = rf.read_marker(run / rf.PREPARE)
+    counts = np.bincount(np.asarray(data.y_train), minlength=data.n_classes).tolist()
+    threshold = float(marker.get("ingest", {}).get("imbalance_ratio", 10.0))
+    plan = recipe.plan(p, aug, len(data.x_train), counts, dataset.get("choices", {}).get("hflip"), threshold,
+                       cluster.replicas)
+    log.info("train: %d epochs (%s)", plan.epochs, plan.epochs_why)
+    log.info("train: horizontal flips %s (%s)", "on" if plan.hflip else "off", plan.hflip_why)
+    log.info("train: class weights %s", plan.class_weights_why)
+    return plan
+
+
+def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096) -> tuple[Any, ...]:
+    """(logits, features, image statistics) of ``x`` (or of its ``rows``), a chunk at a time: ``x`` may be
+    memory-mapped and large."""
+    rows = np.arange(len(x)) if rows is None else rows
+    logits, feats, stats = [], [], []
+    for i in range(0, len(rows), chunk):
+        block = np.asarray(x[rows[i:i + chunk]], np.float32)
+        out = predictor(block)
+        logits.append(out.logits)
+        feats.append(out.features if out.features is not None else np.zeros((len(block), 0), np.float32))
+        stats.append(novelty.image_stats(block))
+    return tuple(np.concatenate(p) for p in (logits, feats, stats))
+
+
+def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[str, Any]
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
+    novelty detector; the bundle's calibration.json, novelty.json and novelty_reference.npy."""
+    import keras
+
+    from pipeline.model.infer import Predictor
+    from pipeline.model.model import set_temperature
+
+    if not data.has_val:
+        log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
+        return {bundle.CALIBRATION: {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}}, {}
+    model = keras.models.load_model(run / CHECKPOINT, safe_mode=True)
+    predictor = Predictor(bundle.Bundle(model, list(labels), bundle.read_preprocess_dict(preprocess), {}), 1024)
+    logits, f_val, s_val = _outputs(predictor, data.x_val)
+    y = np.asarray(data.y_val)
+    t = calibrate.fit_temperature(logits, y)
+    set_temperature(model, t)
+    with artifacts.atomic_path(run / CHECKPOINT, suffix=".keras") as tmp:
+        model.save(tmp)
+    after = calibrate.softmax(logits / t)
+    calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)",
+             "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
+             "risk_coverage": calibrate.risk_coverage(after, y)}
+    log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"], calib["ece_val"])
+    extras: dict[str, Any] = {bundle.CALIBRATION: calib}
+    if f_val.shape[1] == 0:
+        return extras, {}
+    _, f_train, s_train = _outputs(predictor, data.x_train, novelty.training_sample(len(data.x_train)))
+    spec, reference = novelty.fit(s_train, f_train, s_val, f_val)
+    log.info("train: novelty detector fitted (%d training images; the cut flags %.1f%% of val)",
+             len(f_train), 100 * spec["val_flagged"])
+    return {**extras, bundle.NOVELTY: spec}, {bundle.NOVELTY_REFERENCE: reference}
+
+
+def _write_bundle(run: Path, p: TrainParams, aug: AugmentParams, plan: recipe.Plan, labels: dict[str, int],
+                  fp: str, result: dict[str, Any], cluster: Cluster, data: Data) -> Path:
+    import keras
+    import tensorflow as tf
+
+    marker = rf.read_marker(run / rf.PREPARE)
+    extras, arrays = _fit_trust(run, data, labels, marker["preprocess"])
+    info = {"stage": "train", "version": __version__, "fingerprint": fp, "model": p.model,
+            "input_shape": list(data.x_train.shape[1:]), "n_classes": len(labels),
+            "keras": keras.__version__, "tensorflow": tf.__version__, **result, "plan": plan.as_dict(),
+            "distribution": {"strategy": p.strategy, "workers": cluster.workers, "replicas": cluster.replicas,
+                             "global_batch_size": plan.global_batch},
+            "preprocess_choices": marker.get("preprocess_choices", {}), "environment": environment()}
+    dest = run / BUNDLE_DIR
+    bundle.write_bundle(dest, run / CHECKPOINT, labels, marker["preprocess"],
+                        {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug),
+                         "prepare": marker["params"]}, info, extras, arrays)
+    return dest
+
+
+def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "auto",
+          aug: AugmentParams | None = None) -> bool:
+    """Run the stage; return False when the bundle is already up to date.
+
+    Under ``multiworker`` every worker runs this; only the chief writes to the run folder.
+    """
+    aug = aug or AugmentParams()
+    marker = rf.require(run, rf.PREPARE, "prepare")
+    configure_threads(p.intra_op_threads, p.inter_op_threads)
+    strategy, cluster = make_strategy(p.strategy)  # first: multi-worker must start before other TF work
+    learned = {k: v for k, v in params_mod.to_dict(p).items() if k not in RUNTIME_KEYS}
+    # The number of replicas sets the global batch, so it is part of what made the model.
+    fp = artifacts.fingerprint(marker.get("fingerprint"), learned, params_mod.to_dict(aug), __version__,
+                               *([cluster.replicas] if strategy is not None else []))
+    dest = run / BUNDLE_DIR
+    if not fresh and rf.is_current(dest / bundle.MARKER, fp):
+        log.info("train: %s is up to date; skipped (FRESH=1 / --fresh to retrain)", dest)
+        return False
+    if cluster.is_chief:
+        _reset_or_resume(run, fp, fresh)
+    # Other workers touch nothing: they restore whatever backup the chief kept (after
+    # the chief's reset, since building the model waits for the chief's initial weights).
+    labels, data = _load(run)
+    plan = _plan(run, p, aug, data, cluster)
+    log.info("train: %d train / %d val images, %d classes, model %s, strategy %s", len(data.x_train),
+             len(data.x_val), len(labels), p.model, p.strategy)
+    result = fit(run, p, plan, data, verbose, aug, strategy, cluster)
+    if not cluster.is_chief:
+        log.info("train: worker %d finished in %.1fs; the chief writes the bundle", cluster.index,
+                 result["fit_seconds"])
+        return True
+    dest = _write_bundle(run, p, aug, plan, labels, fp, result, cluster, data)
+    shutil.rmtree(run / BACKUP_DIR, ignore_errors=True)
+    log.info("train: read X_train/y_train/X_val/y_val.npy, labels.json, prepare.json from %s", run)
+    log.info("train: wrote %s (bundle), %s, %s, %s", dest, run / HISTORY, run / CHECKPOINT, run / rf.TENSORBOARD)
+    log.info("train: best epoch %d of %d (%s %.4f) in %.1fs -> %s", result["best_epoch"], result["epochs_run"],
+             result["monitor"], result["best_" + result["monitor"]], result["fit_seconds"], dest)
+    return True
+
+
+def _reset_or_resume(run: Path, fp: str, fresh: bool) -> None:
+    """Keep the backup of an interrupted run with the same inputs and params; else start over."""
+    artifacts.remove_stale_temps(run)
+    resumable = (run / BACKUP_DIR).is_dir() and rf.is_current(run / rf.BACKUP_STATE, fp)
+    if fresh or not resumable:
+        if (run / BACKUP_DIR).exists() and not fresh:
+            log.info("train: inputs or params changed since the interrupted run; starting over")
+        for stale in (BACKUP_DIR, rf.CHECKPOINTS, HISTORY, rf.TENSORBOARD):
+            shutil.rmtree(run / stale, ignore_errors=True) if (run / stale).is_dir() \
+                else (run / stale).unlink(missing_ok=True)
+    else:
+        log.info("train: resuming the interrupted run from %s", run / BACKUP_DIR)
+    (run / BACKUP_DIR).mkdir(parents=True, exist_ok=True)
+    rf.write_marker(run / rf.BACKUP_STATE, fp, stage="train (interrupted runs resume from here)")
+
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--run", required=True, help="run folder written by prepare")
+    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="discard an interrupted run and start over")
+    parser.add_argument("--epochs", type=_epochs_arg, metavar="N",
+                        help='passes over the training images; overrides [train] epochs (default "auto": a step '
+                             "budget from the data)")
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG); "
+                             "overrides [train] strategy")
+    return parser
+
+
+def _epochs_arg(text: str) -> int | str:
+    if text == params_mod.AUTO:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--epochs takes a whole number or "auto". Received: {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--epochs must be >= 1. Received: {value}")
+    return value
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    """A worker other than the chief logs to logs/train.worker<N>.log (the chief to logs/train.log)."""
+    task = tf_config_task() if os.environ.get("TF_CONFIG") else None
+    if task is not None and not task[2]:
+        args.log_name = f"train.worker{task[0]}"
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI: train the bundle for a run folder."""
+    name = Path(args.run).name
+    p = params_mod.load(args.params, "train", name)
+    if args.strategy:
+        p = dataclasses.replace(p, strategy=args.strategy)
+    if args.epochs is not None:
+        p = dataclasses.replace(p, epochs=args.epochs)
+    train(Path(args.run), p, fresh=args.fresh, aug=params_mod.load(args.params, "augment", name))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.shared import cli
+
+    sys.exit(cli.run_module("train"))
