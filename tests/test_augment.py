@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.data.augment import build_augmenter
 from pipeline.shared.params import AugmentParams
-from pipeline.stages import train
+from pipeline.data import batches as train  # make_dataset lives in batches
 
 ALL = AugmentParams(enabled=True, rotation=15, translation=0.1, zoom=0.1, shear=0.2, elastic=0.5, noise=0.05,
                     brightness=0.2, contrast=0.2, erasing=0.5, hflip=True)

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.shared import artifacts, params as params_mod
 from pipeline.shared.params import EvaluateParams, PrepareParams, PreprocessParams, TrainParams
+from pipeline.model import callbacks
 from pipeline.stages import train as train_mod
 from pipeline.stages.evaluate import evaluate
 from pipeline.stages.prepare import prepare
@@ -227,10 +228,10 @@ def test_a_backup_cut_while_keras_wrote_its_epoch_record_falls_back(tmp_path):
     with h5py.File(backup / "latest.weights.h5.bkp", "w") as fh:
         fh["w"] = np.arange(3)
     (backup / "latest.weights.h5").write_bytes(b"cut short")
-    train_mod._repair_backup(backup)
+    callbacks.repair_backup(backup)
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
     assert (backup / "latest.weights.h5").read_bytes() == (backup / "latest.weights.h5.bkp").read_bytes()
     (backup / "training_metadata.json").write_text("")
     (backup / "training_metadata.json.bkp").unlink()
-    train_mod._repair_backup(backup)
+    callbacks.repair_backup(backup)
     assert not (backup / "training_metadata.json").exists() and not (backup / "latest.weights.h5").exists()

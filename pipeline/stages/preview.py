@@ -52,7 +52,7 @@ def augmented_versions(x: np.ndarray, aug: AugmentParams, n: int, seed: int) -> 
     if n == 0 or not aug.enabled:
         return []
     from pipeline.data.augment import build_augmenter
-    from pipeline.stages.train import make_dataset
+    from pipeline.data.batches import make_dataset
 
     augmenter = build_augmenter(aug, seed)
     if augmenter is None:

@@ -79,7 +79,8 @@ def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, a
     import keras
 
     from pipeline.model.infer import Predictor
-    from pipeline.stages.train import Data, compile_model, make_dataset
+    from pipeline.data.batches import make_dataset
+    from pipeline.stages.train import Data, compile_model
 
     keep = np.setdiff1d(np.arange(len(y)), held)
     data = Data(np.asarray(x[keep]), y[keep], x[:0], y[:0], len(labels))

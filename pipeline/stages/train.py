@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
-import json
 import logging
 import os
 import shutil
@@ -28,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.data import batches
 from pipeline.model import calibrate, novelty, recipe
+from pipeline.model.callbacks import best_so_far, history_callback, repair_backup
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
 from pipeline.shared import artifacts, bundle, compat
 from pipeline.shared import params as params_mod
@@ -45,185 +45,8 @@ BUNDLE_DIR = rf.BUNDLE
 STEPS_PER_EXECUTION = 8  # steps per call into the compiled graph: fewer Python round trips per epoch
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                 augmenter: Any = None, stream: bool = False, shard: tuple[int, int] = (0, 1),
-                 data_threads: int = 0, n_classes: int = 0, class_weights: list[float] | None = None) -> Any:
-    """A batched, prefetched tf.data pipeline over the arrays: shuffled each epoch and
-    augmented on the fly if asked (only ever for the training split).
-
-    The pipeline runs over row indices; the rows are gathered a batch at a time, from
-    memory, or (``stream``) from the memory-mapped .npy, so data larger than RAM is
-    read as it is needed. ``shard = (index, count)`` keeps every count-th index of
-    the shuffled order, starting at index: each worker of a multi-worker run sees its
-    own part, all of the same size (so all take the same number of steps). With
-    ``n_classes`` the labels become one-hot (for label smoothing), with
-    ``class_weights`` each batch also carries per-image weights.
-    """
-    import tensorflow as tf
-
-    from pipeline.data.augment import augment_dataset
-
-    n = len(x)
-    index, count = shard
-    parallel = data_threads or os.cpu_count() or 1
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if count > 1:
-        ds = ds.shard(count, index).take(n // count)
-    ds = ds.batch(batch_size).map(_gather(x, y, stream), num_parallel_calls=parallel)
-    ds = augment_dataset(ds, augmenter)
-    if n_classes:
-        ds = ds.map(_targets(n_classes, class_weights), num_parallel_calls=parallel)
-    options = tf.data.Options()
-    options.deterministic = True  # parallel map, same order: same seed, same weights
-    # tf.data's autotuner stalls whole epochs on 2 cores (an epoch took 2.7 s or 5.1 s at
-    # random); fixed parallelism is steady. README "Training details".
-    options.autotune.enabled = False
-    # Sharding is done above, by us: tf.distribute must not shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(2)
 
 
-def _gather(x: np.ndarray, y: np.ndarray, stream: bool) -> Any:
-    """A batch of row indices -> (images, labels), from memory or read from the .npy file."""
-    import tensorflow as tf
-
-    if not stream:
-        xt, yt = tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=np.int64))
-        return lambda idx: (tf.gather(xt, idx), tf.gather(yt, idx))
-    shape = tuple(x.shape[1:])
-    x_rows, y_all = artifacts.NpyRows(x), np.asarray(y, dtype=np.int64)  # labels are small: in memory
-
-    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.sort(idx)  # a batch is a set: read the file front to back
-        return x_rows.take(idx).astype(np.float32, copy=False), y_all[idx]
-
-    def gather(idx: Any) -> tuple[Any, Any]:
-        xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.int64), stateful=False)
-        return tf.ensure_shape(xb, (None,) + shape), tf.ensure_shape(yb, (None,))
-
-    return gather
-
-
-def _targets(n_classes: int, class_weights: list[float] | None) -> Any:
-    """(images, labels) -> (images, one-hot labels[, per-image class weights])."""
-    import tensorflow as tf
-
-    if class_weights is None:
-        return lambda xb, yb: (xb, tf.one_hot(yb, n_classes))
-    w = tf.constant(class_weights, tf.float32)
-    return lambda xb, yb: (xb, tf.one_hot(yb, n_classes), tf.gather(w, yb))
-
-
-def _available_memory() -> int:
-    """Bytes of memory available now (MemAvailable), or total physical memory."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def should_stream(p: TrainParams, nbytes: int) -> bool:
-    """Stream from disk when asked, or (auto) when the arrays would take over a quarter of free memory."""
-    if p.streaming != "auto":
-        return p.streaming == "on"
-    return nbytes > _available_memory() // 4
-
-
-def _history_callback(path: Path) -> Any:
-    import keras
-
-    class HistoryCSV(keras.callbacks.Callback):
-        """One row per finished epoch (1-based; metrics, lr, seconds), rewritten atomically.
-
-        On resume, rows of epochs that will be re-run are dropped, so the file
-        never holds duplicates or a half-written line.
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.rows: list[dict[str, Any]] = []
-            self._t0 = 0.0
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            if path.is_file():
-                with open(path, newline="", encoding="utf-8") as fh:
-                    self.rows = list(csv.DictReader(fh))
-            self._started = False
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            if not self._started:  # first epoch of this fit() call: the resume point
-                self.rows = [r for r in self.rows if int(r["epoch"]) <= epoch]
-                self._started = True
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = dict(logs or {})
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._t0, 3), "learning_rate": lr}
-            row.update({k: float(v) for k, v in sorted(logs.items()) if k != "learning_rate"})
-            self.rows.append(row)
-            fields = list(dict.fromkeys(k for r in self.rows for k in r))
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
-            artifacts.write_text(path, buf.getvalue())
-
-    return HistoryCSV()
-
-
-def _repair_backup(folder: Path) -> None:
-    """Undo a backup cut short by a kill while Keras wrote it (its writes are not atomic).
-
-    The newest pair (weights + ``training_metadata.json``) is kept when both read;
-    else the previous pair (``*.bkp``) is restored; else the backup is dropped and
-    training starts over. Keras' own fallback covers only some of these cases.
-    """
-    meta, weights = folder / "training_metadata.json", folder / "latest.weights.h5"
-    prev_meta, prev_weights = folder / f"{meta.name}.bkp", folder / f"{weights.name}.bkp"
-
-    def valid_meta(path: Path) -> bool:
-        try:
-            return isinstance(json.loads(path.read_text(encoding="utf-8"))["epoch"], int)
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-
-    def valid_weights(path: Path) -> bool:
-        import h5py
-
-        try:
-            with h5py.File(path, "r"):
-                return True
-        except (OSError, ValueError):
-            return False
-
-    if not meta.exists() and not weights.exists():
-        return
-    if valid_meta(meta) and valid_weights(weights):
-        return
-    if valid_meta(prev_meta) and valid_weights(prev_weights):
-        log.warning("train: the last backup was cut short; resuming from the one before it")
-        shutil.copyfile(prev_weights, weights)
-        shutil.copyfile(prev_meta, meta)
-    else:
-        log.warning("train: the backup in %s is unreadable; starting over", folder)
-        for path in (meta, prev_meta, weights, prev_weights):
-            path.unlink(missing_ok=True)
-
-
-def _best_so_far(history: Path, monitor: str) -> float | None:
-    """Best monitored value in an existing history (so a resumed checkpoint keeps the true best)."""
-    if not history.is_file():
-        return None
-    with open(history, newline="", encoding="utf-8") as fh:
-        values = [float(r[monitor]) for r in csv.DictReader(fh) if r.get(monitor)]
-    return min(values) if values else None
 
 
 @dataclass
@@ -268,13 +91,13 @@ def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> 
     if not cluster.is_chief:
         return callbacks + [compat.restore_only_backup(str(run / BACKUP_DIR))]
     (run / CHECKPOINT).parent.mkdir(parents=True, exist_ok=True)
-    _repair_backup(run / BACKUP_DIR)
+    repair_backup(run / BACKUP_DIR)
     # The backup comes last: when it says "epoch N finished", the checkpoint and the
     # history row of epoch N are already on disk. A kill between them only makes the
     # resumed run redo epoch N (its history row is then replaced, never lost).
     return [keras.callbacks.ModelCheckpoint(str(run / CHECKPOINT), monitor=monitor, save_best_only=True,
-                                            initial_value_threshold=_best_so_far(run / HISTORY, monitor)),
-            *callbacks, _history_callback(run / HISTORY),
+                                            initial_value_threshold=best_so_far(run / HISTORY, monitor)),
+            *callbacks, history_callback(run / HISTORY),
             keras.callbacks.TensorBoard(str(run / rf.TENSORBOARD), write_graph=False, profile_batch=0),
             keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True)]
 
@@ -286,19 +109,19 @@ def _datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data,
 
     from pipeline.data.augment import build_augmenter
 
-    stream = should_stream(p, data.x_train.nbytes + data.x_val.nbytes)
+    stream = batches.should_stream(p, data.x_train.nbytes + data.x_val.nbytes)
     log.info("train: %s the arrays (%.0f MB)", "streaming" if stream else "loading",
              (data.x_train.nbytes + data.x_val.nbytes) / 1e6)
     # The augmentation seed differs per worker: their shards differ, so should their distortions.
     augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed + cluster.index)
 
     def train_data(shard: tuple[int, int]) -> Any:
-        return make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed, augmenter=augmenter,
+        return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed, augmenter=augmenter,
                             stream=stream, shard=shard, data_threads=p.data_threads, n_classes=data.n_classes,
                             class_weights=plan.class_weights)
 
     def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
-        return make_dataset(data.x_val, data.y_val, p.batch_size, shuffle=False, seed=p.seed, stream=stream,
+        return batches.make_dataset(data.x_val, data.y_val, p.batch_size, shuffle=False, seed=p.seed, stream=stream,
                             data_threads=p.data_threads, n_classes=data.n_classes)
 
     if strategy is None:
