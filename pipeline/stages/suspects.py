@@ -93,7 +93,7 @@ def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, a
     augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed)
     ds = make_dataset(data.x_train, data.y_train, p.batch_size, True, p.seed, augmenter, n_classes=len(labels),
                       class_weights=plan.class_weights, data_threads=p.data_threads)
-    model.fit(ds, epochs=plan.epochs, verbose=0, callbacks=[_EpochBar(plan.epochs, desc).callback])
+    model.fit(ds, epochs=plan.epochs, verbose=0, shuffle=False, callbacks=[_EpochBar(plan.epochs, desc).callback])
     return Predictor(bundle.Bundle(model, labels, cfg, {}), 1024)(np.asarray(x[held])).probs
 
 
