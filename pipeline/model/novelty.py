@@ -31,6 +31,14 @@ MIN_VAL = 200        # with fewer validation images the cut also uses the traini
 DETECTORS = ("statistics", "features")
 
 
+def _histogram8(flat: np.ndarray) -> np.ndarray:
+    """Share of each row's values in 8 bins of width 1/8 over [0, 1) (values >= 1 in the last bin,
+    negative ones in none). Binned once to uint8 codes, then counted: half the time of comparing the
+    float array against every edge, with the same result."""
+    codes = np.where(flat < 0, 255, np.minimum(np.floor(flat * 8), 7)).astype(np.uint8)
+    return np.stack([np.count_nonzero(codes == b, axis=1) for b in range(8)], axis=1) / flat.shape[1]
+
+
 def image_stats(x: np.ndarray) -> np.ndarray:
     """Per-image statistics of model inputs (N, H, W, C) in [0, 1]: (N, 17) or (N, 21) for colour."""
     x = np.asarray(x, np.float32)
@@ -45,8 +53,7 @@ def image_stats(x: np.ndarray) -> np.ndarray:
     cy, cx = (g * yy).sum(axis=(1, 2)) / mass, (g * xx).sum(axis=(1, 2)) / mass
     sy = np.sqrt(np.maximum((g * yy ** 2).sum(axis=(1, 2)) / mass - cy ** 2, 0))
     sx = np.sqrt(np.maximum((g * xx ** 2).sum(axis=(1, 2)) / mass - cx ** 2, 0))
-    hist = np.stack([((flat >= a) & (flat < a + 0.125)).mean(axis=1) for a in np.arange(8) * 0.125], axis=1)
-    hist[:, -1] += (flat >= 1.0).mean(axis=1)
+    hist = _histogram8(flat)
     entropy = -(hist * np.log(hist + 1e-6)).sum(axis=1)
     feats = [flat.mean(1), flat.std(1), *q.T, gx, gy, lap, cx, cy, sx, sy,
              *((flat > t).mean(axis=1) for t in (0.1, 0.5, 0.9)), entropy]
@@ -79,10 +86,13 @@ def _nearest(features: np.ndarray, reference: np.ndarray, skip_self: bool = Fals
 
 
 def raw_scores(spec: dict[str, Any], reference: np.ndarray, stats: np.ndarray, features: np.ndarray,
-               skip_self: bool = False) -> np.ndarray:
-    """(N, 2): each detector's raw score (higher = less familiar), from the images' statistics and features."""
+               skip_self: bool = False, nearest: np.ndarray | None = None) -> np.ndarray:
+    """(N, 2): each detector's raw score (higher = less familiar), from the images' statistics and features
+    (``nearest``: the features' distance to the reference, when the caller has it already)."""
     typical = _mahalanobis(stats, np.asarray(spec["stats_mean"]), np.asarray(spec["stats_precision"]))
-    return np.stack([typical, _nearest(features, reference, skip_self)], axis=1)
+    if nearest is None:
+        nearest = _nearest(features, reference, skip_self)
+    return np.stack([typical, nearest], axis=1)
 
 
 def combine(spec: dict[str, Any], raw: np.ndarray) -> np.ndarray:
@@ -131,8 +141,9 @@ def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: n
     return spec, reference
 
 
-def score(spec: dict[str, Any], reference: np.ndarray, x: np.ndarray, features: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """(novelty, familiar) of model inputs ``x`` with the model's ``features`` of them."""
-    novelty = combine(spec, raw_scores(spec, reference, image_stats(x), features))
+def score(spec: dict[str, Any], reference: np.ndarray, x: np.ndarray, features: np.ndarray,
+          nearest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(novelty, familiar) of model inputs ``x`` with the model's ``features`` of them (and, if the
+    caller computed it, their ``nearest`` distance to the reference)."""
+    novelty = combine(spec, raw_scores(spec, reference, image_stats(x), features, nearest=nearest))
     return novelty.astype(np.float32), novelty <= spec["threshold"]
