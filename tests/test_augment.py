@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.data.augment import build_augmenter
 from pipeline.shared.params import AugmentParams
-from pipeline.data import batches as train  # make_dataset lives in batches
+from pipeline.data import batches
 
 ALL = AugmentParams(enabled=True, rotation=15, translation=0.1, zoom=0.1, shear=0.2, elastic=0.5, noise=0.05,
                     brightness=0.2, contrast=0.2, erasing=0.5, hflip=True)
@@ -48,8 +48,8 @@ def test_affine_known_answers():
 
 def test_train_batches_are_augmented_in_range_and_seeded():
     x, y = digits()
-    a = next(iter(train.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
-    b = next(iter(train.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
+    a = next(iter(batches.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
+    b = next(iter(batches.make_dataset(x, y, 16, shuffle=False, seed=1, augmenter=build_augmenter(ALL, 1))))[0].numpy()
     assert a.shape == x.shape and 0.0 <= a.min() and a.max() <= 1.0
     assert not np.allclose(a, x)
     np.testing.assert_allclose(a, b)  # same seed, same augmentation
@@ -62,13 +62,13 @@ def test_each_transform_alone_changes_the_images(field):
     zero = {k: 0.0 for k in ("rotation", "translation", "zoom", "shear", "elastic", "noise", "brightness",
                              "contrast", "erasing")}
     p = AugmentParams(enabled=True, **{**zero, field: 0.9 if field != "rotation" else 45.0})
-    out = next(iter(train.make_dataset(x, y, 16, False, 0, build_augmenter(p, 0))))[0].numpy()
+    out = next(iter(batches.make_dataset(x, y, 16, False, 0, build_augmenter(p, 0))))[0].numpy()
     assert out.shape == x.shape and not np.allclose(out, x)
 
 
 def test_validation_and_test_data_are_never_augmented():
     x, y = digits()
-    ds = train.make_dataset(x, y, 16, shuffle=False, seed=0)  # how val data is built: no augmenter
+    ds = batches.make_dataset(x, y, 16, shuffle=False, seed=0)  # how val data is built: no augmenter
     np.testing.assert_array_equal(next(iter(ds))[0].numpy(), x)
 
 

@@ -1,1 +1,2 @@
-"""Data: ingest, decoding, preprocessing, augmentation, the audit and its census. Imports shared only."""
+"""Data: ingest, decoding, preprocessing, augmentation, the tf.data batches, the audit and its census.
+Imports shared only."""

@@ -1,1 +1,2 @@
-"""Model: the network, the training recipe, the one inference path, calibration, novelty, confident learning. Imports shared only."""
+"""Model: the network, the training recipe and its callbacks, the one inference path, calibration,
+novelty, confident learning. Imports shared only."""

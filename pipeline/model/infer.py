@@ -35,13 +35,15 @@ class Predictor:
     arithmetic whatever else is in its batch (a resumed run writes the same rows).
     """
 
-    def __init__(self, b: Bundle, batch_size: int = 512) -> None:
+    def __init__(self, b: Bundle, batch_size: int = 512, novelty: bool = True) -> None:
         import tensorflow as tf
 
         self.bundle, self.batch_size = b, batch_size
         self.n_classes = len(b.labels)
+        # novelty=False: probabilities only (evaluate, export's check), no novelty work at all.
+        reference = _nearest_reference(b) if novelty else None
+        self.scores_novelty = reference is not None
         forward = _with_logits(b.model)
-        reference = _nearest_reference(b)
 
         def graph(x: Any) -> tuple[Any, ...]:
             feats, logits, probs = forward(x, training=False)
@@ -76,7 +78,7 @@ class Predictor:
     def _novelty(self, x: np.ndarray, out: Output, nearest: np.ndarray | None = None) -> Output:
         """Add the bundle's novelty score (nothing when the bundle has no novelty model)."""
         b = self.bundle
-        if b.novelty is None or b.novelty_reference is None or out.features is None:
+        if not self.scores_novelty:
             return out
         if not len(x):
             out.novelty, out.familiar = np.zeros(0, np.float32), np.zeros(0, bool)
@@ -125,6 +127,6 @@ def _with_logits(model: Any) -> Any:
 
 def predict_probs(b: Bundle, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Class probabilities of ``x`` (already preprocessed) with the bundle's model."""
-    return Predictor(b, batch_size)(x).probs
+    return Predictor(b, batch_size, novelty=False)(x).probs
 
 

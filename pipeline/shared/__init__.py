@@ -1,1 +1,2 @@
-"""Shared: params, artifacts, the bundle, the run-folder catalog, errors, the CLI, compat shims, plots. Imports no other layer."""
+"""Shared: params, artifacts, the bundle, the run-folder catalog, errors, the CLI, compat shims,
+plots. Imports no other layer."""

@@ -24,13 +24,15 @@ STAGES = {
     "train": ("pipeline.stages.train", "train the model bundle (resumes after an interruption)"),
     "evaluate": ("pipeline.stages.evaluate", "metrics and report.html on the test split"),
     "report": ("pipeline.stages.report", "(re)write report.html for an evaluated run"),
-    "suspects": ("pipeline.stages.suspects", "find images whose label is probably wrong (cross-validation + confident learning)"),
+    "suspects": ("pipeline.stages.suspects",
+                 "find images whose label is probably wrong (cross-validation + confident learning)"),
     "compare": ("pipeline.stages.compare", "side-by-side table of several runs"),
     "preview": ("pipeline.stages.preview", "PNG grid per class: original -> preprocessed -> augmented"),
     "predict": ("pipeline.stages.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
     "serve": ("pipeline.faces.serve", "a local web page and JSON API to try a model (draw or drop images)"),
     "export": ("pipeline.stages.export", "export a model bundle as .keras, SavedModel, TFLite or ONNX"),
-    "explain": ("pipeline.stages.explain", "why this label: the image as the model saw it with a saliency map, and the top-k"),
+    "explain": ("pipeline.stages.explain",
+                "why this label: the image as the model saw it with a saliency map, and the top-k"),
 }
 
 log = logging.getLogger("pipeline")
@@ -69,6 +71,13 @@ def describe_os_error(exc: OSError) -> str:
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write or read{where}: {exc.strerror}; choose a writable folder (RUN=..., --out ...)"
     return f"file system error{where}: {exc.strerror or exc}"
+
+
+def result(text: object) -> None:
+    """A stage's final result (a table, a summary, the path it wrote) on stdout, for the user and for
+    scripts that capture it. Progress, warnings and errors go to logging (stderr): this is the one
+    place the package prints."""
+    print(text, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

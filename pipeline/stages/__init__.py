@@ -1,1 +1,2 @@
-"""Stages: prepare, train, evaluate, suspects, predict, explain, export, report, compare, preview. Import data, model, shared."""
+"""Stages: prepare, train, evaluate, suspects, predict, explain, export, report, compare, preview.
+They import data, model and shared."""

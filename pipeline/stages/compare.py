@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.shared import artifacts, bundle
+from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
 
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     rows = table([summarize_run(run) for run in args.runs])
     out = args.out or args.runs[0].parent / "compare.csv"
     artifacts.write_text(out, format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(rows))
-    print(format_text(rows))
+    cli.result(format_text(rows))
     log.info("compare: %d runs -> %s", len(args.runs), out)
     return 0
 

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.model import calibrate
 from pipeline.model.infer import predict_probs
-from pipeline.shared import artifacts, bundle
+from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.env import environment
@@ -99,10 +99,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """CLI: evaluate and print the summary table."""
     metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate", Path(args.run).name))
-    print(format_table(metrics))
+    cli.result(format_table(metrics))
     from pipeline.stages.report import build_report
 
-    print(f"report: {build_report(Path(args.run))}")
+    cli.result(f"report: {build_report(Path(args.run))}")
     return 0
 
 

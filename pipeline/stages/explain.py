@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.data.preprocess import ImageError, load_image
 from pipeline.model.infer import Predictor
-from pipeline.shared import artifacts, plots
+from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import bundle as bundle_mod
 from pipeline.shared.errors import UserError
 
@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     """CLI: write the overlay, print the label and top-k."""
     out = args.out or Path(f"{args.image.stem}.explain.png")
     r = explain(args.image, args.model, out, args.method, args.top_k)
-    print(f"{r['image']}: {r['label']}  top-{len(r['top_k'])}: "
+    cli.result(f"{r['image']}: {r['label']}  top-{len(r['top_k'])}: "
           + ", ".join(f"{label} {p:.4f}" for label, p in r["top_k"]) + f"  ({r['method']} map -> {r['out']})")
     return 0
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.model.infer import predict_probs
-from pipeline.shared import artifacts
+from pipeline.shared import artifacts, cli
 from pipeline.shared import bundle as bundle_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
@@ -184,8 +184,8 @@ def main(args: argparse.Namespace) -> int:
         a = info["agreement"]
         line += (f"; top-1 agreement with the bundle on {a['images']} test images: {a['top1_agreement']:.2%}; "
                  f"{info['latency_ms']:.2f} ms per image in {info['runtime']}")
-    print(line)
-    print(f"try it: python {out / 'predict_example.py'} IMAGE")
+    cli.result(line)
+    cli.result(f"try it: python {out / 'predict_example.py'} IMAGE")
     return 0
 
 

@@ -370,9 +370,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--resume needs an output file (--out)")
     s = predict(args.images, args.model, out, p, args.sort_into, args.link, args.resume)
     if single and out is None:
-        print(format_one(s["rows_list"][0], s["params"]["top_k"]))
+        cli.result(format_one(s["rows_list"][0], s["params"]["top_k"]))
     else:
-        print(format_summary(s, out))
+        cli.result(format_summary(s, out))
     if s["rows"] and not s["predicted"]:
         log.error("predict: none of the %d files could be read as an image", s["rows"])
         return 1

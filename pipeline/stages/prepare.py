@@ -36,7 +36,7 @@ from pipeline.data import audit, census, corrections, ingest, similar
 from pipeline.data.decoding import census as census_of
 from pipeline.data.decoding import decode_into, start_pool
 from pipeline.data.preprocess import Meta, perceptual, preprocess
-from pipeline.shared import artifacts, plots
+from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
@@ -506,8 +506,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = params_mod.load(args.params, "preprocess", run.name)
     ip = params_mod.load(args.params, "ingest", run.name)
     summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections)
-    print(audit.format_summary(summary.dataset))
-    print(f"run folder: {run}")
+    cli.result(audit.format_summary(summary.dataset))
+    cli.result(f"run folder: {run}")
     return 0
 
 

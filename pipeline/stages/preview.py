@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.data.preprocess import ImageError, decode_file, load_image
-from pipeline.shared import artifacts
+from pipeline.shared import artifacts, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.bundle import read_preprocess_dict
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     run = Path(args.run)
     aug = params_mod.load(args.params, "augment", run.name)
     seed = params_mod.load(args.params, "train", run.name).seed
-    print(preview(run, aug, args.per_class, args.augmented, seed, Path(args.out) if args.out else None))
+    cli.result(preview(run, aug, args.per_class, args.augmented, seed, Path(args.out) if args.out else None))
     return 0
 
 

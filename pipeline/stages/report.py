@@ -23,9 +23,10 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.model import calibrate
-from pipeline.shared import artifacts, bundle, plots
+from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import runfolder as rf
-from pipeline.stages.report_html import dataset_section, esc, results_section, settings_section, suspects_section, training_section
+from pipeline.stages.report_html import (dataset_section, esc, results_section, settings_section, suspects_section,
+                                         training_section)
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """CLI: (re)write the report of an evaluated run."""
     out = build_report(Path(args.run), force=True)
-    print(out)
+    cli.result(out)
     return 0
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.model import confident, recipe
-from pipeline.shared import artifacts, bundle, plots
+from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
@@ -237,11 +237,11 @@ def main(args: argparse.Namespace) -> int:
         sp = dataclasses.replace(sp, folds=args.folds)
     record = suspects(run, sp, params_mod.load(args.params, "train", run.name),
                       params_mod.load(args.params, "augment", run.name))
-    print(f"{record['flagged']} suspects of {record['images']} images -> {run / rf.SUSPECTS}")
+    cli.result(f"{record['flagged']} suspects of {record['images']} images -> {run / rf.SUSPECTS}")
     for r in record.get("top", [])[:10]:
-        print(f"  {r['score']:.3f}  {r['path']}: {r['label']} -> {r['suggested']}")
+        cli.result(f"  {r['score']:.3f}  {r['path']}: {r['label']} -> {r['suggested']}")
     if args.write_corrections:
-        print(f"suggestions for review: {write_corrections(run, args.force)}")
+        cli.result(f"suggestions for review: {write_corrections(run, args.force)}")
     return 0
 
 

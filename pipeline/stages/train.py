@@ -116,13 +116,13 @@ def _datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data,
     augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed + cluster.index)
 
     def train_data(shard: tuple[int, int]) -> Any:
-        return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed, augmenter=augmenter,
-                            stream=stream, shard=shard, data_threads=p.data_threads, n_classes=data.n_classes,
-                            class_weights=plan.class_weights)
+        return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed,
+                                    augmenter=augmenter, stream=stream, shard=shard, data_threads=p.data_threads,
+                                    n_classes=data.n_classes, class_weights=plan.class_weights)
 
     def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
         return batches.make_dataset(data.x_val, data.y_val, p.batch_size, shuffle=False, seed=p.seed, stream=stream,
-                            data_threads=p.data_threads, n_classes=data.n_classes)
+                                    data_threads=p.data_threads, n_classes=data.n_classes)
 
     if strategy is None:
         return train_data((0, 1)), val_data() if data.has_val else None
