@@ -170,7 +170,7 @@ def _epoch_times(seconds: list[float]) -> dict[str, float]:
     return {"epoch_seconds": min(steady), "epoch_seconds_mean": sum(steady) / len(steady)}
 
 
-def _train_run(work: Path, augment: bool) -> dict[str, Any]:
+def _train_run(work: Path, augment: bool, precision: str = "auto") -> dict[str, Any]:
     """The default recipe for EPOCHS epochs on the bench's prepared MNIST run; the steady epoch time."""
     import csv
 
@@ -181,12 +181,14 @@ def _train_run(work: Path, augment: bool) -> dict[str, Any]:
 
     run = work / "run"
     t0 = time.perf_counter()
-    train(run, TrainParams(epochs=EPOCHS), fresh=True, verbose=0, aug=AugmentParams(enabled=augment))
+    train(run, TrainParams(epochs=EPOCHS, precision=precision), fresh=True, verbose=0,
+          aug=AugmentParams(enabled=augment))
+    plan = json.loads((run / "model" / "bundle.json").read_text())["plan"]
     seconds = time.perf_counter() - t0
     with open(run / "history.csv", newline="") as fh:
         epochs = [float(r["seconds"]) for r in csv.DictReader(fh)]
     n = len(np.load(run / "X_train.npy", mmap_mode="r"))
-    return {"images": n, "seconds": seconds, **_epoch_times(epochs)}
+    return {"images": n, "seconds": seconds, **_epoch_times(epochs), "precision": plan["precision"]}
 
 
 def step_train(data: Path, work: Path) -> dict[str, Any]:
@@ -197,6 +199,11 @@ def step_train(data: Path, work: Path) -> dict[str, Any]:
 def step_train_noaug(data: Path, work: Path) -> dict[str, Any]:
     """The same without augmentation, for its cost."""
     return _train_run(work, augment=False)
+
+
+def step_train_f32(data: Path, work: Path) -> dict[str, Any]:
+    """The default recipe in float32 arithmetic (what ``precision = "auto"`` runs on a CPU without bfloat16)."""
+    return _train_run(work, augment=True, precision="float32")
 
 
 class _EpochTimer:
@@ -557,6 +564,7 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "prepare_heavy": ("prepare, denoise+CLAHE+mnist normalize", step_prepare_heavy),
     "train": ("train (ours: default recipe, augmented)", step_train),
     "train_noaug": ("train (ours), augmentation off", step_train_noaug),
+    "train_f32": ("train (ours), float32 arithmetic", step_train_f32),
     "keras_aug_train": ("Keras LeNet-5 + aug layers, same arrays", step_keras_aug_train),
     "keras_train": ("fit on image_dataset_from_directory", step_keras_train),
     "evaluate": ("evaluate (ours)", step_evaluate),
@@ -593,11 +601,16 @@ def format_rows(results: dict[str, dict[str, Any]]) -> str:
     if "train" in results and "keras_aug_train" in results:
         ours, keras = results["train"], results["keras_aug_train"]
         ratio = ours["epoch_seconds"] / keras["epoch_seconds"]
-        lines.append(f"default recipe's epoch / plain Keras LeNet-5 + augmentation layers' epoch: {ratio:.2f}x, "
-                     f"fastest epochs (target <= 0.8x)")
+        precision = ours.get("precision", "float32")
+        lines.append(f"default recipe's epoch ({precision}) / plain Keras LeNet-5 + augmentation layers' epoch: "
+                     f"{ratio:.2f}x, fastest epochs (target <= 0.8x)")
         if "epoch_seconds_mean" in ours and "epoch_seconds_mean" in keras:  # Keras' autotuned tf.data stalls some epochs
             lines.append(f"  the same, mean of epochs 2..{EPOCHS}: {ours['epoch_seconds_mean']:.2f} s / "
                          f"{keras['epoch_seconds_mean']:.2f} s = {ours['epoch_seconds_mean'] / keras['epoch_seconds_mean']:.2f}x")
+    if "train_f32" in results and "keras_aug_train" in results:
+        f32, keras = results["train_f32"], results["keras_aug_train"]
+        lines.append(f"  in float32 arithmetic (a CPU without bfloat16): {f32['epoch_seconds']:.2f} s / "
+                     f"{keras['epoch_seconds']:.2f} s = {f32['epoch_seconds'] / keras['epoch_seconds']:.2f}x")
     rate = {k: r["images"] / r["seconds"] for k, r in results.items()}
     if "predict" in rate and "predict_plain" in rate:
         lines.append(f"predict throughput with the novelty columns / without: {rate['predict'] / rate['predict_plain']:.2f}x")

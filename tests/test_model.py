@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.model.model import build_model, first_pool, second_pool, set_temperature, temperature
+from pipeline.model.model import (HEAD_LAYERS, build_model, first_pool, precision_of, second_pool, set_temperature,
+                                  temperature, with_precision)
 
 HEAD = ["Dense", "Rescaling", "Activation"]  # logits -> temperature -> softmax
 
@@ -72,3 +73,19 @@ def test_temperature_divides_the_logits_and_survives_saving(tmp_path):
     expected = np.exp(logits / 2) / np.exp(logits / 2).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5)
     assert temperature(loaded) == pytest.approx(2.0)
+
+
+def test_precision_copies_keep_the_weights_and_a_float32_head():
+    import numpy as np
+
+    model = build_model("lenet5", (28, 28, 1), 4)
+    half = with_precision(model, "bfloat16")
+    assert precision_of(model) == "float32" and precision_of(half) == "bfloat16"
+    assert {layer.dtype_policy.name for layer in half.layers if layer.name in HEAD_LAYERS} == {"float32"}
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+    assert half(x).dtype.name == "float32"
+    back = with_precision(half, "float32")
+    assert precision_of(back) == "float32"
+    for a, b in zip(model.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(back(x).numpy(), model(x).numpy(), rtol=1e-6)

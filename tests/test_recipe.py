@@ -52,13 +52,20 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert recipe.learning_rate(TrainParams(lr_schedule="constant"), 100) == 2e-3
 
 
-def test_epochs_override_and_class_weights_are_recorded_in_the_bundle(tmp_path):
-    data = make_tree(tmp_path / "d", {"big": 66, "small": 6}, size=16)
-    (tmp_path / "p.toml").write_text("[prepare]\ntest_size = 0.1\n[train]\nbatch_size = 16\n")
+def _train_two_epochs(tmp_path, counts: dict[str, int], params: str):
+    """Prepare a tiny generated set and train it for 2 epochs; the run folder and train's result."""
+    data = make_tree(tmp_path / "d", counts, size=16)
+    (tmp_path / "p.toml").write_text(params)
     run = tmp_path / "run"
     assert cli("prepare", "--data", data, "--run", run, "--params", tmp_path / "p.toml").returncode == 0
     res = cli("train", "--run", run, "--params", tmp_path / "p.toml", "--epochs", "2")
     assert res.returncode == 0, res.stderr[-2000:]
+    return run, res
+
+
+def test_epochs_override_and_class_weights_are_recorded_in_the_bundle(tmp_path):
+    run, res = _train_two_epochs(tmp_path, {"big": 66, "small": 6},
+                                 "[prepare]\ntest_size = 0.1\n[train]\nbatch_size = 16\n")
     info = json.loads((run / "model" / "bundle.json").read_text())
     plan = info["plan"]
     assert plan["epochs"] == 2 and info["epochs_run"] == 2 and plan["epochs_why"].startswith("set in params")
@@ -67,3 +74,29 @@ def test_epochs_override_and_class_weights_are_recorded_in_the_bundle(tmp_path):
     assert "class weights balanced: imbalance" in res.stderr
     bad = cli("train", "--run", run, "--params", tmp_path / "p.toml", "--epochs", "zero")
     assert bad.returncode == 2 and "--epochs takes a whole number" in bad.stderr
+
+
+def test_precision_auto_follows_the_cpu(tmp_path):
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 fma\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert recipe.cpu_has_bf16(str(with_bf16)) and not recipe.cpu_has_bf16(str(without))
+    assert not recipe.cpu_has_bf16(str(tmp_path / "missing"))
+    assert recipe.resolve_precision("auto", has_bf16=True)[0] == "bfloat16"
+    assert recipe.resolve_precision("auto", has_bf16=False) == ("float32", "auto: no native bfloat16 on this CPU")
+    assert recipe.resolve_precision("float32", has_bf16=True) == ("float32", "set in params")
+    assert recipe.resolve_precision("bfloat16", has_bf16=False) == ("bfloat16", "set in params")
+    with pytest.raises(ValueError, match="precision"):
+        TrainParams(precision="float16")
+
+
+def test_a_bfloat16_run_leaves_a_float32_bundle(tmp_path):
+    run, res = _train_two_epochs(tmp_path, {"a": 12, "b": 12},
+                                 "[prepare]\ntest_size = 0.2\n[train]\nbatch_size = 8\nprecision = \"bfloat16\"\n")
+    assert "train: bfloat16 arithmetic (set in params)" in res.stderr
+    info = json.loads((run / "model" / "bundle.json").read_text())
+    assert info["plan"]["precision"] == "bfloat16"
+    import keras
+
+    model = keras.models.load_model(run / "model" / "model.keras", safe_mode=True)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}

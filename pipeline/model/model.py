@@ -111,6 +111,32 @@ def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int, dr
     return keras.Sequential([keras.Input(shape=input_shape), *body, *head], name=name)
 
 
+HEAD_LAYERS = (LOGITS_LAYER, TEMPERATURE_LAYER, "output")  # always float32: the loss and the probabilities
+
+
+def with_precision(model: Any, precision: str) -> Any:
+    """A copy of ``model`` (same weights) computing in ``precision``: "bfloat16" (Keras'
+    ``mixed_bfloat16``: float32 weights, bfloat16 arithmetic, a float32 head) or "float32".
+    Training may run in bfloat16; every saved bundle's model is float32."""
+    import keras
+
+    policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name in HEAD_LAYERS else policy
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def precision_of(model: Any) -> str:
+    """ "bfloat16" when any layer computes in bfloat16, else "float32"."""
+    return "bfloat16" if any("bfloat16" in str(layer.dtype_policy.name) for layer in model.layers) else "float32"
+
+
 def feature_layer(model: Any) -> str | None:
     """The layer whose activations the novelty detector compares: ``f5`` for LeNet-5, else the last
     layer before the logits (dropout aside); None for a model without a logits layer (older bundles)."""

@@ -36,6 +36,8 @@ class Plan:
     hflip_why: str
     class_weights: list[float] | None
     class_weights_why: str
+    precision: str = "float32"
+    precision_why: str = "set in params"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +87,34 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
     else:
         hflip, hflip_why = bool(aug.hflip), "set in params"
     weights, weights_why = resolve_class_weights(p, counts, imbalance_threshold)
+    precision, precision_why = resolve_precision(p.precision)
     return Plan(epochs, why, steps, epochs * steps, global_batch, patience, hflip and aug.enabled, hflip_why,
-                weights, weights_why)
+                weights, weights_why, precision, precision_why)
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes in bfloat16 natively (elsewhere bfloat16 is emulated: slower than float32)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+def resolve_precision(precision: str, has_bf16: bool | None = None) -> tuple[str, str]:
+    """The compute type of training ("float32" | "bfloat16"), and why. ``auto``: bfloat16 on a CPU
+    with native bfloat16 (AVX512-BF16 or AMX: ~20% less time per step; the weights stay float32 and
+    the bundle's model is float32 whatever trained it), else float32. README "Training details"."""
+    if precision != AUTO:
+        return precision, "set in params"
+    has_bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
+    if has_bf16:
+        return "bfloat16", "auto: the CPU has native bfloat16 (" + "/".join(BF16_FLAGS) + ")"
+    return "float32", "auto: no native bfloat16 on this CPU"
 
 
 def learning_rate(p: TrainParams, total_steps: int) -> Any:

@@ -17,6 +17,7 @@ T = TypeVar("T")
 # Allowed values, defined here once; the modules that act on them import them.
 MODELS = ("lenet5", "lenet5-classic", "softmax", "mlp", "cnn")
 STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("auto", "float32", "bfloat16")  # [train] precision: the compute type of training
 OUTPUT_FORMATS = ("csv", "jsonl")
 
 
@@ -170,6 +171,7 @@ class TrainParams:
     class_weights: str = AUTO
     seed: int = 42
     deterministic: bool = False
+    precision: str = AUTO
     strategy: str = "default"
     streaming: str = "auto"
     intra_op_threads: int = 0
@@ -180,6 +182,7 @@ class TrainParams:
         _choice("train", "model", self.model, MODELS)
         _choice("train", "strategy", self.strategy, STRATEGIES)
         _choice("train", "streaming", self.streaming, ("auto", "on", "off"))
+        _choice("train", "precision", self.precision, PRECISIONS)
         for key in ("intra_op_threads", "inter_op_threads", "data_threads"):
             _check(getattr(self, key) >= 0, "train", key, ">= 0 (0 = automatic)", getattr(self, key))
         _choice("train", "lr_schedule", self.lr_schedule, ("cosine", "constant"))

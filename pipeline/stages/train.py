@@ -42,6 +42,7 @@ BACKUP_DIR = rf.BACKUP
 CHECKPOINT = rf.CHECKPOINT
 HISTORY = rf.HISTORY
 BUNDLE_DIR = rf.BUNDLE
+VAL_BATCH = 1024  # images per validation step
 STEPS_PER_EXECUTION = 8  # steps per call into the compiled graph: fewer Python round trips per epoch
 
 
@@ -70,10 +71,12 @@ def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any) 
 
     import keras
 
-    from pipeline.model.model import build_model
+    from pipeline.model.model import build_model, with_precision
 
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps)
+        if plan.precision != "float32":
+            model = with_precision(model, plan.precision)
         model.compile(optimizer=recipe.optimizer(p, plan.total_steps), loss=recipe.loss(p),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                       # Several steps per graph call (not under tf.distribute: Keras' multi-step loop
@@ -121,8 +124,10 @@ def _datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data,
                                     n_classes=data.n_classes, class_weights=plan.class_weights)
 
     def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
-        return batches.make_dataset(data.x_val, data.y_val, p.batch_size, shuffle=False, seed=p.seed, stream=stream,
-                                    data_threads=p.data_threads, n_classes=data.n_classes)
+        # Larger batches than training's: inference only (batch-norm uses its moving statistics, so the
+        # batch size changes nothing but the speed), fewer steps in every epoch's validation pass.
+        return batches.make_dataset(data.x_val, data.y_val, max(p.batch_size, VAL_BATCH), shuffle=False, seed=p.seed,
+                                    stream=stream, data_threads=p.data_threads, n_classes=data.n_classes)
 
     if strategy is None:
         return train_data((0, 1)), val_data() if data.has_val else None
@@ -197,6 +202,7 @@ def _plan(run: Path, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cl
     log.info("train: %d epochs (%s)", plan.epochs, plan.epochs_why)
     log.info("train: horizontal flips %s (%s)", "on" if plan.hflip else "off", plan.hflip_why)
     log.info("train: class weights %s", plan.class_weights_why)
+    log.info("train: %s arithmetic (%s)", plan.precision, plan.precision_why)
     return plan
 
 
@@ -214,19 +220,34 @@ def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chun
     return tuple(np.concatenate(p) for p in (logits, feats, stats))
 
 
+def _float32_checkpoint(run: Path) -> Any:
+    """The best checkpoint's model, made float32 (and saved so) if it trained in bfloat16: the bundle's
+    model is float32 whatever machine trained it, for every reader and export format."""
+    import keras
+
+    from pipeline.model.model import precision_of, with_precision
+
+    model = keras.models.load_model(run / CHECKPOINT, safe_mode=True)
+    if precision_of(model) == "float32":
+        return model
+    model = with_precision(model, "float32")
+    with artifacts.atomic_path(run / CHECKPOINT, suffix=".keras") as tmp:
+        model.save(tmp)
+    return model
+
+
 def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[str, Any]
                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
     novelty detector; the bundle's calibration.json, novelty.json and novelty_reference.npy."""
-    import keras
-
     from pipeline.model.infer import Predictor
     from pipeline.model.model import set_temperature
 
     if not data.has_val:
+        _float32_checkpoint(run)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
         return {bundle.CALIBRATION: {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}}, {}
-    model = keras.models.load_model(run / CHECKPOINT, safe_mode=True)
+    model = _float32_checkpoint(run)
     predictor = Predictor(bundle.Bundle(model, list(labels), bundle.read_preprocess_dict(preprocess), {}), 1024)
     logits, f_val, s_val = _outputs(predictor, data.x_val)
     y = np.asarray(data.y_val)
