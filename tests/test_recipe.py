@@ -84,6 +84,7 @@ def test_precision_auto_follows_the_cpu(tmp_path):
     assert not recipe.cpu_has_bf16(str(tmp_path / "missing"))
     assert recipe.resolve_precision("auto", has_bf16=True)[0] == "bfloat16"
     assert recipe.resolve_precision("auto", has_bf16=False) == ("float32", "auto: no native bfloat16 on this CPU")
+    assert recipe.resolve_precision("auto", has_bf16=False, device="GPU")[1] == "auto: no native bfloat16 on this GPU"
     assert recipe.resolve_precision("float32", has_bf16=True) == ("float32", "set in params")
     assert recipe.resolve_precision("bfloat16", has_bf16=False) == ("bfloat16", "set in params")
     with pytest.raises(ValueError, match="precision"):

@@ -105,16 +105,31 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in BF16_FLAGS)
 
 
-def resolve_precision(precision: str, has_bf16: bool | None = None) -> tuple[str, str]:
-    """The compute type of training ("float32" | "bfloat16"), and why. ``auto``: bfloat16 on a CPU
-    with native bfloat16 (AVX512-BF16 or AMX: ~20% less time per step; the weights stay float32 and
-    the bundle's model is float32 whatever trained it), else float32. README "Training details"."""
+def gpus_have_bf16() -> bool | None:
+    """Whether every visible GPU computes in bfloat16 natively (compute capability 8.0 or later);
+    None when there is no GPU (the CPU decides)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability") or (0, 0) for g in gpus]
+    return all(tuple(c) >= (8, 0) for c in capabilities)
+
+
+def resolve_precision(precision: str, has_bf16: bool | None = None, device: str = "CPU") -> tuple[str, str]:
+    """The compute type of training ("float32" | "bfloat16"), and why. ``auto``: bfloat16 where the
+    device computes in it natively (a CPU with AVX512-BF16 or AMX, a GPU of compute capability 8.0+:
+    ~20% less time per MNIST step on the CPU; the weights stay float32 and the bundle's model is float32
+    whatever trained it), else float32 (emulated bfloat16 is slower). README "Training details"."""
     if precision != AUTO:
         return precision, "set in params"
-    has_bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
+    if has_bf16 is None:
+        gpu = gpus_have_bf16()
+        has_bf16, device = (cpu_has_bf16(), "CPU") if gpu is None else (gpu, "GPU")
     if has_bf16:
-        return "bfloat16", "auto: the CPU has native bfloat16 (" + "/".join(BF16_FLAGS) + ")"
-    return "float32", "auto: no native bfloat16 on this CPU"
+        return "bfloat16", f"auto: the {device} computes in bfloat16 natively"
+    return "float32", f"auto: no native bfloat16 on this {device}"
 
 
 def learning_rate(p: TrainParams, total_steps: int) -> Any:
