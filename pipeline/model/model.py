@@ -134,7 +134,7 @@ def with_precision(model: Any, precision: str) -> Any:
 
 def precision_of(model: Any) -> str:
     """ "bfloat16" when any layer computes in bfloat16, else "float32"."""
-    return "bfloat16" if any("bfloat16" in str(layer.dtype_policy.name) for layer in model.layers) else "float32"
+    return "bfloat16" if any(layer.dtype_policy.compute_dtype == "bfloat16" for layer in model.layers) else "float32"
 
 
 def feature_layer(model: Any) -> str | None:

@@ -220,20 +220,22 @@ def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chun
     return tuple(np.concatenate(p) for p in (logits, feats, stats))
 
 
-def _float32_checkpoint(run: Path) -> Any:
-    """The best checkpoint's model, made float32 (and saved so) if it trained in bfloat16: the bundle's
-    model is float32 whatever machine trained it, for every reader and export format."""
+def _float32_checkpoint(run: Path) -> tuple[Any, bool]:
+    """The best checkpoint's model made float32 if it trained in bfloat16 (the bundle's model is float32
+    whatever machine trained it, for every reader and export format), and whether it was converted."""
     import keras
 
     from pipeline.model.model import precision_of, with_precision
 
     model = keras.models.load_model(run / CHECKPOINT, safe_mode=True)
     if precision_of(model) == "float32":
-        return model
-    model = with_precision(model, "float32")
+        return model, False
+    return with_precision(model, "float32"), True
+
+
+def _save_checkpoint(run: Path, model: Any) -> None:
     with artifacts.atomic_path(run / CHECKPOINT, suffix=".keras") as tmp:
         model.save(tmp)
-    return model
 
 
 def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[str, Any]
@@ -243,18 +245,18 @@ def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[s
     from pipeline.model.infer import Predictor
     from pipeline.model.model import set_temperature
 
+    model, converted = _float32_checkpoint(run)
     if not data.has_val:
-        _float32_checkpoint(run)
+        if converted:
+            _save_checkpoint(run, model)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
         return {bundle.CALIBRATION: {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}}, {}
-    model = _float32_checkpoint(run)
     predictor = Predictor(bundle.Bundle(model, list(labels), bundle.read_preprocess_dict(preprocess), {}), 1024)
     logits, f_val, s_val = _outputs(predictor, data.x_val)
     y = np.asarray(data.y_val)
     t = calibrate.fit_temperature(logits, y)
     set_temperature(model, t)
-    with artifacts.atomic_path(run / CHECKPOINT, suffix=".keras") as tmp:
-        model.save(tmp)
+    _save_checkpoint(run, model)  # saved once: float32 and calibrated
     after = calibrate.softmax(logits / t)
     calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)",
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
