@@ -309,7 +309,7 @@ def step_predict_plain(data: Path, work: Path) -> dict[str, Any]:
     plain = work / "model_plain"
     shutil.rmtree(plain, ignore_errors=True)
     shutil.copytree(_bench_model(work), plain)
-    for name in ("novelty.json", "novelty_reference.npy"):
+    for name in ("novelty.json", "novelty_reference.npy", "novelty_head.npy"):
         (plain / name).unlink(missing_ok=True)
     s = predict(data / "test", plain, work / "predictions_plain.csv", PredictParams())
     return {"images": s["rows"], "seconds": s["seconds"]}

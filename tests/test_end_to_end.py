@@ -28,8 +28,8 @@ def test_bundle_contents_and_history(trained_run):
     run, _ = trained_run
     model_dir = run / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "bundle.json", "calibration.json", "labels.json", "model.keras", "novelty.json", "novelty_reference.npy",
-        "params.json", "preprocess.json"]
+        "bundle.json", "calibration.json", "labels.json", "model.keras", "novelty.json", "novelty_head.npy",
+        "novelty_reference.npy", "params.json", "preprocess.json"]
     assert json.loads((model_dir / "labels.json").read_text()) == json.loads((run / "labels.json").read_text())
     assert json.loads((model_dir / "params.json").read_text())["train"]["epochs"] == 3
     info = json.loads((model_dir / "bundle.json").read_text())

@@ -27,7 +27,7 @@ def test_novelty_flags_other_kinds_and_keeps_the_rate_on_val():
     rng = np.random.default_rng(0)
     train, val, test = strokes(600, rng), strokes(300, rng), strokes(300, rng)
     feats = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731  (stand-in for the model's features)
-    spec, ref = novelty.fit(novelty.image_stats(train), feats(train), novelty.image_stats(val), feats(val))
+    spec, ref, _ = novelty.fit(novelty.image_stats(train), feats(train), novelty.image_stats(val), feats(val))
     assert spec["val_flagged"] <= novelty.FLAG_RATE and json.dumps(spec)  # JSON-ready, no pickle
     _, familiar = novelty.score(spec, ref, test, feats(test))
     assert familiar.mean() >= 0.95
@@ -38,6 +38,52 @@ def test_novelty_flags_other_kinds_and_keeps_the_rate_on_val():
         nov, fam = novelty.score(spec, ref, x, feats(x))
         assert (~fam).mean() >= 0.9, name
         assert nov.min() > np.median(novelty.score(spec, ref, test, feats(test))[0]), name
+
+
+def test_strokes_classifier_tells_the_kinds_apart_and_adds_to_the_sum():
+    rng = np.random.default_rng(5)
+    train, val, test = strokes(400, rng), strokes(300, rng), strokes(200, rng)
+    crosses = strokes(300, rng)  # stand-in for drawn strokes: a bar with a crossbar, unlike any training image
+    crosses[:, 9:11, 4:16] = 0.9
+    feats = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    head = novelty.fit_head(feats(train), feats(crosses[:200]), seed=0)
+    assert head.shape == (400 + 3, novelty.HEAD_HIDDEN)
+    assert novelty.strokes_logits(head, feats(crosses[200:])).min() > novelty.strokes_logits(head, feats(test)).max()
+    np.testing.assert_array_equal(head, novelty.fit_head(feats(train), feats(crosses[:200]), seed=0))  # seeded
+    few = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731
+    spec, ref, head = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val),
+                                  strokes=(feats(train), feats(val), feats(crosses[:200])))
+    assert spec["detectors"] == list(novelty.DETECTORS) and spec["val_flagged"] <= novelty.FLAG_RATE
+    score = lambda x: novelty.score(spec, ref, x, few(x), strokes=novelty.strokes_logits(head, feats(x)))  # noqa: E731
+    assert score(test)[1].mean() >= 0.95 and (~score(crosses[200:])[1]).mean() >= 0.9
+    # the sum of surprises: an image a little unusual to two detectors scores above one unusual to either
+    levels, q = np.asarray(spec["tail_levels"]), np.asarray(spec["tail_quantiles"]).T
+    mid = q[len(levels) // 2]
+    one, two = np.array([[mid[0], q[0, 1], q[0, 2]]]), np.array([[mid[0], mid[1], q[0, 2]]])
+    assert novelty.combine(spec, two)[0] > novelty.combine(spec, one)[0] > novelty.combine(spec, q[:1])[0] == 0
+    # past the table's end the surprise keeps growing (an exponential tail), so novelty keeps ranking
+    far = q[-1:] + np.array([[1.0, 0.0, 0.0]]) * (q[-1, 0] - q[0, 0])
+    assert novelty.combine(spec, far * [[2, 1, 1]])[0] > novelty.combine(spec, far)[0] > novelty.combine(spec, q[-1:])[0]
+
+
+def test_a_novelty_spec_from_before_the_sum_still_scores():
+    spec = {"detectors": ["statistics", "features"], "val_median": [1.0, 0.1], "val_p98": [3.0, 0.3]}
+    np.testing.assert_allclose(novelty.combine(spec, np.array([[1.0, 0.1], [5.0, 0.2], [2.0, 0.5]])), [0.0, 2.0, 2.0])
+
+
+def test_stroke_images_go_through_the_datasets_preprocessing():
+    from pipeline.data import strokes as drawn
+    from pipeline.shared.params import PreprocessParams
+    from pipeline.stages.trust import stroke_images
+
+    raw = drawn.draw(8, seed=3)
+    assert raw.shape == (8, drawn.SIDE, drawn.SIDE) and raw.dtype == np.uint8
+    assert np.array_equal(raw, drawn.draw(8, seed=3)) and (raw > 128).mean(axis=(1, 2)).min() > 0.005
+    for invert in ("false", "true"):
+        cfg = PreprocessParams(color="rgb", size=(20, 24), invert=invert)
+        x = stroke_images(8, cfg, seed=3)
+        assert x.shape == (8, 20, 24, 3) and x.dtype == np.float32
+        assert np.median(x) < 0.2  # light ink on black after the preprocessing, either way round
 
 
 def test_auto_threshold_reaches_the_target_precision_on_val():
@@ -73,6 +119,9 @@ def test_trained_bundle_carries_calibration_and_novelty(shade_bundle):
     b = bundle.load(shade_bundle)
     assert b.calibration["temperature"] > 0 and b.calibration["risk_coverage"]["threshold"]
     assert b.novelty["threshold"] > 0 and b.novelty_reference.shape[1] == 120  # the f5 layer
+    assert b.novelty["detectors"] == list(novelty.DETECTORS)
+    flat = int(np.prod(b.model.get_layer("flatten").output.shape[1:]))
+    assert b.novelty_head.shape == (flat + 3, novelty.HEAD_HIDDEN) and b.novelty_head.dtype == np.float32
     cut, how = resolve_threshold(b, PredictParams(threshold="auto"))
     assert 0 <= cut <= 1 and "auto" in how["how"]
 
@@ -98,7 +147,7 @@ def test_predict_columns_unfamiliar_and_unknown(shade_bundle, tmp_path):
 def test_bundles_without_the_new_files_still_load(shade_bundle, tmp_path, caplog):
     old = tmp_path / "old"
     shutil.copytree(shade_bundle, old)
-    for name in (bundle.CALIBRATION, bundle.NOVELTY, bundle.NOVELTY_REFERENCE):
+    for name in (bundle.CALIBRATION, bundle.NOVELTY, bundle.NOVELTY_REFERENCE, bundle.NOVELTY_HEAD):
         (old / name).unlink()
     with caplog.at_level("INFO"):
         b = bundle.load(old)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.model import novelty
-from pipeline.model.model import LOGITS_LAYER, feature_layer
+from pipeline.model.model import LOGITS_LAYER, feature_layer, strokes_layer
 from pipeline.shared.bundle import Bundle
 
 
@@ -43,16 +43,22 @@ class Predictor:
         # novelty=False: probabilities only (evaluate, export's check), no novelty work at all.
         reference = _nearest_reference(b) if novelty else None
         self.scores_novelty = reference is not None
+        head = _strokes_head(b) if reference is not None else None
         forward = _with_logits(b.model)
 
         def graph(x: Any) -> tuple[Any, ...]:
-            feats, logits, probs = forward(x, training=False)
+            feats, logits, probs, conv = forward(x, training=False)
             if reference is None:
                 return feats, logits, probs
-            # The novelty detector's nearest-neighbour distance, in the same graph call: TensorFlow's
-            # matmul over the reference is about twice as fast as numpy's here (README "Trust").
+            # The novelty detector's nearest-neighbour distance and strokes logit, in the same graph call:
+            # TensorFlow's matmul over the reference is about twice as fast as numpy's here (README "Trust").
             unit = tf.math.l2_normalize(tf.reshape(feats, (tf.shape(feats)[0], -1)), axis=1, epsilon=1e-12)
-            return feats, logits, probs, 1.0 - tf.reduce_max(tf.matmul(unit, reference), axis=1)
+            nearest = 1.0 - tf.reduce_max(tf.matmul(unit, reference), axis=1)
+            if head is None:
+                return feats, logits, probs, nearest
+            w1, b1, w2, b2 = head
+            hidden = tf.nn.relu(tf.matmul(tf.reshape(conv, (tf.shape(conv)[0], -1)), w1) + b1)
+            return feats, logits, probs, nearest, tf.linalg.matvec(hidden, w2) + b2
 
         self._forward = tf.function(graph)
 
@@ -65,17 +71,18 @@ class Predictor:
         if n == 0:
             empty = np.zeros((0, self.n_classes), np.float32)
             return self._novelty(x, Output(empty, empty, None))
-        parts: list[list[np.ndarray]] = [[], [], [], []]
+        parts: list[list[np.ndarray]] = [[], [], [], [], []]
         for i in range(0, n, batch):
             block = np.asarray(x[i:i + batch], np.float32)  # one batch in memory (x may be memory-mapped)
             if len(block) < batch:  # the last one, zero-padded to the traced shape
                 block = np.concatenate([block, np.zeros((batch - len(block), *block.shape[1:]), np.float32)])
             for part, value in zip(parts, self._forward(block)):
                 part.append(np.asarray(value))
-        feats, logits, probs, nearest = (np.concatenate(p)[:n] if p and p[0].size else None for p in parts)
-        return self._novelty(x, Output(probs, logits, feats), nearest)
+        feats, logits, probs, nearest, strokes = (np.concatenate(p)[:n] if p and p[0].size else None for p in parts)
+        return self._novelty(x, Output(probs, logits, feats), nearest, strokes)
 
-    def _novelty(self, x: np.ndarray, out: Output, nearest: np.ndarray | None = None) -> Output:
+    def _novelty(self, x: np.ndarray, out: Output, nearest: np.ndarray | None = None,
+                 strokes: np.ndarray | None = None) -> Output:
         """Add the bundle's novelty score (nothing when the bundle has no novelty model)."""
         b = self.bundle
         if not self.scores_novelty:
@@ -84,7 +91,7 @@ class Predictor:
             out.novelty, out.familiar = np.zeros(0, np.float32), np.zeros(0, bool)
             return out
         out.novelty, out.familiar = novelty.score(b.novelty, b.novelty_reference, np.asarray(x, np.float32),
-                                                  out.features, nearest)
+                                                  out.features, nearest, strokes)
         return out
 
 
@@ -100,28 +107,43 @@ def _nearest_reference(b: Bundle) -> Any:
     return tf.constant(np.ascontiguousarray(np.asarray(b.novelty_reference, np.float32).T))
 
 
+def _strokes_head(b: Bundle) -> tuple[Any, ...] | None:
+    """The novelty detector's strokes classifier as graph constants (W1, b1, w2, b2); None without one."""
+    import tensorflow as tf
+
+    if b.novelty_head is None or "strokes" not in b.novelty.get("detectors", []):
+        return None
+    head = np.asarray(b.novelty_head, np.float32)
+    d = head.shape[0] - 3
+    return tuple(tf.constant(a) for a in (head[:d], head[d], head[d + 1], head[d + 2, 0]))
+
+
 def _with_logits(model: Any) -> Any:
-    """The model as a function of the images returning (features, logits, probabilities). A model
-    without a ``logits`` layer (an older bundle) gives no features and its log-probabilities as logits."""
+    """The model as a function of the images returning (features, logits, probabilities, convolution
+    features). A model without a ``logits`` layer (an older bundle) gives no features and its
+    log-probabilities as logits."""
     import keras
 
     names = [layer.name for layer in model.layers]
     if LOGITS_LAYER not in names:
-        def old(x: Any, training: bool = False) -> tuple[Any, Any, Any]:
+        def old(x: Any, training: bool = False) -> tuple[Any, Any, Any, Any]:
             p = model(x, training=training)
-            return keras.ops.zeros((keras.ops.shape(x)[0], 0)), keras.ops.log(keras.ops.maximum(p, 1e-12)), p
+            none = keras.ops.zeros((keras.ops.shape(x)[0], 0))
+            return none, keras.ops.log(keras.ops.maximum(p, 1e-12)), p, none
         return old
-    feature_name = feature_layer(model)
+    feature_name, conv_name = feature_layer(model), strokes_layer(model)
 
-    def forward(x: Any, training: bool = False) -> tuple[Any, Any, Any]:
-        feats = logits = None
+    def forward(x: Any, training: bool = False) -> tuple[Any, Any, Any, Any]:
+        feats = logits = conv = None
         for layer in model.layers:  # a Sequential model: the layers in order
             x = layer(x, training=training)
             if layer.name == feature_name:
                 feats = x
+            if layer.name == conv_name:
+                conv = x
             if layer.name == LOGITS_LAYER:
                 logits = x
-        return feats, logits, x
+        return feats, logits, x, conv
     return forward
 
 

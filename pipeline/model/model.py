@@ -149,6 +149,17 @@ def feature_layer(model: Any) -> str | None:
     return before[-1].name if before else None
 
 
+def strokes_layer(model: Any) -> str | None:
+    """The layer the novelty detector's strokes classifier reads: the last ``Flatten`` before the feature
+    layer (LeNet-5's convolution features, 600 values for 28x28 inputs); None without one."""
+    names = [layer.name for layer in model.layers]
+    feature = feature_layer(model)
+    if feature is None:
+        return None
+    flat = [layer.name for layer in model.layers[:names.index(feature)] if type(layer).__name__ == "Flatten"]
+    return flat[-1] if flat else None
+
+
 def set_temperature(model: Any, temperature: float) -> None:
     """Divide the model's logits by ``temperature`` (its calibrated softmax)."""
     model.get_layer(TEMPERATURE_LAYER).scale = 1.0 / float(temperature)

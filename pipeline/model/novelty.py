@@ -1,6 +1,6 @@
 """Unfamiliar inputs: how unlike the training images an image is (``novelty``; higher = less familiar).
 
-Two detectors, each fitted on the training data at the end of ``train``, combined:
+Three detectors, each fitted on the training data at the end of ``train``, combined:
 
 - **typicality of simple image statistics**: brightness, contrast, quantiles, ink at three
   levels, edge and Laplacian energy, centre and spread of the content, histogram entropy
@@ -10,12 +10,18 @@ Two detectors, each fitted on the training data at the end of ``train``, combine
 - **nearest training image in the model's feature space**: cosine distance of the first
   dense layer's activations to those of a sample of training images (deep kNN,
   Sun et al. 2022), which catches inputs the classifier maps away from everything it saw.
+- **training images or pen strokes**: a small classifier (one hidden layer) on the model's
+  convolution features, fitted to tell the training images from synthetic pen strokes
+  (:mod:`pipeline.data.strokes`; outlier exposure, Hendrycks et al. 2019); its logit. It catches
+  glyph-like inputs, letters and symbols, that the classifier's own features map onto a class.
 
-Each score is scaled by its own spread on the validation split (0 at the median, 1 at the
-98th percentile); ``novelty`` is the larger of the two, and the cut is set on the
-validation split so that :data:`FLAG_RATE` of familiar images are flagged. Measured on
-MNIST against max-softmax, energy, Mahalanobis on the features and outlier exposure
-(README "Unfamiliar inputs"). Everything is stored as JSON and ``.npy`` (no pickle).
+Each score becomes the surprise of its value among the validation images, ``-ln`` of the share
+of them scoring at least as high (read off a quantile table, extrapolated past the largest
+value), and ``novelty`` is the sum of the three: Fisher's way of combining tests, so two
+detectors that each find an image a little unusual add up (the larger of the scores, used
+before, let 1 in 4 letters through; README "Unfamiliar inputs"). The cut is set on the
+validation split so that :data:`FLAG_RATE` of familiar images are flagged. Everything is
+stored as JSON and ``.npy`` (no pickle).
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ SAFETY = 0.8         # the cut is set at FLAG_RATE x SAFETY on validation: the t
 REFERENCE = 5000     # training images kept for the nearest-neighbour detector
 STATS_SAMPLE = 20000
 MIN_VAL = 200        # with fewer validation images the cut also uses the training sample
-DETECTORS = ("statistics", "features")
+DETECTORS = ("statistics", "features", "strokes")
+TAIL_LEVELS = 16     # points of each detector's quantile table
+HEAD_HIDDEN = 64     # the strokes classifier's hidden units
+HEAD_EPOCHS = 10
 
 
 def _histogram8(flat: np.ndarray) -> np.ndarray:
@@ -86,19 +95,52 @@ def _nearest(features: np.ndarray, reference: np.ndarray, skip_self: bool = Fals
 
 
 def raw_scores(spec: dict[str, Any], reference: np.ndarray, stats: np.ndarray, features: np.ndarray,
-               skip_self: bool = False, nearest: np.ndarray | None = None) -> np.ndarray:
-    """(N, 2): each detector's raw score (higher = less familiar), from the images' statistics and features
-    (``nearest``: the features' distance to the reference, when the caller has it already)."""
+               skip_self: bool = False, nearest: np.ndarray | None = None,
+               strokes: np.ndarray | None = None) -> np.ndarray:
+    """(N, detectors): each detector's raw score (higher = less familiar), from the images' statistics,
+    features and (with a strokes detector) its logits ``strokes``; ``nearest``: the features' distance to
+    the reference, when the caller has it already."""
     typical = _mahalanobis(stats, np.asarray(spec["stats_mean"]), np.asarray(spec["stats_precision"]))
     if nearest is None:
         nearest = _nearest(features, reference, skip_self)
-    return np.stack([typical, nearest], axis=1)
+    cols = [typical, nearest]
+    if "strokes" in spec["detectors"]:
+        if strokes is None:
+            raise ValueError("this novelty detector needs the strokes classifier's logits")
+        cols.append(np.asarray(strokes, np.float64))
+    return np.stack(cols, axis=1)
+
+
+def _tail_table(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Levels t (surprise, -ln of the upper-tail share) and each column's value at them: (L,), (L, D)."""
+    levels = np.linspace(0.0, max(np.log(len(raw) / 5), 1.0), TAIL_LEVELS)
+    q = np.quantile(raw, 1.0 - np.exp(-levels), axis=0)
+    # strictly increasing, so that interpolation is well defined where many images tie
+    tiny = 1e-9 * (np.abs(q).max(axis=0) + 1.0)
+    for i in range(1, len(q)):
+        q[i] = np.maximum(q[i], q[i - 1] + tiny)
+    return levels, q
+
+
+def _surprise(raw: np.ndarray, levels: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Each raw score's surprise among the validation images: interpolated in the quantile table and,
+    past its largest value, extended along the slope of the table's last quarter (an exponential tail)."""
+    out = np.empty(raw.shape, np.float64)
+    k = max(1, len(levels) // 4)
+    for j in range(raw.shape[1]):
+        col, qj = raw[:, j], q[:, j]
+        slope = (levels[-1] - levels[-1 - k]) / max(qj[-1] - qj[-1 - k], 1e-6 * (abs(qj[-1]) + 1.0))
+        out[:, j] = np.where(col > qj[-1], levels[-1] + (col - qj[-1]) * slope, np.interp(col, qj, levels))
+    return out
 
 
 def combine(spec: dict[str, Any], raw: np.ndarray) -> np.ndarray:
-    """``novelty``: the larger of the detectors' scores, each 0 at its validation median and 1 at its 98th percentile."""
-    mid, high = np.asarray(spec["val_median"]), np.asarray(spec["val_p98"])
-    return ((raw - mid) / np.maximum(high - mid, 1e-9)).max(axis=1)
+    """``novelty``: the sum of the detectors' surprises (a spec from before them: the larger of the
+    detectors' scores, each 0 at its validation median and 1 at its 98th percentile)."""
+    if "tail_levels" not in spec:
+        mid, high = np.asarray(spec["val_median"]), np.asarray(spec["val_p98"])
+        return ((raw - mid) / np.maximum(high - mid, 1e-9)).max(axis=1)
+    return _surprise(raw, np.asarray(spec["tail_levels"]), np.asarray(spec["tail_quantiles"]).T).sum(axis=1)
 
 
 def training_sample(n: int, seed: int = 0) -> np.ndarray:
@@ -106,12 +148,76 @@ def training_sample(n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, min(STATS_SAMPLE, n), replace=False))
 
 
+def strokes_logits(head: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The strokes classifier's logit (higher: more like a pen stroke than a training image) of
+    features ``x`` (N, d); ``head`` packs the layers as (d + 3, hidden): W1, b1, w2, [b2, 0...]."""
+    d = head.shape[0] - 3
+    hidden = np.maximum(np.asarray(x, np.float32).reshape(len(x), -1) @ head[:d] + head[d], 0)
+    return hidden @ head[d + 1] + head[d + 2, 0]
+
+
+def fit_head(familiar: np.ndarray, strokes: np.ndarray, seed: int = 0, epochs: int = HEAD_EPOCHS,
+             hidden: int = HEAD_HIDDEN) -> np.ndarray:
+    """Fit the strokes classifier (inputs standardized, one ReLU layer, logistic loss, the two kinds
+    weighted equally, Adam) on features of training images and of strokes; the packed layers.
+
+    Plain numpy: a few seconds, deterministic given ``seed``, and no global random state touched."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([familiar, strokes]).astype(np.float32).reshape(len(familiar) + len(strokes), -1)
+    y = np.r_[np.zeros(len(familiar)), np.ones(len(strokes))].astype(np.float32)
+    weight = np.where(y == 1, len(x) / (2 * max(len(strokes), 1)), len(x) / (2 * max(len(familiar), 1)))
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-3
+    x = (x - mean) / std
+    d = x.shape[1]
+    limit = np.sqrt(6 / (d + hidden))  # Glorot uniform, as Keras' Dense
+    params = [rng.uniform(-limit, limit, (d, hidden)).astype(np.float32), np.zeros(hidden, np.float32),
+              rng.uniform(-np.sqrt(6 / (hidden + 1)), np.sqrt(6 / (hidden + 1)), hidden).astype(np.float32),
+              np.zeros(1, np.float32)]
+    _adam(params, x, y, weight.astype(np.float32), rng, epochs)
+    w1, b1, w2, b2 = params
+    # fold the standardization into the first layer: the packed head reads raw features
+    packed = np.zeros((d + 3, hidden), np.float32)
+    packed[:d], packed[d] = w1 / std[:, None], b1 - (mean / std) @ w1
+    packed[d + 1], packed[d + 2, 0] = w2, b2[0]
+    return packed
+
+
+def _adam(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, weight: np.ndarray, rng: np.random.Generator,
+          epochs: int, batch: int = 256, lr: float = 1e-3) -> None:
+    """Minibatch Adam on the weighted logistic loss of the one-hidden-layer network, in place."""
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for i in range(0, len(x), batch):
+            rows = order[i:i + batch]
+            xb, yb, wb = x[rows], y[rows], weight[rows]
+            pre = xb @ params[0] + params[1]
+            h = np.maximum(pre, 0)
+            z = h @ params[2] + params[3][0]
+            g = wb * (1 / (1 + np.exp(-np.clip(z, -30, 30))) - yb) / len(rows)  # d loss / d z
+            gh = np.outer(g, params[2]) * (pre > 0)
+            grads = [xb.T @ gh, gh.sum(axis=0), h.T @ g, np.array([g.sum()], np.float32)]
+            step += 1
+            for p, gr, mi, vi in zip(params, grads, m, v):
+                mi *= 0.9
+                mi += 0.1 * gr
+                vi *= 0.999
+                vi += 0.001 * gr * gr
+                p -= (lr * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)) * mi / (np.sqrt(vi) + 1e-7)
+
+
 def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: np.ndarray,
-        flag_rate: float = FLAG_RATE) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit both detectors on a sample of training images (their :func:`image_stats` and the model's
+        flag_rate: float = FLAG_RATE, strokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """Fit the detectors on a sample of training images (their :func:`image_stats` and the model's
     features of them) and set the cut on the validation split (its statistics and features).
 
-    Returns the spec (JSON-ready) and the nearest-neighbour reference (float32, unit rows).
+    ``strokes``: the strokes classifier's inputs, (convolution features of the training sample, of the
+    validation split, of the strokes); without them, two detectors.
+    Returns the spec (JSON-ready), the nearest-neighbour reference (float32, unit rows) and the packed
+    strokes classifier (or None).
     """
     from sklearn.covariance import LedoitWolf
 
@@ -121,29 +227,37 @@ def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: n
     step = max(1, len(f_sample) // REFERENCE)
     rows = np.arange(0, len(f_sample), step)[:REFERENCE]
     reference = _unit(f_sample[rows])
-    spec: dict[str, Any] = {"detectors": list(DETECTORS), "stats_mean": stats.mean(axis=0).tolist(),
+    head = fit_head(strokes[0], strokes[2]) if strokes is not None else None
+    spec: dict[str, Any] = {"detectors": list(DETECTORS if head is not None else DETECTORS[:2]),
+                            "stats_mean": stats.mean(axis=0).tolist(),
                             "stats_precision": np.linalg.inv(cov).tolist(), "flag_rate": flag_rate,
                             "reference_images": int(len(reference))}
-    raw_val = raw_scores(spec, reference, stats_val, f_val)
-    # The scale of each detector, and (with a small validation split) the cut, also come from the
-    # training sample, its reference rows scored leave-one-out: a few dozen validation images
-    # alone give an unstable 98th percentile.
-    raw_ref = raw_scores(spec, reference, stats[rows], f_sample[rows], skip_self=True)
-    both = np.concatenate([raw_val, raw_ref])
-    spec["val_median"] = np.median(both, axis=0).tolist()
-    spec["val_p98"] = np.quantile(both, 0.98, axis=0).tolist()
-    cut_on = combine(spec, raw_val if len(raw_val) >= MIN_VAL else both)
+    if head is not None:
+        spec["strokes_images"] = int(len(strokes[2]))
+    raw_val = raw_scores(spec, reference, stats_val, f_val,
+                         strokes=strokes_logits(head, strokes[1]) if head is not None else None)
+    # With a small validation split, the tables and the cut also come from the training sample, its
+    # reference rows scored leave-one-out: a few dozen validation images alone give unstable quantiles.
+    both = raw_val
+    if len(raw_val) < MIN_VAL:
+        raw_ref = raw_scores(spec, reference, stats[rows], f_sample[rows], skip_self=True,
+                             strokes=strokes_logits(head, strokes[0][rows]) if head is not None else None)
+        both = np.concatenate([raw_val, raw_ref])
+    levels, q = _tail_table(both)
+    spec["tail_levels"], spec["tail_quantiles"] = levels.tolist(), q.T.tolist()
+    cut_on = combine(spec, both)
     spec["threshold"] = float(np.quantile(cut_on, 1.0 - flag_rate * SAFETY)) if len(cut_on) else float("inf")
     val = combine(spec, raw_val)
     spec["val_flagged"] = float((val > spec["threshold"]).mean()) if len(val) else 0.0
     spec["val_images"] = int(len(val))
     spec["cut_set_on"] = "validation split" if len(raw_val) >= MIN_VAL else "validation split and training sample"
-    return spec, reference
+    return spec, reference, head
 
 
 def score(spec: dict[str, Any], reference: np.ndarray, x: np.ndarray, features: np.ndarray,
-          nearest: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(novelty, familiar) of model inputs ``x`` with the model's ``features`` of them (and, if the
-    caller computed it, their ``nearest`` distance to the reference)."""
-    novelty = combine(spec, raw_scores(spec, reference, image_stats(x), features, nearest=nearest))
+          nearest: np.ndarray | None = None, strokes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(novelty, familiar) of model inputs ``x`` with the model's ``features`` of them, the strokes
+    classifier's logits of them (with a strokes detector) and, if the caller computed it, their
+    ``nearest`` distance to the reference."""
+    novelty = combine(spec, raw_scores(spec, reference, image_stats(x), features, nearest=nearest, strokes=strokes))
     return novelty.astype(np.float32), novelty <= spec["threshold"]

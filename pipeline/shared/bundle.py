@@ -3,7 +3,8 @@
 A bundle folder holds ``model.keras``, ``labels.json``, ``preprocess.json``,
 ``params.json``, optionally ``calibration.json`` (temperature, validation error and
 risk-coverage table) and ``novelty.json`` (the unfamiliar-input score and its
-threshold), and, written last, ``bundle.json`` with the SHA-256 of ``model.keras``.
+threshold, with ``novelty_reference.npy`` and ``novelty_head.npy``), and, written last,
+``bundle.json`` with the SHA-256 of ``model.keras``.
 Loading checks all of it and uses Keras' ``safe_mode``. A bundle from an older
 version, without the optional files, still loads (without calibration or novelty).
 """
@@ -25,6 +26,7 @@ MARKER = "bundle.json"
 CALIBRATION = "calibration.json"
 NOVELTY = "novelty.json"
 NOVELTY_REFERENCE = "novelty_reference.npy"
+NOVELTY_HEAD = "novelty_head.npy"
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Bundle:
     calibration: dict[str, Any] | None = None
     novelty: dict[str, Any] | None = None
     novelty_reference: Any = None  # np.ndarray: the novelty detector's training features
+    novelty_head: Any = None       # np.ndarray: its strokes classifier, packed (None: a two-detector bundle)
 
 
 def labels_from_map(mapping: Any, where: str) -> list[str]:
@@ -124,10 +127,12 @@ def load(path: str | Path) -> Bundle:
                                    f"but the label map has {len(labels)} labels")
     optional = {name: artifacts.read_json(path / name, f"bundle {name}") if (path / name).is_file() else None
                 for name in (CALIBRATION, NOVELTY)}
-    reference = None
+    reference = head = None
     if optional[NOVELTY] is not None:
         reference = artifacts.load_npy(path / NOVELTY_REFERENCE, "novelty reference", mmap=False)
+        if "strokes" in optional[NOVELTY].get("detectors", []):
+            head = artifacts.load_npy(path / NOVELTY_HEAD, "novelty strokes classifier", mmap=False)
     else:
         log.info("model bundle %s has no %s (trained by an older version): unfamiliar-input detection is "
                  "unavailable; retrain to get it", path, NOVELTY)
-    return Bundle(model, labels, cfg, info, optional[CALIBRATION], optional[NOVELTY], reference)
+    return Bundle(model, labels, cfg, info, optional[CALIBRATION], optional[NOVELTY], reference, head)

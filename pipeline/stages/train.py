@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.data import batches
-from pipeline.model import calibrate, novelty, recipe
+from pipeline.model import recipe
 from pipeline.model.callbacks import best_so_far, history_callback, repair_backup
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
 from pipeline.shared import artifacts, bundle, compat
@@ -35,6 +35,7 @@ from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.env import environment
 from pipeline.shared.params import STRATEGIES, AugmentParams, TrainParams
+from pipeline.stages import trust
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +207,6 @@ def _plan(run: Path, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cl
     return plan
 
 
-def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096) -> tuple[Any, ...]:
-    """(logits, features, image statistics) of ``x`` (or of its ``rows``), a chunk at a time: ``x`` may be
-    memory-mapped and large."""
-    rows = np.arange(len(x)) if rows is None else rows
-    logits, feats, stats = [], [], []
-    for i in range(0, len(rows), chunk):
-        block = np.asarray(x[rows[i:i + chunk]], np.float32)
-        out = predictor(block)
-        logits.append(out.logits)
-        feats.append(out.features if out.features is not None else np.zeros((len(block), 0), np.float32))
-        stats.append(novelty.image_stats(block))
-    return tuple(np.concatenate(p) for p in (logits, feats, stats))
-
-
 def _float32_checkpoint(run: Path) -> tuple[Any, bool]:
     """The best checkpoint's model made float32 if it trained in bfloat16 (the bundle's model is float32
     whatever machine trained it, for every reader and export format), and whether it was converted."""
@@ -241,35 +228,17 @@ def _save_checkpoint(run: Path, model: Any) -> None:
 def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[str, Any]
                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
-    novelty detector; the bundle's calibration.json, novelty.json and novelty_reference.npy."""
-    from pipeline.model.infer import Predictor
-    from pipeline.model.model import set_temperature
-
+    novelty detector (:mod:`pipeline.stages.trust`); the bundle's JSON files and arrays."""
     model, converted = _float32_checkpoint(run)
     if not data.has_val:
         if converted:
             _save_checkpoint(run, model)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
         return {bundle.CALIBRATION: {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}}, {}
-    predictor = Predictor(bundle.Bundle(model, list(labels), bundle.read_preprocess_dict(preprocess), {}), 1024)
-    logits, f_val, s_val = _outputs(predictor, data.x_val)
-    y = np.asarray(data.y_val)
-    t = calibrate.fit_temperature(logits, y)
-    set_temperature(model, t)
+    extras, arrays = trust.fit(model, list(labels), bundle.read_preprocess_dict(preprocess), data.x_train,
+                               data.x_val, data.y_val)
     _save_checkpoint(run, model)  # saved once: float32 and calibrated
-    after = calibrate.softmax(logits / t)
-    calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)",
-             "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
-             "risk_coverage": calibrate.risk_coverage(after, y)}
-    log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"], calib["ece_val"])
-    extras: dict[str, Any] = {bundle.CALIBRATION: calib}
-    if f_val.shape[1] == 0:
-        return extras, {}
-    _, f_train, s_train = _outputs(predictor, data.x_train, novelty.training_sample(len(data.x_train)))
-    spec, reference = novelty.fit(s_train, f_train, s_val, f_val)
-    log.info("train: novelty detector fitted (%d training images; the cut flags %.1f%% of val)",
-             len(f_train), 100 * spec["val_flagged"])
-    return {**extras, bundle.NOVELTY: spec}, {bundle.NOVELTY_REFERENCE: reference}
+    return extras, arrays
 
 
 def _write_bundle(run: Path, p: TrainParams, aug: AugmentParams, plan: recipe.Plan, labels: dict[str, int],
