@@ -66,6 +66,20 @@ def test_strokes_classifier_tells_the_kinds_apart_and_adds_to_the_sum():
     assert novelty.combine(spec, far * [[2, 1, 1]])[0] > novelty.combine(spec, far)[0] > novelty.combine(spec, q[-1:])[0]
 
 
+def test_a_small_validation_split_pools_the_training_sample_and_keeps_the_rule_on_val():
+    rng = np.random.default_rng(6)
+    train, val, test = strokes(300, rng), strokes(60, rng), strokes(300, rng)
+    crosses = strokes(300, rng)
+    crosses[:, 9:11, 4:16] = 0.9
+    feats = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    few = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731
+    spec, ref, head = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val),
+                                  strokes=(feats(train), feats(val), feats(crosses)))
+    assert spec["cut_set_on"] == "validation split and training sample" and spec["val_flagged"] <= novelty.FLAG_RATE
+    _, familiar = novelty.score(spec, ref, test, few(test), strokes=novelty.strokes_logits(head, feats(test)))
+    assert familiar.mean() >= 0.95
+
+
 def test_a_novelty_spec_from_before_the_sum_still_scores():
     spec = {"detectors": ["statistics", "features"], "val_median": [1.0, 0.1], "val_p98": [3.0, 0.3]}
     np.testing.assert_allclose(novelty.combine(spec, np.array([[1.0, 0.1], [5.0, 0.2], [2.0, 0.5]])), [0.0, 2.0, 2.0])

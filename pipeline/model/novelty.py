@@ -208,6 +208,19 @@ def _adam(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, weight: np.nda
                 p -= (lr * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)) * mi / (np.sqrt(vi) + 1e-7)
 
 
+def _cross_fitted(strokes: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The strokes logits of the training sample's ``rows``, each from a classifier fitted without it
+    (two folds): the classifier fitted on all of them scores them lower than images it never saw."""
+    familiar, _, drawn = strokes
+    out = np.empty(len(rows))
+    fold = np.arange(len(rows)) % 2
+    for k in (0, 1):
+        held = rows[fold == k]
+        head = fit_head(np.delete(familiar, held, axis=0), drawn, seed=k + 1)
+        out[fold == k] = strokes_logits(head, familiar[held])
+    return out
+
+
 def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: np.ndarray,
         flag_rate: float = FLAG_RATE, strokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
@@ -237,17 +250,21 @@ def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: n
     raw_val = raw_scores(spec, reference, stats_val, f_val,
                          strokes=strokes_logits(head, strokes[1]) if head is not None else None)
     # With a small validation split, the tables and the cut also come from the training sample, its
-    # reference rows scored leave-one-out: a few dozen validation images alone give unstable quantiles.
+    # reference rows scored as if unseen (leave-one-out, cross-fitted): a few dozen validation images
+    # alone give unstable quantiles.
     both = raw_val
     if len(raw_val) < MIN_VAL:
         raw_ref = raw_scores(spec, reference, stats[rows], f_sample[rows], skip_self=True,
-                             strokes=strokes_logits(head, strokes[0][rows]) if head is not None else None)
+                             strokes=_cross_fitted(strokes, rows) if head is not None else None)
         both = np.concatenate([raw_val, raw_ref])
     levels, q = _tail_table(both)
     spec["tail_levels"], spec["tail_quantiles"] = levels.tolist(), q.T.tolist()
-    cut_on = combine(spec, both)
-    spec["threshold"] = float(np.quantile(cut_on, 1.0 - flag_rate * SAFETY)) if len(cut_on) else float("inf")
     val = combine(spec, raw_val)
+    cut = float(np.quantile(combine(spec, both), 1.0 - flag_rate * SAFETY)) if len(both) else float("inf")
+    if len(both) > len(raw_val) and len(val):
+        # training images are more familiar to the model than new ones: the rule holds on val itself too
+        cut = max(cut, float(np.quantile(val, 1.0 - flag_rate, method="higher")))
+    spec["threshold"] = cut
     spec["val_flagged"] = float((val > spec["threshold"]).mean()) if len(val) else 0.0
     spec["val_images"] = int(len(val))
     spec["cut_set_on"] = "validation split" if len(raw_val) >= MIN_VAL else "validation split and training sample"
