@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         devsets.build_ood(ood)
         _inverted_files(ood / "digit files inverted (dark on light)")
         (ood / ".complete").write_text("")
+        (ood / ".marks").write_text("")  # build_ood made them too
     if not (ood / ".marks").is_file():  # a kind added later: built into an older folder too
         shutil.rmtree(ood / devsets.MARKS_KIND, ignore_errors=True)
         devsets.build_marks(ood / devsets.MARKS_KIND)
