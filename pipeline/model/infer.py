@@ -26,6 +26,7 @@ class Output:
     features: np.ndarray | None = None  # (n, d): the novelty detector's features (None: the model has none)
     novelty: np.ndarray | None = None   # (n,): higher = less like the training data (None: no novelty model)
     familiar: np.ndarray | None = None  # (n,) bool: novelty within the bundle's threshold
+    conv: np.ndarray | None = None      # (n, ...): the convolution features (only from Predictor(conv=True))
 
 
 class Predictor:
@@ -35,7 +36,7 @@ class Predictor:
     arithmetic whatever else is in its batch (a resumed run writes the same rows).
     """
 
-    def __init__(self, b: Bundle, batch_size: int = 512, novelty: bool = True) -> None:
+    def __init__(self, b: Bundle, batch_size: int = 512, novelty: bool = True, conv: bool = False) -> None:
         import tensorflow as tf
 
         self.bundle, self.batch_size = b, batch_size
@@ -46,19 +47,22 @@ class Predictor:
         head = _strokes_head(b) if reference is not None else None
         forward = _with_logits(b.model)
 
-        def graph(x: Any) -> tuple[Any, ...]:
-            feats, logits, probs, conv = forward(x, training=False)
+        def graph(x: Any) -> dict[str, Any]:
+            feats, logits, probs, conv_feats = forward(x, training=False)
+            out = {"features": feats, "logits": logits, "probs": probs}
+            if conv and conv_feats is not None:  # conv=True: the convolution features too (train's novelty fit)
+                out["conv"] = conv_feats
             if reference is None:
-                return feats, logits, probs
+                return out
             # The novelty detector's nearest-neighbour distance and strokes logit, in the same graph call:
             # TensorFlow's matmul over the reference is about twice as fast as numpy's here (README "Trust").
             unit = tf.math.l2_normalize(tf.reshape(feats, (tf.shape(feats)[0], -1)), axis=1, epsilon=1e-12)
-            nearest = 1.0 - tf.reduce_max(tf.matmul(unit, reference), axis=1)
-            if head is None:
-                return feats, logits, probs, nearest
-            w1, b1, w2, b2 = head
-            hidden = tf.nn.relu(tf.matmul(tf.reshape(conv, (tf.shape(conv)[0], -1)), w1) + b1)
-            return feats, logits, probs, nearest, tf.linalg.matvec(hidden, w2) + b2
+            out["nearest"] = 1.0 - tf.reduce_max(tf.matmul(unit, reference), axis=1)
+            if head is not None:
+                w1, b1, w2, b2 = head
+                hidden = tf.nn.relu(tf.matmul(tf.reshape(conv_feats, (tf.shape(conv_feats)[0], -1)), w1) + b1)
+                out["strokes"] = tf.linalg.matvec(hidden, w2) + b2
+            return out
 
         self._forward = tf.function(graph)
 
@@ -71,15 +75,16 @@ class Predictor:
         if n == 0:
             empty = np.zeros((0, self.n_classes), np.float32)
             return self._novelty(x, Output(empty, empty, None))
-        parts: list[list[np.ndarray]] = [[], [], [], [], []]
+        parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, n, batch):
             block = np.asarray(x[i:i + batch], np.float32)  # one batch in memory (x may be memory-mapped)
             if len(block) < batch:  # the last one, zero-padded to the traced shape
                 block = np.concatenate([block, np.zeros((batch - len(block), *block.shape[1:]), np.float32)])
-            for part, value in zip(parts, self._forward(block)):
-                part.append(np.asarray(value))
-        feats, logits, probs, nearest, strokes = (np.concatenate(p)[:n] if p and p[0].size else None for p in parts)
-        return self._novelty(x, Output(probs, logits, feats), nearest, strokes)
+            for key, value in self._forward(block).items():
+                parts.setdefault(key, []).append(np.asarray(value))
+        got = {key: np.concatenate(p)[:n] for key, p in parts.items() if p[0].size}  # an older model: no features
+        out = Output(got["probs"], got["logits"], got.get("features"), conv=got.get("conv"))
+        return self._novelty(x, out, got.get("nearest"), got.get("strokes"))
 
     def _novelty(self, x: np.ndarray, out: Output, nearest: np.ndarray | None = None,
                  strokes: np.ndarray | None = None) -> Output:

@@ -253,8 +253,9 @@ def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: n
     # With a small validation split, the tables and the cut also come from the training sample, its
     # reference rows scored as if unseen (leave-one-out, cross-fitted): a few dozen validation images
     # alone give unstable quantiles.
+    pooled = len(raw_val) < MIN_VAL
     both = raw_val
-    if len(raw_val) < MIN_VAL:
+    if pooled:
         raw_ref = raw_scores(spec, reference, stats[rows], f_sample[rows], skip_self=True,
                              strokes=_cross_fitted(strokes, rows) if head is not None else None)
         both = np.concatenate([raw_val, raw_ref])
@@ -262,13 +263,13 @@ def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: n
     spec["tail_levels"], spec["tail_quantiles"] = levels.tolist(), q.T.tolist()
     val = combine(spec, raw_val)
     cut = float(np.quantile(combine(spec, both), 1.0 - flag_rate * SAFETY)) if len(both) else float("inf")
-    if len(both) > len(raw_val) and len(val):
+    if pooled and len(val):
         # training images are more familiar to the model than new ones: the rule holds on val itself too
         cut = max(cut, float(np.quantile(val, 1.0 - flag_rate, method="higher")))
     spec["threshold"] = cut
     spec["val_flagged"] = float((val > spec["threshold"]).mean()) if len(val) else 0.0
     spec["val_images"] = int(len(val))
-    spec["cut_set_on"] = "validation split" if len(raw_val) >= MIN_VAL else "validation split and training sample"
+    spec["cut_set_on"] = "validation split and training sample" if pooled else "validation split"
     return spec, reference, head
 
 

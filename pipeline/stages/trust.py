@@ -18,7 +18,7 @@ from pipeline.data import strokes
 from pipeline.data.preprocess import preprocess
 from pipeline.model import calibrate, novelty
 from pipeline.model.infer import Predictor
-from pipeline.model.model import set_temperature, strokes_layer
+from pipeline.model.model import set_temperature
 from pipeline.shared import bundle
 from pipeline.shared.params import PreprocessParams
 
@@ -27,18 +27,21 @@ log = logging.getLogger(__name__)
 MIN_STROKES = 2000  # strokes drawn: as many as training images sampled, at least this many
 
 
-def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096) -> tuple[Any, ...]:
-    """(logits, features, image statistics) of ``x`` (or of its ``rows``), a chunk at a time: ``x`` may be
-    memory-mapped and large."""
+def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(logits, features, image statistics, convolution features or None) of ``x`` (or of its ``rows``),
+    a chunk at a time: ``x`` may be memory-mapped and large."""
     rows = np.arange(len(x)) if rows is None else rows
-    logits, feats, stats = [], [], []
+    parts: list[list[np.ndarray]] = [[], [], [], []]
     for i in range(0, len(rows), chunk):
         block = np.asarray(x[rows[i:i + chunk]], np.float32)
         out = predictor(block)
-        logits.append(out.logits)
-        feats.append(out.features if out.features is not None else np.zeros((len(block), 0), np.float32))
-        stats.append(novelty.image_stats(block))
-    return tuple(np.concatenate(p) for p in (logits, feats, stats))
+        feats = out.features if out.features is not None else np.zeros((len(block), 0), np.float32)
+        for part, value in zip(parts, (out.logits, feats, novelty.image_stats(block), out.conv)):
+            part.append(value)
+    logits, feats, stats, conv = parts
+    return (np.concatenate(logits), np.concatenate(feats), np.concatenate(stats),
+            np.concatenate(conv) if conv and conv[0] is not None else None)
 
 
 def stroke_images(n: int, cfg: PreprocessParams, seed: int = 0) -> np.ndarray:
@@ -47,39 +50,15 @@ def stroke_images(n: int, cfg: PreprocessParams, seed: int = 0) -> np.ndarray:
     raw = strokes.draw(n, seed)
     if cfg.invert == "true":
         raw = 255 - raw
-    return np.stack([preprocess(img, cfg) for img in raw]) if n else np.zeros((0, *cfg.input_shape), np.float32)
-
-
-def _strokes_inputs(model: Any, cfg: PreprocessParams, x_train: np.ndarray, rows: np.ndarray, x_val: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The strokes classifier's inputs: convolution features of the training sample, of val and of
-    drawn strokes (None: the model has no convolution features)."""
-    name = strokes_layer(model)
-    if name is None:
-        return None
-    upto = model.layers[:[layer.name for layer in model.layers].index(name) + 1]
-
-    def conv(block: np.ndarray) -> np.ndarray:
-        out = block
-        for layer in upto:  # a Sequential model: its layers in order, up to the convolution features
-            out = layer(out, training=False)
-        return np.asarray(out)
-
-    def run(x: np.ndarray, pick: np.ndarray | None = None) -> np.ndarray:
-        pick = np.arange(len(x)) if pick is None else pick
-        parts = [conv(np.asarray(x[pick[i:i + 1024]], np.float32)) for i in range(0, len(pick), 1024)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-    drawn = stroke_images(max(len(rows), MIN_STROKES), cfg)
-    return run(x_train, rows), run(x_val), run(drawn)
+    return np.stack([preprocess(img, cfg) for img in raw])
 
 
 def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
         y_val: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Calibrate ``model`` (its temperature, set in place) and fit the novelty detector; the bundle's
     JSON files (calibration.json, novelty.json) and arrays (novelty_reference.npy, novelty_head.npy)."""
-    predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024)
-    logits, f_val, s_val = _outputs(predictor, x_val)
+    predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
+    logits, f_val, s_val, c_val = _outputs(predictor, x_val)
     y = np.asarray(y_val)
     t = calibrate.fit_temperature(logits, y)
     set_temperature(model, t)
@@ -91,10 +70,11 @@ def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarra
     extras: dict[str, Any] = {bundle.CALIBRATION: calib}
     if f_val.shape[1] == 0:
         return extras, {}
-    rows = novelty.training_sample(len(x_train))
-    _, f_train, s_train = _outputs(predictor, x_train, rows)
-    spec, reference, head = novelty.fit(s_train, f_train, s_val, f_val,
-                                        strokes=_strokes_inputs(model, cfg, x_train, rows, x_val))
+    _, f_train, s_train, c_train = _outputs(predictor, x_train, novelty.training_sample(len(x_train)))
+    drawn = None
+    if c_val is not None:  # the strokes classifier reads the convolution features (LeNet-5's flatten)
+        drawn = (c_train, c_val, predictor(stroke_images(max(len(c_train), MIN_STROKES), cfg)).conv)
+    spec, reference, head = novelty.fit(s_train, f_train, s_val, f_val, strokes=drawn)
     log.info("train: novelty detector fitted (%s; %d training images; the cut flags %.1f%% of val)",
              ", ".join(spec["detectors"]), len(f_train), 100 * spec["val_flagged"])
     arrays = {bundle.NOVELTY_REFERENCE: reference}
