@@ -158,6 +158,14 @@ def test_predict_columns_unfamiliar_and_unknown(shade_bundle, tmp_path):
     assert s["unfamiliar"] == 6 - len(familiar) and s["unfamiliar_share"] == pytest.approx((6 - len(familiar)) / 6, abs=1e-4)
 
 
+def test_a_bundle_missing_only_its_strokes_classifier_is_a_clear_error(shade_bundle, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shade_bundle, damaged)
+    (damaged / bundle.NOVELTY_HEAD).unlink()
+    with pytest.raises(bundle.artifacts.StageError, match="novelty strokes classifier not found"):
+        bundle.load(damaged)
+
+
 def test_bundles_without_the_new_files_still_load(shade_bundle, tmp_path, caplog):
     old = tmp_path / "old"
     shutil.copytree(shade_bundle, old)
