@@ -10,7 +10,12 @@ STAMP      := $(VENV)/.installed
 DATA      ?= datasets/mnist
 LAYOUT    ?= auto
 PARAMS    ?= params.toml
-RUN       ?= runs/$(basename $(notdir $(patsubst %/,%,$(DATA))))
+# Which run folder a stage works on: RUN= when given, else the run of DATA= when given (runs/<name>),
+# else the last one `make prepare` wrote (the stage says which). The rule itself is in Python
+# (pipeline/shared/runfolder.py), written once.
+RUN       ?=
+RUN_OPT    = $(if $(RUN),--run "$(RUN)",$(if $(filter command line environment,$(origin DATA)),--data "$(DATA)"))
+MODEL_OPT  = $(if $(MODEL),--model "$(MODEL)",$(RUN_OPT))
 MNIST_DIR ?=
 IMAGES    ?=
 OUT       ?=
@@ -25,14 +30,17 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate suspects predict export serve preview report compare test bench clean help
+.PHONY: all setup mnist prepare train evaluate suspects predict explain export serve preview report compare test test-fast bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
-all: setup $(PREP_DEPS) prepare train evaluate
+# `make all` always means the MNIST reference run (DATA passed on: each stage uses its run).
+all: setup
+	$(MAKE) --no-print-directory prepare train evaluate DATA="$(DATA)"
 
 help:
-	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | export [FORMAT=..] | serve [PORT=..] | preview | report | compare RUNS=.. | test | bench | clean"
+	@echo "make all | setup | mnist | prepare DATA=.. [LAYOUT=..] | train [FRESH=1] | evaluate | predict IMAGES=.. [OUT=..] [ARGS=..] | explain IMAGE=.. | export [FORMAT=..] | serve [PORT=..] | suspects | preview | report | compare RUNS=.. | test | test-fast | bench | clean"
+	@echo "after 'make prepare DATA=x' the other stages use that run; RUN=runs/<name> or DATA=.. picks another"
 
 setup: $(STAMP)
 
@@ -50,46 +58,56 @@ mnist: $(STAMP)
 	$(PY) -m pipeline mnist --out $(MNIST_OUT) $(if $(MNIST_DIR),--source $(MNIST_DIR))
 
 prepare: $(STAMP) $(PREP_DEPS)
-	$(PY) -m pipeline prepare --data $(DATA) --layout $(LAYOUT) --run $(RUN) --params $(PARAMS) $(if $(CORRECTIONS),--corrections $(CORRECTIONS))
+	$(PY) -m pipeline prepare --data "$(DATA)" --layout $(LAYOUT) $(if $(RUN),--run "$(RUN)") --params $(PARAMS) $(if $(CORRECTIONS),--corrections $(CORRECTIONS))
 
 train: $(STAMP)
-	$(PY) -m pipeline train --run $(RUN) --params $(PARAMS) $(if $(FRESH),--fresh) $(ARGS)
+	$(PY) -m pipeline train $(RUN_OPT) --params $(PARAMS) $(if $(FRESH),--fresh) $(ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m pipeline evaluate --run $(RUN) --params $(PARAMS)
+	$(PY) -m pipeline evaluate $(RUN_OPT) --params $(PARAMS)
 
 # IMAGES: a folder (walked recursively), one image or a pixel CSV; ARGS: more options,
-# e.g. ARGS="--top-k 5 --threshold 0.8 --sort-into sorted --resume".
+# e.g. ARGS="--top-k 5 --threshold 0.8 --sort-into sorted --resume". MODEL= applies another bundle.
 predict: $(STAMP)
 	@test -n "$(IMAGES)" || { echo "usage: make predict IMAGES=<folder|image|pixel csv> [OUT=<file>] [RUN=<run folder>] [ARGS=<options>]" >&2; exit 2; }
-	$(PY) -m pipeline predict "$(IMAGES)" --model "$(RUN)/model" --params $(PARAMS) $(if $(OUT),--out "$(OUT)") $(ARGS)
+	$(PY) -m pipeline predict "$(IMAGES)" $(MODEL_OPT) --params $(PARAMS) $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+# IMAGE: one image; writes <image name>.explain.png (OUT= to choose), prints label, top-k, novelty.
+explain: $(STAMP)
+	@test -n "$(IMAGE)" || { echo "usage: make explain IMAGE=<image file> [OUT=<png>] [RUN=<run folder>] [ARGS=--method gradcam]" >&2; exit 2; }
+	$(PY) -m pipeline explain "$(IMAGE)" $(MODEL_OPT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 # http://127.0.0.1:$(PORT)/ : draw or drop images; ARGS e.g. "--host 0.0.0.0 --max-files 32".
 PORT      ?= 8000
 serve: $(STAMP)
-	$(PY) -m pipeline serve --model "$(RUN)/model" --port $(PORT) $(ARGS)
+	$(PY) -m pipeline serve $(MODEL_OPT) --params $(PARAMS) --port $(PORT) $(ARGS)
 
-# FORMAT: keras | savedmodel | tflite; ARGS e.g. "--quantize dynamic".
+# FORMAT: one of `pipeline export --help`'s formats; ARGS e.g. "--quantize dynamic".
 FORMAT    ?= tflite
 export: $(STAMP)
-	$(PY) -m pipeline export --model "$(RUN)/model" --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
+	$(PY) -m pipeline export $(MODEL_OPT) --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
-# Images whose label is probably wrong -> $(RUN)/suspects.csv, suspects.png (ARGS e.g. "--write-corrections").
+# Images whose label is probably wrong -> <run>/suspects.csv, suspects.png (ARGS e.g. "--write-corrections").
 suspects: $(STAMP)
-	$(PY) -m pipeline suspects --run $(RUN) --params $(PARAMS) $(ARGS)
+	$(PY) -m pipeline suspects $(RUN_OPT) --params $(PARAMS) $(ARGS)
 
 preview: $(STAMP)
-	$(PY) -m pipeline preview --run $(RUN) --params $(PARAMS)
+	$(PY) -m pipeline preview $(RUN_OPT) --params $(PARAMS)
 
 report: $(STAMP)
-	$(PY) -m pipeline report --run $(RUN)
+	$(PY) -m pipeline report $(RUN_OPT)
 
 # RUNS: run folders to put side by side, e.g. RUNS="runs/lenet runs/mlp".
 compare: $(STAMP)
 	$(PY) -m pipeline compare $(if $(RUNS),$(RUNS),$(patsubst %/metrics.json,%,$(wildcard runs/*/metrics.json)))
 
+# The full suite (what CI runs), and its quick lane: everything but the end-to-end, browser and
+# multi-process tests (marked slow).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # BENCH: which parts (default all). The trust, export and suspects parts use the reference
 # model, so `make bench` first makes sure `make all` has run.

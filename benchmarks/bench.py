@@ -303,13 +303,14 @@ def step_predict_plain(data: Path, work: Path) -> dict[str, Any]:
     """The same bundle without its novelty detector (as bundles were before it): the cost of the new columns."""
     import shutil
 
+    from pipeline.shared.novelty_spec import FILES
     from pipeline.shared.params import PredictParams
     from pipeline.stages.predict import predict
 
     plain = work / "model_plain"
     shutil.rmtree(plain, ignore_errors=True)
     shutil.copytree(_bench_model(work), plain)
-    for name in ("novelty.json", "novelty_reference.npy", "novelty_head.npy"):
+    for name in FILES:
         (plain / name).unlink(missing_ok=True)
     s = predict(data / "test", plain, work / "predictions_plain.csv", PredictParams())
     return {"images": s["rows"], "seconds": s["seconds"]}

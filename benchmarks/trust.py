@@ -76,7 +76,7 @@ def deletion(model_dir: Path, n: int = 200) -> dict[str, float]:
     """Mean deletion-curve probability (lower: more faithful) of each saliency method on test digits."""
     from pipeline.model.infer import Predictor
     from pipeline.shared import bundle
-    from pipeline.stages.explain import METHODS, deletion_auc, saliency
+    from pipeline.model.explain import METHODS, deletion_auc, saliency
 
     b = bundle.load(model_dir)
     predictor = Predictor(b, 256)
@@ -88,7 +88,7 @@ def deletion(model_dir: Path, n: int = 200) -> dict[str, float]:
         for i in rows:
             xi = np.asarray(x[i])
             cls = int(predictor(xi[None]).probs[0].argmax())
-            scores.append(deletion_auc(predictor, xi, cls, saliency(b, predictor, xi, cls, method)))
+            scores.append(deletion_auc(predictor, xi, cls, saliency(predictor, xi, cls, method)))
         out[method] = {"deletion_auc": float(np.mean(scores)), "ms_per_image": 1000 * (time.perf_counter() - t0) / n}
     return out
 

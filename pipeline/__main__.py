@@ -1,9 +1,9 @@
-"""Command line: ``python -m pipeline <stage> [options]`` (also installed as ``pipeline``)."""
+"""Command line: ``python -m pipeline <command> [options]`` (also installed as ``pipeline``)."""
 from __future__ import annotations
 
 import sys
 
-from pipeline.shared.cli import describe_os_error, main  # noqa: F401  (describe_os_error: used by tests)
+from pipeline.faces.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -138,6 +138,38 @@ def chromium_page(pw, viewport: dict[str, int], errors: list[str], requests: lis
     return browser, page
 
 
-# The synthetic clothing set lives with the benchmarks' datasets (make bench uses it too).
-sys.path.insert(0, str(REPO))
-from benchmarks.devsets import CLOTHING, clothing_image  # noqa: E402,F401
+SHAPES = ("disc", "bar", "plus", "diamond", "arch", "ring", "triangle", "hbar", "boot")  # all mirror-symmetric
+# but the boot
+
+
+def shape_image(kind: str, rng: np.random.Generator, side: int = 28) -> np.ndarray:
+    """A light silhouette on black, centred, of a random size: the first five kinds are mirror-symmetric
+    (like clothing seen from the front), the boot points one way (like a sandal or a boot)."""
+    import cv2
+
+    img = np.zeros((side, side), np.uint8)
+    c, r = side // 2, int(rng.integers(side // 4, side // 3))
+    level = int(rng.integers(160, 255))
+    if kind == "disc":
+        cv2.circle(img, (c, c), r, level, -1)
+    elif kind == "bar":
+        cv2.rectangle(img, (c - r // 3, c - r), (c + r // 3, c + r), level, -1)
+    elif kind == "plus":
+        cv2.rectangle(img, (c - r, c - r // 4), (c + r, c + r // 4), level, -1)
+        cv2.rectangle(img, (c - r // 4, c - r), (c + r // 4, c + r), level, -1)
+    elif kind == "diamond":
+        cv2.fillPoly(img, [np.array([(c, c - r), (c + r, c), (c, c + r), (c - r, c)])], level)
+    elif kind == "arch":
+        cv2.ellipse(img, (c, c + r // 2), (r, r), 0, 180, 360, level, -1)
+    elif kind == "ring":
+        cv2.circle(img, (c, c), r, level, max(2, r // 3))
+    elif kind == "triangle":
+        cv2.fillPoly(img, [np.array([(c, c - r), (c + r, c + r), (c - r, c + r)])], level)
+    elif kind == "hbar":
+        cv2.rectangle(img, (c - r, c - r // 3), (c + r, c + r // 3), level, -1)
+    else:  # boot: a leg and a foot pointing right
+        cv2.rectangle(img, (c - r // 2, c - r), (c, c + r // 2), level, -1)
+        cv2.rectangle(img, (c - r // 2, c + r // 3), (c + r, c + r // 2 + 2), level, -1)
+    if kind != "boot":
+        img = np.maximum(img, img[:, ::-1])  # exactly symmetric about the image's own axis
+    return np.clip(img.astype(np.int16) + rng.integers(0, 12, img.shape), 0, 255).astype(np.uint8)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pipeline.data.augment import build_augmenter
+from pipeline.model.augment import build_augmenter
 from pipeline.shared.params import AugmentParams
-from pipeline.data import batches
+from pipeline.model import batches
 
 ALL = AugmentParams(enabled=True, rotation=15, translation=0.1, zoom=0.1, shear=0.2, elastic=0.5, noise=0.05,
                     brightness=0.2, contrast=0.2, erasing=0.5, hflip=True)
@@ -16,6 +16,7 @@ def digits(n=16):
     return x, np.arange(n) % 10
 
 
+@pytest.mark.slow
 def test_on_by_default_off_when_disabled_and_each_layer_present_when_on():
     assert build_augmenter(AugmentParams(enabled=False), 0) is None
     aug = build_augmenter(ALL, 0)
@@ -27,11 +28,12 @@ def test_on_by_default_off_when_disabled_and_each_layer_present_when_on():
     assert default.geometric and default.layers is None  # hflip "auto" is resolved by the recipe, not here
 
 
+@pytest.mark.slow
 def test_affine_known_answers():
     """A pure translation moves a dot by the drawn amount; a 90-degree rotation turns a bar."""
     import tensorflow as tf
 
-    from pipeline.data.augment import _affine
+    from pipeline.model.augment import _affine
 
     bar = np.zeros((1, 29, 29, 1), np.float32)
     bar[0, 4:25, 14] = 1.0  # vertical bar through the centre

@@ -1,7 +1,7 @@
 """The command line: user errors are one line and exit 2; anything else is a bug, shown with its traceback, exit 1."""
 import pytest
 
-from pipeline.shared import cli
+from pipeline.faces import commands as cli
 from pipeline.shared.errors import StageError, UserError
 from pipeline.stages import compare
 

@@ -17,6 +17,8 @@ import pytest
 from conftest import REPO, SHADES, shade_image, write_image
 from pipeline.model.distribute import tf_config_task
 
+pytestmark = pytest.mark.slow  # several processes train together
+
 WORKER_PARAMS = """
 [prepare]
 workers = 1

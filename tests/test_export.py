@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.stages import exporters
+from pipeline.model import formats
 
 from conftest import cli
+
+pytestmark = pytest.mark.slow  # every export format is written and read back after a real (tiny) training
 
 FORMATS = [("keras", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "dynamic"),
            ("tflite", "float16"), ("tflite", "int8"), ("onnx", "none")]
@@ -40,7 +42,7 @@ def export_run(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exports(export_run, tmp_path_factory):
     """Every format exported once (through the CLI), by (format, quantize)."""
-    from pipeline.shared.cli import main
+    from pipeline.faces.commands import main
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
@@ -71,7 +73,7 @@ def test_sizes_and_integer_types(exports):
     assert size[("tflite", "dynamic")] < 0.5 * size[("tflite", "none")]
     assert size[("tflite", "int8")] < 0.5 * size[("tflite", "none")]
     assert size[("tflite", "float16")] < 0.7 * size[("tflite", "none")]
-    runner = exporters.TFLiteRunner((exports[("tflite", "int8")] / "model.tflite").read_bytes())
+    runner = formats.TFLiteRunner((exports[("tflite", "int8")] / "model.tflite").read_bytes())
     assert runner.inp["dtype"] == np.int8 and runner.out["dtype"] == np.int8
 
 
@@ -79,9 +81,9 @@ def test_labels_and_preprocessing_travel_inside_the_file(export_run, exports):
     labels = json.loads((export_run / "model" / "labels.json").read_text())
     cfg = json.loads((export_run / "model" / "preprocess.json").read_text())
     for quantize in ("none", "int8"):
-        meta = exporters.tflite_metadata((exports[("tflite", quantize)] / "model.tflite").read_bytes())
+        meta = formats.tflite_metadata((exports[("tflite", quantize)] / "model.tflite").read_bytes())
         assert json.loads(meta["labels.json"]) == labels and json.loads(meta["preprocess.json"]) == cfg
-    onnx_meta = exporters.OnnxRunner(exports[("onnx", "none")] / "model.onnx").metadata
+    onnx_meta = formats.OnnxRunner(exports[("onnx", "none")] / "model.onnx").metadata
     assert json.loads(onnx_meta["labels"]) == labels and json.loads(onnx_meta["preprocess"]) == cfg
 
 

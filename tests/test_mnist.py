@@ -92,6 +92,7 @@ def test_download_verifies_and_never_keeps_a_bad_copy(tmp_path, mirror):
         mnist.read_verified(dest / name)
 
 
+@pytest.mark.slow
 def test_cli_downloads_then_exports_atomically_and_skips_when_complete(tmp_path, mirror, monkeypatch):
     monkeypatch.delenv("MNIST_DIR", raising=False)
     out, raw = tmp_path / "mnist", tmp_path / "raw"

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.model.model import (HEAD_LAYERS, build_model, first_pool, precision_of, second_pool, set_temperature,
+from pipeline.model.model import (C1, C3, HEAD_LAYERS, build_model, first_pool, precision_of, second_pool, set_temperature,
                                   temperature, with_precision)
 
 HEAD = ["Dense", "Rescaling", "Activation"]  # logits -> temperature -> softmax
@@ -13,8 +13,11 @@ def test_lenet5_layers_and_parameter_count():
     assert [(c.filters, c.kernel_size) for c in convs] == [(8, (5, 5)), (24, (5, 5))]
     assert [d.units for d in dense] == [120, 84, 10]
     assert [l.name for l in model.layers if l.__class__.__name__ == "BatchNormalization"] == ["s2_bn", "s4_bn"]
-    # 200 + 32 (BN) + 4800 + 96 (BN) (no conv biases before a BN) + 72120 + 10164 + 850
-    assert model.count_params() == 88262 < 100_000
+    # c1, c3 without biases (a batch norm follows each: 4 numbers a map), then dense 120 -> 84 -> 10
+    side = (28 // first_pool((28, 28))[0] - 4) // second_pool((28, 28))[0]  # after s2, the 5x5 valid c3, s4
+    flat = side * side * C3
+    expected = 25 * C1 + 4 * C1 + 25 * C1 * C3 + 4 * C3 + (flat * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert model.count_params() == expected < 100_000
     assert model.output_shape == (None, 10)
     assert not any(l.__class__.__name__ == "Lambda" for l in model.layers)
 
@@ -24,7 +27,8 @@ def test_lenet5_classic_is_the_1998_network():
     assert [l.__class__.__name__ for l in model.layers] == [
         "Conv2D", "AveragePooling2D", "Conv2D", "AveragePooling2D", "Flatten", "Dense", "Dense", *HEAD]
     assert model.get_layer("c1").activation.__name__ == "tanh"
-    assert model.count_params() == 61706  # 156 + 2416 + 48120 + 10164 + 850: the classic LeNet-5 size
+    # 6@5x5 and 16@5x5 with biases, 16 maps of 5x5 into 120 -> 84 -> 10: the 1998 network's size
+    assert model.count_params() == (25 * 6 + 6) + (25 * 6 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
 
 
 @pytest.mark.parametrize("side, pool, pool2", [(28, 2, 2), (32, 2, 3), (40, 3, 2), (48, 3, 3), (64, 5, 2)])

@@ -83,3 +83,39 @@ def test_auto_values_and_unresolved_configs():
     assert (cfg.color, cfg.size, cfg.invert) == ("auto", "auto", "auto") and not cfg.resolved
     with pytest.raises(ValueError, match="resolved by prepare"):
         cfg.input_shape
+
+
+def test_repo_params_file_agrees_with_the_dataclass_defaults():
+    """params.toml documents every setting at its default: each key exists, has the default value (after
+    from_dict's coercion) and no field is left out. ``[overrides]`` holds per-dataset changes, not defaults."""
+    import dataclasses
+    import tomllib
+
+    with open(REPO / "params.toml", "rb") as fh:
+        data = tomllib.load(fh)
+    assert sorted(set(data) - {"overrides"} - set(params.SECTIONS)) == []
+    problems = []
+    for section, cls in params.SECTIONS.items():
+        table = data.get(section)
+        if table is None:
+            problems.append(f"[{section}] missing from params.toml")
+            continue
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(fields))
+        problems += [f"[{section}] {key} is not a field of {cls.__name__}" for key in unknown]
+        default = cls()
+        for key, value in table.items():
+            if key in unknown:
+                continue
+            try:
+                got = getattr(params.from_dict(cls, section, {key: value}), key)
+            except ValueError as exc:
+                problems.append(f"[{section}] {key} = {value!r} is refused: {exc}")
+                continue
+            want = getattr(default, key)
+            if (type(got), got) != (type(want), want):
+                problems.append(f"[{section}] {key} = {value!r} in params.toml, {want!r} in {cls.__name__}")
+        missing = [name for name in fields if name not in table]
+        if missing:
+            problems.append(f"[{section}] fields missing from params.toml: {missing}")
+    assert not problems, "params.toml and the dataclass defaults disagree:\n" + "\n".join(problems)

@@ -14,7 +14,8 @@ from PIL import Image
 from pipeline.shared import artifacts
 from pipeline.shared.params import PredictParams
 from pipeline.stages.predict import predict
-from pipeline.stages.predictions import columns, read_rows, summary_path
+from pipeline.model.rows import columns
+from pipeline.stages.predict.output import read_rows, summary_path
 
 from conftest import REPO, SHADES, shade_image, write_image
 
@@ -64,6 +65,7 @@ def test_every_image_gets_its_label_and_top_k(shade_bundle, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert s2["params"]["top_k"] == 3 and {x["path"]: x["label"] for x in lines} == truth
     assert all(isinstance(x["confidence"], float) and x["error"] == "" for x in lines)
+    assert all(isinstance(x["familiar"], bool) for x in lines)  # a JSON boolean, as the web API answers it
 
 
 def test_parallel_workers_give_identical_rows(shade_bundle, tmp_path):
@@ -179,6 +181,7 @@ def _interrupt_at(monkeypatch, call):
     monkeypatch.setattr(Predictor, "__call__", flaky)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_uninterrupted_csv(shade_bundle, tmp_path, monkeypatch):
     make_images(tmp_path / "imgs", per_class=6)
     (tmp_path / "imgs" / "zz_bad.png").write_bytes(b"")
@@ -228,6 +231,7 @@ def cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_folder_run_prints_a_summary(shade_bundle, tmp_path):
     truth = make_images(tmp_path / "imgs", per_class=2)
     (tmp_path / "imgs" / "bad.png").write_bytes(b"")
@@ -276,6 +280,7 @@ def test_cli_single_image_pixel_csv_and_exit_codes(shade_bundle, tmp_path, capsy
     assert "model bundle not found" in err
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_agree_exactly(trained_run, tiny_mnist, tmp_path):
     """One inference path: `pipeline predict` over the test folder gives metrics.json's accuracy."""
     run, _ = trained_run

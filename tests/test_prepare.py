@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.shared import artifacts, bundle
+from pipeline.shared import artifacts
+from pipeline.shared import runfolder as rf
 from pipeline.shared.params import PrepareParams, PreprocessParams
 from pipeline.stages import prepare
 
@@ -60,7 +61,7 @@ def test_arrays_hold_the_preprocessed_pixels_of_the_manifest_rows(tmp_path):
     run = tmp_path / "run"
     run_prepare(data, run)
     rows = read_csv(run / "manifest.csv")
-    cfg = bundle.read_preprocess_dict(json.loads((run / "prepare.json").read_text())["preprocess"])
+    cfg = rf.read_preprocess(json.loads((run / "prepare.json").read_text())["preprocess"])
     assert (cfg.color, cfg.size, cfg.invert) == ("grayscale", (16, 16), "false")  # "auto" resolved, size as set
     for split in prepare.SPLITS:
         x = np.load(run / f"X_{split}.npy")

@@ -63,6 +63,7 @@ def _train_two_epochs(tmp_path, counts: dict[str, int], params: str):
     return run, res
 
 
+@pytest.mark.slow
 def test_epochs_override_and_class_weights_are_recorded_in_the_bundle(tmp_path):
     run, res = _train_two_epochs(tmp_path, {"big": 66, "small": 6},
                                  "[prepare]\ntest_size = 0.1\n[train]\nbatch_size = 16\n")
@@ -91,6 +92,7 @@ def test_precision_auto_follows_the_cpu(tmp_path):
         TrainParams(precision="float16")
 
 
+@pytest.mark.slow
 def test_a_bfloat16_run_leaves_a_float32_bundle(tmp_path):
     run, res = _train_two_epochs(tmp_path, {"a": 12, "b": 12},
                                  "[prepare]\ntest_size = 0.2\n[train]\nbatch_size = 8\nprecision = \"bfloat16\"\n")

@@ -57,6 +57,7 @@ def shade_folder(root: Path, per_class: int, seed: int = 0, size=(20, 20)) -> Pa
     return root
 
 
+@pytest.mark.slow
 def test_prepare_killed_at_random_points_ends_identical(tmp_path):
     data = make_tree(tmp_path / "data", {"a": 250, "b": 250, "c": 250}, size=24)
     (data / "a" / "bad.png").write_bytes(b"junk")
@@ -80,6 +81,7 @@ def test_prepare_killed_at_random_points_ends_identical(tmp_path):
     assert temp_files(run) == []
 
 
+@pytest.mark.slow
 def test_train_killed_at_random_points_resumes_to_an_equally_good_model(tmp_path):
     data = shade_folder(tmp_path / "data", 24)
     params = tmp_path / "p.toml"
@@ -109,6 +111,7 @@ def test_train_killed_at_random_points_resumes_to_an_equally_good_model(tmp_path
     assert temp_files(runs["run"]) == [] and not (runs["run"] / train_mod.BACKUP_DIR).exists()
 
 
+@pytest.mark.slow
 def test_predict_killed_at_random_points_resumes_to_the_same_csv(shade_bundle, tmp_path):
     images = shade_folder(tmp_path / "imgs", 200, seed=3, size=(12, 12))
     (images / "dark" / "empty.png").write_bytes(b"")
@@ -171,6 +174,7 @@ def test_full_disk_gives_one_clear_line_and_leaves_no_temp_files(tiny_disk, tmp_
     assert temp_files(tiny_disk) == [] and not (tiny_disk / "run" / "prepare.json").exists()
 
 
+@pytest.mark.slow
 def test_read_only_output_gives_one_clear_line(tiny_disk, tmp_path, shade_bundle):
     data = shade_folder(tmp_path / "data", 6)
     run = tiny_disk / "run"
@@ -192,6 +196,7 @@ def test_no_pickle_anywhere():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_same_seed_same_split_and_deterministic_weights(tmp_path):
     data = shade_folder(tmp_path / "data", 20)
     weights = []
@@ -209,6 +214,7 @@ def test_same_seed_same_split_and_deterministic_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_every_stage_logs_what_it_read_wrote_and_skipped(trained_run):
     run, work = trained_run
     for stage in ("prepare", "train", "evaluate"):

@@ -15,6 +15,7 @@ from pipeline.stages.train import train
 from conftest import CHROMIUM, chromium_page, cli
 
 
+@pytest.mark.slow
 def test_evaluate_writes_a_self_contained_report_and_pngs(trained_run):
     run, _ = trained_run
     page = (run / "report.html").read_text(encoding="utf-8")
@@ -37,6 +38,7 @@ def test_evaluate_writes_a_self_contained_report_and_pngs(trained_run):
     assert "@import" not in page and "url(" not in page
 
 
+@pytest.mark.slow
 def test_report_is_redone_only_when_its_inputs_change(trained_run, tmp_path):
     run, _ = trained_run
     copy = tmp_path / "run"
@@ -52,6 +54,7 @@ def test_report_is_redone_only_when_its_inputs_change(trained_run, tmp_path):
         report.build_report(copy)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(trained_run, tmp_path):
     """Loads the file in Debian's Chromium: no errors, no network, every image decoded, readable at 1366 px."""
     if not os.path.exists(CHROMIUM):
@@ -112,6 +115,7 @@ def test_warnings_repeat_the_audit_and_flag_low_accuracy():
     assert any("no test images for: b" in w for w in out) and any("no validation split" in w for w in out)
 
 
+@pytest.mark.slow
 def test_model_choice_is_reported_and_compared(shade_bundle, tmp_path, capsys):
     """Train the softmax baseline on the same prepared data, then compare it with LeNet-5."""
     from pipeline import __main__ as pipeline_cli

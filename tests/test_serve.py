@@ -22,6 +22,7 @@ pytest.importorskip("httpx", reason="the API tests need httpx (pip install -e .[
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pipeline.faces.serve import Limits, create_app  # noqa: E402
+from pipeline.shared.params import PredictParams  # noqa: E402
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -32,7 +33,7 @@ def _png(arr: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(shade_bundle):
-    return TestClient(create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), top_k=2))
+    return TestClient(create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), PredictParams(top_k=2)))
 
 
 def _post(client, *files, **kw):
@@ -74,6 +75,30 @@ def test_predict_one_and_many_images(client):
     assert [x["file"] for x in results] == ["light.jpg", "mid.jpg", "notes.txt"]
     assert [x.get("label") for x in results[:2]] == ["light", "mid"] and len(results[0]["top_k"]) == 3
     assert results[2]["error"].startswith("not an image")
+
+
+def test_serve_labels_images_as_predict_does(shade_bundle, tmp_path):
+    """The same images, with a confidence cut and unfamiliar = "unknown": the web API and `pipeline predict`
+    give every image the same label (one rule, one row)."""
+    from pipeline.stages.predict import predict
+
+    rng = np.random.default_rng(11)
+    files = {f"{label}.png": _png(shade_image(label, rng)) for label in SHADES}
+    files.update({f"noise{i}.png": _png((rng.random((20, 20)) * 255).astype(np.uint8)) for i in range(2)})
+    blend = np.clip((shade_image("dark", rng).astype(int) + shade_image("mid", rng)) // 2, 0, 255).astype(np.uint8)
+    files["between.png"] = _png(blend)  # a shade between two classes: less confident
+    for name, data in files.items():
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+    p = PredictParams(workers=1, threshold=0.9, unfamiliar="unknown", unknown_label="?")
+    predict(tmp_path / "in", shade_bundle, tmp_path / "p.csv", p)
+    with open(tmp_path / "p.csv", newline="") as fh:
+        by_predict = {r["path"]: r["label"] for r in __import__("csv").DictReader(fh)}
+    app = TestClient(create_app(shade_bundle, Limits(max_files=8, max_bytes=64 * 1024), p))
+    results = _post(app, *files.items()).json()["results"]
+    by_serve = {r["file"]: r["label"] for r in results}
+    assert by_serve == by_predict and "?" in by_serve.values()  # the rules were applied, by both
+    assert all(isinstance(r["familiar"], bool) for r in results)
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -142,6 +167,7 @@ def _start_server(model: Path, port: int) -> subprocess.Popen:
     raise AssertionError("server did not start within 90 s")
 
 
+@pytest.mark.slow
 def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist, tmp_path):
     """Headless Chromium: draw a stroke on the canvas, upload an MNIST test PNG (and a bad file);
     the page shows what the model predicts. Saves the screenshot used in the README

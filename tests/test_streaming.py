@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.shared import artifacts
 from pipeline.shared.params import TrainParams
-from pipeline.data.batches import make_dataset, should_stream
+from pipeline.model.batches import make_dataset, should_stream
 
 
 def _arrays(tmp_path, n=103):

@@ -51,6 +51,7 @@ def test_confident_learning_on_known_probabilities():
     assert issues.quality[0] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_planted_flips_are_ranked_first(flipped):
     run = flipped / "run"
     prepare.prepare(flipped / "data", run, PrepareParams(workers=1, test_size=0.1, val_size=0.1),
@@ -78,6 +79,7 @@ def test_planted_flips_are_ranked_first(flipped):
     assert s.dataset["corrections"]["relabeled"] == len(rows)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_finished_folds(flipped):
     run = flipped / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}

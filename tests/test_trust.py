@@ -7,9 +7,13 @@ import pytest
 from PIL import Image
 
 from pipeline.model import calibrate, novelty
-from pipeline.shared import bundle
-from pipeline.shared.params import PredictParams
-from pipeline.stages.predict import predict, resolve_threshold
+from pipeline.model.rows import resolve_threshold
+from pipeline.shared import bundle, novelty_spec, plots
+from pipeline.shared.novelty_spec import NoveltySpec
+from pipeline.shared.params import NoveltyParams, PredictParams
+from pipeline.stages.predict import predict
+
+FLAG_RATE = NoveltyParams().flag_rate
 
 from conftest import SHADES, cli, shade_image, write_image
 
@@ -27,17 +31,18 @@ def test_novelty_flags_other_kinds_and_keeps_the_rate_on_val():
     rng = np.random.default_rng(0)
     train, val, test = strokes(600, rng), strokes(300, rng), strokes(300, rng)
     feats = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731  (stand-in for the model's features)
-    spec, ref, _ = novelty.fit(novelty.image_stats(train), feats(train), novelty.image_stats(val), feats(val))
-    assert spec["val_flagged"] <= novelty.FLAG_RATE and json.dumps(spec)  # JSON-ready, no pickle
-    _, familiar = novelty.score(spec, ref, test, feats(test))
+    spec = novelty.fit(novelty.image_stats(train), feats(train), novelty.image_stats(val), feats(val), FLAG_RATE)
+    assert spec.facts["val_flagged"] <= FLAG_RATE and json.dumps(spec.to_json())  # JSON-ready, no pickle
+    assert spec.flag_rate == FLAG_RATE and spec.head is None and spec.detectors == novelty.DETECTORS[:2]
+    _, familiar = novelty.score(spec, test, feats(test))
     assert familiar.mean() >= 0.95
     blobs = np.stack([np.clip(np.exp(-((np.mgrid[0:20, 0:20] - rng.uniform(5, 15, (2, 1, 1))) ** 2).sum(0) / 20),
                               0, 1)[..., None] for _ in range(100)]).astype(np.float32)
     others = {"noise": rng.random((100, 20, 20, 1)).astype(np.float32), "inverted": 1 - test[:100], "blobs": blobs}
     for name, x in others.items():
-        nov, fam = novelty.score(spec, ref, x, feats(x))
+        nov, fam = novelty.score(spec, x, feats(x))
         assert (~fam).mean() >= 0.9, name
-        assert nov.min() > np.median(novelty.score(spec, ref, test, feats(test))[0]), name
+        assert nov.min() > np.median(novelty.score(spec, test, feats(test))[0]), name
 
 
 def test_strokes_classifier_tells_the_kinds_apart_and_adds_to_the_sum():
@@ -51,13 +56,13 @@ def test_strokes_classifier_tells_the_kinds_apart_and_adds_to_the_sum():
     assert novelty.strokes_logits(head, feats(crosses[200:])).min() > novelty.strokes_logits(head, feats(test)).max()
     np.testing.assert_array_equal(head, novelty.fit_head(feats(train), feats(crosses[:200]), seed=0))  # seeded
     few = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731
-    spec, ref, head = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val),
-                                  strokes=(feats(train), feats(val), feats(crosses[:200])))
-    assert spec["detectors"] == list(novelty.DETECTORS) and spec["val_flagged"] <= novelty.FLAG_RATE
-    score = lambda x: novelty.score(spec, ref, x, few(x), strokes=novelty.strokes_logits(head, feats(x)))  # noqa: E731
+    spec = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val), FLAG_RATE,
+                       strokes=(feats(train), feats(val), feats(crosses[:200])))
+    assert spec.detectors == novelty.DETECTORS and spec.facts["val_flagged"] <= FLAG_RATE
+    score = lambda x: novelty.score(spec, x, few(x), strokes=novelty.strokes_logits(spec.head, feats(x)))  # noqa: E731
     assert score(test)[1].mean() >= 0.95 and (~score(crosses[200:])[1]).mean() >= 0.9
     # the sum of surprises: an image a little unusual to two detectors scores above one unusual to either
-    levels, q = np.asarray(spec["tail_levels"]), np.asarray(spec["tail_quantiles"]).T
+    levels, q = spec.tail_levels, spec.tail_quantiles.T
     mid = q[len(levels) // 2]
     one, two = np.array([[mid[0], q[0, 1], q[0, 2]]]), np.array([[mid[0], mid[1], q[0, 2]]])
     assert novelty.combine(spec, two)[0] > novelty.combine(spec, one)[0] > novelty.combine(spec, q[:1])[0] == 0
@@ -73,22 +78,44 @@ def test_a_small_validation_split_pools_the_training_sample_and_keeps_the_rule_o
     crosses[:, 9:11, 4:16] = 0.9
     feats = lambda x: x.reshape(len(x), -1)  # noqa: E731
     few = lambda x: x.reshape(len(x), -1)[:, ::4]  # noqa: E731
-    spec, ref, head = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val),
-                                  strokes=(feats(train), feats(val), feats(crosses)))
-    assert spec["cut_set_on"] == "validation split and training sample" and spec["val_flagged"] <= novelty.FLAG_RATE
-    _, familiar = novelty.score(spec, ref, test, few(test), strokes=novelty.strokes_logits(head, feats(test)))
+    spec = novelty.fit(novelty.image_stats(train), few(train), novelty.image_stats(val), few(val), FLAG_RATE,
+                       strokes=(feats(train), feats(val), feats(crosses)))
+    assert spec.facts["cut_set_on"] == "validation split and training sample" and spec.facts["val_flagged"] <= FLAG_RATE
+    _, familiar = novelty.score(spec, test, few(test), strokes=novelty.strokes_logits(spec.head, feats(test)))
     assert familiar.mean() >= 0.95
 
 
+def test_a_novelty_spec_round_trips_through_its_files(tmp_path):
+    rng = np.random.default_rng(7)
+    train, val = strokes(300, rng), strokes(200, rng)
+    crosses = strokes(200, rng)
+    crosses[:, 9:11, 4:16] = 0.9
+    feats = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    spec = novelty.fit(novelty.image_stats(train), feats(train)[:, ::4], novelty.image_stats(val), feats(val)[:, ::4],
+                       0.05, strokes=(feats(train), feats(val), feats(crosses)))
+    spec.write(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(novelty_spec.FILES)
+    back = NoveltySpec.read(tmp_path)
+    assert back.flag_rate == 0.05 and back.threshold == spec.threshold and back.detectors == spec.detectors
+    np.testing.assert_array_equal(back.head, spec.head)
+    x = strokes(50, rng)
+    np.testing.assert_allclose(novelty.score(back, x, feats(x)[:, ::4], strokes=novelty.strokes_logits(back.head, feats(x)))[0],
+                               novelty.score(spec, x, feats(x)[:, ::4], strokes=novelty.strokes_logits(spec.head, feats(x)))[0])
+    w1, b1, w2, b2 = back.head_layers()  # the packing is undone in one place
+    np.testing.assert_allclose(np.maximum(feats(x) @ w1 + b1, 0) @ w2 + b2, novelty.strokes_logits(back.head, feats(x)),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_a_novelty_spec_from_before_the_sum_still_scores():
-    spec = {"detectors": ["statistics", "features"], "val_median": [1.0, 0.1], "val_p98": [3.0, 0.3]}
+    spec = NoveltySpec(("statistics", "features"), 1.0, FLAG_RATE, np.zeros(2), np.eye(2), np.zeros((1, 2)),
+                       legacy={"val_median": [1.0, 0.1], "val_p98": [3.0, 0.3]})
     np.testing.assert_allclose(novelty.combine(spec, np.array([[1.0, 0.1], [5.0, 0.2], [2.0, 0.5]])), [0.0, 2.0, 2.0])
 
 
 def test_stroke_images_go_through_the_datasets_preprocessing():
     from pipeline.data import strokes as drawn
+    from pipeline.data.strokes import stroke_images
     from pipeline.shared.params import PreprocessParams
-    from pipeline.stages.trust import stroke_images
 
     raw = drawn.draw(8, seed=3)
     assert raw.shape == (8, drawn.SIDE, drawn.SIDE) and raw.dtype == np.uint8
@@ -132,11 +159,11 @@ def test_temperature_scaling_reduces_the_calibration_error_of_an_overconfident_m
 def test_trained_bundle_carries_calibration_and_novelty(shade_bundle):
     b = bundle.load(shade_bundle)
     assert b.calibration["temperature"] > 0 and b.calibration["risk_coverage"]["threshold"]
-    assert b.novelty["threshold"] > 0 and b.novelty_reference.shape[1] == 120  # the f5 layer
-    assert b.novelty["detectors"] == list(novelty.DETECTORS)
+    assert b.novelty.threshold > 0 and b.novelty.reference.shape[1] == 120  # the f5 layer
+    assert b.novelty.detectors == novelty.DETECTORS and b.novelty.flag_rate == FLAG_RATE
     flat = int(np.prod(b.model.get_layer("flatten").output.shape[1:]))
-    assert b.novelty_head.shape == (flat + 3, novelty.HEAD_HIDDEN) and b.novelty_head.dtype == np.float32
-    cut, how = resolve_threshold(b, PredictParams(threshold="auto"))
+    assert b.novelty.head.shape == (flat + 3, novelty.HEAD_HIDDEN) and b.novelty.head.dtype == np.float32
+    cut, how = resolve_threshold(PredictParams(threshold="auto"), b.calibration)
     assert 0 <= cut <= 1 and "auto" in how["how"]
 
 
@@ -161,7 +188,7 @@ def test_predict_columns_unfamiliar_and_unknown(shade_bundle, tmp_path):
 def test_a_bundle_missing_only_its_strokes_classifier_is_a_clear_error(shade_bundle, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(shade_bundle, damaged)
-    (damaged / bundle.NOVELTY_HEAD).unlink()
+    (damaged / novelty_spec.HEAD).unlink()
     with pytest.raises(bundle.artifacts.StageError, match="novelty strokes classifier not found"):
         bundle.load(damaged)
 
@@ -169,7 +196,7 @@ def test_a_bundle_missing_only_its_strokes_classifier_is_a_clear_error(shade_bun
 def test_bundles_without_the_new_files_still_load(shade_bundle, tmp_path, caplog):
     old = tmp_path / "old"
     shutil.copytree(shade_bundle, old)
-    for name in (bundle.CALIBRATION, bundle.NOVELTY, bundle.NOVELTY_REFERENCE, bundle.NOVELTY_HEAD):
+    for name in (bundle.CALIBRATION, *novelty_spec.FILES):
         (old / name).unlink()
     with caplog.at_level("INFO"):
         b = bundle.load(old)
@@ -185,6 +212,7 @@ def test_bundles_without_the_new_files_still_load(shade_bundle, tmp_path, caplog
         predict(tmp_path / "in", old, tmp_path / "q.csv", PredictParams(workers=1, threshold="auto"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["occlusion", "gradcam"])
 def test_explain_writes_an_overlay_png(shade_bundle, tmp_path, method):
     rng = np.random.default_rng(5)
@@ -193,4 +221,5 @@ def test_explain_writes_an_overlay_png(shade_bundle, tmp_path, method):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "mid" in res.stdout and f"{method} map" in res.stdout
     with Image.open(tmp_path / "o.png") as png:
-        assert png.format == "PNG" and png.size == (1000, 360)  # the three panels at 100 dpi
+        width, height = (round(inches * plots.DPI) for inches in plots.EXPLANATION_INCHES)
+        assert png.format == "PNG" and png.size == (width, height)  # the three panels

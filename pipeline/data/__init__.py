@@ -1,2 +1,2 @@
-"""Data: ingest, decoding, preprocessing, augmentation, the tf.data batches, the audit and its census.
-Imports shared only."""
+"""Data: files to arrays: ingest, decoding, preprocessing, the audit and its census, corrections, the
+inputs of predict, MNIST, synthetic strokes. Imports shared only."""

@@ -245,11 +245,3 @@ def render_on_paper(digit: np.ndarray, rng: np.random.Generator, size: int = 200
     buf = io.BytesIO()
     Image.fromarray(page).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("mnist"))

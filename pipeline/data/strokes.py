@@ -4,13 +4,16 @@ Lines, curves and arcs, one to four of them, drawn with a random pen width, anti
 on black. They are glyph-like but not glyphs of any alphabet: the novelty detector's third score
 is a small classifier that tells the training images from them on the model's convolution
 features (outlier exposure with synthetic outliers, Hendrycks et al. 2019), which is what
-catches letters and symbols that the digit features alone map onto digits (README "Unfamiliar
-inputs"). They go through the dataset's own preprocessing, like every image.
+catches letters and symbols that the digit features alone map onto digits (docs/trust.md). They go
+through the dataset's own preprocessing, like every image (:func:`stroke_images`).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from pipeline.data.preprocess import preprocess
+from pipeline.shared.params import PreprocessParams
 
 SIDE = 64
 
@@ -47,3 +50,12 @@ def draw(n: int, seed: int = 0, side: int = SIDE) -> np.ndarray:
             cv2.polylines(img, [np.round(_stroke(rng, side) * 4).astype(np.int32)], False, 255, width,
                           cv2.LINE_AA, shift=2)
     return out
+
+
+def stroke_images(n: int, cfg: PreprocessParams, seed: int = 0) -> np.ndarray:
+    """``n`` pen-stroke images as model inputs: drawn light on black (dark on white where the dataset's
+    images are inverted by its preprocessing), then the dataset's preprocessing."""
+    raw = draw(n, seed)
+    if cfg.invert == "true":
+        raw = 255 - raw
+    return np.stack([preprocess(img, cfg) for img in raw])

@@ -18,6 +18,7 @@ import base64
 import io
 import logging
 import threading
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.preprocess import inspect_image
-from pipeline.model.infer import Predictor as ModelRunner
+from pipeline.model.explain import occlusion
+from pipeline.model.infer import Predictor
+from pipeline.model.rows import make_rows, rules_for
 from pipeline.shared import bundle as bundle_mod
+from pipeline.shared import cli
 from pipeline.shared.errors import UserError
+from pipeline.shared.params import PredictParams
 from pipeline.shared.plots import overlay_png
-from pipeline.stages.explain import occlusion
-from pipeline.stages.predictions import Rules, make_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +71,29 @@ def _view_png(arr: np.ndarray) -> str:
     return _data_url(buf.getvalue())
 
 
-class Predictor:
-    """The loaded bundle and its compiled forward pass; thread-safe to call."""
+class Service:
+    """The loaded bundle, its compiled forward pass and the ``[predict]`` rules; thread-safe to call."""
 
-    def __init__(self, model_dir: Path, limits: Limits, top_k: int = 3) -> None:
+    def __init__(self, model_dir: Path, limits: Limits, p: PredictParams | None = None) -> None:
         self.bundle = bundle_mod.load(model_dir)
         self.model_dir = model_dir
         self.labels = self.bundle.labels
         self.cfg = self.bundle.preprocess
         self.limits = limits
-        self.top_k = max(1, min(top_k, len(self.labels)))
-        self._runner = ModelRunner(self.bundle, limits.max_files)
+        self.rules = rules_for(p or PredictParams(), self.labels, self.bundle.calibration)
+        self._runner = Predictor(self.bundle, limits.max_files)
         self._lock = threading.Lock()
         self._runner.warm_up()  # trace the graph now (one fixed batch shape), not on the first request
 
-    def predict(self, files: list[tuple[str, bytes]], top_k: int, explain: bool = False) -> list[dict[str, Any]]:
-        """One result per (name, bytes): label, confidence, top_k, novelty, the model's view (and, with
-        ``explain``, its occlusion map), or an error."""
+    @property
+    def top_k(self) -> int:
+        return self.rules.k
+
+    def predict(self, files: list[tuple[str, bytes]], top_k: int | None = None,
+                explain: bool = False) -> list[dict[str, Any]]:
+        """One result per (name, bytes): the prediction row as the API answers it (label by the server's
+        rules, as ``pipeline predict`` labels it), the model's view (and, with ``explain``, its
+        occlusion map), or an error."""
         arrays, reasons = [], []
         for _, data in files:
             arr, reason, _ = inspect_image(data, self.cfg)
@@ -95,20 +104,18 @@ class Predictor:
         with self._lock:  # one batch at a time: TF's own threads already use every core
             out = self._runner(x)
             maps = [occlusion(self._runner, x[j], int(out.probs[j].argmax())) for j in range(len(x))] if explain else []
-        rows = make_rows([name for name, _ in files], reasons, out.probs, self.labels, Rules(top_k), out.novelty,
+        rules = dataclasses.replace(self.rules, k=min(top_k, len(self.labels))) if top_k else self.rules
+        rows = make_rows([name for name, _ in files], reasons, out.probs, self.labels, rules, out.novelty,
                          out.familiar)
         results, j = [], 0
         for row in rows:
-            if row["error"]:
-                results.append({"file": row["path"], "error": row["error"]})
-                continue
-            results.append({"file": row["path"], "label": row["label"], "confidence": row["confidence"],
-                            "top_k": [{"label": row[f"top{i}_label"], "probability": row[f"top{i}_prob"]}
-                                      for i in range(1, top_k + 1)],
-                            "novelty": row["novelty"], "familiar": None if row["familiar"] is None
-                            else row["familiar"] == "true", "input_png": _view_png(x[j]), "error": None,
-                            **({"saliency_png": _data_url(overlay_png(x[j], maps[j]))} if explain else {})})
-            j += 1
+            result = row.as_http()
+            if not row.error:
+                result["input_png"] = _view_png(x[j])
+                if explain:
+                    result["saliency_png"] = _data_url(overlay_png(x[j], maps[j]))
+                j += 1
+            results.append(result)
         return results
 
 
@@ -154,7 +161,7 @@ def _add_error_handlers(app: Any, limits: Limits) -> None:
         return await call_next(request)
 
 
-def _add_pages(app: Any, predictor: Predictor, model_dir: str | Path) -> None:
+def _add_pages(app: Any, predictor: Service, model_dir: str | Path) -> None:
     """``/`` (the page), ``/health``, ``/labels`` and the offline ``/docs``."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
@@ -173,6 +180,8 @@ def _add_pages(app: Any, predictor: Predictor, model_dir: str | Path) -> None:
                 "novelty": predictor.bundle.novelty is not None,
                 "temperature": (predictor.bundle.calibration or {}).get("temperature", 1.0),
                 "input_shape": list(predictor.cfg.input_shape), "top_k": predictor.top_k,
+                "rules": {"threshold": predictor.rules.threshold, "unknown_label": predictor.rules.unknown,
+                          "unfamiliar": predictor.rules.unfamiliar},
                 "limits": {"max_files": limits.max_files, "max_bytes": limits.max_bytes}}
 
     @app.get("/labels", summary="The label names, by class index")
@@ -194,7 +203,7 @@ def _add_pages(app: Any, predictor: Predictor, model_dir: str | Path) -> None:
                                    swagger_js_url=js, swagger_css_url=css, swagger_favicon_url="data:,")
 
 
-def _add_predict(app: Any, predictor: Predictor) -> None:
+def _add_predict(app: Any, predictor: Service) -> None:
     """``POST /predict``: one or more images in, label/confidence/top-k/model's view per image out."""
     from fastapi import File, Query, UploadFile
 
@@ -225,12 +234,12 @@ def _add_predict(app: Any, predictor: Predictor) -> None:
         return {"results": results}
 
 
-def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int = 3) -> Any:
-    """The FastAPI app for one bundle (loaded once, here)."""
+def create_app(model_dir: str | Path, limits: Limits | None = None, p: PredictParams | None = None) -> Any:
+    """The FastAPI app for one bundle (loaded once, here), labelling by the ``[predict]`` rules ``p``."""
     from fastapi import FastAPI
 
     limits = limits or Limits()
-    predictor = Predictor(Path(model_dir), limits, top_k)
+    predictor = Service(Path(model_dir), limits, p)
     info = predictor.bundle.info
     app = FastAPI(title="pipeline serve", version=str(info.get("version", "")), docs_url=None, redoc_url=None,
                   description=f"Predictions of the model bundle `{model_dir}` ({info.get('model', '?')}, "
@@ -243,13 +252,21 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, top_k: int =
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="model bundle folder (runs/<name>/model)")
+    parser.add_argument("--model", type=Path, help="model bundle folder, or a run folder holding one (default: the "
+                        "model of the last prepared run)")
+    cli.add_run_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=3, help="labels shown per image (default: %(default)s)")
+    cli.add_rule_options(parser)
+    parser.add_argument("--params", default="params.toml",
+                        help="params file: the [predict] rules, as `pipeline predict` applies them (default: %(default)s)")
     parser.add_argument("--max-files", type=int, default=16, help="images per request (default: %(default)s)")
     parser.add_argument("--max-mb", type=float, default=10, help="MB per image (default: %(default)s)")
     return parser
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_model(args, "serve")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -257,16 +274,9 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     limits = Limits(args.max_files, int(args.max_mb * 2**20))
-    app = create_app(args.model, limits, args.top_k)
+    p = cli.predict_params(args, Path(args.run).name if args.run else None)
+    app = create_app(args.model, limits, p)
     log.info("serve: read %s; open http://%s:%d/ (API docs: /docs); Ctrl-C stops", args.model,
              args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("serve"))

@@ -95,8 +95,8 @@ class Predictor:
         if not len(x):
             out.novelty, out.familiar = np.zeros(0, np.float32), np.zeros(0, bool)
             return out
-        out.novelty, out.familiar = novelty.score(b.novelty, b.novelty_reference, np.asarray(x, np.float32),
-                                                  out.features, nearest, strokes)
+        out.novelty, out.familiar = novelty.score(b.novelty, np.asarray(x, np.float32), out.features, nearest,
+                                                  strokes)
         return out
 
 
@@ -105,22 +105,18 @@ def _nearest_reference(b: Bundle) -> Any:
     bundle has no novelty model or its model no feature layer (an older bundle)."""
     import tensorflow as tf
 
-    if b.novelty is None or b.novelty_reference is None:
+    if b.novelty is None or LOGITS_LAYER not in [layer.name for layer in b.model.layers]:
         return None
-    if LOGITS_LAYER not in [layer.name for layer in b.model.layers]:
-        return None
-    return tf.constant(np.ascontiguousarray(np.asarray(b.novelty_reference, np.float32).T))
+    return tf.constant(np.ascontiguousarray(np.asarray(b.novelty.reference, np.float32).T))
 
 
 def _strokes_head(b: Bundle) -> tuple[Any, ...] | None:
     """The novelty detector's strokes classifier as graph constants (W1, b1, w2, b2); None without one."""
     import tensorflow as tf
 
-    if b.novelty_head is None or "strokes" not in b.novelty.get("detectors", []):
+    if not b.novelty.uses_strokes:
         return None
-    head = np.asarray(b.novelty_head, np.float32)
-    d = head.shape[0] - 3
-    return tuple(tf.constant(a) for a in (head[:d], head[d], head[d + 1], head[d + 2, 0]))
+    return tuple(tf.constant(a, tf.float32) for a in b.novelty.head_layers())
 
 
 def _with_logits(model: Any) -> Any:

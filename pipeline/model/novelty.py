@@ -20,21 +20,23 @@ of them scoring at least as high (read off a quantile table, extrapolated past t
 value), and ``novelty`` is the sum of the three: Fisher's way of combining tests, so two
 detectors that each find an image a little unusual add up (the larger of the scores, used
 before, let 1 in 4 letters through; README "Unfamiliar inputs"). The cut is set on the
-validation split so that :data:`FLAG_RATE` of familiar images are flagged. Everything is
-stored as JSON and ``.npy`` (no pickle).
+validation split so that ``flag_rate`` (``[novelty] flag_rate``) of familiar images are flagged.
+The fitted detector is a :class:`~pipeline.shared.novelty_spec.NoveltySpec`, stored as JSON and
+``.npy`` (no pickle).
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import numpy as np
 
-FLAG_RATE = 0.02     # share of familiar (validation) images flagged
-SAFETY = 0.8         # the cut is set at FLAG_RATE x SAFETY on validation: the test rate stays under FLAG_RATE
+from pipeline.shared.novelty_spec import NoveltySpec, pack_head, unpack_head
+
+SAFETY = 0.8         # the cut is set at flag_rate x SAFETY on validation: the test rate stays under flag_rate
 REFERENCE = 5000     # training images kept for the nearest-neighbour detector
 STATS_SAMPLE = 20000
 MIN_VAL = 200        # with fewer validation images the cut also uses the training sample
-DETECTORS = ("statistics", "features", "strokes")
+DETECTORS = ("statistics", "features", "strokes")  # the last reads the strokes classifier
 TAIL_LEVELS = 16     # points of each detector's quantile table
 HEAD_HIDDEN = 64     # the strokes classifier's hidden units
 HEAD_EPOCHS = 10
@@ -94,17 +96,16 @@ def _nearest(features: np.ndarray, reference: np.ndarray, skip_self: bool = Fals
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def raw_scores(spec: dict[str, Any], reference: np.ndarray, stats: np.ndarray, features: np.ndarray,
-               skip_self: bool = False, nearest: np.ndarray | None = None,
-               strokes: np.ndarray | None = None) -> np.ndarray:
+def raw_scores(spec: NoveltySpec, stats: np.ndarray, features: np.ndarray, skip_self: bool = False,
+               nearest: np.ndarray | None = None, strokes: np.ndarray | None = None) -> np.ndarray:
     """(N, detectors): each detector's raw score (higher = less familiar), from the images' statistics,
     features and (with a strokes detector) its logits ``strokes``; ``nearest``: the features' distance to
     the reference, when the caller has it already."""
-    typical = _mahalanobis(stats, np.asarray(spec["stats_mean"]), np.asarray(spec["stats_precision"]))
+    typical = _mahalanobis(stats, spec.stats_mean, spec.stats_precision)
     if nearest is None:
-        nearest = _nearest(features, reference, skip_self)
+        nearest = _nearest(features, spec.reference, skip_self)
     cols = [typical, nearest]
-    if "strokes" in spec["detectors"]:
+    if spec.uses_strokes:
         if strokes is None:
             raise ValueError("this novelty detector needs the strokes classifier's logits")
         cols.append(np.asarray(strokes, np.float64))
@@ -134,13 +135,13 @@ def _surprise(raw: np.ndarray, levels: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-def combine(spec: dict[str, Any], raw: np.ndarray) -> np.ndarray:
+def combine(spec: NoveltySpec, raw: np.ndarray) -> np.ndarray:
     """``novelty``: the sum of the detectors' surprises (a spec from before them: the larger of the
     detectors' scores, each 0 at its validation median and 1 at its 98th percentile)."""
-    if "tail_levels" not in spec:
-        mid, high = np.asarray(spec["val_median"]), np.asarray(spec["val_p98"])
+    if spec.tail_levels is None:
+        mid, high = np.asarray(spec.legacy["val_median"]), np.asarray(spec.legacy["val_p98"])
         return ((raw - mid) / np.maximum(high - mid, 1e-9)).max(axis=1)
-    return _surprise(raw, np.asarray(spec["tail_levels"]), np.asarray(spec["tail_quantiles"]).T).sum(axis=1)
+    return _surprise(raw, spec.tail_levels, np.asarray(spec.tail_quantiles).T).sum(axis=1)
 
 
 def training_sample(n: int, seed: int = 0) -> np.ndarray:
@@ -150,10 +151,10 @@ def training_sample(n: int, seed: int = 0) -> np.ndarray:
 
 def strokes_logits(head: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The strokes classifier's logit (higher: more like a pen stroke than a training image) of
-    features ``x`` (N, d); ``head`` packs the layers as (d + 3, hidden): W1, b1, w2, [b2, 0...]."""
-    d = head.shape[0] - 3
-    hidden = np.maximum(np.asarray(x, np.float32).reshape(len(x), -1) @ head[:d] + head[d], 0)
-    return hidden @ head[d + 1] + head[d + 2, 0]
+    features ``x`` (N, d); ``head``: the packed layers."""
+    w1, b1, w2, b2 = unpack_head(head)
+    hidden = np.maximum(np.asarray(x, np.float32).reshape(len(x), -1) @ w1 + b1, 0)
+    return hidden @ w2 + b2
 
 
 def fit_head(familiar: np.ndarray, strokes: np.ndarray, seed: int = 0, epochs: int = HEAD_EPOCHS,
@@ -177,10 +178,7 @@ def fit_head(familiar: np.ndarray, strokes: np.ndarray, seed: int = 0, epochs: i
     _adam(params, x, y, weight.astype(np.float32), rng, epochs)
     w1, b1, w2, b2 = params
     # fold the standardization into the first layer: the packed head reads raw features
-    packed = np.zeros((d + 3, hidden), np.float32)
-    packed[:d], packed[d] = w1 / std[:, None], b1 - (mean / std) @ w1
-    packed[d + 1], packed[d + 2, 0] = w2, b2[0]
-    return packed
+    return pack_head(w1 / std[:, None], b1 - (mean / std) @ w1, w2, float(b2[0]))
 
 
 def _adam(params: list[np.ndarray], x: np.ndarray, y: np.ndarray, weight: np.ndarray, rng: np.random.Generator,
@@ -222,61 +220,58 @@ def _cross_fitted(strokes: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.n
     return out
 
 
-def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: np.ndarray,
-        flag_rate: float = FLAG_RATE, strokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-        ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
-    """Fit the detectors on a sample of training images (their :func:`image_stats` and the model's
-    features of them) and set the cut on the validation split (its statistics and features).
-
-    ``strokes``: the strokes classifier's inputs, (convolution features of the training sample, of the
-    validation split, of the strokes); without them, two detectors.
-    Returns the spec (JSON-ready), the nearest-neighbour reference (float32, unit rows) and the packed
-    strokes classifier (or None).
-    """
+def _spec(stats: np.ndarray, reference: np.ndarray, head: np.ndarray | None, flag_rate: float) -> NoveltySpec:
+    """The detectors fitted on the training sample, before their tables and cut (set on validation)."""
     from sklearn.covariance import LedoitWolf
 
     # Ledoit-Wolf shrinkage: a covariance that generalizes from a few dozen images (and is never singular).
     cov = LedoitWolf().fit(stats).covariance_ if len(stats) > 2 else np.eye(stats.shape[1])
     cov = cov + 1e-9 * np.eye(len(cov))
+    return NoveltySpec(DETECTORS if head is not None else DETECTORS[:2], float("inf"), flag_rate,
+                       stats.mean(axis=0), np.linalg.inv(cov), reference, head=head,
+                       facts={"reference_images": int(len(reference))})
+
+
+def fit(stats: np.ndarray, f_sample: np.ndarray, stats_val: np.ndarray, f_val: np.ndarray, flag_rate: float,
+        strokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> NoveltySpec:
+    """Fit the detectors on a sample of training images (their :func:`image_stats` and the model's
+    features of them) and set the cut on the validation split (its statistics and features) so that
+    ``flag_rate`` of familiar images are flagged.
+
+    ``strokes``: the strokes classifier's inputs, (convolution features of the training sample, of the
+    validation split, of the strokes); without them, two detectors.
+    """
     step = max(1, len(f_sample) // REFERENCE)
     rows = np.arange(0, len(f_sample), step)[:REFERENCE]
-    reference = _unit(f_sample[rows])
     head = fit_head(strokes[0], strokes[2]) if strokes is not None else None
-    spec: dict[str, Any] = {"detectors": list(DETECTORS if head is not None else DETECTORS[:2]),
-                            "stats_mean": stats.mean(axis=0).tolist(),
-                            "stats_precision": np.linalg.inv(cov).tolist(), "flag_rate": flag_rate,
-                            "reference_images": int(len(reference))}
-    if head is not None:
-        spec["strokes_images"] = int(len(strokes[2]))
-    raw_val = raw_scores(spec, reference, stats_val, f_val,
-                         strokes=strokes_logits(head, strokes[1]) if head is not None else None)
+    spec = _spec(stats, _unit(f_sample[rows]), head, flag_rate)
+    raw_val = raw_scores(spec, stats_val, f_val, strokes=strokes_logits(head, strokes[1]) if head is not None else None)
     # With a small validation split, the tables and the cut also come from the training sample, its
     # reference rows scored as if unseen (leave-one-out, cross-fitted): a few dozen validation images
     # alone give unstable quantiles.
     pooled = len(raw_val) < MIN_VAL
     both = raw_val
     if pooled:
-        raw_ref = raw_scores(spec, reference, stats[rows], f_sample[rows], skip_self=True,
+        raw_ref = raw_scores(spec, stats[rows], f_sample[rows], skip_self=True,
                              strokes=_cross_fitted(strokes, rows) if head is not None else None)
         both = np.concatenate([raw_val, raw_ref])
     levels, q = _tail_table(both)
-    spec["tail_levels"], spec["tail_quantiles"] = levels.tolist(), q.T.tolist()
+    spec = dataclasses.replace(spec, tail_levels=levels, tail_quantiles=q.T)
     val = combine(spec, raw_val)
     cut = float(np.quantile(combine(spec, both), 1.0 - flag_rate * SAFETY)) if len(both) else float("inf")
     if pooled and len(val):
         # training images are more familiar to the model than new ones: the rule holds on val itself too
         cut = max(cut, float(np.quantile(val, 1.0 - flag_rate, method="higher")))
-    spec["threshold"] = cut
-    spec["val_flagged"] = float((val > spec["threshold"]).mean()) if len(val) else 0.0
-    spec["val_images"] = int(len(val))
-    spec["cut_set_on"] = "validation split and training sample" if pooled else "validation split"
-    return spec, reference, head
+    facts = {**spec.facts, "val_flagged": float((val > cut).mean()) if len(val) else 0.0, "val_images": int(len(val)),
+             "cut_set_on": "validation split and training sample" if pooled else "validation split",
+             **({"strokes_images": int(len(strokes[2]))} if head is not None else {})}
+    return dataclasses.replace(spec, threshold=cut, facts=facts)
 
 
-def score(spec: dict[str, Any], reference: np.ndarray, x: np.ndarray, features: np.ndarray,
-          nearest: np.ndarray | None = None, strokes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score(spec: NoveltySpec, x: np.ndarray, features: np.ndarray, nearest: np.ndarray | None = None,
+          strokes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(novelty, familiar) of model inputs ``x`` with the model's ``features`` of them, the strokes
     classifier's logits of them (with a strokes detector) and, if the caller computed it, their
     ``nearest`` distance to the reference."""
-    novelty = combine(spec, raw_scores(spec, reference, image_stats(x), features, nearest=nearest, strokes=strokes))
-    return novelty.astype(np.float32), novelty <= spec["threshold"]
+    novelty = combine(spec, raw_scores(spec, image_stats(x), features, nearest=nearest, strokes=strokes))
+    return novelty.astype(np.float32), novelty <= spec.threshold

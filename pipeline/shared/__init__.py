@@ -1,2 +1,2 @@
-"""Shared: params, artifacts, the bundle, the run-folder catalog, errors, the CLI, compat shims,
-plots. Imports no other layer."""
+"""Shared: params, the run-folder and bundle catalog (with the novelty spec), artifacts, errors, running
+a command, compat shims, env, plots. Imports no other layer and names no stage."""

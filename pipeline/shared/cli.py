@@ -1,66 +1,58 @@
-"""Running a stage from the command line: options, logging, and what an error looks like.
+"""Running a command: logging, what an error looks like, and the one place the package prints.
 
-``python -m pipeline <stage>`` (also installed as ``pipeline``) and ``python -m
-pipeline.<layer>.<stage>`` both come here. A :class:`~pipeline.shared.errors.UserError` (bad input,
-params or data) and a file-system error (full disk, read-only folder) are one line
-and exit code 2; anything else is a bug: its traceback is shown (in full with
-``-v``) and the exit code is 1.
+The command registry (``pipeline <command>``) lives in the faces layer; it parses the
+options and hands the command's ``main`` to :func:`run`. A :class:`~pipeline.shared.errors.UserError`
+(bad input, params or data) and a file-system error (full disk, read-only folder) are one line and
+exit code 2; anything else is a bug: its traceback is shown (in full with ``-v``) and the exit
+code is 1.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
-import importlib
 import logging
-import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-# stage name -> (module, one-line help)
-STAGES = {
-    "mnist": ("pipeline.data.mnist", "export the MNIST reference dataset to PNG folders"),
-    "prepare": ("pipeline.stages.prepare", "ingest, audit, preprocess and split a labeled image collection"),
-    "train": ("pipeline.stages.train", "train the model bundle (resumes after an interruption)"),
-    "evaluate": ("pipeline.stages.evaluate", "metrics and report.html on the test split"),
-    "report": ("pipeline.stages.report", "(re)write report.html for an evaluated run"),
-    "suspects": ("pipeline.stages.suspects",
-                 "find images whose label is probably wrong (cross-validation + confident learning)"),
-    "compare": ("pipeline.stages.compare", "side-by-side table of several runs"),
-    "preview": ("pipeline.stages.preview", "PNG grid per class: original -> preprocessed -> augmented"),
-    "predict": ("pipeline.stages.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
-    "serve": ("pipeline.faces.serve", "a local web page and JSON API to try a model (draw or drop images)"),
-    "export": ("pipeline.stages.export", "export a model bundle as .keras, SavedModel, TFLite or ONNX"),
-    "explain": ("pipeline.stages.explain",
-                "why this label: the image as the model saw it with a saliency map, and the top-k"),
-}
+from pipeline.shared import bundle
+from pipeline.shared import params as params_mod
+from pipeline.shared import runfolder
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import PredictParams
 
 log = logging.getLogger("pipeline")
 
 
-def _setup_logging(stage: str, run: str | None, verbose: bool) -> None:
-    """Console logging, plus ``<run>/logs/<stage>.log`` when the stage has a run folder."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+def _console_logging(verbose: bool) -> None:
+    """Console logging (stderr), replacing what an earlier command in this process set up."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for old in [h for h in root.handlers if getattr(h, "_pipeline", False)]:  # an earlier main() in this process
+    for old in [h for h in root.handlers if getattr(h, "_pipeline", False)]:
         root.removeHandler(old)
         old.close()
     console = logging.StreamHandler(sys.stderr)
     console._pipeline = True  # type: ignore[attr-defined]
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(console)
-    if run:
-        logs = Path(run) / "logs"
-        try:
-            logs.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(logs / f"{stage}.log", encoding="utf-8")
-        except OSError as exc:
-            log.warning("cannot write log file in %s: %s", logs, exc)
-        else:
-            handler.setFormatter(fmt)
-            handler._pipeline = True  # type: ignore[attr-defined]
-            root.addHandler(handler)
+
+
+def _file_logging(stage: str, run: str | None) -> None:
+    """Also log to ``<run>/logs/<stage>.log`` when the command has a run folder."""
+    if not run:
+        return
+    logs = Path(run) / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(logs / f"{stage}.log", encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write log file in %s: %s", logs, exc)
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler._pipeline = True  # type: ignore[attr-defined]
+    logging.getLogger().addHandler(handler)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -80,18 +72,6 @@ def result(text: object) -> None:
     print(text, flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pipeline`` parser with one sub-command per stage."""
-    parser = argparse.ArgumentParser(prog="pipeline", description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; full tracebacks")
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for name, (module, help_text) in STAGES.items():
-        mod = importlib.import_module(module)
-        mod.build_parser(sub.add_parser(name, help=help_text, description=mod.__doc__,
-                                        formatter_class=argparse.RawDescriptionHelpFormatter))
-    return parser
-
-
 def _bug(exc: BaseException, verbose: bool) -> int:
     """Report an unexpected exception: the whole traceback with -v, else its last frames."""
     frames = traceback.format_exception(exc, limit=None if verbose else -3)
@@ -101,18 +81,17 @@ def _bug(exc: BaseException, verbose: bool) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the stage and its options, run it, and map errors to exit codes (2: yours, 1: a bug)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
-    args = build_parser().parse_args(argv)
-    mod = importlib.import_module(STAGES[args.stage][0])
-    if hasattr(mod, "resolve_args"):
-        mod.resolve_args(args)
-    _setup_logging(getattr(args, "log_name", args.stage), getattr(args, "run", None), args.verbose)
-
-    from pipeline.shared.errors import UserError
+def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log_name: str,
+        resolve: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """Run a command: ``resolve`` fills in defaults (the run folder), then ``main`` runs with logging
+    (also to ``<run>/logs/<log_name>.log`` when it has a run folder); errors become exit codes
+    (2: yours, 1: a bug)."""
+    _console_logging(args.verbose)
     try:
-        return mod.main(args)
+        if resolve is not None:
+            resolve(args)
+        _file_logging(getattr(args, "log_name", None) or log_name, getattr(args, "run", None))
+        return main(args)
     except UserError as exc:
         log.debug("details", exc_info=True)
         log.error("%s", exc)
@@ -128,6 +107,59 @@ def main(argv: list[str] | None = None) -> int:
         return _bug(exc, args.verbose)
 
 
-def run_module(stage: str) -> int:
-    """``python -m pipeline.<layer>.<stage> ARGS`` runs like ``python -m pipeline <stage> ARGS``."""
-    return main([stage, *sys.argv[1:]])
+# ---------------------------------------------------------------- the [predict] rules on the command line
+def threshold_arg(text: str) -> float | str:
+    """``--threshold``: a probability, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--threshold takes a probability or "auto". Received: {text!r}') from None
+
+
+def add_rule_options(parser: argparse.ArgumentParser) -> None:
+    """The options that decide a prediction's label (``predict`` and ``serve`` take the same; each
+    overrides the ``[predict]`` key of the same name)."""
+    parser.add_argument("--top-k", type=int, help="top-k labels and probabilities per image (default 3)")
+    parser.add_argument("--threshold", type=threshold_arg, metavar="P|auto",
+                        help='confidence below this -> the unknown label; "auto": the cut reaching --target-precision '
+                             "on the validation split")
+    parser.add_argument("--target-precision", type=float, help="for --threshold auto (default 0.99)")
+    parser.add_argument("--unfamiliar", choices=("flag", "unknown"),
+                        help="images unlike the training data: flag (keep the label) or unknown (default: flag)")
+    parser.add_argument("--unknown-label", help="the label for low-confidence predictions (default: unknown)")
+
+
+def predict_params(args: argparse.Namespace, run_name: str | None, extra: dict[str, object] | None = None
+                   ) -> PredictParams:
+    """``[predict]`` (with the run's overrides; the defaults when the default params file is absent: a
+    bundle can be applied anywhere), then the options given on the command line."""
+    path = args.params if args.params != "params.toml" or Path(args.params).is_file() else None
+    p = params_mod.load(path, "predict", run_name)
+    given = {"top_k": args.top_k, "threshold": args.threshold, "target_precision": args.target_precision,
+             "unfamiliar": args.unfamiliar, "unknown_label": args.unknown_label, **(extra or {})}
+    return dataclasses.replace(p, **{key: value for key, value in given.items() if value is not None})
+
+
+# ---------------------------------------------------------------- which run
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--run`` and ``--data``: which run folder a command works on (default: the last prepared run)."""
+    parser.add_argument("--run", help="the run folder (default: the last one `prepare` wrote)")
+    parser.add_argument("--data", help="or the dataset whose run folder to use (runs/<name of DATA>)")
+
+
+def resolve_run(args: argparse.Namespace, stage: str) -> None:
+    """Fill in ``args.run`` by the one default-run rule (:func:`pipeline.shared.runfolder.resolve_run`)."""
+    args.run = str(runfolder.resolve_run(args.run, getattr(args, "data", None), stage))
+
+
+def resolve_model(args: argparse.Namespace, stage: str) -> None:
+    """Fill in ``args.model`` (the bundle: ``--model`` as given, a run folder's ``model/`` or the run's)
+    and ``args.run`` (its run folder, None for a bundle outside one)."""
+    if args.model is None:
+        resolve_run(args, stage)
+        args.model = bundle.locate(args.run)
+    else:
+        args.model = bundle.locate(args.model)
+        args.run = str(args.model.parent) if runfolder.is_prepared(args.model.parent) else None

@@ -178,6 +178,14 @@ class TrainParams:
     inter_op_threads: int = 0
     data_threads: int = 0
 
+    # Knobs that change how fast training runs, not what it learns: left out of fingerprints.
+    RUNTIME_KEYS: typing.ClassVar[tuple[str, ...]] = ("streaming", "intra_op_threads", "inter_op_threads",
+                                                      "data_threads")
+
+    def learned(self) -> dict[str, Any]:
+        """The settings that change what is learned (every key but :attr:`RUNTIME_KEYS`)."""
+        return {k: v for k, v in to_dict(self).items() if k not in self.RUNTIME_KEYS}
+
     def __post_init__(self) -> None:
         _choice("train", "model", self.model, MODELS)
         _choice("train", "strategy", self.strategy, STRATEGIES)
@@ -240,6 +248,16 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class NoveltyParams:
+    """The unfamiliar-input detector fitted at the end of ``train`` (docs/trust.md)."""
+
+    flag_rate: float = 0.02  # share of familiar (validation) images the cut flags
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.flag_rate < 0.5, "novelty", "flag_rate", "in (0, 0.5)", self.flag_rate)
+
+
+@dataclass(frozen=True)
 class SuspectsParams:
     """The label check (``pipeline suspects``): k-fold cross-validation, then confident learning."""
 
@@ -285,6 +303,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "augment": AugmentParams,
     "evaluate": EvaluateParams,
+    "novelty": NoveltyParams,
     "suspects": SuspectsParams,
     "predict": PredictParams,
 }
@@ -322,6 +341,17 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def did_you_mean(unknown: list[str], known: set[str] | list[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the first unknown name close to a known one, else ""."""
+    import difflib
+
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0]!r} for {name!r}?)" if len(unknown) > 1 else f" (did you mean {close[0]!r}?)"
+    return ""
+
+
 def from_dict(cls: type[T], section: str, data: dict[str, Any]) -> T:
     """Build a params dataclass from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
@@ -330,7 +360,8 @@ def from_dict(cls: type[T], section: str, data: dict[str, Any]) -> T:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"[{section}] unknown key(s) {unknown}; known keys: {sorted(known)}")
+        raise UserError(f"[{section}] unknown key(s) {unknown}{did_you_mean(unknown, known)}; "
+                        f"known keys: {sorted(known)}")
     kwargs = {k: _coerce(section, k, v, hints[k]) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -353,7 +384,8 @@ def load(path: str | Path | None, section: str, name: str | None = None) -> Any:
             raise UserError(f"params file {path} is not valid TOML: {exc}") from None
         unknown = sorted(set(data) - set(SECTIONS) - {"overrides"})
         if unknown:
-            raise UserError(f"params file {path}: unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
+            raise UserError(f"params file {path}: unknown section(s) {unknown}{did_you_mean(unknown, SECTIONS)}; "
+                            f"known: {sorted(SECTIONS)}")
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
         raise UserError(f"[overrides] must be a table of datasets. Received: {overrides!r}")

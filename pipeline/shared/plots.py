@@ -233,9 +233,12 @@ def risk_coverage(table: dict[str, list[float]], marked: float | None = None) ->
     return _png(fig)
 
 
+EXPLANATION_INCHES = (10, 3.6)  # the explanation figure: three panels side by side
+
+
 def explanation(x: np.ndarray, heat: np.ndarray, top: Sequence[tuple[str, float]], title: str) -> bytes:
     """The input as the model saw it, the same with the saliency map over it, and the top-k bars."""
-    fig = _figure(10, 3.6)
+    fig = _figure(*EXPLANATION_INCHES)
     left, mid, right = fig.subplots(1, 3, width_ratios=[1, 1, 1.3])
     for ax in (left, mid):
         ax.set_xticks([])

@@ -98,11 +98,3 @@ def main(args: argparse.Namespace) -> int:
     cli.result(format_text(rows))
     log.info("compare: %d runs -> %s", len(args.runs), out)
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("compare"))

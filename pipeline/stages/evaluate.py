@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
 from pipeline.model import calibrate
 from pipeline.model.infer import predict_probs
 from pipeline.shared import artifacts, bundle, cli
@@ -60,18 +59,19 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     """Predict the test split with the run's bundle and write ``metrics.json``."""
-    rf.require(run, rf.PREPARE, "prepare")
+    prep = rf.Prepared.open(run)
     model_dir = run / rf.BUNDLE
     rf.require(model_dir, bundle.MARKER, "train")
     info = bundle.read_info(model_dir)
-    fp = artifacts.fingerprint(info["model_sha256"], params_mod.to_dict(p), __version__)
+    prep.check_bundle(bundle.read_labels(model_dir), bundle.read_preprocess_of(model_dir).input_shape,
+                      f"the model {model_dir}")
+    fp = rf.fingerprint("evaluate", upstream=[prep.fingerprint, info["model_sha256"]], params=[p])
     out = run / rf.METRICS
     if rf.is_current(out, fp, [run / rf.PROBS]):
         log.info("evaluate: %s is up to date; skipped", out)
         return rf.read_marker(out)
     b = bundle.load(model_dir)
-    x = artifacts.load_npy(run / rf.x_file("test"), "prepared test images")
-    y = np.asarray(artifacts.load_npy(run / rf.y_file("test"), "prepared test labels"))
+    x, y = prep.x("test"), prep.y("test")
     if len(y) == 0:
         raise artifacts.StageError(f"{run}: the test split is empty; nothing to evaluate")
     probs = predict_probs(b, x, p.batch_size)  # the same path as `pipeline predict`
@@ -91,24 +91,17 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", required=True, help="run folder with a trained bundle")
+    cli.add_run_options(parser)
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     return parser
 
 
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_run(args, "evaluate")
+
+
 def main(args: argparse.Namespace) -> int:
-    """CLI: evaluate and print the summary table."""
+    """CLI: evaluate and print the summary table (``pipeline evaluate`` then writes the report)."""
     metrics = evaluate(Path(args.run), params_mod.load(args.params, "evaluate", Path(args.run).name))
     cli.result(format_table(metrics))
-    from pipeline.stages.report import build_report
-
-    cli.result(f"report: {build_report(Path(args.run))}")
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("evaluate"))

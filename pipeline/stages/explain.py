@@ -1,16 +1,11 @@
 """Explain: why the model gave this label, as a saliency map over the image it saw.
 
-    pipeline explain IMAGE --model runs/<name>/model [--out overlay.png] [--method occlusion|gradcam]
+    pipeline explain IMAGE [--model runs/<name>/model] [--out overlay.png] [--method occlusion|gradcam]
 
-The default is an **occlusion** map (Zeiler and Fergus 2014): a patch of background
-slides over the image and the map shows how much the label's probability drops when
-each part is hidden. It measures the model's actual response, works for any model,
-and costs about a hundred forward passes of a small image. **Grad-CAM** (Selvaraju et
-al. 2017) weighs the last convolution's feature maps by their gradients; on a 28x28
-LeNet that map is 10x10 and blurred by pooling. On the reference MNIST model the
-occlusion map is the more faithful of the two by the deletion test (hide the most
-salient pixels first: the probability falls faster), see README "Why this label".
-Writes the input as the model saw it with the map overlaid, and the top-k labels.
+Writes the input as the model saw it with the map overlaid (default: an occlusion map, see
+:mod:`pipeline.model.explain` and docs/trust.md), and prints the label, the top-k and, like
+``pipeline predict``, the novelty score and whether the image looks familiar (an unfamiliar image's
+map explains a guess). ``--model`` defaults to the last prepared run's bundle (``--model RUN`` works).
 """
 from __future__ import annotations
 
@@ -22,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.preprocess import ImageError, load_image
+from pipeline.model.explain import METHODS, saliency
 from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import bundle as bundle_mod
@@ -29,122 +25,55 @@ from pipeline.shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("occlusion", "gradcam")
-
-
-def _background(x: np.ndarray) -> np.ndarray:
-    """The image's border level per channel: what an occluding patch is filled with."""
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    return np.median(border, axis=0)
-
-
-def occlusion(predictor: Predictor, x: np.ndarray, cls: int, patch: int = 0, stride: int = 0) -> np.ndarray:
-    """How much hiding each part of ``x`` (H, W, C) lowers the probability of ``cls``: (H, W) in [0, 1]."""
-    h, w = x.shape[:2]
-    patch = patch or max(3, round(min(h, w) / 5))
-    stride = stride or max(1, patch // 3)
-    fill = _background(x)
-    tops = range(0, max(1, h - patch + 1), stride)
-    lefts = range(0, max(1, w - patch + 1), stride)
-    windows = [(t, left) for t in tops for left in lefts]
-    batch = np.repeat(x[None], len(windows), axis=0)
-    for k, (t, left) in enumerate(windows):
-        batch[k, t:t + patch, left:left + patch] = fill
-    base = float(predictor(x[None]).probs[0, cls])
-    drop = np.maximum(base - predictor(batch).probs[:, cls], 0)
-    heat, count = np.zeros((h, w), np.float64), np.zeros((h, w), np.float64)
-    for k, (t, left) in enumerate(windows):
-        heat[t:t + patch, left:left + patch] += drop[k]
-        count[t:t + patch, left:left + patch] += 1
-    heat /= np.maximum(count, 1)
-    return (heat / heat.max()).astype(np.float32) if heat.max() > 0 else heat.astype(np.float32)
-
-
-def gradcam(model: Any, x: np.ndarray, cls: int) -> np.ndarray:
-    """Grad-CAM on the model's last convolution: (H, W) in [0, 1] (zeros for a model without one)."""
-    import cv2
-    import tensorflow as tf
-
-    convs = [i for i, layer in enumerate(model.layers) if type(layer).__name__ == "Conv2D"]
-    if not convs:
-        return np.zeros(x.shape[:2], np.float32)
-    last = convs[-1]
-    inp = tf.constant(x[None], tf.float32)
-    with tf.GradientTape() as tape:
-        act = inp
-        for layer in model.layers[:last + 1]:
-            act = layer(act, training=False)
-        tape.watch(act)
-        out = act
-        for layer in model.layers[last + 1:]:
-            out = layer(out, training=False)
-        score = out[0, cls]
-    grads = tape.gradient(score, act)[0].numpy()
-    maps = act[0].numpy()
-    cam = np.maximum((maps * grads.mean(axis=(0, 1))).sum(axis=2), 0)
-    cam = cv2.resize(cam.astype(np.float32), (x.shape[1], x.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cam / cam.max() if cam.max() > 0 else cam
-
-
-def saliency(b: bundle_mod.Bundle, predictor: Predictor, x: np.ndarray, cls: int, method: str) -> np.ndarray:
-    """The saliency map of ``x`` for class ``cls`` by ``method``."""
-    if method not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}. Received: {method!r}")
-    return occlusion(predictor, x, cls) if method == "occlusion" else gradcam(b.model, x, cls)
-
-
-def deletion_auc(predictor: Predictor, x: np.ndarray, cls: int, heat: np.ndarray, steps: int = 20) -> float:
-    """The deletion test of a saliency map: hide pixels most salient first (with the background level);
-    the mean probability of ``cls`` along the way. Lower: the map found what the label rests on."""
-    order = np.argsort(-heat.ravel(), kind="stable")
-    fill = _background(x)
-    batch = np.repeat(x[None], steps + 1, axis=0)
-    for s in range(1, steps + 1):
-        hidden = order[: round(len(order) * s / steps)]
-        rows, cols = np.unravel_index(hidden, heat.shape)
-        batch[s, rows, cols] = fill
-    return float(predictor(batch).probs[:, cls].mean())
-
 
 def explain(image: Path, model_dir: Path, out: Path, method: str = "occlusion", top_k: int = 3) -> dict[str, Any]:
-    """Write the overlay PNG for one image; return the label, top-k and the method."""
+    """Write the overlay PNG for one image; return the label, top-k, novelty, familiar and the method."""
     b = bundle_mod.load(model_dir)
     try:
         x = load_image(image, b.preprocess)
     except ImageError as exc:
         raise UserError(f"{image}: {exc}") from None
     predictor = Predictor(b, 256)
-    probs = predictor(x[None]).probs[0]
+    got = predictor(x[None])
+    probs = got.probs[0]
     order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, len(b.labels)))]
     cls = int(order[0])
-    heat = saliency(b, predictor, x, cls, method)
+    heat = saliency(predictor, x, cls, method)
     top = [(b.labels[i], float(probs[i])) for i in order]
-    png = plots.explanation(x, heat, top, f"{method} map: what the label {b.labels[cls]!r} rests on")
-    artifacts.write_bytes(out, png)
-    return {"image": str(image), "label": b.labels[cls], "top_k": top, "method": method, "out": str(out)}
+    familiar = None if got.familiar is None else bool(got.familiar[0])
+    title = f"{method} map: what the label {b.labels[cls]!r} rests on"
+    if familiar is False:
+        title += " (UNFAMILIAR image: the label is a guess)"
+    artifacts.write_bytes(out, plots.explanation(x, heat, top, title))
+    return {"image": str(image), "label": b.labels[cls], "top_k": top, "method": method, "out": str(out),
+            "novelty": None if got.novelty is None else float(got.novelty[0]), "familiar": familiar}
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One line: label, top-k, novelty and familiarity (as ``pipeline predict`` prints them), the map."""
+    top = ", ".join(f"{label} {p:.4f}" for label, p in r["top_k"])
+    familiar = "" if r["familiar"] is None else (
+        f"  novelty {r['novelty']:.3f} ({'familiar' if r['familiar'] else 'UNFAMILIAR: unlike the training images'})")
+    return f"{r['image']}: {r['label']}  top-{len(r['top_k'])}: {top}{familiar}  ({r['method']} map -> {r['out']})"
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("image", type=Path, help="an image file")
-    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (runs/<name>/model)")
+    parser.add_argument("--model", type=Path, help="model bundle folder, or a run folder (default: the last "
+                        "prepared run's model)")
+    cli.add_run_options(parser)
     parser.add_argument("--out", type=Path, help="the overlay PNG (default: <image name>.explain.png here)")
     parser.add_argument("--method", choices=METHODS, default="occlusion", help="saliency method (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=3, help="labels listed (default: %(default)s)")
     return parser
 
 
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_model(args, "explain")
+
+
 def main(args: argparse.Namespace) -> int:
-    """CLI: write the overlay, print the label and top-k."""
+    """CLI: write the overlay, print the label, top-k and novelty."""
     out = args.out or Path(f"{args.image.stem}.explain.png")
-    r = explain(args.image, args.model, out, args.method, args.top_k)
-    cli.result(f"{r['image']}: {r['label']}  top-{len(r['top_k'])}: "
-          + ", ".join(f"{label} {p:.4f}" for label, p in r["top_k"]) + f"  ({r['method']} map -> {r['out']})")
+    cli.result(describe(explain(args.image, args.model, out, args.method, args.top_k)))
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("explain"))

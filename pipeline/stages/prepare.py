@@ -216,11 +216,6 @@ def _input_fingerprint(listing: ingest.Listing) -> str:
     return artifacts.fingerprint(h.hexdigest(), listing.rejected)
 
 
-def require_prepared(run: Path) -> dict[str, Any]:
-    """The prepare marker of ``run``; a clear error naming the stage to re-run if absent."""
-    return rf.require(run, rf.PREPARE, "prepare")
-
-
 def artifact_names() -> list[str]:
     return [rf.MANIFEST, rf.LABELS, rf.REJECTED, rf.DATASET, *rf.prepared_arrays()]
 
@@ -236,7 +231,7 @@ class Summary:
 
 
 @dataclass
-class Plan:
+class SplitPlan:
     """The candidates (items with a label) and the split each is decoded into."""
 
     by_split: dict[str, list[int]]
@@ -248,7 +243,7 @@ class Plan:
 
 
 @dataclass
-class Decoded:
+class Usable:
     """The usable items after decoding, their labels and audit facts."""
 
     good: list[int]
@@ -334,11 +329,10 @@ def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.L
 
 def _fingerprint_later(listing: ingest.Listing, p: PrepareParams, cfg: PreprocessParams, ip: IngestParams,
                        fixed: dict[str, Any] | None) -> concurrent.futures.Future:
-    """The input fingerprint, computed in a thread (it stats every file) while decoding goes on."""
+    """The stage's fingerprint, computed in a thread (it stats every file) while decoding goes on."""
     def fingerprint() -> str:
-        return artifacts.fingerprint(_input_fingerprint(listing), params_mod.to_dict(p), params_mod.to_dict(cfg),
-                                     params_mod.to_dict(ip), listing.layout, __version__,
-                                     *([fixed["sha256"]] if fixed else []))
+        return rf.fingerprint("prepare", upstream=[_input_fingerprint(listing)], params=[p, cfg, ip],
+                              extra=[listing.layout, fixed["sha256"] if fixed else None])
 
     pool = concurrent.futures.ThreadPoolExecutor(1)
     future = pool.submit(fingerprint)
@@ -346,7 +340,7 @@ def _fingerprint_later(listing: ingest.Listing, p: PrepareParams, cfg: Preproces
     return future
 
 
-def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> Plan:
+def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> SplitPlan:
     """Split before decoding, so each image is decoded straight into its split's array (no
     scratch copy); files that turn out unusable are compacted away after."""
     if listing.items and all(it.label is None for it in listing.items):
@@ -357,10 +351,10 @@ def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> Plan:
     rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
     pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
     pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
-    return Plan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
+    return SplitPlan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
 
 
-def _resolve(listing: ingest.Listing, plan: Plan, cfg: PreprocessParams, pool: Any,
+def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, pool: Any,
              seed: int) -> tuple[PreprocessParams, dict[str, Any]]:
     """Settle ``"auto"`` preprocessing from a census of (a sample of) the files; log each choice."""
     needs = cfg.color == params_mod.AUTO or cfg.size == params_mod.AUTO or cfg.invert == params_mod.AUTO
@@ -381,8 +375,8 @@ def _resolve(listing: ingest.Listing, plan: Plan, cfg: PreprocessParams, pool: A
     return resolved, choices
 
 
-def _usable(listing: ingest.Listing, plan: Plan, metas: audit.MetaTable, p: PrepareParams, data: Path,
-            run: Path) -> Decoded:
+def _usable(listing: ingest.Listing, plan: SplitPlan, metas: audit.MetaTable, p: PrepareParams, data: Path,
+            run: Path) -> Usable:
     """The items that decoded, and the label map (refusing data with fewer than 2 classes)."""
     good = [i for i in plan.order if i in metas]
     if not good:
@@ -391,10 +385,10 @@ def _usable(listing: ingest.Listing, plan: Plan, metas: audit.MetaTable, p: Prep
     labels = label_map([listing.items[i].label for i in good], p.labels)
     if len(labels) < 2:
         raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
-    return Decoded(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]})
+    return Usable(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]})
 
 
-def _audit(listing: ingest.Listing, d: Decoded, ip: IngestParams) -> dict[str, Any]:
+def _audit(listing: ingest.Listing, d: Usable, ip: IngestParams) -> dict[str, Any]:
     """Duplicates, conflicts and leakage among the usable items (and which val/test items to drop)."""
     items = [listing.items[i] for i in d.good]
     paths = [it.path for it in items]
@@ -413,7 +407,7 @@ def _audit(listing: ingest.Listing, d: Decoded, ip: IngestParams) -> dict[str, A
             "leakage": leakage, "dropped": dropped, "near_duplicates": near, "outliers": odd}
 
 
-def _write_arrays(listing: ingest.Listing, plan: Plan, d: Decoded, dropped: set[int], tmp_files: dict[str, Path],
+def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int], tmp_files: dict[str, Path],
                   run: Path) -> tuple[dict[str, list[ingest.Item]], dict[str, dict[str, int]]]:
     """Move each split's decoded array into place (compacted when rows were dropped), write its labels."""
     kept_items: dict[str, list[ingest.Item]] = {}
@@ -434,7 +428,7 @@ def _write_arrays(listing: ingest.Listing, plan: Plan, d: Decoded, dropped: set[
     return kept_items, counts
 
 
-def _summary(listing: ingest.Listing, plan: Plan, d: Decoded, a: dict[str, Any], counts: dict[str, dict[str, int]],
+def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, Any], counts: dict[str, dict[str, int]],
              choices: dict[str, Any], ip: IngestParams, data: Path, run: Path) -> dict[str, Any]:
     """``dataset.json``: the audit's findings, the resolved choices and the class symmetry."""
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
@@ -481,39 +475,28 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="dataset folder, or a .csv/.tsv file")
     parser.add_argument("--layout", default="auto", choices=ingest.LAYOUTS,
                         help="auto | folders | filenames | csv | pixels (default: %(default)s)")
-    parser.add_argument("--run", help="run folder (default: runs/<name of DATA>)")
+    parser.add_argument("--run", help="run folder (default: runs/<name of DATA>; for a mapping file, the name of "
+                        "the folder holding it)")
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     parser.add_argument("--corrections", type=Path, help="path,label rows that relabel (or exclude) images "
                         "(default: corrections.csv in the run folder, when there is one)")
     return parser
 
 
-def default_run(data: str | Path) -> Path:
-    """``runs/<basename of DATA without extension>``, as the Makefile computes it."""
-    return Path("runs") / Path(str(data).rstrip("/")).stem
-
-
 def resolve_args(args: argparse.Namespace) -> None:
-    """Fill in the run folder default (used by the CLI before logging starts)."""
-    args.run = args.run or str(default_run(args.data))
+    """The run folder: ``--run``, else the dataset's (the one default-run rule)."""
+    args.run = str(rf.resolve_run(args.run, args.data))
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI: read params, run prepare, print the dataset table."""
+    """CLI: read params, run prepare, print the dataset table; the run becomes the default of later stages."""
     data = Path(args.data)
-    run = Path(args.run or default_run(data))
+    run = Path(args.run)
     p = params_mod.load(args.params, "prepare", run.name)
     cfg = params_mod.load(args.params, "preprocess", run.name)
     ip = params_mod.load(args.params, "ingest", run.name)
     summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections)
+    rf.remember_run(run)
     cli.result(audit.format_summary(summary.dataset))
-    cli.result(f"run folder: {run}")
+    cli.result(f"run folder: {run} (the default of `make train`, `make evaluate`, ... from now on)")
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("prepare"))

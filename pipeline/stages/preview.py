@@ -7,7 +7,6 @@ Writes ``<run>/preview.png`` (``--out`` to change).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from pipeline.data.preprocess import ImageError, decode_file, load_image
 from pipeline.shared import artifacts, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
-from pipeline.shared.bundle import read_preprocess_dict
 from pipeline.shared.params import AugmentParams, PreprocessParams
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,8 @@ def augmented_versions(x: np.ndarray, aug: AugmentParams, n: int, seed: int) -> 
     """``n`` augmented versions of one preprocessed image (as training would make them)."""
     if n == 0 or not aug.enabled:
         return []
-    from pipeline.data.augment import build_augmenter
-    from pipeline.data.batches import make_dataset
+    from pipeline.model.augment import build_augmenter
+    from pipeline.model.batches import make_dataset
 
     augmenter = build_augmenter(aug, seed)
     if augmenter is None:
@@ -95,32 +93,32 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
 def preview(run: Path, aug: AugmentParams, per_class: int = 2, n_aug: int = 4, seed: int = 42,
             out: Path | None = None) -> Path:
     """Write the preview grid of a prepared run; return its path."""
-    marker = rf.require(run, rf.PREPARE, "prepare")
-    cfg = read_preprocess_dict(marker["preprocess"], f"{run / rf.PREPARE}")
+    prep = rf.Prepared.open(run)
     if aug.hflip == params_mod.AUTO:  # as training will resolve it
-        dataset = artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {}
-        aug = replace(aug, hflip=bool(dataset.get("choices", {}).get("hflip", {}).get("hflip", False)))
-    labels = list(artifacts.read_json(run / rf.LABELS, "label map"))
-    picked: dict[str, list[str]] = {name: [] for name in labels}
-    with open(run / rf.MANIFEST, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["split"] == "train" and len(picked.get(row["label"], [None] * per_class)) < per_class:
-                picked[row["label"]].append(row["path"])
-    grid = preview_grid([(name, picked[name]) for name in labels], cfg, aug, n_aug, seed)
+        aug = replace(aug, hflip=bool((prep.hflip or {}).get("hflip", False)))
+    picked: dict[str, list[str]] = {name: [] for name in prep.labels}
+    for row in prep.manifest():
+        if row.split == "train" and len(picked.get(row.label, [None] * per_class)) < per_class:
+            picked[row.label].append(row.path)
+    grid = preview_grid([(name, picked[name]) for name in prep.labels], prep.preprocess, aug, n_aug, seed)
     out = out or run / rf.PREVIEW
     with artifacts.atomic_path(out, suffix=".png") as tmp:
         grid.save(tmp, format="PNG")
-    log.info("preview: %d classes -> %s", len(labels), out)
+    log.info("preview: %d classes -> %s", len(prep.labels), out)
     return out
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", required=True, help="run folder written by prepare")
+    cli.add_run_options(parser)
     parser.add_argument("--params", default="params.toml", help="params file, for [augment] (default: %(default)s)")
     parser.add_argument("--per-class", type=int, default=2, help="images per class (default: %(default)s)")
     parser.add_argument("--augmented", type=int, default=4, help="augmented versions per image (default: %(default)s)")
     parser.add_argument("--out", help="output PNG (default: <run>/preview.png)")
     return parser
+
+
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_run(args, "preview")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -130,11 +128,3 @@ def main(args: argparse.Namespace) -> int:
     seed = params_mod.load(args.params, "train", run.name).seed
     cli.result(preview(run, aug, args.per_class, args.augmented, seed, Path(args.out) if args.out else None))
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("preview"))

@@ -28,7 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.model import confident, recipe
+from pipeline.model import confident
+from pipeline.model.fitting import fit_on_arrays
+from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
@@ -54,82 +56,36 @@ def folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     return [held for _, held in splitter.split(np.zeros(len(y)), y)]
 
 
-class _EpochBar:
-    """A tqdm bar over a fold's epochs (a Keras callback), with its ETA."""
-
-    def __init__(self, epochs: int, desc: str) -> None:
-        import keras
-
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.3f}")
-
-            def on_train_end(self, logs: dict | None = None) -> None:
-                bar.close()
-
-        self.callback = Callback()
-
-
 def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, aug: AugmentParams,
-               labels: list[str], cfg: Any, facts: dict[str, Any], desc: str) -> np.ndarray:
+               prep: rf.Prepared, desc: str) -> np.ndarray:
     """Train on everything but ``held`` (the run's recipe, ``p.step_budget`` steps), predict ``held``."""
-    import keras
-
-    from pipeline.model.infer import Predictor
-    from pipeline.data.batches import make_dataset
-    from pipeline.stages.train import Data, compile_model
-
     keep = np.setdiff1d(np.arange(len(y)), held)
-    data = Data(np.asarray(x[keep]), y[keep], x[:0], y[:0], len(labels))
-    counts = np.bincount(y[keep], minlength=len(labels)).tolist()
-    plan = recipe.plan(p, aug, len(keep), counts, facts["symmetry"], facts["imbalance_ratio"])
-    keras.utils.set_random_seed(p.seed)
-    model = compile_model(p, plan, data, None)
-    from pipeline.data.augment import build_augmenter
-
-    augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed)
-    ds = make_dataset(data.x_train, data.y_train, p.batch_size, True, p.seed, augmenter, n_classes=len(labels),
-                      class_weights=plan.class_weights, data_threads=p.data_threads)
-    model.fit(ds, epochs=plan.epochs, verbose=0, shuffle=False, callbacks=[_EpochBar(plan.epochs, desc).callback])
-    return Predictor(bundle.Bundle(model, labels, cfg, {}), 1024)(np.asarray(x[held])).probs
+    model = fit_on_arrays(np.asarray(x[keep]), y[keep], p, aug, len(prep.labels), prep.hflip, prep.imbalance_ratio,
+                          desc)
+    return Predictor(bundle.Bundle(model, prep.labels, prep.preprocess, {}), 1024)(np.asarray(x[held])).probs
 
 
 # ---------------------------------------------------------------- the stage
-def _load(run: Path) -> tuple[dict[str, Any], list[str], np.ndarray, np.ndarray, list[str]]:
-    """The prepare marker, labels, train+val images and labels, and their manifest paths (same order)."""
-    marker = rf.require(run, rf.PREPARE, "prepare")
-    labels = bundle.labels_from_map(artifacts.read_json(run / rf.LABELS, "label map"), str(run / rf.LABELS))
-    xs = [artifacts.load_npy(run / rf.x_file(s), f"prepared {s} images", mmap=False) for s in ("train", "val")]
-    ys = [np.asarray(artifacts.load_npy(run / rf.y_file(s), f"prepared {s} labels")) for s in ("train", "val")]
-    with open(run / rf.MANIFEST, newline="", encoding="utf-8") as fh:
-        by_split: dict[str, list[str]] = {"train": [], "val": []}
-        for row in csv.DictReader(fh):
-            if row["split"] in by_split:
-                by_split[row["split"]].append(row["path"])
-    paths = by_split["train"] + by_split["val"]
-    x, y = np.concatenate(xs), np.concatenate(ys)
+def _load(prep: rf.Prepared) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The train+val images and labels, and their manifest paths (same order)."""
+    x = np.concatenate([prep.x(s, mmap=False) for s in ("train", "val")])
+    y = np.concatenate([prep.y(s) for s in ("train", "val")])
+    paths = prep.paths("train", "val")
     if len(paths) != len(y):
-        raise artifacts.StageError(f"{run}: the manifest does not match the prepared arrays; re-run `make prepare`")
+        raise artifacts.StageError(f"{prep.run}: the manifest does not match the prepared arrays; re-run `make prepare`")
     if len(np.unique(y)) < 2:
-        raise UserError(f"{run}: the train and val splits hold fewer than 2 classes; nothing to cross-check")
-    return marker, labels, x, y, paths
+        raise UserError(f"{prep.run}: the train and val splits hold fewer than 2 classes; nothing to cross-check")
+    return x, y, paths
 
 
-def _probabilities(run: Path, x: np.ndarray, y: np.ndarray, labels: list[str], fp: str, sp: SuspectsParams,
-                   p: TrainParams, aug: AugmentParams, marker: dict[str, Any]) -> np.ndarray:
+def _probabilities(prep: rf.Prepared, x: np.ndarray, y: np.ndarray, fp: str, sp: SuspectsParams, p: TrainParams,
+                   aug: AugmentParams) -> np.ndarray:
     """Out-of-fold probabilities of every image; finished folds are read back, the others trained."""
-    work = run / rf.SUSPECTS_WORK
+    work = prep.run / rf.SUSPECTS_WORK
     work.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(work)
-    cfg = bundle.read_preprocess_dict(marker["preprocess"], str(run / rf.PREPARE))
-    dataset = artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {}
-    facts = {"symmetry": dataset.get("choices", {}).get("hflip"),
-             "imbalance_ratio": float(marker.get("ingest", {}).get("imbalance_ratio", 10.0))}
-    held_out = folds(y, sp.folds, int(marker["params"]["seed"]))
-    probs = np.zeros((len(y), len(labels)), np.float32)
+    held_out = folds(y, sp.folds, prep.seed)
+    probs = np.zeros((len(y), len(prep.labels)), np.float32)
     for k in tqdm(range(len(held_out)), desc="suspects: folds", unit="fold"):
         held, name = held_out[k], f"fold{k + 1}of{len(held_out)}"
         if rf.is_current(work / f"{name}.json", fp, [work / f"{name}.npy"]):
@@ -137,7 +93,7 @@ def _probabilities(run: Path, x: np.ndarray, y: np.ndarray, labels: list[str], f
             probs[held] = artifacts.load_npy(work / f"{name}.npy", "fold probabilities", mmap=False)
             continue
         t0 = time.perf_counter()
-        probs[held] = fold_probs(x, y, held, p, aug, labels, cfg, facts, name)
+        probs[held] = fold_probs(x, y, held, p, aug, prep, name)
         artifacts.save_npy(work / f"{name}.npy", probs[held])
         rf.write_marker(work / f"{name}.json", fp, fold=k + 1, folds=len(held_out), images=int(len(held)),
                         seconds=round(time.perf_counter() - t0, 1))
@@ -178,17 +134,16 @@ def _gallery(run: Path, x: np.ndarray, issues: confident.Issues, rows: list[dict
 
 def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) -> dict[str, Any]:
     """Run the stage: out-of-fold probabilities, confident learning, suspects.csv/png and the marker."""
-    marker, labels, x, y, paths = _load(run)
-    learned = {k: v for k, v in params_mod.to_dict(p).items() if k not in ("streaming", "intra_op_threads",
-                                                                          "inter_op_threads", "data_threads")}
+    prep = rf.Prepared.open(run)
+    labels = prep.labels
+    x, y, paths = _load(prep)
+    fp = rf.fingerprint("suspects", upstream=[prep.fingerprint], params=[sp, p.learned(), aug])
     p = dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=sp.step_budget)
-    fp = artifacts.fingerprint(marker.get("fingerprint"), params_mod.to_dict(sp), learned, params_mod.to_dict(aug),
-                               __version__)
     if rf.is_current(run / rf.SUSPECTS_MARKER, fp, [run / rf.SUSPECTS]):
         log.info("suspects: %s is up to date; skipped", run / rf.SUSPECTS)
         return rf.read_marker(run / rf.SUSPECTS_MARKER)
     t0 = time.perf_counter()
-    probs = _probabilities(run, x, y, labels, fp, sp, p, aug, marker)
+    probs = _probabilities(prep, x, y, fp, sp, p, aug)
     issues = confident.find_issues(probs, y)
     rows = rows_for(issues, probs, y, labels, paths)
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
@@ -220,7 +175,7 @@ def write_corrections(run: Path, force: bool = False) -> Path:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", required=True, help="a prepared run folder")
+    cli.add_run_options(parser)
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     parser.add_argument("--folds", type=int, help="cross-validation folds (default: [suspects] folds)")
     parser.add_argument("--write-corrections", action="store_true",
@@ -245,9 +200,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("suspects"))
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_run(args, "suspects")

@@ -19,23 +19,23 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import __version__
-from pipeline.data import batches
-from pipeline.model import recipe
+from pipeline.data import strokes
+from pipeline.model import batches, recipe, trust
 from pipeline.model.callbacks import best_so_far, history_callback, repair_backup
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
-from pipeline.shared import artifacts, bundle, compat
+from pipeline.model.fitting import Data, compile_model, datasets
+from pipeline.shared import artifacts, bundle, cli, compat
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.env import environment
-from pipeline.shared.params import STRATEGIES, AugmentParams, TrainParams
-from pipeline.stages import trust
+from pipeline.shared.novelty_spec import NoveltySpec
+from pipeline.shared.params import STRATEGIES, AugmentParams, NoveltyParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -43,47 +43,6 @@ BACKUP_DIR = rf.BACKUP
 CHECKPOINT = rf.CHECKPOINT
 HISTORY = rf.HISTORY
 BUNDLE_DIR = rf.BUNDLE
-VAL_BATCH = 1024  # images per validation step
-STEPS_PER_EXECUTION = 8  # steps per call into the compiled graph: fewer Python round trips per epoch
-
-
-
-
-
-
-@dataclass
-class Data:
-    """The prepared arrays a run trains on."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    n_classes: int
-
-    @property
-    def has_val(self) -> bool:
-        return len(self.x_val) > 0
-
-
-def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any) -> Any:
-    """The model with its optimizer, loss and metrics (built in the strategy's scope when there is one)."""
-    import contextlib
-
-    import keras
-
-    from pipeline.model.model import build_model, with_precision
-
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps)
-        if plan.precision != "float32":
-            model = with_precision(model, plan.precision)
-        model.compile(optimizer=recipe.optimizer(p, plan.total_steps), loss=recipe.loss(p),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                      # Several steps per graph call (not under tf.distribute: Keras' multi-step loop
-                      # fails there); no XLA: slower on CPU.
-                      steps_per_execution=STEPS_PER_EXECUTION if strategy is None else 1, jit_compile=False)
-    return model
 
 
 def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> list[Any]:
@@ -106,38 +65,6 @@ def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> 
             keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True)]
 
 
-def _datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data, strategy: Any,
-              cluster: Cluster) -> tuple[Any, Any]:
-    """The training and validation tf.data pipelines (distributed under a strategy)."""
-    import tensorflow as tf
-
-    from pipeline.data.augment import build_augmenter
-
-    stream = batches.should_stream(p, data.x_train.nbytes + data.x_val.nbytes)
-    log.info("train: %s the arrays (%.0f MB)", "streaming" if stream else "loading",
-             (data.x_train.nbytes + data.x_val.nbytes) / 1e6)
-    # The augmentation seed differs per worker: their shards differ, so should their distortions.
-    augmenter = build_augmenter(dataclasses.replace(aug, hflip=plan.hflip), p.seed + cluster.index)
-
-    def train_data(shard: tuple[int, int]) -> Any:
-        return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed,
-                                    augmenter=augmenter, stream=stream, shard=shard, data_threads=p.data_threads,
-                                    n_classes=data.n_classes, class_weights=plan.class_weights)
-
-    def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
-        # Larger batches than training's: inference only (batch-norm uses its moving statistics, so the
-        # batch size changes nothing but the speed), fewer steps in every epoch's validation pass.
-        return batches.make_dataset(data.x_val, data.y_val, max(p.batch_size, VAL_BATCH), shuffle=False, seed=p.seed,
-                                    stream=stream, data_threads=p.data_threads, n_classes=data.n_classes)
-
-    if strategy is None:
-        return train_data((0, 1)), val_data() if data.has_val else None
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: train_data((ctx.input_pipeline_id, ctx.num_input_pipelines)),
-        tf.distribute.InputOptions(experimental_fetch_to_device=True))
-    return train_ds, strategy.distribute_datasets_from_function(lambda ctx: val_data()) if data.has_val else None
-
-
 def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int | str = "auto",
         aug: AugmentParams | None = None, strategy: Any = None, cluster: Cluster | None = None) -> dict[str, Any]:
     """Build, compile and fit the model with checkpoints, early stopping, LR schedule and resume.
@@ -157,7 +84,10 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
     monitor = "val_loss" if data.has_val else "loss"
     if not data.has_val:
         log.warning("no validation split: early stopping and checkpoints watch the training loss")
-    train_ds, val_ds = _datasets(p, plan, aug or AugmentParams(), data, strategy, cluster)
+    stream = batches.should_stream(p, data.x_train.nbytes + data.x_val.nbytes)
+    log.info("train: %s the arrays (%.0f MB)", "streaming" if stream else "loading",
+             (data.x_train.nbytes + data.x_val.nbytes) / 1e6)
+    train_ds, val_ds = datasets(p, plan, aug or AugmentParams(), data, strategy, cluster, stream)
     if strategy is not None:
         compat.build_from_local_replica(model, strategy)
         log.info("train: global batch %d = %d per replica x %d replicas", plan.global_batch, p.batch_size,
@@ -179,27 +109,15 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
             "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds}
 
 
-# Knobs that change how fast training runs, not what it learns: not part of the fingerprint.
-RUNTIME_KEYS = ("streaming", "intra_op_threads", "inter_op_threads", "data_threads")
+def _load(prep: rf.Prepared) -> Data:
+    """The prepared train/val arrays (memory-mapped)."""
+    return Data(prep.x("train"), prep.y("train"), prep.x("val"), prep.y("val"), len(prep.labels))
 
 
-def _load(run: Path) -> tuple[dict[str, int], Data]:
-    """The label map and the prepared train/val arrays (memory-mapped)."""
-    labels = artifacts.read_json(run / rf.LABELS, "label map")
-    bundle.labels_from_map(labels, str(run / rf.LABELS))
-    arrays = {name: artifacts.load_npy(run / f"{name}.npy", f"prepared array {name}")
-              for name in ("X_train", "y_train", "X_val", "y_val")}
-    return labels, Data(arrays["X_train"], arrays["y_train"], arrays["X_val"], arrays["y_val"], len(labels))
-
-
-def _plan(run: Path, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cluster) -> recipe.Plan:
+def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cluster) -> recipe.Plan:
     """Resolve the recipe's "auto" choices from the data; log each."""
-    dataset = artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {}
-    marker = rf.read_marker(run / rf.PREPARE)
     counts = np.bincount(np.asarray(data.y_train), minlength=data.n_classes).tolist()
-    threshold = float(marker.get("ingest", {}).get("imbalance_ratio", 10.0))
-    plan = recipe.plan(p, aug, len(data.x_train), counts, dataset.get("choices", {}).get("hflip"), threshold,
-                       cluster.replicas)
+    plan = recipe.plan(p, aug, len(data.x_train), counts, prep.hflip, prep.imbalance_ratio, cluster.replicas)
     log.info("train: %d epochs (%s)", plan.epochs, plan.epochs_why)
     log.info("train: horizontal flips %s (%s)", "on" if plan.hflip else "off", plan.hflip_why)
     log.info("train: class weights %s", plan.class_weights_why)
@@ -225,56 +143,53 @@ def _save_checkpoint(run: Path, model: Any) -> None:
         model.save(tmp)
 
 
-def _fit_trust(run: Path, data: Data, labels: dict[str, int], preprocess: dict[str, Any]
-               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams
+               ) -> tuple[dict[str, Any], NoveltySpec | None]:
     """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
-    novelty detector (:mod:`pipeline.stages.trust`); the bundle's JSON files and arrays."""
+    novelty detector (:mod:`pipeline.model.trust`); the bundle's calibration record and novelty spec."""
     model, converted = _float32_checkpoint(run)
     if not data.has_val:
         if converted:
             _save_checkpoint(run, model)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
-        return {bundle.CALIBRATION: {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}}, {}
-    extras, arrays = trust.fit(model, list(labels), bundle.read_preprocess_dict(preprocess), data.x_train,
-                               data.x_val, data.y_val)
+        return {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}, None
+    calibration, novelty = trust.fit(model, prep.labels, prep.preprocess, data.x_train, data.x_val, data.y_val,
+                                     np_.flag_rate, lambda n: strokes.stroke_images(n, prep.preprocess))
     _save_checkpoint(run, model)  # saved once: float32 and calibrated
-    return extras, arrays
+    return calibration, novelty
 
 
-def _write_bundle(run: Path, p: TrainParams, aug: AugmentParams, plan: recipe.Plan, labels: dict[str, int],
-                  fp: str, result: dict[str, Any], cluster: Cluster, data: Data) -> Path:
+def _write_bundle(run: Path, prep: rf.Prepared, params: dict[str, Any], plan: recipe.Plan, fp: str,
+                  result: dict[str, Any], cluster: Cluster, data: Data, np_: NoveltyParams) -> Path:
     import keras
     import tensorflow as tf
 
-    marker = rf.read_marker(run / rf.PREPARE)
-    extras, arrays = _fit_trust(run, data, labels, marker["preprocess"])
-    info = {"stage": "train", "version": __version__, "fingerprint": fp, "model": p.model,
-            "input_shape": list(data.x_train.shape[1:]), "n_classes": len(labels),
+    calibration, novelty = _fit_trust(run, data, prep, np_)
+    info = {"stage": "train", "version": __version__, "fingerprint": fp, "model": params["train"]["model"],
+            "input_shape": list(data.x_train.shape[1:]), "n_classes": len(prep.labels),
             "keras": keras.__version__, "tensorflow": tf.__version__, **result, "plan": plan.as_dict(),
-            "distribution": {"strategy": p.strategy, "workers": cluster.workers, "replicas": cluster.replicas,
-                             "global_batch_size": plan.global_batch},
-            "preprocess_choices": marker.get("preprocess_choices", {}), "environment": environment()}
+            "distribution": {"strategy": params["train"]["strategy"], "workers": cluster.workers,
+                             "replicas": cluster.replicas, "global_batch_size": plan.global_batch},
+            "preprocess_choices": prep.marker.get("preprocess_choices", {}), "environment": environment()}
     dest = run / BUNDLE_DIR
-    bundle.write_bundle(dest, run / CHECKPOINT, labels, marker["preprocess"],
-                        {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug),
-                         "prepare": marker["params"]}, info, extras, arrays)
+    bundle.write_bundle(dest, run / CHECKPOINT, prep.label_map, params_mod.to_dict(prep.preprocess),
+                        {**params, "prepare": prep.params}, info, calibration, novelty)
     return dest
 
 
 def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "auto",
-          aug: AugmentParams | None = None) -> bool:
+          aug: AugmentParams | None = None, novelty: NoveltyParams | None = None) -> bool:
     """Run the stage; return False when the bundle is already up to date.
 
     Under ``multiworker`` every worker runs this; only the chief writes to the run folder.
     """
-    aug = aug or AugmentParams()
-    marker = rf.require(run, rf.PREPARE, "prepare")
+    aug, novelty = aug or AugmentParams(), novelty or NoveltyParams()
+    prep = rf.Prepared.open(run)
     configure_threads(p.intra_op_threads, p.inter_op_threads)
     strategy, cluster = make_strategy(p.strategy)  # first: multi-worker must start before other TF work
-    learned = {k: v for k, v in params_mod.to_dict(p).items() if k not in RUNTIME_KEYS}
     # The number of replicas sets the global batch, so it is part of what made the model.
-    fp = artifacts.fingerprint(marker.get("fingerprint"), learned, params_mod.to_dict(aug), __version__,
-                               *([cluster.replicas] if strategy is not None else []))
+    fp = rf.fingerprint("train", upstream=[prep.fingerprint], params=[p.learned(), aug, novelty],
+                        extra=[cluster.replicas] if strategy is not None else [])
     dest = run / BUNDLE_DIR
     if not fresh and rf.is_current(dest / bundle.MARKER, fp):
         log.info("train: %s is up to date; skipped (FRESH=1 / --fresh to retrain)", dest)
@@ -283,16 +198,17 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
         _reset_or_resume(run, fp, fresh)
     # Other workers touch nothing: they restore whatever backup the chief kept (after
     # the chief's reset, since building the model waits for the chief's initial weights).
-    labels, data = _load(run)
-    plan = _plan(run, p, aug, data, cluster)
+    data = _load(prep)
+    plan = _plan(prep, p, aug, data, cluster)
     log.info("train: %d train / %d val images, %d classes, model %s, strategy %s", len(data.x_train),
-             len(data.x_val), len(labels), p.model, p.strategy)
+             len(data.x_val), len(prep.labels), p.model, p.strategy)
     result = fit(run, p, plan, data, verbose, aug, strategy, cluster)
     if not cluster.is_chief:
         log.info("train: worker %d finished in %.1fs; the chief writes the bundle", cluster.index,
                  result["fit_seconds"])
         return True
-    dest = _write_bundle(run, p, aug, plan, labels, fp, result, cluster, data)
+    params = {"train": params_mod.to_dict(p), "augment": params_mod.to_dict(aug), "novelty": params_mod.to_dict(novelty)}
+    dest = _write_bundle(run, prep, params, plan, fp, result, cluster, data, novelty)
     shutil.rmtree(run / BACKUP_DIR, ignore_errors=True)
     log.info("train: read X_train/y_train/X_val/y_val.npy, labels.json, prepare.json from %s", run)
     log.info("train: wrote %s (bundle), %s, %s, %s", dest, run / HISTORY, run / CHECKPOINT, run / rf.TENSORBOARD)
@@ -319,7 +235,7 @@ def _reset_or_resume(run: Path, fp: str, fresh: bool) -> None:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", required=True, help="run folder written by prepare")
+    cli.add_run_options(parser)
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run and start over")
     parser.add_argument("--epochs", type=_epochs_arg, metavar="N",
@@ -344,7 +260,9 @@ def _epochs_arg(text: str) -> int | str:
 
 
 def resolve_args(args: argparse.Namespace) -> None:
-    """A worker other than the chief logs to logs/train.worker<N>.log (the chief to logs/train.log)."""
+    """The run folder; a worker other than the chief logs to logs/train.worker<N>.log (the chief to
+    logs/train.log)."""
+    cli.resolve_run(args, "train")
     task = tf_config_task() if os.environ.get("TF_CONFIG") else None
     if task is not None and not task[2]:
         args.log_name = f"train.worker{task[0]}"
@@ -358,13 +276,6 @@ def main(args: argparse.Namespace) -> int:
         p = dataclasses.replace(p, strategy=args.strategy)
     if args.epochs is not None:
         p = dataclasses.replace(p, epochs=args.epochs)
-    train(Path(args.run), p, fresh=args.fresh, aug=params_mod.load(args.params, "augment", name))
+    train(Path(args.run), p, fresh=args.fresh, aug=params_mod.load(args.params, "augment", name),
+          novelty=params_mod.load(args.params, "novelty", name))
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("train"))

@@ -23,17 +23,19 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.model import calibrate
+from pipeline.model.explain import occlusion
+from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import runfolder as rf
-from pipeline.stages.report_html import (dataset_section, esc, results_section, settings_section, suspects_section,
-                                         training_section)
+from pipeline.stages.report.sections import (dataset_section, esc, results_section, settings_section,
+                                             suspects_section, training_section)
 
 log = logging.getLogger(__name__)
 
 REPORT = rf.REPORT
 # The page skeleton and its CSS. string.Template, not Jinja2: the sections are built (and
 # escaped) in Python, so the template needs no logic, and the package no new dependency.
-TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+TEMPLATE = Path(__file__).with_name("template.html")
 WORST = 24  # misclassified images in the gallery
 LOW_ACCURACY = 0.5
 
@@ -57,19 +59,9 @@ def _history(run: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _test_paths(run: Path) -> list[str]:
-    """File of each X_test row (the manifest's test rows, in order)."""
-    return [r["path"] for r in _read_csv(run / rf.MANIFEST) if r.get("split") == "test"]
-
-
 # What the report shows: a change to any of these files rewrites it.
 SOURCES = (rf.METRICS, rf.PROBS, rf.HISTORY, rf.DATASET, rf.PREPARE, f"{rf.BUNDLE}/{bundle.MARKER}",
            rf.SUSPECTS_MARKER)
-
-
-def _inputs_fingerprint(run: Path) -> str:
-    return artifacts.fingerprint(__version__, [artifacts.sha256_file(run / f) if (run / f).is_file() else None
-                                               for f in SOURCES])
 
 
 # ---------------------------------------------------------------- analysis (pure)
@@ -111,6 +103,7 @@ class RunData:
     """Everything the report shows, read from the run folder."""
 
     run: Path
+    prep: rf.Prepared
     metrics: dict[str, Any]
     labels: list[str]
     info: dict[str, Any]
@@ -127,17 +120,19 @@ def _read_run(run: Path) -> RunData:
     if not (run / rf.METRICS).is_file() or not (run / rf.PROBS).is_file():
         raise artifacts.StageError(f"{run} has no finished evaluation ({rf.METRICS}, {rf.PROBS}); "
                                    "run `make evaluate` first")
+    prep = rf.Prepared.open(run)
     metrics = artifacts.read_json(run / rf.METRICS, "metrics")
+    model_dir = run / rf.BUNDLE
+    prep.check_bundle(bundle.read_labels(model_dir), bundle.read_preprocess_of(model_dir).input_shape,
+                      f"the model {model_dir}")
     probs = artifacts.load_npy(run / rf.PROBS, "test probabilities", mmap=False)
-    y = np.asarray(artifacts.load_npy(run / rf.y_file("test"), "prepared test labels"))
-    if len(probs) != len(y):
-        raise artifacts.StageError(f"{run}: {rf.PROBS} has {len(probs)} rows for {len(y)} test images; "
-                                   "re-run `make evaluate`")
-    names = _test_paths(run)
-    return RunData(run, metrics, list(metrics["labels"]),
-                   artifacts.read_json(run / rf.BUNDLE / bundle.MARKER, "model bundle marker"),
-                   _json_or_none(run / rf.DATASET, "dataset summary"), _history(run), probs, y,
-                   artifacts.load_npy(run / rf.x_file("test"), "prepared test images"),
+    y = prep.y("test")
+    if len(probs) != len(y) or list(metrics.get("labels", [])) != prep.labels:
+        raise artifacts.StageError(f"{run}: {rf.METRICS} and {rf.PROBS} were made before the run changed "
+                                   f"({len(probs)} rows for {len(y)} test images); re-run `make evaluate`")
+    names = prep.paths("test")
+    return RunData(run, prep, metrics, prep.labels, artifacts.read_json(model_dir / bundle.MARKER, "model bundle marker"),
+                   prep.dataset(), _history(run), probs, y, prep.x("test"),
                    names if len(names) == len(y) else [f"test #{i}" for i in range(len(y))])
 
 
@@ -154,15 +149,11 @@ class Figures:
 def _samples_png(d: RunData) -> bytes:
     if (d.run / rf.SAMPLES).is_file():  # written by prepare
         return (d.run / rf.SAMPLES).read_bytes()
-    x_train = artifacts.load_npy(d.run / rf.x_file("train"), "prepared train images")
-    return plots.sample_grid(x_train, np.load(d.run / rf.y_file("train")), d.labels)
+    return plots.sample_grid(d.prep.x("train"), d.prep.y("train"), d.labels)
 
 
 def _saliency(d: RunData, rows: np.ndarray, classes: np.ndarray) -> list[np.ndarray] | None:
     """Occlusion maps of the given test images for the given classes (None when the bundle cannot load)."""
-    from pipeline.model.infer import Predictor
-    from pipeline.stages.explain import occlusion
-
     try:
         predictor = Predictor(bundle.load(d.run / rf.BUNDLE), 256)
     except artifacts.StageError as exc:
@@ -202,8 +193,8 @@ def _figures(d: RunData) -> Figures:
 
 def _settings(d: RunData) -> tuple[dict[str, Any], dict[str, Any]]:
     """The resolved params of every stage, and the environments of training and evaluation."""
-    prepare_marker = _json_or_none(d.run / rf.PREPARE, "prepare marker") or {}
-    bundle_params = _json_or_none(d.run / rf.BUNDLE / "params.json", "bundle params") or {}
+    prepare_marker = d.prep.marker
+    bundle_params = _json_or_none(d.run / rf.BUNDLE / bundle.PARAMS, "bundle params") or {}
     params = {"ingest": prepare_marker.get("ingest") or {}, "prepare": prepare_marker.get("params") or {},
               "preprocess": prepare_marker.get("preprocess") or {}, "train": bundle_params.get("train") or {},
               "augment": bundle_params.get("augment") or {}, "evaluate": d.metrics.get("params") or {}}
@@ -238,7 +229,7 @@ def render(d: RunData, figs: Figures) -> str:
 def build_report(run: Path, force: bool = False) -> Path:
     """Write ``report.html`` and its PNGs into ``run``; skipped when its inputs are unchanged."""
     out, marker = run / rf.REPORT, run / rf.REPORT_MARKER
-    fp = _inputs_fingerprint(run)
+    fp = rf.fingerprint("report", files=[run / f for f in SOURCES])
     previous = rf.read_marker(marker).get("pngs", [])
     if not force and rf.is_current(marker, fp, [out, *(run / name for name in previous)]):
         log.info("report: %s is up to date; skipped", out)
@@ -261,20 +252,15 @@ def build_report(run: Path, force: bool = False) -> Path:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", required=True, help="an evaluated run folder")
+    cli.add_run_options(parser)
     return parser
 
 
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_run(args, "report")
+
+
 def main(args: argparse.Namespace) -> int:
-    """CLI: (re)write the report of an evaluated run."""
-    out = build_report(Path(args.run), force=True)
-    cli.result(out)
+    """CLI: (re)write the report of an evaluated run (after ``evaluate``: only when its inputs changed)."""
+    cli.result(f"report: {build_report(Path(args.run), force=getattr(args, 'force', True))}")
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("report"))

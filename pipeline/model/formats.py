@@ -1,6 +1,6 @@
-"""The export formats: write a Keras model as each, put the labels and preprocessing inside the file
-where the format allows, and run the exported file in its own runtime (for the agreement check,
-the latency figure and ``predict_example.py``).
+"""The export formats, as a registry: each :class:`Format` is one entry (name, file name, writer,
+runtime reader, where its metadata lives, and the loader ``predict_example.py`` uses), so adding a
+format is adding an entry (and its test).
 
 | format | runtime | inside the file |
 |---|---|---|
@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import json
 import tempfile
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.shared import bundle
 from pipeline.shared.errors import UserError
 
-FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 QUANTIZE = ("none", "dynamic", "float16", "int8")
-MODEL_NAME = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
-META_KEYS = ("labels.json", "preprocess.json")
+META_KEYS = (bundle.LABELS, bundle.PREPROCESS)  # the metadata entries inside a file: the bundle's own files
 
 
 def _need(module: str, what: str) -> Any:
@@ -182,18 +184,114 @@ class KerasRunner:
         return self.model.predict(x, batch_size=batch, verbose=0)
 
 
-def runner(fmt: str, target: Path) -> Any:
-    """The exported model in its own runtime, as a function of float images."""
-    if fmt == "tflite":
-        return TFLiteRunner(target.read_bytes())
-    if fmt == "onnx":
-        return OnnxRunner(target)
-    if fmt == "savedmodel":
-        return SavedModelRunner(target)
-    return KerasRunner(target)
-
-
 def metadata_strings(labels: dict[str, int], preprocess: dict[str, Any]) -> dict[str, str]:
     """The label map and preprocessing config as the JSON texts that travel inside the file."""
-    return {"labels.json": json.dumps(labels, ensure_ascii=False),
-            "preprocess.json": json.dumps(preprocess, ensure_ascii=False)}
+    return {bundle.LABELS: json.dumps(labels, ensure_ascii=False),
+            bundle.PREPROCESS: json.dumps(preprocess, ensure_ascii=False)}
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Export:
+    """What a writer gets: the model, its bundle file, the metadata texts and the options."""
+
+    model: Any
+    model_file: Path                    # the bundle's .keras
+    metadata: dict[str, str]            # labels.json / preprocess.json texts
+    quantize: str = "none"
+    representative: np.ndarray | None = None  # training images, for int8 calibration
+    io_type: str = "int8"
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format."""
+
+    name: str
+    file: str                                  # the model's name in the export folder
+    runtime: str                               # the module that runs it
+    pip: str                                   # what to pip install for that runtime
+    write: Callable[[Export, Path], None]
+    read: Callable[[Path], Callable[[np.ndarray], np.ndarray]]  # the file in its runtime: images -> probabilities
+    metadata_inside: bool                      # labels and preprocessing travel inside the file
+    loader: str                                # predict_example.py's load_model() for this format
+    quantize: tuple[str, ...] = ("none",)
+
+
+def _write_keras(e: Export, target: Path) -> None:
+    shutil.copyfile(e.model_file, target)
+
+
+def _write_savedmodel(e: Export, target: Path) -> None:
+    e.model.export(target, format="tf_saved_model", verbose=False)
+
+
+def _write_tflite(e: Export, target: Path) -> None:
+    flat = to_tflite(e.model, e.quantize, e.representative, e.io_type)
+    target.write_bytes(with_tflite_metadata(flat, {k: v.encode() for k, v in e.metadata.items()}))
+
+
+def _write_onnx(e: Export, target: Path) -> None:
+    to_onnx(e.model, target, {k.removesuffix(".json"): v for k, v in e.metadata.items()})
+
+
+_KERAS_LOADER = '''def load_model():
+    import keras
+
+    model = keras.models.load_model(MODEL, compile=False, safe_mode=True)
+    return (lambda x: model.predict(x, verbose=0)), {}'''
+
+_SAVEDMODEL_LOADER = '''def load_model():
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(MODEL))
+    return (lambda x: loaded.serve(tf.constant(x, tf.float32)).numpy()), {}'''
+
+_ONNX_LOADER = '''def load_model():
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    inside = {f"{k}.json": v for k, v in meta.items() if k in ("labels", "preprocess")}
+    name = session.get_inputs()[0].name
+    return (lambda x: session.run(None, {name: x.astype(np.float32)})[0]), inside'''
+
+_TFLITE_LOADER = '''def load_model():
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = MODEL.read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    inside = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        name = entry.Name().decode()
+        if name in ("labels.json", "preprocess.json"):  # the converter adds entries of its own
+            inside[name] = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+    interp = Interpreter(model_content=data)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def run(x):
+        if inp["dtype"] != np.float32:  # a full-integer model: quantize the input, dequantize the output
+            scale, zero = inp["quantization"]
+            lo, hi = np.iinfo(inp["dtype"]).min, np.iinfo(inp["dtype"]).max
+            x = np.clip(np.rint(x / scale + zero), lo, hi)
+        interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        interp.invoke()
+        y = interp.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y - zero) * scale
+        return y
+    return run, inside'''
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("keras", "model.keras", "keras", "keras tensorflow-cpu", _write_keras, KerasRunner, False,
+           _KERAS_LOADER),
+    Format("savedmodel", "saved_model", "tensorflow", "tensorflow-cpu", _write_savedmodel, SavedModelRunner, False,
+           _SAVEDMODEL_LOADER),
+    Format("tflite", "model.tflite", "ai_edge_litert", "ai-edge-litert", _write_tflite,
+           lambda path: TFLiteRunner(path.read_bytes()), True, _TFLITE_LOADER, QUANTIZE),
+    Format("onnx", "model.onnx", "onnxruntime", "onnxruntime", _write_onnx, OnnxRunner, True, _ONNX_LOADER),
+)}

@@ -28,7 +28,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     """
     import tensorflow as tf
 
-    from pipeline.data.augment import augment_dataset
+    from pipeline.model.augment import augment_dataset
 
     n = len(x)
     index, count = shard

@@ -1,5 +1,5 @@
-"""The rows of ``predictions.csv`` / ``.jsonl``: columns, one row per file, appending blocks of
-rows durably, reading them back to resume, and the counts of a run.
+"""``predictions.csv`` / ``.jsonl``: appending blocks of rows (:class:`pipeline.model.rows.Row`, as
+their output cells) durably, reading them back to resume, and the counts and summary of a run.
 """
 from __future__ import annotations
 
@@ -8,70 +8,35 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from pipeline.model.rows import Row
 from pipeline.shared import artifacts
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Rules:
-    """How a row is labelled: top-k, the confidence cut and its label, what unfamiliar images get."""
-
-    k: int
-    threshold: float = 0.0
-    unknown: str = "unknown"
-    unfamiliar: str = "flag"  # flag: keep the best label | unknown: the unknown label
-
-
-def columns(k: int) -> list[str]:
-    """Output columns for top-``k``."""
-    top = [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_prob")]
-    return ["path", "label", "confidence", *top, "novelty", "familiar", "error"]
-
-
-def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: list[str], rules: Rules,
-              novelty: np.ndarray | None = None, familiar: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """One row per path; ``probs`` (and ``novelty``/``familiar``, None when the model has no novelty
-    score) have one row per path without a reason, in order."""
-    k = rules.k
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k] if len(probs) else np.zeros((0, k), int)
-    rows, j = [], 0
-    for path, reason in zip(paths, reasons):
-        row: dict[str, Any] = {"path": path}
-        if reason:
-            row.update({"label": "", "confidence": None})
-            row.update({f"top{i}_{x}": None for i in range(1, k + 1) for x in ("label", "prob")})
-            row.update({"novelty": None, "familiar": None, "error": reason})
-        else:
-            p, order = probs[j], top[j]
-            conf = float(p[order[0]])
-            known = familiar is None or bool(familiar[j])
-            sure = conf >= rules.threshold and (known or rules.unfamiliar == "flag")
-            row.update({"label": labels[order[0]] if sure else rules.unknown, "confidence": conf})
-            for i, c in enumerate(order, 1):
-                row.update({f"top{i}_label": labels[c], f"top{i}_prob": float(p[c])})
-            row.update({"novelty": None if novelty is None else float(novelty[j]),
-                        "familiar": None if familiar is None else ("true" if known else "false"), "error": ""})
-            j += 1
-        rows.append(row)
-    return rows
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return "" if value is None else value
 
 
 def _encode(rows: list[dict[str, Any]], cols: list[str], fmt: str) -> str:
+    """Rows (output cells) as CSV lines, or JSON lines (familiar a JSON boolean)."""
     if fmt == "jsonl":
         return "".join(json.dumps({c: (round(r[c], 6) if isinstance(r[c], float) else r[c]) for c in cols},
                                   ensure_ascii=False) + "\n" for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     for r in rows:
-        w.writerow([f"{r[c]:.6f}" if isinstance(r[c], float) else ("" if r[c] is None else r[c]) for c in cols])
+        w.writerow([_csv_cell(r[c]) for c in cols])
     return buf.getvalue()
 
 
@@ -164,7 +129,7 @@ class Tally:
                 self.errors[str(r["error"]).split(":")[0]] += 1
                 continue
             self.counts[r["label"]] += 1
-            if r.get("familiar") not in (None, ""):
+            if r.get("familiar") not in (None, ""):  # a bool, or "true"/"false" read back from a CSV
                 self.judged += 1
                 self.unfamiliar += str(r["familiar"]).lower() == "false"
 
@@ -187,7 +152,7 @@ def format_summary(s: dict[str, Any], out: Path | None) -> str:
     lines += [f"  error: {reason}: {n}" for reason, n in s["errors_by_reason"].items()]
     if s.get("unfamiliar") is not None:
         lines.append(f"unfamiliar: {s['unfamiliar']} of {s['predicted']} ({s['unfamiliar_share']:.1%}; "
-                     f"about {s.get('expected_unfamiliar', 0.02):.0%} of images like the training data are)")
+                     f"about {s['expected_unfamiliar']:.0%} of images like the training data are)")
     if s.get("drift"):
         lines.append(f"WARNING: {s['drift']}")
     if "sorted" in s:
@@ -195,13 +160,14 @@ def format_summary(s: dict[str, Any], out: Path | None) -> str:
     return "\n".join(lines)
 
 
-def format_one(row: dict[str, Any], k: int) -> str:
-    if row["error"]:
-        return f"{row['path']}: error: {row['error']}"
-    top = ", ".join(f"{row[f'top{i}_label']} {row[f'top{i}_prob']:.4f}" for i in range(1, k + 1))
-    familiar = "" if row.get("familiar") is None else (
-        f"  novelty {row['novelty']:.3f} ({'familiar' if row['familiar'] == 'true' else 'UNFAMILIAR'})")
-    return f"{row['path']}: {row['label']} ({row['confidence']:.4f})  top-{k}: {top}{familiar}"
+def format_one(row: Row) -> str:
+    """One image's prediction as a line."""
+    if row.error:
+        return f"{row.path}: error: {row.error}"
+    top = ", ".join(f"{label} {prob:.4f}" for label, prob in row.top)
+    familiar = "" if row.familiar is None else (
+        f"  novelty {row.novelty:.3f} ({'familiar' if row.familiar else 'UNFAMILIAR: unlike the training images'})")
+    return f"{row.path}: {row.label} ({row.confidence:.4f})  top-{len(row.top)}: {top}{familiar}"
 
 
 def drift_warning(unfamiliar_share: float | None, expected: float, n: int) -> str:
@@ -210,3 +176,47 @@ def drift_warning(unfamiliar_share: float | None, expected: float, n: int) -> st
         return ""
     return (f"{unfamiliar_share:.0%} of these images look unlike the training data (about {expected:.0%} of "
             "familiar images are flagged): are they the same kind of images the model was trained on?")
+
+
+# ---------------------------------------------------------------- sorting into folders
+def _safe_name(label: str) -> str:
+    """A label as one folder name (labels from CSVs may hold path separators)."""
+    name = "".join("_" if ch in "/\\\0" else ch for ch in label).strip()
+    return "_" if name in ("", ".", "..") else name
+
+
+class Sorter:
+    """Copies (or symlinks) images into ``dest/<label>/<relative path>``; never overwrites."""
+
+    def __init__(self, dest: Path, link: bool) -> None:
+        self.dest, self.link = dest, link
+        self.placed = self.existing = 0
+
+    def place(self, src: Path, rel: str, label: str) -> None:
+        target = self.dest / _safe_name(label) / rel
+        if target.exists() or target.is_symlink():
+            self.existing += 1  # e.g. placed by the interrupted run being resumed
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.link:
+            try:
+                os.symlink(src.resolve(), target)
+            except FileExistsError:
+                self.existing += 1
+                return
+        else:
+            tmp = target.with_name(f".{target.name}{artifacts.TMP_TAG}{os.getpid()}")
+            try:
+                shutil.copy2(src, tmp)
+                os.link(tmp, target)  # fails if the target appeared meanwhile: no overwrite
+            except FileExistsError:
+                self.existing += 1
+                return
+            except OSError:  # no hard links on this file system
+                if target.exists():
+                    self.existing += 1
+                    return
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        self.placed += 1

@@ -18,6 +18,7 @@ appears complete or not at all.
 from __future__ import annotations
 
 import argparse
+import sys
 import logging
 import shutil
 import string
@@ -28,19 +29,17 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.model.formats import FORMATS, QUANTIZE, Export, Format, metadata_strings
 from pipeline.model.infer import predict_probs
 from pipeline.shared import artifacts, cli
 from pipeline.shared import bundle as bundle_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
-from pipeline.stages import exporters
-from pipeline.stages.exporters import FORMATS, MODEL_NAME, QUANTIZE
 
 log = logging.getLogger(__name__)
 
 REPRESENTATIVE = 300  # training images that calibrate int8 quantization
-EXAMPLE = Path(__file__).with_name("templates") / "predict_example.py.txt"
-RUNTIMES = {"keras": "keras", "savedmodel": "tensorflow", "tflite": "ai_edge_litert", "onnx": "onnxruntime"}
+EXAMPLE = Path(__file__).with_name("predict_example.py.txt")
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,46 +47,40 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))) if len(a) else float("nan")
 
 
-def _check_options(fmt: str, quantize: str, io_type: str) -> None:
+def _check_options(fmt: str, quantize: str, io_type: str) -> Format:
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     if quantize not in QUANTIZE:
         raise UserError(f"--quantize must be one of {', '.join(QUANTIZE)}; got {quantize!r}")
-    if quantize != "none" and fmt != "tflite":
-        raise UserError("--quantize applies to --format tflite only")
+    if quantize not in FORMATS[fmt].quantize:
+        allowed = [f.name for f in FORMATS.values() if quantize in f.quantize]
+        raise UserError(f"--quantize {quantize} applies to --format {' or '.join(allowed)} only")
     if io_type not in ("int8", "uint8"):
         raise UserError(f"--io must be int8 or uint8; got {io_type!r}")
+    return FORMATS[fmt]
 
 
 def _representative(model_dir: Path, n: int = REPRESENTATIVE, seed: int = 0) -> np.ndarray | None:
     """A seeded sample of the run's training images (for int8 calibration), or None without one."""
-    x_file = model_dir.parent / rf.x_file("train")
-    if not x_file.is_file():
+    if not rf.is_prepared(model_dir.parent):
         return None
-    x = artifacts.load_npy(x_file, "train images")
+    x = rf.Prepared.open(model_dir.parent).x("train")
     pick = np.sort(np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False))
     return np.asarray(x[pick], np.float32)
 
 
-def _write_model(b: bundle_mod.Bundle, model_dir: Path, fmt: str, target: Path, quantize: str, io_type: str) -> None:
-    meta = exporters.metadata_strings(artifacts.read_json(model_dir / "labels.json", "labels"),
-                                      artifacts.read_json(model_dir / "preprocess.json", "preprocessing"))
-    if fmt == "keras":
-        shutil.copyfile(model_dir / "model.keras", target)
-    elif fmt == "savedmodel":
-        b.model.export(target, format="tf_saved_model", verbose=False)
-    elif fmt == "onnx":
-        exporters.to_onnx(b.model, target, {k.removesuffix(".json"): v for k, v in meta.items()})
-    else:
-        rep = _representative(model_dir) if quantize == "int8" else None
-        flat = exporters.to_tflite(b.model, quantize, rep, io_type)
-        artifacts.write_bytes(target, exporters.with_tflite_metadata(flat, {k: v.encode() for k, v in meta.items()}))
+def _write_model(b: bundle_mod.Bundle, model_dir: Path, fmt: Format, target: Path, quantize: str,
+                 io_type: str) -> None:
+    meta = metadata_strings(artifacts.read_json(model_dir / bundle_mod.LABELS, "labels"),
+                            artifacts.read_json(model_dir / bundle_mod.PREPROCESS, "preprocessing"))
+    rep = _representative(model_dir) if quantize == "int8" else None
+    fmt.write(Export(b.model, model_dir / bundle_mod.MODEL, meta, quantize, rep, io_type), target)
 
 
-def _write_example(folder: Path, fmt: str, target: Path) -> None:
+def _write_example(folder: Path, fmt: Format, target: Path) -> None:
     """``predict_example.py``: this folder's model, its preprocessing and its labels, with one runtime."""
     text = string.Template(EXAMPLE.read_text(encoding="utf-8")).substitute(
-        FORMAT=fmt, MODEL=target.name, RUNTIME=RUNTIMES[fmt], VERSION=__version__)
+        FORMAT=fmt.name, MODEL=target.name, RUNTIME=fmt.runtime, PIP=fmt.pip, LOADER=fmt.loader, VERSION=__version__)
     artifacts.write_text(folder / "predict_example.py", text)
 
 
@@ -104,11 +97,11 @@ def _latency(run: Any, x: np.ndarray, repeat: int = 200) -> float:
     return round(float(np.median(times)) * 1000, 3)
 
 
-def _measure(b: bundle_mod.Bundle, fmt: str, target: Path, check: np.ndarray | None,
+def _measure(b: bundle_mod.Bundle, fmt: Format, target: Path, check: np.ndarray | None,
              y: np.ndarray | None) -> dict[str, Any]:
     """Agreement with the bundle, accuracy on the test split, and single-image latency in the format's runtime."""
     out: dict[str, Any] = {}
-    run = exporters.runner(fmt, target)
+    run = fmt.read(target)
     if check is not None and len(check):
         reference = predict_probs(b, check, 1024)  # what `pipeline predict` gives
         got = run(check)
@@ -124,26 +117,27 @@ def _measure(b: bundle_mod.Bundle, fmt: str, target: Path, check: np.ndarray | N
 def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: np.ndarray | None = None,
            y: np.ndarray | None = None, io_type: str = "int8") -> dict[str, Any]:
     """Write the export folder ``out``; return what ``export.json`` records."""
-    _check_options(fmt, quantize, io_type)
+    form = _check_options(fmt, quantize, io_type)
     b = bundle_mod.load(model_dir)
+    model_dir = b.path
     t0 = time.perf_counter()
     tmp = artifacts.temp_dir_for(out)
     try:
-        target = tmp / MODEL_NAME[fmt]
-        _write_model(b, model_dir, fmt, target, quantize, io_type)
-        for name in ("labels.json", "preprocess.json"):
+        target = tmp / form.file
+        _write_model(b, model_dir, form, target, quantize, io_type)
+        for name in (bundle_mod.LABELS, bundle_mod.PREPROCESS):
             shutil.copyfile(model_dir / name, tmp / name)
-        _write_example(tmp, fmt, target)
+        _write_example(tmp, form, target)
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) if target.is_dir() \
             else target.stat().st_size
         info: dict[str, Any] = {
             "stage": "export", "version": __version__, "format": fmt, "quantize": quantize, "file": target.name,
             "bytes": size, "source_model": str(model_dir), "source_sha256": b.info.get("model_sha256"),
-            "source_bytes": (model_dir / "model.keras").stat().st_size, "runtime": RUNTIMES[fmt],
-            "metadata_inside": fmt in ("tflite", "onnx"), **({"io": io_type} if quantize == "int8" else {})}
+            "source_bytes": (model_dir / bundle_mod.MODEL).stat().st_size, "runtime": form.runtime,
+            "metadata_inside": form.metadata_inside, **({"io": io_type} if quantize == "int8" else {})}
         if target.is_file():
             info["sha256"] = artifacts.sha256_file(target)
-        info.update(_measure(b, fmt, target, check, y))
+        info.update(_measure(b, form, target, check, y))
         info["seconds"] = round(time.perf_counter() - t0, 2)
         artifacts.write_json(tmp / "export.json", info)
         artifacts.replace_dir(tmp, out)
@@ -153,7 +147,9 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="model bundle folder (runs/<name>/model)")
+    parser.add_argument("--model", type=Path, help="model bundle folder, or a run folder holding one (default: the "
+                        "model of the last prepared run)")
+    cli.add_run_options(parser)
     parser.add_argument("--format", required=True, choices=FORMATS, help=" | ".join(FORMATS))
     parser.add_argument("--quantize", default="none", choices=QUANTIZE,
                         help="tflite only: dynamic (8-bit weights), float16, int8 (full integer, calibrated on the "
@@ -166,32 +162,28 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_args(args: argparse.Namespace) -> None:
+    cli.resolve_model(args, "export")
+
+
 def main(args: argparse.Namespace) -> int:
     """CLI: export, compare on the test split when there is one, print the summary."""
     model_dir = Path(args.model)
-    run = model_dir.parent
     suffix = f"-{args.quantize}" if args.quantize != "none" else ""
-    out = Path(args.out) if args.out else run / rf.EXPORT / f"{args.format}{suffix}"
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else model_dir) / rf.EXPORT / f"{args.format}{suffix}"
     check = y = None
-    if not args.no_check and (run / rf.x_file("test")).is_file():
-        check = artifacts.load_npy(run / rf.x_file("test"), "test images")
-        y = np.asarray(artifacts.load_npy(run / rf.y_file("test"), "test labels"))
+    if not args.no_check and args.run:
+        prep = rf.Prepared.open(args.run)
+        check, y = prep.x("test"), prep.y("test")
     info = export(model_dir, args.format, out, args.quantize, check, y, args.io)
     log.info("export: read %s; wrote %s (%s, %.1f KB)", model_dir, out / info["file"], args.format,
              info["bytes"] / 1024)
-    line = f"{out / info['file']}: {info['bytes'] / 1024:.1f} KB (model.keras: {info['source_bytes'] / 1024:.1f} KB)"
+    line = f"{out / info['file']}: {info['bytes'] / 1024:.1f} KB ({bundle_mod.MODEL}: {info['source_bytes'] / 1024:.1f} KB)"
     if "agreement" in info:
         a = info["agreement"]
         line += (f"; top-1 agreement with the bundle on {a['images']} test images: {a['top1_agreement']:.2%}; "
                  f"{info['latency_ms']:.2f} ms per image in {info['runtime']}")
     cli.result(line)
-    cli.result(f"try it: python {out / 'predict_example.py'} IMAGE")
+    cli.result(f"try it: {sys.executable} {out / 'predict_example.py'} IMAGE  (elsewhere: pip install numpy pillow "
+               f"{FORMATS[args.format].pip}, then python predict_example.py IMAGE)")
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from pipeline.shared import cli
-
-    sys.exit(cli.run_module("export"))

@@ -1,25 +1,25 @@
 """What ``train`` fits after training, for trusting predictions: the temperature (calibration) and
-the novelty detector (README "Trust a prediction").
+the novelty detector (docs/trust.md).
 
 :func:`fit` takes the trained float32 model and the prepared splits; it sets the model's temperature
-and returns the bundle's ``calibration.json`` and ``novelty.json`` contents and its ``.npy`` arrays.
-The cores are :mod:`pipeline.model.calibrate` and :mod:`pipeline.model.novelty`; the synthetic pen
-strokes of the novelty detector's third score come from :mod:`pipeline.data.strokes` and go through
-the dataset's own preprocessing.
+and returns the bundle's calibration record and its :class:`~pipeline.shared.novelty_spec.NoveltySpec`.
+The cores are :mod:`pipeline.model.calibrate` and :mod:`pipeline.model.novelty`. The synthetic pen
+strokes of the novelty detector's third score are drawn by the caller (``draw_strokes(n)``: model
+inputs made by the dataset's own preprocessing, :func:`pipeline.data.strokes.stroke_images`).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pipeline.data import strokes
-from pipeline.data.preprocess import preprocess
 from pipeline.model import calibrate, novelty
 from pipeline.model.infer import Predictor
 from pipeline.model.model import set_temperature
 from pipeline.shared import bundle
+from pipeline.shared.novelty_spec import NoveltySpec
 from pipeline.shared.params import PreprocessParams
 
 log = logging.getLogger(__name__)
@@ -44,22 +44,8 @@ def _outputs(predictor: Any, x: np.ndarray, rows: np.ndarray | None = None, chun
             np.concatenate(conv) if conv and conv[0] is not None else None)
 
 
-def stroke_images(n: int, cfg: PreprocessParams, seed: int = 0) -> np.ndarray:
-    """``n`` pen-stroke images as model inputs: drawn light on black (dark on white where the dataset's
-    images are inverted by its preprocessing), then the dataset's preprocessing."""
-    raw = strokes.draw(n, seed)
-    if cfg.invert == "true":
-        raw = 255 - raw
-    return np.stack([preprocess(img, cfg) for img in raw])
-
-
-def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
-        y_val: np.ndarray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Calibrate ``model`` (its temperature, set in place) and fit the novelty detector; the bundle's
-    JSON files (calibration.json, novelty.json) and arrays (novelty_reference.npy, novelty_head.npy)."""
-    predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
-    logits, f_val, s_val, c_val = _outputs(predictor, x_val)
-    y = np.asarray(y_val)
+def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fit the temperature on validation and set it in ``model``; the calibration record."""
     t = calibrate.fit_temperature(logits, y)
     set_temperature(model, t)
     after = calibrate.softmax(logits / t)
@@ -67,17 +53,24 @@ def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarra
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
              "risk_coverage": calibrate.risk_coverage(after, y)}
     log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"], calib["ece_val"])
-    extras: dict[str, Any] = {bundle.CALIBRATION: calib}
+    return calib
+
+
+def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
+        y_val: np.ndarray, flag_rate: float, draw_strokes: Callable[[int], np.ndarray] | None = None
+        ) -> tuple[dict[str, Any], NoveltySpec | None]:
+    """Calibrate ``model`` (its temperature, set in place) and fit the novelty detector flagging
+    ``flag_rate`` of validation images; (calibration record, novelty spec or None)."""
+    predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
+    logits, f_val, s_val, c_val = _outputs(predictor, x_val)
+    calib = _calibrate(model, logits, np.asarray(y_val))
     if f_val.shape[1] == 0:
-        return extras, {}
+        return calib, None
     _, f_train, s_train, c_train = _outputs(predictor, x_train, novelty.training_sample(len(x_train)))
     drawn = None
-    if c_val is not None:  # the strokes classifier reads the convolution features (LeNet-5's flatten)
-        drawn = (c_train, c_val, predictor(stroke_images(max(len(c_train), MIN_STROKES), cfg)).conv)
-    spec, reference, head = novelty.fit(s_train, f_train, s_val, f_val, strokes=drawn)
+    if c_val is not None and draw_strokes is not None:  # the strokes classifier reads LeNet-5's flatten
+        drawn = (c_train, c_val, predictor(draw_strokes(max(len(c_train), MIN_STROKES))).conv)
+    spec = novelty.fit(s_train, f_train, s_val, f_val, flag_rate, strokes=drawn)
     log.info("train: novelty detector fitted (%s; %d training images; the cut flags %.1f%% of val)",
-             ", ".join(spec["detectors"]), len(f_train), 100 * spec["val_flagged"])
-    arrays = {bundle.NOVELTY_REFERENCE: reference}
-    if head is not None:
-        arrays[bundle.NOVELTY_HEAD] = head
-    return {**extras, bundle.NOVELTY: spec}, arrays
+             ", ".join(spec.detectors), len(f_train), 100 * spec.facts["val_flagged"])
+    return calib, spec

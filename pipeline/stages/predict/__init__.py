@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import sys
+
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +36,19 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.data import decoding, ingest
 from pipeline.data.inputs import Inputs, chunks, inside, list_inputs
-from pipeline.model import calibrate
 from pipeline.model.infer import Predictor
+from pipeline.model.rows import Row, Rules, columns, make_rows, rules_for
 from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import OUTPUT_FORMATS, PredictParams
-from pipeline.stages.predictions import (
+from pipeline.stages.predict.output import (
     RowFile,
-    Rules,
+    Sorter,
     Tally,
-    columns,
     drift_warning,
     format_one,
     format_summary,
-    make_rows,
     summary_path,
 )
 
@@ -62,50 +58,6 @@ DEFAULT_OUT = "predictions"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 # Options that change what a row says: a resumed run must use the same ones.
 ROW_OPTIONS = ("top_k", "threshold", "target_precision", "unknown_label", "unfamiliar", "format")
-
-
-# ---------------------------------------------------------------- sorting into folders
-def _safe_name(label: str) -> str:
-    """A label as one folder name (labels from CSVs may hold path separators)."""
-    name = "".join("_" if ch in "/\\\0" else ch for ch in label).strip()
-    return "_" if name in ("", ".", "..") else name
-
-
-class Sorter:
-    """Copies (or symlinks) images into ``dest/<label>/<relative path>``; never overwrites."""
-
-    def __init__(self, dest: Path, link: bool) -> None:
-        self.dest, self.link = dest, link
-        self.placed = self.existing = 0
-
-    def place(self, src: Path, rel: str, label: str) -> None:
-        target = self.dest / _safe_name(label) / rel
-        if target.exists() or target.is_symlink():
-            self.existing += 1  # e.g. placed by the interrupted run being resumed
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if self.link:
-            try:
-                os.symlink(src.resolve(), target)
-            except FileExistsError:
-                self.existing += 1
-                return
-        else:
-            tmp = target.with_name(f".{target.name}{artifacts.TMP_TAG}{os.getpid()}")
-            try:
-                shutil.copy2(src, tmp)
-                os.link(tmp, target)  # fails if the target appeared meanwhile: no overwrite
-            except FileExistsError:
-                self.existing += 1
-                return
-            except OSError:  # no hard links on this file system
-                if target.exists():
-                    self.existing += 1
-                    return
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-        self.placed += 1
 
 
 # ---------------------------------------------------------------- the stage
@@ -138,27 +90,28 @@ class Job:
     sorter: Sorter | None = None
     done: frozenset[str] = frozenset()
     tally: Tally | None = None
-    collected: list[dict[str, Any]] | None = None
+    collected: list[Row] | None = None
 
     @property
     def labels(self) -> list[str]:
         return self.predictor.bundle.labels
 
-    def rows(self, paths: list[str], reasons: list[str], x: np.ndarray) -> list[dict[str, Any]]:
+    def rows(self, paths: list[str], reasons: list[str], x: np.ndarray) -> list[Row]:
         out = self.predictor(x)
         return make_rows(paths, reasons, out.probs, self.labels, self.rules, out.novelty, out.familiar)
 
-    def emit(self, rows: list[dict[str, Any]]) -> None:
+    def emit(self, rows: list[Row]) -> None:
         """Sort, write and count a block of rows."""
         if self.sorter is not None:  # before the rows are written: a resumed run re-places, never duplicates
             for r in rows:
-                if not r["error"]:
-                    self.sorter.place(self.inputs.file(r["path"]), self.inputs.relative(r["path"]), r["label"])
+                if not r.error:
+                    self.sorter.place(self.inputs.file(r.path), self.inputs.relative(r.path), r.label)
+        cells = [r.cells(self.rules.k) for r in rows]
         if self.writer is not None:
-            self.writer.append(rows)
+            self.writer.append(cells)
         else:
             self.collected.extend(rows)
-        self.tally.add(rows)
+        self.tally.add(cells)
 
 
 def _list(source: Path, out: Path | None, sort_into: Path | None) -> Inputs:
@@ -172,33 +125,16 @@ def _list(source: Path, out: Path | None, sort_into: Path | None) -> Inputs:
     return inputs
 
 
-def resolve_threshold(b: bundle.Bundle, p: PredictParams) -> tuple[float, dict[str, Any]]:
-    """The confidence cut: as given, or (auto) the lowest reaching ``target_precision`` on validation."""
-    if p.threshold != params_mod.AUTO:
-        return float(p.threshold), {"how": "given"}
-    table = (b.calibration or {}).get("risk_coverage")
-    if not table:
-        raise UserError('threshold = "auto" needs the validation figures in the bundle (calibration.json); '
-                        "retrain with this version, or give --threshold P")
-    cut, facts = calibrate.threshold_for(table, p.target_precision)
-    how = (f"auto: {facts['precision']:.2%} precision on validation keeping {facts['coverage']:.1%} of the images"
-           + ("" if facts["reached"] else f" (the target {p.target_precision:.2%} is out of reach: the best cut)"))
-    log.info("predict: threshold %.4f (%s)", cut, how)
-    return cut, {"how": how, **facts}
-
-
-def _load(model_dir: Path, p: PredictParams) -> tuple[Predictor, Rules, dict[str, Any]]:
+def _load(model_dir: Path, p: PredictParams) -> tuple[Predictor, Rules]:
     """The bundle, checked against the options, ready to run (graph traced); the row rules."""
     b = bundle.load(model_dir)
-    threshold, how = resolve_threshold(b, p)
-    if (threshold > 0 or p.unfamiliar == "unknown") and p.unknown_label in b.labels:
-        raise UserError(f"unknown_label {p.unknown_label!r} is also a label of the model; choose another name")
+    rules = rules_for(p, b.labels, b.calibration)
     if b.novelty is None:
         log.warning("predict: %s has no novelty model (trained by an older version): the novelty and familiar "
                     "columns stay empty", model_dir)
     predictor = Predictor(b, p.batch_size)
     predictor.warm_up()
-    return predictor, Rules(min(p.top_k, len(b.labels)), threshold, p.unknown_label, p.unfamiliar), how
+    return predictor, rules
 
 
 def _open_output(job: Job, resume: bool, started: float) -> None:
@@ -227,8 +163,8 @@ def _run(job: Job, pool: Any) -> tuple[int, float]:
              f"{total} files" if total is not None else "the rows of a pixel CSV",
              f", {len(job.done)} done before" if job.done else "")
     if walk_errors:
-        job.emit(make_rows([x for x, _ in walk_errors], [r for _, r in walk_errors],
-                           np.zeros((0, len(job.labels))), job.labels, job.rules))
+        job.emit(make_rows([x for x, _ in walk_errors], [r for _, r in walk_errors], np.zeros((0, len(job.labels))),
+                           job.labels, job.rules))
     cfg = job.predictor.bundle.preprocess
     t0, n_new = time.perf_counter(), 0
     with tqdm(total=total, desc="predict", unit="img") as bar:
@@ -250,9 +186,9 @@ def _finish(job: Job, started: float, n_new: int, seconds: float) -> dict[str, A
                **job.tally.as_dict(), "new_rows": n_new, "seconds": round(seconds, 3),
                "images_per_s": round(n_new / seconds, 1) if seconds > 0 else None}
     novelty = job.predictor.bundle.novelty
-    summary["expected_unfamiliar"] = float(novelty.get("flag_rate", 0.02)) if novelty else None
-    summary["drift"] = drift_warning(summary["unfamiliar_share"], summary["expected_unfamiliar"] or 0.02,
-                                     summary["predicted"]) if novelty else ""
+    summary["expected_unfamiliar"] = novelty.flag_rate if novelty else None
+    summary["drift"] = drift_warning(summary["unfamiliar_share"], novelty.flag_rate, summary["predicted"]) \
+        if novelty else ""
     if summary["drift"]:
         log.warning("predict: %s", summary["drift"])
     sorter = job.sorter
@@ -282,10 +218,10 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
     pool = decoding.start_pool(p.workers) if use_pool else None
     job = None
     try:
-        predictor, rules, how = _load(model_dir, p)
+        predictor, rules = _load(model_dir, p)
         record = {"stage": "predict", "version": __version__, "source": str(source.resolve()),
                   "model": str(model_dir.resolve()), "model_sha256": predictor.bundle.info["model_sha256"],
-                  "params": {**params_mod.to_dict(p), "top_k": rules.k}, "threshold": {"value": rules.threshold, **how},
+                  "params": {**params_mod.to_dict(p), "top_k": rules.k}, "threshold": {"value": rules.threshold, **rules.how},
                   "columns": columns(rules.k), "sort_into": str(sort_into.resolve()) if sort_into else None,
                   "link": link}
         job = Job(source, inputs, predictor, p, rules, record, out,
@@ -303,19 +239,14 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
 # ---------------------------------------------------------------- CLI
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("images", type=Path, help="a folder of images (walked recursively), one image, or a pixel CSV")
-    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (runs/<name>/model)")
+    parser.add_argument("--model", type=Path, help="model bundle folder, or a run folder holding one "
+                        "(default: the model of the last prepared run)")
+    cli.add_run_options(parser)
     parser.add_argument("--out", type=Path, help="output file (default: <run>/predictions.csv beside the "
                         "bundle; one image: none, the result is printed)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default: from --out's "
                         "suffix, else [predict] format)")
-    parser.add_argument("--top-k", type=int, help="top-k labels and probabilities per row (default 3)")
-    parser.add_argument("--threshold", type=_threshold_arg, metavar="P|auto",
-                        help='confidence below this -> the unknown label; "auto": the cut reaching --target-precision '
-                             "on the validation split")
-    parser.add_argument("--target-precision", type=float, help="for --threshold auto (default 0.99)")
-    parser.add_argument("--unfamiliar", choices=("flag", "unknown"),
-                        help="images unlike the training data: flag (keep the label) or unknown (default: flag)")
-    parser.add_argument("--unknown-label", help="the label for low-confidence predictions (default: unknown)")
+    cli.add_rule_options(parser)
     parser.add_argument("--batch-size", type=int, help="images per model call (default 512)")
     parser.add_argument("--workers", type=int, help="decoding processes (0: one per CPU core)")
     parser.add_argument("--sort-into", type=Path, help="copy each image into DIR/<label>/")
@@ -324,41 +255,20 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="continue an interrupted run: skip files already in --out")
     parser.add_argument("--params", default="params.toml",
                         help="params file, [predict] section (default: %(default)s)")
-    parser.add_argument("--run", help=argparse.SUPPRESS)
     return parser
 
 
-def _threshold_arg(text: str) -> float | str:
-    if text == params_mod.AUTO:
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'--threshold takes a probability or "auto". Received: {text!r}') from None
-
-
 def resolve_args(args: argparse.Namespace) -> None:
-    """The run folder (for the log and the default output) is the bundle's parent, when that is a run."""
-    parent = args.model.parent
-    args.run = str(parent) if (parent / "prepare.json").is_file() else None
-
-
-def _resolve_params(args: argparse.Namespace) -> PredictParams:
-    """[predict] (with the run's overrides), then the options given on the command line."""
-    # A bundle can be applied anywhere: without the default params file, the defaults hold.
-    path = args.params if args.params != "params.toml" or Path(args.params).is_file() else None
-    p = params_mod.load(path, "predict", Path(args.run).name if args.run else None)
-    given = {"top_k": args.top_k, "threshold": args.threshold, "unknown_label": args.unknown_label,
-             "target_precision": args.target_precision, "unfamiliar": args.unfamiliar,
-             "batch_size": args.batch_size, "workers": args.workers, "format": args.format}
-    if args.format is None and args.out is not None and args.out.suffix.lower() in JSONL_SUFFIXES:
-        given["format"] = "jsonl"
-    return replace(p, **{key: v for key, v in given.items() if v is not None})
+    """The bundle (``--model``, else the run's) and its run folder (for the log and the default output)."""
+    cli.resolve_model(args, "predict")
 
 
 def main(args: argparse.Namespace) -> int:
     """CLI: predict, print the summary (one image: its result); exit 1 when no file could be read."""
-    p = _resolve_params(args)
+    extra = {"batch_size": args.batch_size, "workers": args.workers, "format": args.format}
+    if args.format is None and args.out is not None and args.out.suffix.lower() in JSONL_SUFFIXES:
+        extra["format"] = "jsonl"
+    p = cli.predict_params(args, Path(args.run).name if args.run else None, extra)
     if args.link and args.sort_into is None:
         raise UserError("--link needs --sort-into DIR")
     single = args.images.is_file() and args.images.suffix.lower() not in ingest.CSV_SUFFIXES
@@ -369,15 +279,8 @@ def main(args: argparse.Namespace) -> int:
     if out is None and args.resume:
         raise UserError("--resume needs an output file (--out)")
     s = predict(args.images, args.model, out, p, args.sort_into, args.link, args.resume)
-    if single and out is None:
-        cli.result(format_one(s["rows_list"][0], s["params"]["top_k"]))
-    else:
-        cli.result(format_summary(s, out))
+    cli.result(format_one(s["rows_list"][0]) if single and out is None else format_summary(s, out))
     if s["rows"] and not s["predicted"]:
         log.error("predict: none of the %d files could be read as an image", s["rows"])
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run_module("predict"))

@@ -1,0 +1,115 @@
+"""The one prediction row: what a user gets for one image, made by one function from the ``[predict]``
+rules. ``predictions.csv``, ``.jsonl`` and the web page's JSON answer are renderings of it, so
+``make predict`` and ``make serve`` label the same image the same way.
+
+- :class:`Rules`: top-k, the confidence cut (given, or ``"auto"``: chosen on validation for a
+  target precision) and its label, and what an unfamiliar image gets (``flag`` or ``unknown``);
+  :func:`rules_for` resolves them from ``[predict]`` and the bundle.
+- :class:`Row`: path, label, confidence, top-k, novelty, familiar (a bool), error.
+- :func:`make_rows`: the rows of a batch, from the model's probabilities and novelty.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.model import calibrate
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import AUTO, PredictParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a row is labelled: top-k, the confidence cut and its label, what unfamiliar images get."""
+
+    k: int
+    threshold: float = 0.0
+    unknown: str = "unknown"
+    unfamiliar: str = "flag"  # flag: keep the best label | unknown: the unknown label
+    how: dict[str, Any] = field(default_factory=lambda: {"how": "given"}, compare=False)
+
+
+def resolve_threshold(p: PredictParams, calibration: dict[str, Any] | None) -> tuple[float, dict[str, Any]]:
+    """The confidence cut: as given, or (auto) the lowest reaching ``target_precision`` on validation."""
+    if p.threshold != AUTO:
+        return float(p.threshold), {"how": "given"}
+    table = (calibration or {}).get("risk_coverage")
+    if not table:
+        raise UserError('threshold = "auto" needs the validation figures in the bundle (calibration.json); '
+                        "retrain with this version, or give --threshold P")
+    cut, facts = calibrate.threshold_for(table, p.target_precision)
+    how = (f"auto: {facts['precision']:.2%} precision on validation keeping {facts['coverage']:.1%} of the images"
+           + ("" if facts["reached"] else f" (the target {p.target_precision:.2%} is out of reach: the best cut)"))
+    log.info("threshold %.4f (%s)", cut, how)
+    return cut, {"how": how, **facts}
+
+
+def rules_for(p: PredictParams, labels: list[str], calibration: dict[str, Any] | None) -> Rules:
+    """The rules ``[predict]`` (after command-line overrides) gives for a model with these labels."""
+    threshold, how = resolve_threshold(p, calibration)
+    if (threshold > 0 or p.unfamiliar == "unknown") and p.unknown_label in labels:
+        raise UserError(f"unknown_label {p.unknown_label!r} is also a label of the model; choose another name")
+    return Rules(min(p.top_k, len(labels)), threshold, p.unknown_label, p.unfamiliar, how)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image's prediction (``error`` set and the rest empty when it could not be read)."""
+
+    path: str
+    label: str = ""
+    confidence: float | None = None
+    top: tuple[tuple[str, float], ...] = ()
+    novelty: float | None = None
+    familiar: bool | None = None
+    error: str = ""
+
+    def cells(self, k: int) -> dict[str, Any]:
+        """The row as the output columns (:func:`columns`), values typed (None: empty)."""
+        out: dict[str, Any] = {"path": self.path, "label": self.label, "confidence": self.confidence}
+        for i in range(k):
+            label, prob = self.top[i] if i < len(self.top) else (None, None)
+            out[f"top{i + 1}_label"], out[f"top{i + 1}_prob"] = label, prob
+        out.update({"novelty": self.novelty, "familiar": self.familiar, "error": self.error})
+        return out
+
+    def as_http(self) -> dict[str, Any]:
+        """The row as the web API answers it."""
+        if self.error:
+            return {"file": self.path, "error": self.error}
+        return {"file": self.path, "label": self.label, "confidence": self.confidence,
+                "top_k": [{"label": label, "probability": prob} for label, prob in self.top],
+                "novelty": self.novelty, "familiar": self.familiar, "error": None}
+
+
+def columns(k: int) -> list[str]:
+    """Output columns for top-``k``."""
+    top = [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_prob")]
+    return ["path", "label", "confidence", *top, "novelty", "familiar", "error"]
+
+
+def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: list[str], rules: Rules,
+              novelty: np.ndarray | None = None, familiar: np.ndarray | None = None) -> list[Row]:
+    """One row per path; ``probs`` (and ``novelty``/``familiar``, None when the model has no novelty
+    score) have one row per path without a reason, in order."""
+    k = rules.k
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k] if len(probs) else np.zeros((0, k), int)
+    rows, j = [], 0
+    for path, reason in zip(paths, reasons):
+        if reason:
+            rows.append(Row(path, error=reason))
+            continue
+        p, order = probs[j], top[j]
+        conf = float(p[order[0]])
+        known = familiar is None or bool(familiar[j])
+        sure = conf >= rules.threshold and (known or rules.unfamiliar == "flag")
+        rows.append(Row(path, labels[order[0]] if sure else rules.unknown, conf,
+                        tuple((labels[c], float(p[c])) for c in order),
+                        None if novelty is None else float(novelty[j]), None if familiar is None else known))
+        j += 1
+    return rows
