@@ -111,7 +111,7 @@ test-fast: $(STAMP)
 
 # BENCH: which parts (default all). The trust, export and suspects parts use the reference
 # model, so `make bench` first makes sure `make all` has run.
-BENCH     ?= stages,accuracy,trust,suspects,export
+BENCH     ?= stages,accuracy,trust,suspects,export,firsthour
 SEEDS     ?= 1,2,3
 bench: all
 	$(if $(filter stages,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE))
@@ -119,6 +119,8 @@ bench: all
 	$(if $(filter trust,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.trust --model runs/mnist/model --out bench-results)
 	$(if $(filter suspects,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.suspects_bench --full --run runs/mnist --out bench-results)
 	$(if $(filter export,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.export_bench --model runs/mnist/model --out bench-results)
+	$(if $(filter firsthour,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.firsthour --seeds $(SEEDS) --out bench-results)
+	$(PY) -m benchmarks.publish --results bench-results --doc docs/benchmarks.md
 
 clean:
 	rm -rf runs bench-results .pytest_cache

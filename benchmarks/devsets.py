@@ -11,6 +11,7 @@ model on ready arrays. All are seeded: the same call writes the same files.
 | ``sklearn-digits`` | scikit-learn's 1,797 8×8 digits (bundled, no download) | folders | tiny images, small set |
 | ``glyphs`` | 20 letters rendered from the installed fonts, dark ink on light paper, 24–48 px; test fonts unseen in training | folders with spaces in labels, train/ + test/ | other polarity, sizes, not digits |
 | ``shapes`` | 12 coloured shapes on colour/noise backgrounds, 40–72 px JPEG; colour is part of the class | CSV with odd file names | colour, symmetric classes |
+| ``mnist-cluttered`` | the 70k MNIST digits, each rotated and scaled at random, with fragments of other digits and noise around it (cluttered MNIST) | folders, train/ + test/ | medium size, a harder kind where validation matches test: the budget question |
 | ``symbols`` (held out) | 12 symbol characters from the fonts, coloured, on textured colour backgrounds, 32–56 px | file names (``00012_at sign.png``) | never tuned on: reported as is |
 """
 from __future__ import annotations

@@ -166,7 +166,7 @@ def test_folder_with_one_csv_is_detected_as_csv(tmp_path):
     (tmp_path / "map.csv").write_text("path,label\na.png,x\n")
     (tmp_path / "imgs" / "x").rmdir()
     (tmp_path / "imgs").rmdir()
-    assert ingest.detect_layout(tmp_path) == "csv"
+    assert ingest.detect_layout(tmp_path)[0] == "csv"
     assert ingest.scan(tmp_path).items[0].label == "x"
 
 
@@ -176,8 +176,26 @@ def test_a_mapping_csv_beside_an_images_folder_is_the_csv_layout(tmp_path):
     img(root / "images" / "a1.png", 30)
     img(root / "images" / "b1.png", 200)
     (root / "labels.csv").write_text("file,label\nimages/a1.png,a\nimages/b1.png,b\n")
-    assert ingest.detect_layout(root) == "csv"
+    assert ingest.detect_layout(root)[0] == "csv"
     listing = ingest.scan(root)
     assert listing.layout == "csv" and sorted(i.label for i in listing.items) == ["a", "b"]
-    (root / "notes.csv").write_text("x,y\n1,2\n")  # two CSVs: no guess, the label folders rule
-    assert ingest.detect_layout(root) == "folders"
+    (root / "notes.csv").write_text("x,y\n1,2\n")  # another table, but not a mapping: still the mapping file
+    layout, why = ingest.detect_layout(root)
+    assert layout == "csv" and "notes.csv: no path and label columns" in why
+    (root / "more.csv").write_text("path,label\nimages/a1.png,a\n")  # two mapping files: which? an error
+    with pytest.raises(ValueError, match="several mapping files"):
+        ingest.detect_layout(root)
+
+
+def test_a_readme_beside_named_images_is_not_a_mapping_file(tmp_path, caplog):
+    """A folder of A_0001.png-style files with a README.txt: the file-name layout, and the text files are
+    rejected as what they are (a user's first hour)."""
+    for i, label in enumerate("AABB"):
+        img(tmp_path / f"{label}_{i:04d}.png", 40 + 60 * (label == "B"))
+    (tmp_path / "README.txt").write_text("My letters.\nScanned in 2024.\n")
+    (tmp_path / "notes.txt").write_text("todo")
+    with caplog.at_level("INFO"):
+        listing = ingest.scan(tmp_path)
+    assert listing.layout == "filenames" and sorted(i.label for i in listing.items) == ["A", "A", "B", "B"]
+    assert dict(listing.rejected) == {"README.txt": "not an image (a .txt file)", "notes.txt": "not an image (a .txt file)"}
+    assert "layout: filenames" in caplog.text and "LAYOUT=" in caplog.text and "README.txt" in caplog.text

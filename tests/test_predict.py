@@ -212,6 +212,17 @@ def test_resume_after_interruption_gives_the_uninterrupted_csv(shade_bundle, tmp
                    resume=True)["rows"] == n_rows
 
 
+def test_resume_refuses_rows_of_a_model_with_other_labels(shade_bundle, tmp_path):
+    make_images(tmp_path / "imgs", per_class=1)
+    out = tmp_path / "p.csv"
+    predict(tmp_path / "imgs", shade_bundle, out, P1)
+    summary = json.loads(summary_path(out).read_text())
+    assert summary["labels"] == sorted(SHADES) and summary["input_shape"] == [28, 28, 1]
+    summary_path(out).write_text(json.dumps({**summary, "labels": ["cat", "dog"]}))  # as another model wrote it
+    with pytest.raises(ValueError, match=r"cannot resume .* a model with other labels \(\['cat', 'dog'\]"):
+        predict(tmp_path / "imgs", shade_bundle, out, P1, resume=True)
+
+
 def test_resume_jsonl_drops_a_cut_line(shade_bundle, tmp_path):
     make_images(tmp_path / "imgs")
     p = PredictParams(workers=1, batch_size=4, format="jsonl")

@@ -63,6 +63,24 @@ def test_rgba_and_transparent_palette_composite_on_background():
     assert decode(png_bytes(pal, transparency=0), background=0)[0, 0] == 0
 
 
+def test_transparent_dark_ink_stays_visible_with_background_auto():
+    """Dark ink on a transparent background (an icon, a signature): an unresolved background = "auto"
+    puts it on white, never ink on black; the decoder reports the ink's gray level."""
+    from pipeline.data.preprocess import decode_file
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 14:18] = (20, 20, 20, 255)  # a dark bar; the rest transparent (and black underneath)
+    d = decode_file(png_bytes(Image.fromarray(rgba, "RGBA")), PreprocessParams(color="grayscale", min_side=1))
+    assert d.meta.alpha and d.ink == 20
+    assert d.array[0, 0] == 255 and d.array[16, 15] == 20  # paper white, ink dark (gray, as decoded)
+    light = rgba.copy()
+    light[8:24, 14:18] = (230, 230, 230, 255)  # light ink: onto black
+    assert decode(png_bytes(Image.fromarray(light, "RGBA")))[0, 0] == 0
+    opaque = rgba.copy()
+    opaque[..., 3] = 255  # an alpha channel with nothing transparent: not a transparent image
+    assert decode_file(png_bytes(Image.fromarray(opaque, "RGBA")), PreprocessParams(min_side=1)).ink is None
+
+
 def test_exif_orientation_is_applied():
     arr = np.zeros((10, 20), np.uint8)  # wide image
     arr[:, :5] = 255
@@ -87,7 +105,7 @@ def test_gif_first_frame_and_content_not_extension(tmp_path):
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"),
     (b"hello, not an image", "not an image"),
-    (png_bytes(Image.new("L", (64, 64), 9))[:80], "corrupt or truncated"),
+    (png_bytes(Image.new("L", (64, 64), 9))[:80], "truncated image: the file ends"),
 ])
 def test_bad_files_raise_image_error_with_reason(data, reason):
     with pytest.raises(ImageError, match=reason):
@@ -141,7 +159,7 @@ def test_fast_png_path_matches_pillow_exactly(mode, color):
     fast = pp._fast_png(data, cfg)
     assert fast is not None and fast.meta.mode == mode
     with Image.open(io.BytesIO(data)) as img:
-        slow = pp._to_array(img, color, 0)
+        slow, _ = pp._to_array(img, color, 0)
     np.testing.assert_array_equal(fast.array, slow)
 
 

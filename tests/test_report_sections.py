@@ -159,8 +159,12 @@ def test_suspects_section_escapes_and_counts():
     assert f"other {record['folds'] - 1} of {record['folds']} folds" in page and "94.00%" in page
     shown = [i for i in range(25) if html.escape(evil(f"s{i}.png")) + "<" in page]
     assert shown == list(range(20))  # the 20 most suspicious only
-    empty = sections.suspects_section({**record, "flagged": 0, "top": []}, {"suspects": png_bytes()})
-    assert "No label looks wrong." in empty and "<img" in empty
+    empty = sections.suspects_section({**record, "flagged": 0, "top": [], "checked": {"train": 40, "val": 10}},
+                                      {"suspects": png_bytes()})
+    # an empty result says what was checked and that nothing passed the cut; no empty gallery
+    assert "Checked 50 images (40 train, 10 val); none flagged at the finder" in empty and "<img" not in empty
+    untested = sections.suspects_section({**record, "test_checked": False}, {"suspects": None})
+    assert "The test split was not checked" in untested
 
 
 # ---------------------------------------------------------------- settings

@@ -218,6 +218,9 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
             page.wait_for_function("document.querySelectorAll('#uploads .card').length == 2", timeout=30000)
             shown = page.locator(f'#uploads .card[data-file="{upload.name}"] .label').text_content()
             broken = page.locator('#uploads .card[data-file="broken.png"] .err').text_content()
+            placeholder = page.locator('#uploads .card[data-file="broken.png"] .nothumb').count()
+            broken_imgs = page.evaluate("Array.from(document.querySelectorAll('#uploads img'))"
+                                        ".filter(i => i.complete && i.naturalWidth == 0).length")
             seen = page.evaluate("Array.from(document.querySelectorAll('img.seen'))"
                                  ".map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
             shot = Path(os.environ.get("SERVE_SCREENSHOT") or tmp_path / "serve.png")
@@ -231,6 +234,7 @@ def test_page_in_chromium_draw_and_upload_an_mnist_digit(trained_run, tiny_mnist
     assert drawn in b.labels and bars == 3
     assert shown == truth
     assert "truncated" in broken
+    assert placeholder == 1 and broken_imgs == 0  # a placeholder, never a broken-image icon
     # each card: the model's 28x28 view and its saliency overlay (shown 4x)
     assert len(seen) == 4 and all(ok and (w, h) in ((28, 28), (112, 112)) for ok, w, h in seen)
     with Image.open(shot) as img:

@@ -35,6 +35,7 @@ class MetaTable(Sequence):
         self.sha1 = np.zeros((n, 20), np.uint8)  # not "S20": numpy strips trailing zero bytes
         self.phash = np.zeros(n, np.uint64)
         self.thumb = np.zeros((n, THUMB * THUMB), np.uint8)
+        self.alpha = np.zeros(n, bool)
         self.filled = np.zeros(n, bool)
         self._names: list[str] = []
         self._codes: dict[str, int] = {}
@@ -53,6 +54,7 @@ class MetaTable(Sequence):
         self.phash[i] = m.phash
         if m.thumb:
             self.thumb[i] = np.frombuffer(m.thumb, np.uint8)
+        self.alpha[i] = m.alpha
         self.filled[i] = True
 
     def __contains__(self, i: object) -> bool:
@@ -69,7 +71,7 @@ class MetaTable(Sequence):
     def __getitem__(self, k: int) -> Meta:  # type: ignore[override]
         i = self.index[k]
         return Meta(int(self.width[i]), int(self.height[i]), self._names[self.mode[i]],
-                    self._names[self.format[i]], self.sha1[i].tobytes().hex())
+                    self._names[self.format[i]], self.sha1[i].tobytes().hex(), alpha=bool(self.alpha[i]))
 
     def __iter__(self) -> Iterator[Meta]:
         # A block at a time with .tolist(): indexing numpy scalars one by one would make
@@ -78,9 +80,10 @@ class MetaTable(Sequence):
         for start in range(0, len(self.index), 4096):
             i = self.index[start:start + 4096]
             sha = self.sha1[i].tobytes()
-            for k, (w, h, m, f) in enumerate(zip(self.width[i].tolist(), self.height[i].tolist(),
-                                                 self.mode[i].tolist(), self.format[i].tolist())):
-                yield Meta(w, h, names[m], names[f], sha[20 * k:20 * k + 20].hex())
+            for k, (w, h, m, f, a) in enumerate(zip(self.width[i].tolist(), self.height[i].tolist(),
+                                                    self.mode[i].tolist(), self.format[i].tolist(),
+                                                    self.alpha[i].tolist())):
+                yield Meta(w, h, names[m], names[f], sha[20 * k:20 * k + 20].hex(), alpha=a)
 
 
 def duplicate_groups(paths: Sequence[str], labels: Sequence[str], metas: Sequence[Meta]) -> tuple[list, list]:
@@ -150,15 +153,16 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     # One pass over the metas (a MetaTable rebuilds each one as it goes).
     sizes, modes, formats = Counter(), Counter(), Counter()
     wmin = hmin = 2**31
-    wmax = hmax = 0
+    wmax = hmax = alpha = 0
     for m in metas:
         sizes[(m.width, m.height)] += 1
         modes[m.mode] += 1
         formats[m.format] += 1
+        alpha += m.alpha
         wmin, wmax, hmin, hmax = min(wmin, m.width), max(wmax, m.width), min(hmin, m.height), max(hmax, m.height)
     mismatched = extension_mismatches(paths, metas) if set(formats) - {"pixels"} else []
     return {
-        "images": len(metas),
+        "images": sum(totals.values()),  # in the prepared arrays (leakage dropped from val/test is not)
         "classes": len(labels),
         "counts": {name: {**{s: counts[s][name] for s in counts}, "total": totals[name]} for name in labels},
         "imbalance_ratio": round(ratio, 3),
@@ -171,6 +175,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
         },
         "modes": dict(modes.most_common()),
         "formats": dict(formats.most_common()),
+        "transparent": alpha,  # images with transparent parts (composited onto the chosen background)
         "rejected": {"total": len(rejected),
                      "by_reason": dict(Counter(reason_category(r) for _, r in rejected).most_common())},
         "duplicates": {"groups": len(duplicates), "extra_copies": sum(len(d["paths"]) - 1 for d in duplicates),
@@ -205,6 +210,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}} " + " ".join(f"{c[s]:>7}" for s in splits + ["total"]))
     rej = summary["rejected"]
     lines.append(f"usable images: {summary['images']} in {summary['classes']} classes; rejected: {rej['total']}")
+    background = summary.get("choices", {}).get("background")
+    if summary.get("transparent") and background:
+        lines.append(f"transparent: {summary['transparent']} image(s), composited onto gray level "
+                     f"{background['value']} ({background['why']})")
     for reason, n in rej["by_reason"].items():
         lines.append(f"  rejected {n:>6}  {reason}")
     lines.append(f"duplicates: {summary['duplicates']['extra_copies']} extra copies in "
@@ -215,5 +224,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"near-duplicates: {near['within_class']['pairs']} pairs within a class, "
                      f"{near['across_classes']['pairs']} across classes, {near['across_splits']['pairs']} across splits; "
                      f"outliers: {summary.get('outliers', {}).get('images', 0)}")
-    lines += [f"WARNING: {w}" for w in summary["warnings"]]
+    if summary["warnings"]:  # each one was logged as it was found: counted here, not repeated
+        lines.append(f"warnings: {len(summary['warnings'])} (above, and in dataset.json and the report)")
     return "\n".join(lines)

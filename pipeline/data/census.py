@@ -2,9 +2,10 @@
 
 Before decoding everything, prepare decodes a seeded sample of the files (all of
 them when there are at most :data:`SAMPLE`) and records, per file, its size,
-whether its content is gray, and its polarity (light on dark, dark on light, or no
-clear background). :func:`resolve` turns that census into the settings
-``color``, ``size`` and ``invert`` = ``"auto"`` stand for, each with the reason,
+whether its content is gray, its polarity (light on dark, dark on light, or no
+clear background), its border's gray level and, for a transparent image, the gray level of its
+ink. :func:`resolve` turns that census into the settings
+``color``, ``size``, ``invert`` and ``background`` = ``"auto"`` stand for, each with the reason,
 for the log, ``dataset.json`` and the bundle. After the split, :func:`symmetry`
 decides ``[augment] hflip = "auto"`` from the training images' class means.
 Pure functions: numbers in, choices out.
@@ -32,6 +33,8 @@ class Facts:
     height: int
     gray: bool
     polarity: int  # +1 light on dark, -1 dark on light, 0 unclear
+    paper: float = 0.0       # the gray level of its border
+    ink: int | None = None   # a transparent image: the gray level of its opaque parts
 
 
 def sample(n: int, seed: int, size: int = SAMPLE) -> np.ndarray:
@@ -77,6 +80,30 @@ def _invert(cfg: PreprocessParams, color: str, facts: list[Facts]) -> tuple[str,
     return "false", f"one polarity ({counts})"
 
 
+CONTRAST = 64  # transparent images go onto the opaque images' paper only when their ink stands out from it
+
+
+def _background(cfg: PreprocessParams, facts: list[Facts]) -> tuple[int, str]:
+    """The gray level under transparent parts (and padding): the paper of the opaque images, else the
+    level that contrasts with the transparent images' ink."""
+    if cfg.background != AUTO:
+        return int(cfg.background), "set in params"
+    papers = [f.paper for f in facts if f.ink is None and f.polarity != 0]
+    inks = [f.ink for f in facts if f.ink is not None]
+    ink = float(np.median(inks)) if inks else None
+    if papers:
+        level = int(round(float(np.median(papers))))
+        if ink is None:
+            return level, f"the paper of the {len(papers)} opaque images with a clear background"
+        if abs(level - ink) >= CONTRAST:
+            return level, (f"the paper of the {len(papers)} opaque images, under the ink (gray {ink:.0f}) of "
+                           f"the {len(inks)} transparent one(s)")
+    if ink is not None:
+        return (255 if ink < 128 else 0), (f"contrasts with the ink (gray {ink:.0f}) of the {len(inks)} transparent "
+                                           "image(s)")
+    return 0, "no transparent images, no clear paper: black padding"
+
+
 def resolve(cfg: PreprocessParams, facts: list[Facts]) -> tuple[PreprocessParams, dict[str, dict[str, Any]]]:
     """The settings ``"auto"`` stands for, and for each the value and the reason (for the record)."""
     if not facts:  # nothing decodable: the stage reports that itself; keep a valid config
@@ -84,11 +111,13 @@ def resolve(cfg: PreprocessParams, facts: list[Facts]) -> tuple[PreprocessParams
     color, why_color = _color(cfg, facts)
     size, why_size = _size(cfg, facts)
     invert, why_invert = _invert(cfg, color, facts)
+    background, why_background = _background(cfg, facts)
     choices = {"color": {"value": color, "why": why_color},
                "size": {"value": list(size), "why": why_size},
                "invert": {"value": invert, "why": why_invert},
-               "census": {"images": len(facts)}}
-    return replace(cfg, color=color, size=size, invert=invert), choices
+               "background": {"value": background, "why": why_background},
+               "census": {"images": len(facts), "transparent": sum(f.ink is not None for f in facts)}}
+    return replace(cfg, color=color, size=size, invert=invert, background=background), choices
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

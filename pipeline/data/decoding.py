@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.preprocess import ImageError, Meta, decode_file, inspect_image, is_gray_content, perceptual, polarity
+from pipeline.data.preprocess import (ImageError, Meta, border_level, decode_file, inspect_image, is_gray_content,
+                                      perceptual, polarity)
 from pipeline.shared.artifacts import row_layout
 from pipeline.shared.params import PreprocessParams
 
@@ -152,10 +153,14 @@ def _windowed(pool: Any, fn: Callable, jobs: Iterable, ahead: int) -> Iterator:
         yield pending.popleft().get()
 
 
-def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
-    """Worker: (reason, (width, height, gray content?, polarity)) of each file, for the census."""
+Facts = tuple[int, int, bool, int, float, "int | None"]  # width, height, gray?, polarity, paper, ink
+
+
+def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str, Facts | None]]:
+    """Worker: (reason, (width, height, gray content?, polarity, border level, ink level of a transparent
+    image or None)) of each file, for the census."""
     paths, cfg = job
-    out: list[tuple[str, tuple[int, int, bool, int] | None]] = []
+    out: list[tuple[str, Facts | None]] = []
     for path in paths:
         try:
             d = decode_file(path, cfg)
@@ -167,12 +172,13 @@ def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str,
             continue
         gray = d.array if d.array.ndim == 2 else np.asarray(
             d.array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
-        out.append(("", (d.meta.width, d.meta.height, is_gray_content(d.array), polarity(gray))))
+        out.append(("", (d.meta.width, d.meta.height, is_gray_content(d.array), polarity(gray), border_level(gray),
+                         d.ink)))
     return out
 
 
 def census(paths: Sequence[str], cfg: PreprocessParams,
-           pool: DecodePool | None = None) -> list[tuple[str, tuple[int, int, bool, int] | None]]:
+           pool: DecodePool | None = None) -> list[tuple[str, Facts | None]]:
     """Decode ``paths`` as colour images (nothing kept) and return each file's facts or reason."""
     size = max(8, -(-len(paths) // ((pool.workers if pool else 1) * 2)))
     jobs = [(list(paths[i:i + size]), cfg) for i in range(0, len(paths), size)]

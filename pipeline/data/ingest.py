@@ -29,6 +29,7 @@ Ingest only lists; decoding (and rejecting bad files) happens once, in prepare.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
@@ -41,11 +42,15 @@ import numpy as np
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import IngestParams
 
+log = logging.getLogger(__name__)
+
 LAYOUTS = ("auto", "folders", "filenames", "csv", "pixels")
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+NOT_IMAGES = (".txt", ".md", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".doc", ".docx",
+              ".zip", ".tar", ".gz", ".py", ".ipynb", ".log", ".ini", ".toml")  # named, never decoded as images
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath", "img")
 _PIXEL_COL = re.compile(r"^pixel\d+$", re.IGNORECASE)
 
@@ -216,7 +221,10 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
         start = len(stats)
         for k, rel in enumerate(walk_files(base, root, rejected, stats)):
             label = label_from_name(rel.rsplit("/", 1)[-1], p)
-            if label is None:
+            suffix = Path(rel).suffix.lower()
+            if suffix in NOT_IMAGES:
+                rejected.append((rel, f"not an image (a {suffix} file)"))
+            elif label is None:
                 rejected.append((rel, f"file name gives no label ({how})"))
             else:
                 items.append(Item(rel, label, split))
@@ -251,7 +259,8 @@ def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: s
         if name.lower() in lower:
             return lower.index(name.lower())
     raise UserError(f"CSV {path} has no {what} column {' or '.join(repr(n) for n in names)}; "
-                     f"columns found: {header}")
+                     f"columns found: {header} (set [ingest] csv_{what}_column, or read the images with "
+                     "LAYOUT=folders or LAYOUT=filenames)")
 
 
 def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
@@ -368,35 +377,42 @@ def iter_pixel_images(path: Path) -> Iterator[tuple[np.ndarray | None, str]]:
 
 
 # ---------------------------------------------------------------- entry point
-def detect_layout(data: Path) -> str:
-    """Guess the layout of ``data`` (a folder or a CSV file)."""
+def detect_layout(data: Path, p: IngestParams | None = None) -> tuple[str, str]:
+    """Guess the layout of ``data`` (a folder or a CSV file); (layout, why), for the log."""
+    p = p or IngestParams()
     if data.is_file():
         if data.suffix.lower() not in CSV_SUFFIXES:
             raise UserError(f"DATA must be a folder or a .csv/.tsv file. Received: {data}")
         header, _, fh = open_csv(data)
         fh.close()  # type: ignore[attr-defined]
-        return "pixels" if is_pixel_header(header) else "csv"
-    top_csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
-    if len(top_csvs) == 1 and _is_mapping(top_csvs[0]):
-        return "csv"  # one mapping file (path + label columns) beside the images or their folders
+        return ("pixels", "a label,pixel0,pixel1,... table") if is_pixel_header(header) else ("csv", "a table file")
+    tables = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
+    mappings = [f for f in tables if _is_mapping(f, p)]
+    others = [f.name for f in tables if f not in mappings]
+    note = f"; {', '.join(others)}: no path and label columns, not a mapping file" if others else ""
+    if len(mappings) > 1:
+        raise UserError(f"{data} holds several mapping files ({', '.join(f.name for f in mappings)}): give one as "
+                        f"DATA={mappings[0]}")
+    if mappings:
+        return "csv", f"{mappings[0].name} maps files to labels{note}"
     for base, _ in _split_groups(data):
-        dirs, files = _children(base)
+        dirs, _ = _children(base)
         if dirs:
-            return "folders"
-        if base == data and sum(f.suffix.lower() in CSV_SUFFIXES for f in files) == 1:
-            return "csv"  # a folder of images with one mapping file
-    return "filenames"
+            return "folders", f"sub-folders ({', '.join(d.name for d in dirs[:3])}{', ...' if len(dirs) > 3 else ''}) " \
+                              f"are the labels{note}"
+    return "filenames", f"no label folders and no mapping file: labels from the file names{note}"
 
 
-def _is_mapping(path: Path) -> bool:
-    """True for a CSV whose header names a path column and a label column."""
+def _is_mapping(path: Path, p: IngestParams) -> bool:
+    """True for a CSV whose header names a path column and the label column."""
     try:
         header, _, fh = open_csv(path)
         fh.close()  # type: ignore[attr-defined]
     except (UserError, OSError, UnicodeDecodeError, csv.Error):
         return False
     lower = {h.lower() for h in header}
-    return bool(lower & set(PATH_COLUMNS)) and "label" in lower
+    paths = {p.csv_path_column.lower()} if p.csv_path_column else set(PATH_COLUMNS)
+    return bool(lower & paths) and p.csv_label_column.lower() in lower
 
 
 def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,
@@ -413,12 +429,16 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
     if not data.exists():
         raise UserError(f"dataset not found: {data}")
     if layout == "auto":
-        layout = detect_layout(data)
+        layout, why = detect_layout(data, p)
+        log.info("layout: %s (%s); LAYOUT=folders|filenames|csv|pixels forces another", layout, why)
     if layout in ("csv", "pixels"):
         if data.is_dir():
             csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
+            if layout == "csv":
+                csvs = [f for f in csvs if _is_mapping(f, p)] or csvs
             if len(csvs) != 1:
-                raise UserError(f"the {layout} layout needs a CSV file; {data} holds {len(csvs)} CSV files")
+                raise UserError(f"the {layout} layout needs one CSV file; {data} holds {len(csvs)}: give the file "
+                                f"itself as DATA")
             data = csvs[0]
         return scan_csv(data, p) if layout == "csv" else scan_pixels(data, p)
     if not data.is_dir():

@@ -5,6 +5,11 @@ config stored in the model bundle, so an image is seen the same way everywhere.
 Order: decode (content-detected, first frame, EXIF orientation) -> mode
 conversion (16-bit scaled, alpha composited on ``background``, palette
 expanded) -> colour (grayscale | rgb) -> resize -> scale to [0, 1].
+
+Transparent parts are composited onto the gray level ``background``, which prepare
+chooses from the data (``"auto"``: the paper of the dataset's opaque images, else a level
+that contrasts with the ink of the transparent ones, :mod:`pipeline.data.census`), so dark
+ink on a transparent background never turns into dark ink on black.
 """
 from __future__ import annotations
 
@@ -59,14 +64,17 @@ class Meta:
     sha1: str
     phash: int = 0
     thumb: bytes = b""
+    alpha: bool = False  # the file has transparent parts (composited onto the background)
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded image (uint8 HxW or HxWx3) and its :class:`Meta`."""
+    """A decoded image (uint8 HxW or HxWx3), its :class:`Meta`, and for a transparent image the gray
+    level of its opaque parts (its ink; the census chooses the background from it)."""
 
     array: np.ndarray
     meta: Meta
+    ink: int | None = None
 
 
 def _read(source: str | os.PathLike | bytes) -> bytes:
@@ -137,7 +145,7 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
                 # EXIF orientation (cheap test first: most files carry no EXIF at all)
                 if "exif" in img.info or fmt in ("TIFF", "MPO"):
                     img = ImageOps.exif_transpose(img)
-                arr = _to_array(img, cfg.color, cfg.background)
+                arr, ink = _to_array(img, cfg.color, cfg.background)
     except ImageError:
         raise
     except _BOMB as exc:
@@ -150,17 +158,36 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
             ZeroDivisionError) as exc:
         # Pillow's plugins raise any of these on malformed data.
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
-    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest()))
+        if "truncated" in str(exc) or isinstance(exc, EOFError):
+            raise ImageError("truncated image: the file ends before its pixels do (an interrupted copy or "
+                             "download?)") from None
+        raise ImageError(f"corrupt image: {exc}") from None
+    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest(), alpha=ink is not None), ink)
 
 
-def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int = 0) -> np.ndarray:
+def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int | str = "auto") -> np.ndarray:
     """Decode a file to uint8 HxW (grayscale) or HxWx3 (rgb) with default limits; raise ImageError."""
     return decode_file(source, PreprocessParams(color=color, background=background, min_side=1)).array
 
 
-def _to_array(img: Image.Image, color: str, background: int) -> np.ndarray:
-    """Convert any Pillow mode to uint8 L or RGB."""
+def _composite(img: Image.Image, background: int | str) -> tuple[Image.Image, int | None]:
+    """An image with an alpha channel composited onto a gray background: the given level, or
+    (``"auto"``, an unresolved config) one that contrasts with this image's ink; and the ink's gray
+    level (None when nothing in it is transparent)."""
+    rgba = img.convert("RGBA")
+    arr = np.asarray(rgba)
+    if arr[..., 3].min() == 255:  # an alpha channel with nothing transparent: nothing to composite
+        return rgba.convert("RGB"), None
+    opaque = arr[..., 3] >= 128
+    ink = int(np.median(_pil_gray(arr[..., :3])[opaque])) if opaque.any() else 0
+    if background == "auto":
+        background = 255 if ink < 128 else 0
+    canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB"), ink
+
+
+def _to_array(img: Image.Image, color: str, background: int | str) -> tuple[np.ndarray, int | None]:
+    """Convert any Pillow mode to uint8 L or RGB; and, for a transparent image, its ink's gray level."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         # 16-bit and 32-bit integer images are scaled from the 16-bit range;
@@ -170,16 +197,15 @@ def _to_array(img: Image.Image, color: str, background: int) -> np.ndarray:
         elif img.mode != "F":
             arr = arr / 257.0
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    ink = None
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info)
     if has_alpha:
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
-        img = Image.alpha_composite(canvas, rgba).convert("RGB")
+        img, ink = _composite(img, background)
     target = "L" if color == "grayscale" else "RGB"
     if img.mode != target:
         img = img.convert(target)
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.asarray(img, dtype=np.uint8).copy(), ink
 
 
 def _interpolation(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int:
@@ -194,7 +220,7 @@ def _resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=_interpolation(img.shape[:2], (h, w)))
 
 
-def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int = 0) -> np.ndarray:
+def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int | str = 0) -> np.ndarray:
     """Resize to ``size_hw`` by stretching, padding (keep aspect) or centre-cropping."""
     h, w = size_hw
     ih, iw = img.shape[:2]
@@ -204,7 +230,7 @@ def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int
     nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
     scaled = _resize(img, (nh, nw))
     if mode == "pad":
-        out = np.full((h, w) + img.shape[2:], background, dtype=img.dtype)
+        out = np.full((h, w) + img.shape[2:], 0 if background == "auto" else background, dtype=img.dtype)
         top, left = (h - nh) // 2, (w - nw) // 2
         out[top:top + nh, left:left + nw] = scaled
         return out
@@ -212,22 +238,29 @@ def resize(img: np.ndarray, size_hw: tuple[int, int], mode: str, background: int
     return scaled[top:top + h, left:left + w]
 
 
+def _border(gray: np.ndarray) -> np.ndarray:
+    """The pixels of the outer tenth of the image on each side."""
+    h, w = gray.shape[:2]
+    b = max(1, min(h, w) // 10)
+    return np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+
+
+def border_level(gray: np.ndarray) -> float:
+    """The median gray level of the image's border: its paper, when it has one."""
+    border = _border(gray)
+    return float(np.partition(border, len(border) // 2)[len(border) // 2])
+
+
 def is_dark_on_light(gray: np.ndarray) -> bool:
     """Polarity: True when the background (the border) is lighter than the image on average,
     i.e. dark ink on light paper. Ink pulls the mean away from the paper's level."""
-    h, w = gray.shape[:2]
-    b = max(1, min(h, w) // 10)
-    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
-    return float(np.partition(border, len(border) // 2)[len(border) // 2]) > float(cv2.mean(gray)[0])
+    return border_level(gray) > float(cv2.mean(gray)[0])
 
 
 def polarity(gray: np.ndarray) -> int:
     """+1: light content on a darker, even background (like MNIST); -1: dark on light (ink on
     paper); 0: no clear background (e.g. a photo), where polarity means nothing."""
-    h, w = gray.shape[:2]
-    b = max(1, min(h, w) // 10)
-    border = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
-    lo, med, hi = np.percentile(border, (10, 50, 90))
+    lo, med, hi = np.percentile(_border(gray), (10, 50, 90))
     mean = float(cv2.mean(gray)[0])
     if hi - lo > 48 or abs(med - mean) < 4:  # an uneven border, or nothing stands out from it
         return 0
@@ -395,6 +428,17 @@ def inspect_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> t
         return None, str(exc), None
     except MemoryError:
         return None, "image too large to decode in memory", None
+
+
+def for_display(path: str | os.PathLike, background: int | str = "auto") -> tuple[np.ndarray | None, str]:
+    """A file as a person sees it (colour, any size; transparent parts on ``background``), for galleries:
+    ``(uint8 array, "")`` or ``(None, why it cannot be shown)``."""
+    try:
+        return decode_file(path, PreprocessParams(color="rgb", min_side=1, background=background)).array, ""
+    except ImageError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, "image too large to decode in memory"
 
 
 def load_image_safe(path: str | Path, cfg: PreprocessParams) -> tuple[np.ndarray | None, str]:

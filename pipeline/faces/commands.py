@@ -28,7 +28,8 @@ COMMANDS = {
     "explain": ("pipeline.stages.explain",
                 "why this label: the image as the model saw it with a saliency map, and the top-k"),
 }
-FOLLOW_UP = {"evaluate": "report"}  # `pipeline evaluate` also (re)writes the report when its inputs changed
+# `pipeline evaluate` and `pipeline suspects` also (re)write the report when its inputs changed
+FOLLOW_UP = {"evaluate": "report", "suspects": "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,5 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     then = FOLLOW_UP.get(args.command)
     if code == 0 and then:
         follow = importlib.import_module(COMMANDS[then][0])
-        code = cli.run(follow.main, argparse.Namespace(run=args.run, verbose=args.verbose, force=False), then)
+        code = cli.run(follow.main, argparse.Namespace(run=args.run, verbose=args.verbose, force=False,
+                                                       follow_up=True), then)
     return code

@@ -14,7 +14,8 @@ from pipeline.shared.params import TrainParams
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                  augmenter: Any = None, stream: bool = False, shard: tuple[int, int] = (0, 1),
-                 data_threads: int = 0, n_classes: int = 0, class_weights: list[float] | None = None) -> Any:
+                 data_threads: int = 0, n_classes: int = 0, class_weights: list[float] | None = None,
+                 passes: int = 1) -> Any:
     """A batched, prefetched tf.data pipeline over the arrays: shuffled each epoch and
     augmented on the fly if asked (only ever for the training split).
 
@@ -24,7 +25,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     the shuffled order, starting at index: each worker of a multi-worker run sees its
     own part, all of the same size (so all take the same number of steps). With
     ``n_classes`` the labels become one-hot (for label smoothing), with
-    ``class_weights`` each batch also carries per-image weights.
+    ``class_weights`` each batch also carries per-image weights. ``passes``: one iteration goes over
+    the data that many times, each pass in a new order (an epoch of several passes, for small data).
     """
     import tensorflow as tf
 
@@ -38,7 +40,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if count > 1:
         ds = ds.shard(count, index).take(n // count)
-    ds = ds.batch(batch_size).map(_gather(x, y, stream), num_parallel_calls=parallel)
+    ds = ds.batch(batch_size)
+    if passes > 1:  # after batching: every pass has its own (possibly smaller) last batch, as one pass alone
+        ds = ds.repeat(passes)
+    ds = ds.map(_gather(x, y, stream), num_parallel_calls=parallel)
     ds = augment_dataset(ds, augmenter)
     if n_classes:
         ds = ds.map(_targets(n_classes, class_weights), num_parallel_calls=parallel)

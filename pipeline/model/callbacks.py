@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.model import recipe
 from pipeline.shared import artifacts
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,47 @@ def history_callback(path: Path) -> Any:
             artifacts.write_text(path, buf.getvalue())
 
     return HistoryCSV()
+
+
+def _val_accuracy(path: Path, finished: int) -> list[float]:
+    """The validation accuracy of the first ``finished`` epochs in a history file."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= finished and r.get("val_accuracy")]
+    return [float(r["val_accuracy"]) for r in sorted(rows, key=lambda r: int(r["epoch"]))]
+
+
+def extension_callback(plan: recipe.Plan, n_val: int, history: Path, schedule: Any) -> Any:
+    """Stops the run at its planned last epoch, and lengthens the plan (and stretches the learning-rate
+    schedule) while validation still improves (:func:`pipeline.model.recipe.extension`). ``fit`` runs
+    with ``epochs=plan.max_epochs``. A resumed run replays the decisions from ``history``."""
+    import keras
+
+    class Extend(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.planned, self.val, self.notes = plan.epochs, [], []
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if self.val or epoch == 0:
+                return
+            self.val = _val_accuracy(history, epoch)  # resumed after `epoch` finished epochs
+            self.planned = recipe.planned_after(self.val, plan.epochs, n_val, plan.max_epochs)
+            recipe.stretch(schedule, self.planned * plan.steps_per_epoch)
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.val.append(float((logs or {}).get("val_accuracy", 0.0)))
+            step = recipe.extension(self.val, self.planned, n_val, plan.max_epochs)
+            if step:
+                self.planned = step[0]
+                self.notes.append(step[1])
+                recipe.stretch(schedule, self.planned * plan.steps_per_epoch)
+                log.info("train: %s", step[1])
+            if epoch + 1 >= self.planned:
+                self.model.stop_training = True
+
+    return Extend()
 
 
 def repair_backup(folder: Path) -> None:

@@ -40,8 +40,9 @@ class Data:
         return len(self.x_val) > 0
 
 
-def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any = None) -> Any:
-    """The model with its optimizer, loss and metrics (built in the strategy's scope when there is one)."""
+def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any = None, schedule: Any = None) -> Any:
+    """The model with its optimizer (learning rate ``schedule``, default the plan's), loss and metrics (built
+    in the strategy's scope when there is one)."""
     import keras
 
     from pipeline.model.model import build_model, with_precision
@@ -50,7 +51,7 @@ def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any =
         model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps)
         if plan.precision != "float32":
             model = with_precision(model, plan.precision)
-        model.compile(optimizer=recipe.optimizer(p, plan.total_steps), loss=recipe.loss(p),
+        model.compile(optimizer=recipe.optimizer(p, plan.total_steps, schedule), loss=recipe.loss(p),
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                       # Several steps per graph call (not under tf.distribute: Keras' multi-step loop
                       # fails there); no XLA: slower on CPU.
@@ -72,7 +73,8 @@ def datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data, 
     def train_data(shard: tuple[int, int]) -> Any:
         return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed,
                                     augmenter=augmenter, stream=stream, shard=shard, data_threads=p.data_threads,
-                                    n_classes=data.n_classes, class_weights=plan.class_weights)
+                                    n_classes=data.n_classes, class_weights=plan.class_weights,
+                                    passes=plan.passes_per_epoch)
 
     def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
         # Larger batches than training's: inference only (batch-norm uses its moving statistics, so the

@@ -1,12 +1,15 @@
 """The training recipe: how long to train, at what learning rate, with which optimizer and loss.
 
 ``epochs = "auto"`` gives the run a budget of optimizer steps (``step_budget``), so
-the number of passes adapts to the data: a 1,000-image set gets hundreds of
-epochs, MNIST a few dozen at most (bounded by ``min_epochs`` .. ``max_epochs``).
-The learning rate warms up over the first ``warmup`` share of the steps, then
-follows a cosine to zero over the whole run. :func:`plan` resolves every ``"auto"``
-of ``[train]`` and ``[augment]`` into a :class:`Plan`, which is logged and recorded
-in ``bundle.json``.
+the number of passes over the images adapts to the data: a 1,000-image set gets hundreds
+of passes, MNIST a few dozen at most (bounded by ``min_epochs`` .. ``max_epochs`` passes).
+The passes are grouped into epochs of at least :data:`MIN_EPOCH_STEPS` optimizer steps
+(one pass each on MNIST; fifty passes of a 200-image set): what an epoch costs beyond its
+steps (validation, checkpoint, history, backup) is then paid a few dozen times, not once per
+tiny pass, so small data trains at the speed of its steps. The learning rate warms up over
+the first ``warmup`` share of the steps, then follows a cosine to zero over the whole run.
+:func:`plan` resolves every ``"auto"`` of ``[train]`` and ``[augment]`` into a :class:`Plan`,
+which is logged and recorded in ``bundle.json``.
 """
 from __future__ import annotations
 
@@ -20,13 +23,23 @@ from pipeline.shared.params import AUTO, AugmentParams, TrainParams
 
 MIN_PATIENCE = 10
 PATIENCE_SHARE = 0.25  # patience = "auto": a quarter of the run (at least MIN_PATIENCE epochs)
+MIN_EPOCH_STEPS = 50   # an epoch is at least this many optimizer steps (several passes over small data)
+SHORT_SHARE = 0.25     # a run below this share of the recipe's budget for the data is warned about
+# epochs = "auto" goes on while validation still improves (docs/recipe.md "How long"): at EXTEND_CHECK of the
+# planned epochs, the validation error of the third quarter is compared with the second's; when it fell by
+# EXTEND_Z standard errors and at least EXTEND_MIN_GAIN, the run is lengthened EXTEND_BY times (the cosine
+# stretched), up to [train] extend times the plan.
+EXTEND_CHECK = 0.75
+EXTEND_BY = 1.5
+EXTEND_Z = 3.0
+EXTEND_MIN_GAIN = 0.005
 
 
 @dataclass(frozen=True)
 class Plan:
     """Every training choice, resolved (what the bundle records as ``plan``)."""
 
-    epochs: int
+    epochs: int               # Keras epochs (each ``passes_per_epoch`` passes over the training images)
     epochs_why: str
     steps_per_epoch: int
     total_steps: int
@@ -38,19 +51,42 @@ class Plan:
     class_weights_why: str
     precision: str = "float32"
     precision_why: str = "set in params"
+    passes: int = 0           # passes over the training images in all
+    passes_per_epoch: int = 1
+    warnings: tuple[str, ...] = ()
+    max_epochs: int = 0       # how far the run may be extended while validation improves (0: not at all)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def resolve_epochs(p: TrainParams, n_train: int, global_batch: int) -> tuple[int, str]:
-    """``epochs``, and why: as set, or the step budget spread over epochs of ``n_train`` images."""
+    """Passes over the training images (``epochs`` in params), and why: as set, or the step budget
+    spread over passes of ``n_train`` images."""
     steps = max(1, math.ceil(n_train / global_batch))
     if p.epochs != AUTO:
         return int(p.epochs), "set in params or on the command line"
-    epochs = int(np.clip(round(p.step_budget / steps), p.min_epochs, p.max_epochs))
-    return epochs, (f"a budget of {p.step_budget} steps at {steps} steps per epoch "
-                    f"({n_train} images, batch {global_batch}), kept within {p.min_epochs}..{p.max_epochs}")
+    passes = int(np.clip(round(p.step_budget / steps), p.min_epochs, p.max_epochs))
+    return passes, (f"a budget of {p.step_budget} steps at {steps} steps per pass "
+                    f"({n_train} images, batch {global_batch}), kept within {p.min_epochs}..{p.max_epochs} passes")
+
+
+def group_passes(passes: int, pass_steps: int) -> tuple[int, int]:
+    """(epochs, passes per epoch): passes grouped into epochs of at least :data:`MIN_EPOCH_STEPS` steps."""
+    per_epoch = max(1, min(passes, math.ceil(MIN_EPOCH_STEPS / pass_steps)))
+    return math.ceil(passes / per_epoch), per_epoch
+
+
+def _too_short(p: TrainParams, passes: int, pass_steps: int) -> tuple[str, ...]:
+    """A warning when the passes set in params give far fewer steps than the recipe's budget would."""
+    if p.epochs == AUTO:
+        return ()
+    budget = int(np.clip(round(p.step_budget / pass_steps), p.min_epochs, p.max_epochs)) * pass_steps
+    steps = passes * pass_steps
+    if steps >= SHORT_SHARE * budget:
+        return ()
+    return (f"training is far too short: {steps} optimizer step(s) ({passes} pass(es) of {pass_steps} step(s)); "
+            f"the recipe's budget for this data is {budget} steps (epochs = \"auto\"): expect a weak model",)
 
 
 def balanced_weights(counts: list[int]) -> list[float]:
@@ -78,8 +114,12 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
          imbalance_threshold: float, replicas: int = 1) -> Plan:
     """Resolve the run: epochs and steps, patience, flips and class weights."""
     global_batch = p.batch_size * replicas
-    epochs, why = resolve_epochs(p, n_train, global_batch)
-    steps = max(1, math.ceil(n_train / global_batch))
+    passes, why = resolve_epochs(p, n_train, global_batch)
+    pass_steps = max(1, math.ceil(n_train / global_batch))
+    epochs, per_epoch = group_passes(passes, pass_steps)
+    if per_epoch > 1:
+        why += f"; {passes} passes grouped {per_epoch} to an epoch (at least {MIN_EPOCH_STEPS} steps each)"
+    steps = pass_steps * per_epoch
     patience = int(p.patience) if p.patience != AUTO else max(MIN_PATIENCE, math.ceil(PATIENCE_SHARE * epochs))
     if aug.hflip == AUTO:
         hflip = bool(symmetry and symmetry.get("hflip"))
@@ -88,8 +128,46 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
         hflip, hflip_why = bool(aug.hflip), "set in params"
     weights, weights_why = resolve_class_weights(p, counts, imbalance_threshold)
     precision, precision_why = resolve_precision(p.precision)
+    longest = min(round(p.extend * epochs), p.max_epochs // per_epoch) if p.epochs == AUTO else 0
     return Plan(epochs, why, steps, epochs * steps, global_batch, patience, hflip and aug.enabled, hflip_why,
-                weights, weights_why, precision, precision_why)
+                weights, weights_why, precision, precision_why, epochs * per_epoch, per_epoch,
+                _too_short(p, passes, pass_steps), longest if longest > epochs else 0)
+
+
+def check_epoch(planned: int) -> int:
+    """The epoch (1-based) after which a run of ``planned`` epochs decides whether to go on."""
+    return max(4, round(EXTEND_CHECK * planned))
+
+
+def extension(val_accuracy: list[float], planned: int, n_val: int, longest: int) -> tuple[int, str] | None:
+    """(new planned epochs, why) when, at the check epoch of a run of ``planned`` epochs, the validation
+    error of the epochs in its third quarter is clearly below that of its second (``val_accuracy``: one
+    value per finished epoch; ``n_val`` validation images); None to stop as planned."""
+    done = len(val_accuracy)
+    if done != check_epoch(planned) or planned >= longest or n_val <= 0:
+        return None
+    quarter = planned / 4
+    early, late = val_accuracy[round(quarter):round(2 * quarter)], val_accuracy[round(2 * quarter):done]
+    if len(early) < 2 or len(late) < 2:
+        return None
+    err_early, err_late = 1 - float(np.mean(early)), 1 - float(np.mean(late))
+    se = math.sqrt(max(err_late * (1 - err_late), 1 / n_val) / n_val)
+    gain = err_early - err_late
+    if gain < EXTEND_MIN_GAIN or gain < EXTEND_Z * se:
+        return None
+    longer = min(longest, round(EXTEND_BY * planned))
+    return longer, (f"validation error still falling: {err_early:.2%} -> {err_late:.2%} from the second to the third "
+                    f"quarter of the run ({gain / se:.1f} standard errors): {planned} -> {longer} epochs")
+
+
+def planned_after(val_accuracy: list[float], planned: int, n_val: int, longest: int) -> int:
+    """The planned epochs after the finished epochs ``val_accuracy`` (the decisions replayed: a resumed run
+    goes on as the interrupted one did)."""
+    for done in range(1, len(val_accuracy) + 1):
+        step = extension(val_accuracy[:done], planned, n_val, longest)
+        if step:
+            planned = step[0]
+    return planned
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
@@ -132,24 +210,56 @@ def resolve_precision(precision: str, has_bf16: bool | None = None, device: str 
     return "float32", f"auto: no native bfloat16 on this {device}"
 
 
-def learning_rate(p: TrainParams, total_steps: int) -> Any:
-    """Linear warmup over ``warmup`` of the steps, then cosine to zero (or constant)."""
+def learning_rate(p: TrainParams, total_steps: int, stretchable: bool = False) -> Any:
+    """Linear warmup over ``warmup`` of the steps, then cosine to zero (or constant); ``stretchable``:
+    the cosine's length can grow while training (:func:`stretch`)."""
     import keras
 
     if p.lr_schedule == "constant":
         return p.learning_rate
     warm = int(p.warmup * total_steps)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warm else p.learning_rate, max(1, total_steps - warm), alpha=0.0,
-        warmup_target=p.learning_rate if warm else None, warmup_steps=warm)
+    kind = stretchable_cosine() if stretchable else keras.optimizers.schedules.CosineDecay
+    return kind(0.0 if warm else p.learning_rate, max(1, total_steps - warm), alpha=0.0,
+                warmup_target=p.learning_rate if warm else None, warmup_steps=warm)
 
 
-def optimizer(p: TrainParams, total_steps: int) -> Any:
-    """AdamW (decoupled weight decay) or Adam; with an EMA of the weights when ``ema`` > 0."""
+def stretch(schedule: Any, total_steps: int) -> None:
+    """Make a stretchable cosine end at ``total_steps`` (from the next step on)."""
+    schedule.length.assign(float(max(1, total_steps - schedule.warmup_steps)))
+
+
+_STRETCHABLE: list[Any] = []
+
+
+def stretchable_cosine() -> Any:
+    """Keras' CosineDecay with its length in a variable, so the run can be extended while it trains
+    (registered for loading, defined once)."""
+    if _STRETCHABLE:
+        return _STRETCHABLE[0]
+    import keras
+
+    @keras.saving.register_keras_serializable(package="pipeline")
+    class StretchableCosine(keras.optimizers.schedules.CosineDecay):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.length = keras.Variable(float(self.decay_steps), trainable=False, dtype="float32",
+                                         name="cosine_length")
+            self.decay_steps = self.length  # read at every step by CosineDecay's own formula
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "decay_steps": float(self.length.numpy())}
+
+    _STRETCHABLE.append(StretchableCosine)
+    return StretchableCosine
+
+
+def optimizer(p: TrainParams, total_steps: int, schedule: Any = None) -> Any:
+    """AdamW (decoupled weight decay) or Adam; with an EMA of the weights when ``ema`` > 0. ``schedule``:
+    the learning rate to use (default: :func:`learning_rate` for ``total_steps``)."""
     import keras
 
     kw: dict[str, Any] = {"use_ema": True, "ema_momentum": p.ema} if p.ema else {}
-    lr = learning_rate(p, total_steps)
+    lr = schedule if schedule is not None else learning_rate(p, total_steps)
     if p.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=p.weight_decay, **kw)
     return keras.optimizers.Adam(lr, **kw)

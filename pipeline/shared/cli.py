@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.shared import bundle
 from pipeline.shared import params as params_mod
-from pipeline.shared import runfolder
+from pipeline.shared import quiet, runfolder
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import PredictParams
 
@@ -87,6 +87,7 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
     (also to ``<run>/logs/<log_name>.log`` when it has a run folder); errors become exit codes
     (2: yours, 1: a bug)."""
     _console_logging(args.verbose)
+    quiet.install()
     try:
         if resolve is not None:
             resolve(args)

@@ -82,15 +82,15 @@ SIZE_BOUNDS = (28, 64)  # size = "auto": each side from the size census, kept wi
 class PreprocessParams:
     """How every image is turned into model input (prepare, evaluate and apply alike).
 
-    ``color``, ``size`` and ``invert`` may be ``"auto"``: prepare resolves them from the
-    data (see :mod:`pipeline.data.census`) and stores the resolved values, which are what the
-    bundle records. An unresolved ``invert = "auto"`` judges each image on its own.
+    ``color``, ``size``, ``invert`` and ``background`` may be ``"auto"``: prepare resolves them
+    from the data (see :mod:`pipeline.data.census`) and stores the resolved values, which are what
+    the bundle records. An unresolved ``invert`` or ``background`` judges each image on its own.
     """
 
     color: str = AUTO
     size: tuple[int, ...] | str = AUTO
     resize: str = "stretch"
-    background: int = 0
+    background: int | str = AUTO
     min_side: int = 8
     max_side: int = 20000
     invert: str = AUTO
@@ -127,7 +127,8 @@ class PreprocessParams:
         if self.size != AUTO:
             _check(isinstance(self.size, tuple) and len(self.size) == 2 and all(4 <= s <= 4096 for s in self.size),
                    "preprocess", "size", '"auto" or [height, width], each 4..4096', self.size)
-        _check(0 <= self.background <= 255, "preprocess", "background", "0..255", self.background)
+        _check(self.background == AUTO or (isinstance(self.background, int) and 0 <= self.background <= 255),
+               "preprocess", "background", '"auto" or a gray level 0..255', self.background)
         _check(1 <= self.min_side <= self.max_side, "preprocess", "min_side", f"1..max_side ({self.max_side})",
                self.min_side)
 
@@ -158,6 +159,7 @@ class TrainParams:
     step_budget: int = 6000
     min_epochs: int = 10
     max_epochs: int = 500
+    extend: float = 3.0
     batch_size: int = 256
     learning_rate: float = 2e-3
     optimizer: str = "adamw"
@@ -202,6 +204,7 @@ class TrainParams:
         _check(1 <= self.min_epochs <= self.max_epochs, "train", "min_epochs", f"1..max_epochs ({self.max_epochs})",
                self.min_epochs)
         _check(self.step_budget >= 1, "train", "step_budget", ">= 1", self.step_budget)
+        _check(1.0 <= self.extend <= 10.0, "train", "extend", "in [1, 10] (1: never)", self.extend)
         _check(self.batch_size >= 1, "train", "batch_size", ">= 1", self.batch_size)
         _check(self.learning_rate > 0, "train", "learning_rate", "> 0", self.learning_rate)
         _check(self.weight_decay >= 0, "train", "weight_decay", ">= 0", self.weight_decay)

@@ -269,3 +269,17 @@ def overlay_png(x: np.ndarray, heat: np.ndarray, scale: int = 4) -> bytes:
     big = cv2.resize(blend.astype(np.uint8), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
     ok, buf = cv2.imencode(".png", big[..., ::-1])
     return buf.tobytes()
+
+
+def thumbnail_png(img: np.ndarray, side: int = 72) -> bytes:
+    """A small PNG of an image (uint8 gray or RGB), its longer side ``side`` px (small images are enlarged
+    with visible pixels), for the report's galleries of files."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.asarray(img, np.uint8))
+    scale = side / max(pil.size)
+    size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+    pil = pil.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()

@@ -370,7 +370,7 @@ def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, po
         got = census_of([prefix + listing.items[i].path for i in picked], look, pool)
         facts = [census.Facts(*f) for _, f in got if f is not None]
     resolved, choices = census.resolve(cfg, facts)
-    for key in ("color", "size", "invert"):
+    for key in ("color", "size", "invert", "background"):
         log.info("prepare: %s = %s (%s)", key, choices[key]["value"], choices[key]["why"])
     return resolved, choices
 
@@ -440,7 +440,8 @@ def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, A
     symmetry = census.symmetry(x_train, y_train, list(d.labels))
     log.info("prepare: horizontal flips %s (%s)", "label-preserving" if symmetry["hflip"] else "not safe",
              symmetry["why"])
-    dataset.update({"data": str(data), "layout": listing.layout, "choices": {**choices, "hflip": symmetry}})
+    dataset.update({"data": str(data), "root": str(listing.root), "layout": listing.layout,
+                    "choices": {**choices, "hflip": symmetry}})
     for warning in dataset["warnings"]:
         log.warning("%s", warning)
     if sum(counts["test"].values()) == 0:

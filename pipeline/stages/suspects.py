@@ -2,12 +2,16 @@
 
     pipeline suspects --run runs/<name> [--folds 5] [--write-corrections]
 
-Every train and val image gets out-of-sample class probabilities: the images are cut
+Every image gets out-of-sample class probabilities. Train and val images: they are cut
 into k stratified, seeded folds, and each fold is predicted by a model trained on the
-others (a short training with the run's own recipe, ``[suspects] step_budget`` steps).
-A finished fold is kept in ``suspects_folds/``, so a killed run resumes at the next
-one. Confident learning (:mod:`pipeline.model.confident`) then flags the images whose label
-the probabilities contradict. Writes ``suspects.csv`` (``path,label,suggested,score,reason``:
+others (a short training with the run's own recipe: ``[suspects] step_budget`` steps at
+most, and the folds together at most twice the steps of the run's training, so a small
+set is checked in about the time it trains). Test images: the trained model's probabilities
+(it never trained on them), when it was trained on this preparation of the run; wrong
+test labels distort the accuracy users report (Northcutt et al. 2021). A finished fold is
+kept in ``suspects_folds/``, so a killed run resumes at the next one. Confident learning
+(:mod:`pipeline.model.confident`) then flags the images whose label the probabilities
+contradict. Writes ``suspects.csv`` (``path,label,suggested,score,reason``:
 only the flagged images, most suspicious first; ``score`` is how sure the models are
 that the label is wrong, 1 - p(given label)), the gallery ``suspects.png``, and the marker
 ``suspects.json``; ``make report`` shows them. ``--write-corrections`` pre-fills
@@ -21,6 +25,7 @@ import dataclasses
 import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.model import confident
+from pipeline.model import confident, recipe
 from pipeline.model.fitting import fit_on_arrays
-from pipeline.model.infer import Predictor
+from pipeline.model.infer import Predictor, predict_probs
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
@@ -40,6 +45,8 @@ from pipeline.shared.params import AugmentParams, SuspectsParams, TrainParams
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "label", "suggested", "score", "reason")
+FOLD_SHARE = 2.0      # the folds together train at most this many times the steps of the run's own training
+FOLD_MIN_STEPS = 100  # ... but each at least this many
 
 
 # ---------------------------------------------------------------- folds
@@ -66,7 +73,19 @@ def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, a
 
 
 # ---------------------------------------------------------------- the stage
-def _load(prep: rf.Prepared) -> tuple[np.ndarray, np.ndarray, list[str]]:
+@dataclass
+class Checked:
+    """The images checked (train and val, then test when a model trained on this run covers it): their
+    prepared arrays, labels, files and split, and their out-of-sample class probabilities."""
+
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+    splits: list[str]
+    probs: np.ndarray | None = None
+
+
+def _load(prep: rf.Prepared) -> Checked:
     """The train+val images and labels, and their manifest paths (same order)."""
     x = np.concatenate([prep.x(s, mmap=False) for s in ("train", "val")])
     y = np.concatenate([prep.y(s) for s in ("train", "val")])
@@ -75,17 +94,28 @@ def _load(prep: rf.Prepared) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise artifacts.StageError(f"{prep.run}: the manifest does not match the prepared arrays; re-run `make prepare`")
     if len(np.unique(y)) < 2:
         raise UserError(f"{prep.run}: the train and val splits hold fewer than 2 classes; nothing to cross-check")
-    return x, y, paths
+    splits = ["train"] * len(prep.y("train")) + ["val"] * len(prep.y("val"))
+    return Checked(x, y, paths, splits)
 
 
-def _probabilities(prep: rf.Prepared, x: np.ndarray, y: np.ndarray, fp: str, sp: SuspectsParams, p: TrainParams,
+def fold_steps(p: TrainParams, aug: AugmentParams, prep: rf.Prepared, sp: SuspectsParams) -> int:
+    """Optimizer steps per fold: ``[suspects] step_budget``, but the folds together train no more than
+    :data:`FOLD_SHARE` times the steps of the run's own training, so small data checks in about the
+    time it trains (at least :data:`FOLD_MIN_STEPS` a fold)."""
+    y = prep.y("train")
+    counts = np.bincount(y, minlength=len(prep.labels)).tolist()
+    main = recipe.plan(p, aug, len(y), counts, prep.hflip, prep.imbalance_ratio)
+    return int(min(sp.step_budget, max(FOLD_MIN_STEPS, round(FOLD_SHARE * main.total_steps / sp.folds))))
+
+
+def _probabilities(prep: rf.Prepared, c: Checked, fp: str, sp: SuspectsParams, p: TrainParams,
                    aug: AugmentParams) -> np.ndarray:
     """Out-of-fold probabilities of every image; finished folds are read back, the others trained."""
     work = prep.run / rf.SUSPECTS_WORK
     work.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(work)
-    held_out = folds(y, sp.folds, prep.seed)
-    probs = np.zeros((len(y), len(prep.labels)), np.float32)
+    held_out = folds(c.y, sp.folds, prep.seed)
+    probs = np.zeros((len(c.y), len(prep.labels)), np.float32)
     for k in tqdm(range(len(held_out)), desc="suspects: folds", unit="fold"):
         held, name = held_out[k], f"fold{k + 1}of{len(held_out)}"
         if rf.is_current(work / f"{name}.json", fp, [work / f"{name}.npy"]):
@@ -93,7 +123,7 @@ def _probabilities(prep: rf.Prepared, x: np.ndarray, y: np.ndarray, fp: str, sp:
             probs[held] = artifacts.load_npy(work / f"{name}.npy", "fold probabilities", mmap=False)
             continue
         t0 = time.perf_counter()
-        probs[held] = fold_probs(x, y, held, p, aug, prep, name)
+        probs[held] = fold_probs(c.x, c.y, held, p, aug, prep, name)
         artifacts.save_npy(work / f"{name}.npy", probs[held])
         rf.write_marker(work / f"{name}.json", fp, fold=k + 1, folds=len(held_out), images=int(len(held)),
                         seconds=round(time.perf_counter() - t0, 1))
@@ -101,15 +131,43 @@ def _probabilities(prep: rf.Prepared, x: np.ndarray, y: np.ndarray, fp: str, sp:
     return probs
 
 
-def rows_for(issues: confident.Issues, probs: np.ndarray, y: np.ndarray, labels: list[str],
-             paths: list[str]) -> list[dict[str, Any]]:
+def _trained_model(prep: rf.Prepared) -> Path | None:
+    """The run's bundle when it was trained on this very preparation (its test split never trained on),
+    else None (said in the log)."""
+    model_dir = prep.run / rf.BUNDLE
+    if not bundle.is_bundle(model_dir):
+        log.warning("suspects: no trained model in %s yet: the test split is not checked (make train, then "
+                    "make suspects again, covers it)", prep.run)
+        return None
+    prep.check_bundle(bundle.read_labels(model_dir), bundle.read_preprocess_of(model_dir).input_shape,
+                      f"the model {model_dir}")
+    if bundle.read_info(model_dir).get("prepared") != prep.fingerprint:
+        log.warning("suspects: %s was trained on an earlier preparation of this run: the test split is not "
+                    "checked (make train first)", model_dir)
+        return None
+    return model_dir
+
+
+def _with_test(prep: rf.Prepared, c: Checked, model_dir: Path | None) -> Checked:
+    """The test split added with the trained model's probabilities (it never saw them: out of sample)."""
+    if model_dir is None or not len(prep.y("test")):
+        return c
+    x_test, y_test = prep.x("test", mmap=False), prep.y("test")
+    test_probs = predict_probs(bundle.load(model_dir), x_test, 1024)
+    return Checked(np.concatenate([c.x, x_test]), np.concatenate([c.y, y_test]), c.paths + prep.paths("test"),
+                   c.splits + ["test"] * len(y_test), np.concatenate([c.probs, test_probs]))
+
+
+def rows_for(issues: confident.Issues, c: Checked, labels: list[str]) -> list[dict[str, Any]]:
     """One row per flagged image, most suspicious first."""
     out = []
     for i, s in zip(issues.index.tolist(), issues.suggested.tolist()):
-        given, score = labels[y[i]], 1.0 - float(probs[i, y[i]])
-        out.append({"path": paths[i], "label": given, "suggested": labels[s], "score": round(score, 4),
-                    "reason": f"cross-validated models: {labels[s]!r} {probs[i, s]:.2f}, "
-                              f"given {given!r} {probs[i, y[i]]:.2f}"})
+        given, p = labels[c.y[i]], c.probs[i]
+        who = "the trained model (never trained on the test split)" if c.splits[i] == "test" else \
+            "cross-validated models"
+        out.append({"path": c.paths[i], "label": given, "suggested": labels[s], "score": round(1.0 - float(p[c.y[i]]), 4),
+                    "reason": f"{c.splits[i]} split: {who}: {labels[s]!r} {p[s]:.2f}, given {given!r} {p[c.y[i]]:.2f}",
+                    "split": c.splits[i]})
     return out
 
 
@@ -132,32 +190,46 @@ def _gallery(run: Path, x: np.ndarray, issues: confident.Issues, rows: list[dict
     artifacts.write_bytes(run / rf.SUSPECTS_PNG, png)
 
 
+def _record(run: Path, fp: str, c: Checked, issues: confident.Issues, rows: list[dict[str, Any]], labels: list[str],
+            sp: SuspectsParams, steps: int, seconds: float) -> dict[str, Any]:
+    """The marker: what was checked, found and how."""
+    folded = [i for i, s in enumerate(c.splits) if s != "test"]
+    by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
+    return rf.write_marker(
+        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, images=int(len(c.y)), checked=by_split,
+        test_checked=by_split["test"] > 0, flagged=len(rows),
+        flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
+        step_budget=sp.step_budget, fold_steps=steps,
+        out_of_fold_accuracy=float((c.probs[folded].argmax(axis=1) == c.y[folded]).mean()),
+        thresholds={labels[j]: round(float(t), 4) for j, t in enumerate(issues.thresholds)},
+        confident_joint=issues.confident_joint.tolist(), seconds=round(seconds, 1),
+        method="confident learning: the confident joint counts the errors, self-confidence ranks them "
+               "(Northcutt et al. 2021)", estimated_errors=len(rows), top=rows[:sp.gallery])
+
+
 def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) -> dict[str, Any]:
-    """Run the stage: out-of-fold probabilities, confident learning, suspects.csv/png and the marker."""
+    """Run the stage: out-of-fold probabilities (and the trained model's on the test split), confident
+    learning, suspects.csv/png and the marker."""
     prep = rf.Prepared.open(run)
-    labels = prep.labels
-    x, y, paths = _load(prep)
-    fp = rf.fingerprint("suspects", upstream=[prep.fingerprint], params=[sp, p.learned(), aug])
-    p = dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=sp.step_budget)
+    model_dir = _trained_model(prep)
+    sha = bundle.read_info(model_dir)["model_sha256"] if model_dir else None
+    fp = rf.fingerprint("suspects", upstream=[prep.fingerprint, sha], params=[sp, p.learned(), aug])
     if rf.is_current(run / rf.SUSPECTS_MARKER, fp, [run / rf.SUSPECTS]):
         log.info("suspects: %s is up to date; skipped", run / rf.SUSPECTS)
         return rf.read_marker(run / rf.SUSPECTS_MARKER)
     t0 = time.perf_counter()
-    probs = _probabilities(prep, x, y, fp, sp, p, aug)
-    issues = confident.find_issues(probs, y)
-    rows = rows_for(issues, probs, y, labels, paths)
+    steps = fold_steps(p, aug, prep, sp)
+    log.info("suspects: %d folds of %d optimizer steps each", sp.folds, steps)
+    c = _load(prep)
+    c.probs = _probabilities(prep, c, fp, sp, dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=steps), aug)
+    c = _with_test(prep, c, model_dir)
+    issues = confident.find_issues(c.probs, c.y)
+    rows = rows_for(issues, c, prep.labels)
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
-    _gallery(run, x, issues, rows, sp.gallery)
-    accuracy = float((probs.argmax(axis=1) == y).mean())
-    record = rf.write_marker(
-        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, images=int(len(y)),
-        flagged=len(rows), folds=sp.folds, step_budget=sp.step_budget, out_of_fold_accuracy=accuracy,
-        thresholds={labels[j]: round(float(t), 4) for j, t in enumerate(issues.thresholds)},
-        confident_joint=issues.confident_joint.tolist(), seconds=round(time.perf_counter() - t0, 1),
-        method="confident learning: the confident joint counts the errors, self-confidence ranks them "
-               "(Northcutt et al. 2021)", estimated_errors=len(rows), top=rows[:sp.gallery])
-    log.info("suspects: %d of %d train/val images flagged (out-of-fold accuracy %.4f) -> %s", len(rows), len(y),
-             accuracy, run / rf.SUSPECTS)
+    _gallery(run, c.x, issues, rows, sp.gallery)
+    record = _record(run, fp, c, issues, rows, prep.labels, sp, steps, time.perf_counter() - t0)
+    log.info("suspects: %d of %d images flagged (%s) -> %s", len(rows), len(c.y),
+             ", ".join(f"{s} {n}" for s, n in record["checked"].items() if n), run / rf.SUSPECTS)
     return record
 
 
@@ -192,7 +264,8 @@ def main(args: argparse.Namespace) -> int:
         sp = dataclasses.replace(sp, folds=args.folds)
     record = suspects(run, sp, params_mod.load(args.params, "train", run.name),
                       params_mod.load(args.params, "augment", run.name))
-    cli.result(f"{record['flagged']} suspects of {record['images']} images -> {run / rf.SUSPECTS}")
+    checked = ", ".join(f"{n} {s}" for s, n in record.get("checked", {}).items() if n)
+    cli.result(f"{record['flagged']} suspects of {record['images']} images ({checked}) -> {run / rf.SUSPECTS}")
     for r in record.get("top", [])[:10]:
         cli.result(f"  {r['score']:.3f}  {r['path']}: {r['label']} -> {r['suggested']}")
     if args.write_corrections:

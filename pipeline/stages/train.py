@@ -27,7 +27,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.data import strokes
 from pipeline.model import batches, recipe, trust
-from pipeline.model.callbacks import best_so_far, history_callback, repair_backup
+from pipeline.model.callbacks import best_so_far, extension_callback, history_callback, repair_backup
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
 from pipeline.model.fitting import Data, compile_model, datasets
 from pipeline.shared import artifacts, bundle, cli, compat
@@ -45,8 +45,9 @@ HISTORY = rf.HISTORY
 BUNDLE_DIR = rf.BUNDLE
 
 
-def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> list[Any]:
-    """Early stopping on every worker; checkpoint, history, TensorBoard and backup on the chief."""
+def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster, extend: Any = None) -> list[Any]:
+    """Early stopping on every worker; checkpoint, history, the run's extension (``extend``), TensorBoard
+    and backup on the chief."""
     import keras
 
     # On every worker: all see the same averaged val_loss, so all stop at the same epoch.
@@ -60,7 +61,7 @@ def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster) -> 
     # resumed run redo epoch N (its history row is then replaced, never lost).
     return [keras.callbacks.ModelCheckpoint(str(run / CHECKPOINT), monitor=monitor, save_best_only=True,
                                             initial_value_threshold=best_so_far(run / HISTORY, monitor)),
-            *callbacks, history_callback(run / HISTORY),
+            *callbacks, history_callback(run / HISTORY), *([extend] if extend is not None else []),
             keras.callbacks.TensorBoard(str(run / rf.TENSORBOARD), write_graph=False, profile_batch=0),
             keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True)]
 
@@ -80,7 +81,8 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
     keras.utils.set_random_seed(p.seed)
     if p.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model = compile_model(p, plan, data, strategy)
+    schedule = recipe.learning_rate(p, plan.total_steps, stretchable=True) if plan.max_epochs else None
+    model = compile_model(p, plan, data, strategy, schedule)
     monitor = "val_loss" if data.has_val else "loss"
     if not data.has_val:
         log.warning("no validation split: early stopping and checkpoints watch the training loss")
@@ -94,19 +96,39 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
                  cluster.replicas)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    extend = extension_callback(plan, len(data.y_val), run / HISTORY, schedule) if plan.max_epochs else None
     t0 = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, verbose=verbose, shuffle=False,
-              callbacks=_callbacks(run, plan, monitor, cluster))  # train_ds reshuffles itself each epoch
+    model.fit(train_ds, validation_data=val_ds, epochs=_fit_epochs(run, plan, len(data.y_val)), verbose=verbose,
+              shuffle=False, callbacks=_callbacks(run, plan, monitor, cluster, extend))  # train_ds reshuffles itself
     seconds = time.perf_counter() - t0
     if not cluster.is_chief:
         return {"fit_seconds": seconds}
     if not (run / CHECKPOINT).is_file():  # e.g. resumed after the last epoch finished: keep the current weights
         model.save(run / CHECKPOINT)
-    with open(run / HISTORY, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _history_rows(run)
     best = min(rows, key=lambda r: float(r[monitor])) if rows else {}
     return {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)), "parameters": model.count_params(),
-            "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds}
+            "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds,
+            "epochs_planned": extend.planned if extend else plan.epochs, "extended": extend.notes if extend else []}
+
+
+def _fit_epochs(run: Path, plan: recipe.Plan, n_val: int) -> int:
+    """``fit``'s epochs: the plan's, or for a run that may be extended its longest, unless a resumed run
+    already finished its (replayed) plan: then no more."""
+    if not plan.max_epochs:
+        return plan.epochs
+    meta = run / BACKUP_DIR / "training_metadata.json"
+    finished = int(artifacts.read_json(meta, "backup state").get("epoch", 0)) if meta.is_file() else 0
+    history = [float(r["val_accuracy"]) for r in _history_rows(run)[:finished] if r.get("val_accuracy")]
+    planned = recipe.planned_after(history, plan.epochs, n_val, plan.max_epochs)
+    return finished if finished >= planned else plan.max_epochs
+
+
+def _history_rows(run: Path) -> list[dict[str, str]]:
+    if not (run / HISTORY).is_file():
+        return []
+    with open(run / HISTORY, newline="", encoding="utf-8") as fh:
+        return sorted(csv.DictReader(fh), key=lambda r: int(r["epoch"]))
 
 
 def _load(prep: rf.Prepared) -> Data:
@@ -118,7 +140,9 @@ def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, clu
     """Resolve the recipe's "auto" choices from the data; log each."""
     counts = np.bincount(np.asarray(data.y_train), minlength=data.n_classes).tolist()
     plan = recipe.plan(p, aug, len(data.x_train), counts, prep.hflip, prep.imbalance_ratio, cluster.replicas)
-    log.info("train: %d epochs (%s)", plan.epochs, plan.epochs_why)
+    log.info("train: %d epoch(s) (%s)", plan.epochs, plan.epochs_why)
+    for warning in plan.warnings:
+        log.warning("train: %s", warning)
     log.info("train: horizontal flips %s (%s)", "on" if plan.hflip else "off", plan.hflip_why)
     log.info("train: class weights %s", plan.class_weights_why)
     log.info("train: %s arithmetic (%s)", plan.precision, plan.precision_why)
@@ -132,7 +156,8 @@ def _float32_checkpoint(run: Path) -> tuple[Any, bool]:
 
     from pipeline.model.model import precision_of, with_precision
 
-    model = keras.models.load_model(run / CHECKPOINT, safe_mode=True)
+    # compile=False: the bundle's model is for inference (no optimizer state in it)
+    model = keras.models.load_model(run / CHECKPOINT, compile=False, safe_mode=True)
     if precision_of(model) == "float32":
         return model, False
     return with_precision(model, "float32"), True
@@ -165,7 +190,8 @@ def _write_bundle(run: Path, prep: rf.Prepared, params: dict[str, Any], plan: re
     import tensorflow as tf
 
     calibration, novelty = _fit_trust(run, data, prep, np_)
-    info = {"stage": "train", "version": __version__, "fingerprint": fp, "model": params["train"]["model"],
+    info = {"stage": "train", "version": __version__, "fingerprint": fp, "prepared": prep.fingerprint,
+            "model": params["train"]["model"],
             "input_shape": list(data.x_train.shape[1:]), "n_classes": len(prep.labels),
             "keras": keras.__version__, "tensorflow": tf.__version__, **result, "plan": plan.as_dict(),
             "distribution": {"strategy": params["train"]["strategy"], "workers": cluster.workers,
@@ -200,6 +226,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     # the chief's reset, since building the model waits for the chief's initial weights).
     data = _load(prep)
     plan = _plan(prep, p, aug, data, cluster)
+    if strategy is not None or not data.has_val:  # goes on only on one device, with a validation split to watch
+        plan = dataclasses.replace(plan, max_epochs=0)
     log.info("train: %d train / %d val images, %d classes, model %s, strategy %s", len(data.x_train),
              len(data.x_val), len(prep.labels), p.model, p.strategy)
     result = fit(run, p, plan, data, verbose, aug, strategy, cluster)

@@ -62,11 +62,17 @@ ROW_OPTIONS = ("top_k", "threshold", "target_precision", "unknown_label", "unfam
 
 # ---------------------------------------------------------------- the stage
 def _check_resumable(out: Path, summary_file: Path, record: dict[str, Any]) -> None:
-    """Refuse to append to a file that another model, source or row options wrote."""
+    """Refuse to append to a file that another model (other labels or input shape, or other weights),
+    source or row options wrote."""
     if not summary_file.is_file():
         raise artifacts.StageError(f"cannot resume {out}: {summary_file} is missing, so what wrote it is "
                                    "unknown; run without --resume to start over")
     old = artifacts.read_json(summary_file, "predictions summary")
+    for key, what in (("labels", "labels"), ("input_shape", "input shape")):
+        if key in old and old[key] != record[key]:
+            raise artifacts.StageError(f"cannot resume {out}: its rows come from a model with other {what} "
+                                       f"({old[key]}, this model: {record[key]}); run without --resume to "
+                                       "start over, or resume with the model that wrote it")
     now = {**record, "row_options": {k: record["params"][k] for k in ROW_OPTIONS}}
     old["row_options"] = {k: old.get("params", {}).get(k) for k in ROW_OPTIONS}
     for key in ("model_sha256", "source", "row_options", "sort_into", "link"):
@@ -221,6 +227,7 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
         predictor, rules = _load(model_dir, p)
         record = {"stage": "predict", "version": __version__, "source": str(source.resolve()),
                   "model": str(model_dir.resolve()), "model_sha256": predictor.bundle.info["model_sha256"],
+                  "labels": predictor.bundle.labels, "input_shape": list(predictor.bundle.preprocess.input_shape),
                   "params": {**params_mod.to_dict(p), "top_k": rules.k}, "threshold": {"value": rules.threshold, **rules.how},
                   "columns": columns(rules.k), "sort_into": str(sort_into.resolve()) if sort_into else None,
                   "link": link}

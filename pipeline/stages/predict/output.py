@@ -153,8 +153,6 @@ def format_summary(s: dict[str, Any], out: Path | None) -> str:
     if s.get("unfamiliar") is not None:
         lines.append(f"unfamiliar: {s['unfamiliar']} of {s['predicted']} ({s['unfamiliar_share']:.1%}; "
                      f"about {s['expected_unfamiliar']:.0%} of images like the training data are)")
-    if s.get("drift"):
-        lines.append(f"WARNING: {s['drift']}")
     if "sorted" in s:
         lines.append(f"sorted into {s['sort_into']}: {s['sorted']} new, {s['sort_existing']} already there")
     return "\n".join(lines)

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.data.preprocess import for_display
 from pipeline.model import calibrate
 from pipeline.model.explain import occlusion
 from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import runfolder as rf
+from pipeline.stages.report import sections
 from pipeline.stages.report.sections import (dataset_section, esc, results_section, settings_section,
                                              suspects_section, training_section)
 
@@ -206,16 +208,35 @@ SECTIONS = (("dataset", "Dataset"), ("training", "Training"), ("results", "Test 
             ("suspects", "Label errors"), ("settings", "Settings"))
 
 
+def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str]]:
+    """Thumbnails of the rejected and outlier files the dataset section shows (as a person sees them,
+    transparent parts on the run's background), and why the others cannot be shown."""
+    dataset = d.dataset or {}
+    root = Path(dataset.get("root") or dataset.get("data") or ".")
+    root = root.parent if root.is_file() else root
+    shown = [r["path"] for r in _read_csv(d.run / rf.REJECTED)[:sections.REJECTED_SHOWN]]
+    shown += [e["path"] for e in dataset.get("outliers", {}).get("examples", [])[:sections.OUTLIERS_SHOWN]]
+    files: dict[str, bytes | None] = {}
+    why: dict[str, str] = {}
+    for path in dict.fromkeys(shown):
+        arr, reason = for_display(root / path, d.prep.preprocess.background) if "#" not in path else (None, "a table row")
+        files[path] = plots.thumbnail_png(arr) if arr is not None else None
+        if arr is None:
+            why[path] = reason
+    return files, why
+
+
 def render(d: RunData, figs: Figures) -> str:
     """The whole page, from the template."""
     warnings = warnings_for(d.metrics, d.dataset, d.info)
     params, envs = _settings(d)
     pairs = confused_pairs(np.array(d.metrics["confusion_matrix"]), d.labels)
     calibration = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration")
-    sections = [dataset_section(d.dataset, _read_csv(d.run / rf.REJECTED), figs.pngs),
-                training_section(d.history, d.info, figs.pngs, calibration),
-                results_section(d.metrics, pairs, figs.gallery, figs.calibration, figs.pngs),
-                suspects_section(figs.suspects, figs.pngs), settings_section(params, envs)]
+    files, unseen = _file_thumbnails(d)
+    parts = [dataset_section(d.dataset, _read_csv(d.run / rf.REJECTED), figs.pngs, files, unseen),
+             training_section(d.history, d.info, figs.pngs, calibration),
+             results_section(d.metrics, pairs, figs.gallery, figs.calibration, figs.pngs),
+             suspects_section(figs.suspects, figs.pngs), settings_section(params, envs)]
     title = f"{d.run.name}: {d.info.get('model', 'model')} — {d.metrics['accuracy']:.2%} test accuracy"
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(title), run=esc(d.run), model=esc(d.info.get("model", "?")), n_test=d.metrics["n"],
@@ -223,7 +244,7 @@ def render(d: RunData, figs: Figures) -> str:
         nav="".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in SECTIONS),
         warnings=("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings)
                   + "</ul></div>") if warnings else "",
-        sections="\n".join(sections))
+        sections="\n".join(parts))
 
 
 def build_report(run: Path, force: bool = False) -> Path:
@@ -246,7 +267,7 @@ def build_report(run: Path, force: bool = False) -> Path:
             written.append(name)
     artifacts.write_text(out, render(d, figs))
     rf.write_marker(marker, fp, stage="report", version=__version__, pngs=written)
-    log.info("report: read %s in %s", ", ".join(SOURCES), run)
+    log.info("report: read %s in %s", ", ".join(f for f in SOURCES if (run / f).is_file()), run)
     log.info("report: wrote %s, %s and %s (%.1f s)", out, marker, ", ".join(written), time.perf_counter() - t0)
     return out
 
@@ -261,6 +282,10 @@ def resolve_args(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """CLI: (re)write the report of an evaluated run (after ``evaluate``: only when its inputs changed)."""
+    """CLI: (re)write the report of an evaluated run (after ``evaluate`` or ``suspects``: only when its
+    inputs changed, and only once the run is evaluated)."""
+    if getattr(args, "follow_up", False) and not (Path(args.run) / rf.METRICS).is_file():
+        log.info("report: not written yet: it needs `make evaluate` first")
+        return 0
     cli.result(f"report: {build_report(Path(args.run), force=getattr(args, 'force', True))}")
     return 0

@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 
+REJECTED_SHOWN = 12  # rejected files shown as thumbnails (the table lists more)
+REJECTED_TABLE = 50
+OUTLIERS_SHOWN = 12
+
+
 def esc(value: Any) -> str:
     return html.escape(str(value))
 
@@ -38,8 +43,25 @@ def _kv_table(d: dict[str, Any]) -> str:
     return _table(["key", "value"], rows, "kv")
 
 
+def thumbs(items: list[tuple[str, str]], images: dict[str, bytes | None], why: dict[str, str]) -> str:
+    """A gallery of files: each as a thumbnail (or a placeholder saying why it cannot be shown) with its
+    name and a caption."""
+    cards = []
+    for path, caption in items:
+        png = images.get(path)
+        pic = (_img(png, path) if png is not None else
+               f'<div class="noimg" title="{esc(why.get(path, ""))}">cannot be shown</div>')
+        cards.append(f'<figure class="thumb">{pic}<figcaption><code>{esc(path)}</code><br>{esc(caption)}'
+                     "</figcaption></figure>")
+    return f'<div class="thumbs">{"".join(cards)}</div>' if cards else ""
+
+
 def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str]],
-                     pngs: dict[str, bytes | None]) -> str:
+                    pngs: dict[str, bytes | None], files: dict[str, bytes | None] | None = None,
+                    unseen: dict[str, str] | None = None) -> str:
+    """The dataset: counts, samples, choices, corrections, rejected files and what the audit found;
+    ``files``: thumbnails of the rejected and outlier files shown (None: cannot be shown, ``unseen``
+    says why)."""
     if dataset is None:
         return ('<section id="dataset"><h2>Dataset</h2><p class="missing">dataset.json not found '
                 "(prepared by an older version); re-run <code>make prepare</code>.</p>"
@@ -50,10 +72,13 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
     rej = dataset["rejected"]
     reasons = (_table(["reason", "files"], [[r, n] for r, n in rej["by_reason"].items()])
                if rej["total"] else '<p class="ok">No file was rejected.</p>')
+    files, unseen = files or {}, unseen or {}
     examples = ""
     if rejected:
-        examples = ("<details><summary>Rejected files (first 50)</summary>"
-                    + _table(["path", "reason"], [[r["path"], r["reason"]] for r in rejected[:50]]) + "</details>")
+        examples = (thumbs([(r["path"], r["reason"]) for r in rejected[:REJECTED_SHOWN]], files, unseen)
+                    + f"<details><summary>Rejected files (first {REJECTED_TABLE})</summary>"
+                    + _table(["path", "reason"], [[r["path"], r["reason"]] for r in rejected[:REJECTED_TABLE]])
+                    + "</details>")
     dup, leak, conf = dataset["duplicates"], dataset["leakage"], dataset["conflicts"]
     near, odd = dataset.get("near_duplicates"), dataset.get("outliers")
     checks = [
@@ -68,7 +93,7 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
                    ["near-duplicate pairs across splits", near["across_splits"]["pairs"], "kept; leakage"]]
     if odd:
         checks.append(["outliers (unlike the rest of their class)", odd["images"], odd["rule"]])
-    found = _table(["check", "found", "detail"], checks) + _similar_examples(near, odd)
+    found = _table(["check", "found", "detail"], checks) + _similar_examples(near, odd, files, unseen)
     sizes = dataset.get("sizes", {})
     census = (f"{dataset['images']} usable images in {dataset['classes']} classes, from "
               f"<code>{esc(dataset.get('data', '?'))}</code> (layout <code>{esc(dataset.get('layout', '?'))}</code>); "
@@ -105,7 +130,8 @@ def _corrections(fixed: dict[str, Any] | None) -> str:
             "listed in rejected.csv, relabeled ones carry a note in manifest.csv).</p>")
 
 
-def _similar_examples(near: dict[str, Any] | None, odd: dict[str, Any] | None) -> str:
+def _similar_examples(near: dict[str, Any] | None, odd: dict[str, Any] | None, files: dict[str, bytes | None],
+                      unseen: dict[str, str]) -> str:
     parts = []
     for kind, title in (("across_classes", "Near-duplicates under different labels"),
                         ("across_splits", "Near-duplicates across splits"), ("within_class", "Near-duplicates")):
@@ -114,10 +140,10 @@ def _similar_examples(near: dict[str, Any] | None, odd: dict[str, Any] | None) -
             parts.append(f"<details><summary>{title} (first {len(ex)})</summary>" + _table(
                 ["first", "second", "labels", "similarity"],
                 [[e["paths"][0], e["paths"][1], " / ".join(e["labels"]), e["similarity"]] for e in ex]) + "</details>")
-    ex = (odd or {}).get("examples", [])[:10]
+    ex = (odd or {}).get("examples", [])[:OUTLIERS_SHOWN]
     if ex:
-        parts.append("<details><summary>Outliers (first 10)</summary>" + _table(
-            ["path", "label", "robust z"], [[e["path"], e["label"], e["z"]] for e in ex]) + "</details>")
+        parts.append(f"<h4>Outliers: unlike the rest of their class (first {len(ex)})</h4>"
+                     + thumbs([(e["path"], f"{e['label']}, robust z {e['z']}") for e in ex], files, unseen))
     return "".join(parts)
 
 
@@ -227,19 +253,29 @@ def settings_section(params: dict[str, dict[str, Any]], envs: dict[str, dict[str
 
 def suspects_section(record: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
     """The suspected label errors (``make suspects``), when they were looked for."""
+    head = '<section id="suspects"><h2>Suspected label errors</h2>'
     if not record:
-        return ('<section id="suspects"><h2>Suspected label errors</h2><p class="missing">Not looked for yet: '
-                "<code>make suspects</code> cross-checks every train and val label.</p></section>")
-    top = record.get("top", [])[:20]
-    rows = [[r["path"], r["label"], r["suggested"], f"{r['score']:.3f}"] for r in top]
-    table = (_table(["file", "label", "suggested", "score"], rows) if rows
-             else '<p class="ok">No label looks wrong.</p>')
-    return f"""<section id="suspects"><h2>Suspected label errors</h2>
-<p><b>{record['flagged']}</b> of {record['images']} train and val images carry a label that models trained on
-the other {record['folds'] - 1} of {record['folds']} folds contradict (out-of-fold accuracy
-{record['out_of_fold_accuracy']:.2%}; {esc(record['method'])}). They are listed in <code>suspects.csv</code>, most
-suspicious first; <code>pipeline suspects --write-corrections</code> turns them into a
-<code>corrections.csv</code> to review.</p>
+        return (head + '<p class="missing">Not looked for yet: <code>make suspects</code> cross-checks every '
+                "label (train and val by cross-validation, test with the trained model).</p></section>")
+    checked = record.get("checked") or {"train and val": record["images"]}
+    what = ", ".join(f"{n} {split}" for split, n in checked.items() if n)
+    test_note = ("" if record.get("test_checked", True) else
+                 " The test split was not checked: it needs a model trained on this preparation (make train).")
+    how = (f"Train and val images: models trained on the other {record['folds'] - 1} of {record['folds']} folds "
+           f"(out-of-fold accuracy {record['out_of_fold_accuracy']:.2%}); test images: the trained model, which "
+           f"never saw them. {esc(record['method'])}.{test_note}")
+    if not record["flagged"]:
+        return (head + f'<p class="ok">Checked {record["images"]} images ({esc(what)}); none flagged at the '
+                f"finder's cut.</p><p>{how}</p></section>")
+    rows = [[r["path"], r["label"], r["suggested"], f"{r['score']:.3f}", r.get("split", "")]
+            for r in record.get("top", [])[:20]]
+    by_split = record.get("flagged_by_split") or {}
+    found = ", ".join(f"{n} in {split}" for split, n in by_split.items() if n)
+    return f"""{head}<p><b>{record['flagged']}</b> of {record['images']} images ({esc(what)}) carry a label that
+out-of-sample predictions contradict{f" ({esc(found)})" if found else ""}. {how} They are listed in
+<code>suspects.csv</code>, most suspicious first; <code>pipeline suspects --write-corrections</code> turns them
+into a <code>corrections.csv</code> to review.</p>
 {_figure(pngs.get("suspects"), "suspected label errors", "The most suspicious images as the model sees them: "
          "given → suggested label, score (1 - the probability of the given label).")}
-<details><summary>The 20 most suspicious</summary>{table}</details></section>"""
+<details><summary>The 20 most suspicious</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
+</details></section>"""

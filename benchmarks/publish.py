@@ -1,0 +1,104 @@
+"""Write ``docs/benchmarks.md`` from the benchmarks' results (the last step of ``make bench``).
+
+Every part of ``make bench`` prints a table and keeps it as ``bench-results/<name>.txt`` (and
+``.json``). This script puts each table into its section of ``docs/benchmarks.md`` (between
+``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->``), with the date, the CPU and the command
+that made it. A part that did not run this time (``BENCH=`` picks parts) keeps its last published
+table. Only this script writes the tables: the docs link to the file, they do not repeat it.
+
+    python -m benchmarks.publish [--results bench-results] [--doc docs/benchmarks.md]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+from pathlib import Path
+
+# name -> (title, what it measures, the command that makes it)
+PARTS = {
+    "accuracy": ("Accuracy: the default recipe against plain Keras, 3 seeds",
+                 "Every (dataset, seed) runs prepare, train and evaluate with the project's params.toml in a fresh "
+                 "process (the seed is the split and the training seed), then the plain Keras LeNet-5 tutorial recipe "
+                 "on the very same split. Test accuracy, mean ± sd over the seeds; `symbols` is held out (never tuned "
+                 "on).", "python -m benchmarks.accuracy --seeds 1,2,3"),
+    "bench": ("Stages: throughput, wall time, peak memory",
+              "Each stage on the MNIST reference data next to the plain Keras way of doing the same, in the same run, "
+              "each measurement in a fresh child process (its peak RSS is its own).",
+              "python -m benchmarks.bench --data datasets/mnist"),
+    "firsthour": ("A user's first hour: a messy folder of letters",
+                  "A folder as a new user has one (letters in 37 fonts, PNG and JPEG of 28-140 px, transparent PNGs, a "
+                  "broken JPEG, a README.txt, three wrong labels), run as the README says: prepare, train, evaluate, "
+                  "suspects. The held-out variant (other letters and fonts) was never tuned on.",
+                  "python -m benchmarks.firsthour --seeds 1,2,3"),
+    "trust": ("Trust: unfamiliar inputs, calibration, saliency",
+              "The reference model's novelty flag on kinds of images it never saw, against max-softmax, energy and "
+              "Mahalanobis scores at the same 2%-of-validation cut; calibration error; the deletion test of the "
+              "saliency maps.", "python -m benchmarks.trust --model runs/mnist/model"),
+    "suspects": ("Suspects: planted label errors",
+                 "Label errors planted at random into MNIST subsets; precision and recall of `make suspects`.",
+                 "python -m benchmarks.suspects_bench --full --run runs/mnist"),
+    "export": ("Export: every format against the bundle",
+               "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
+               "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
+}
+HEADER = ("# Benchmarks\n\nThis file is written by `make bench` (`python -m benchmarks.publish`); do not edit it by "
+          "hand. Each table says when and on which machine it was measured; compare figures within one table.\n")
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def section(name: str, table: str, when: str) -> str:
+    """A part's section: its title, what it measures, the table, when and how it was made."""
+    title, what, command = PARTS[name]
+    return (f"<!-- bench:{name} -->\n## {title}\n\n{what}\n\n```\n{table.rstrip()}\n```\n\n"
+            f"Measured {when} on {_cpu()} with `{command}` (`make bench BENCH={name}`).\n<!-- /bench:{name} -->\n")
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The published sections of an existing file, by part."""
+    return {m.group(1): m.group(0) + "\n" for m in re.finditer(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", text,
+                                                                 re.S)}
+
+
+def publish(results: Path, doc: Path) -> list[str]:
+    """Rewrite ``doc`` with every part's newest table (dated by when its result was written); return the
+    parts found in ``results``."""
+    old = _sections(doc.read_text(encoding="utf-8")) if doc.is_file() else {}
+    parts, updated = [], []
+    for name in PARTS:
+        txt = results / f"{name}.txt"
+        if txt.is_file():
+            when = datetime.date.fromtimestamp(txt.stat().st_mtime).isoformat()
+            parts.append(section(name, txt.read_text(encoding="utf-8"), when))
+            updated.append(name)
+        elif name in old:
+            parts.append(old[name])
+    tmp = doc.with_name(f".{doc.name}.tmp")
+    tmp.write_text(HEADER + "\n" + "\n".join(parts), encoding="utf-8")
+    tmp.replace(doc)
+    return updated
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="bench-results", help="where the parts left their tables")
+    parser.add_argument("--doc", default="docs/benchmarks.md", help="the file to write")
+    args = parser.parse_args(argv)
+    updated = publish(Path(args.results), Path(args.doc))
+    print(f"{args.doc}: {', '.join(updated) or 'nothing new'} updated", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

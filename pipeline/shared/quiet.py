@@ -1,0 +1,86 @@
+"""Third-party chatter that tells a user nothing, kept off the console where it starts.
+
+- TensorFlow's C++ start-up lines (absl's "All log messages before absl::InitializeLog()", the
+  oneDNN and CPU-feature notices), printed to the process's stderr while ``tensorflow`` is imported:
+  that import runs with stderr captured, and every other line it printed is passed on.
+- TensorFlow's "triggered tf.function retracing" warnings (each new model traces its own graph, as
+  ``suspects`` does once per fold): dropped from its logger.
+- tf2onnx's progress lines ("Using opset", "Optimizing ONNX model") and its and its dependencies'
+  ``FutureWarning``/``DeprecationWarning`` about their own internals.
+
+:func:`install` is called once by the command runner; nothing here changes what any library computes.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from types import ModuleType
+from typing import Any
+
+NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow with the "
+                   r"appropriate compiler flags|To enable the following instructions")
+
+
+class _Retracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "retracing" not in record.getMessage()
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs the wrapped loader with the process's stderr (file descriptor 2) captured."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with tempfile.TemporaryFile() as captured:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                kept = [line for line in captured.read().decode("utf-8", "replace").splitlines()
+                        if line.strip() and not NOISE.search(line)]
+                if kept:
+                    sys.stderr.write("\n".join(kept) + "\n")
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` like the other finders do, and wraps its loader (once)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Silence the chatter above for the rest of the process (idempotent)."""
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietFinder())
+    tf_log = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _Retracing) for f in tf_log.filters):
+        tf_log.addFilter(_Retracing())
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    for module in ("tf2onnx", "onnx", "keras", "tensorflow", "google.protobuf"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="tf2onnx")

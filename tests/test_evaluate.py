@@ -1,0 +1,49 @@
+"""Evaluate (and the other stages that pair a bundle with a run) refuse a model whose label map or input
+shape differs from the run's, saying which and what to do."""
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.shared.errors import StageError
+from pipeline.shared.params import (AugmentParams, EvaluateParams, PrepareParams, PreprocessParams, SuspectsParams,
+                                    TrainParams)
+from pipeline.stages.evaluate import evaluate
+from pipeline.stages.prepare import prepare
+from pipeline.stages.report import build_report
+from pipeline.stages.suspects import suspects
+
+from conftest import SHADES, shade_image, write_image
+
+
+def _run_with(tmp_path, name, labels, model, size=None):
+    """A prepared run of ``labels`` (shades) with ``model`` copied in as its bundle."""
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(labels):
+        for k in range(8):
+            write_image(tmp_path / name / "data" / label / f"{k}.png", shade_image(list(SHADES)[i % 3], rng))
+    run = tmp_path / name / "run"
+    cfg = PreprocessParams(size=size) if size else PreprocessParams()
+    prepare(tmp_path / name / "data", run, PrepareParams(workers=1, test_size=0.25), cfg)
+    shutil.copytree(model, run / "model")
+    return run
+
+
+def test_a_model_with_other_labels_is_refused(shade_bundle, tmp_path):
+    run = _run_with(tmp_path, "five", ["a", "b", "c", "d", "e"], shade_bundle)
+    for stage in (lambda: evaluate(run, EvaluateParams()),
+                  lambda: suspects(run, SuspectsParams(folds=2), TrainParams(), AugmentParams())):
+        with pytest.raises(StageError, match=r"other labels than the run .* the model has 3 labels \['dark', "
+                                             r"'light', 'mid'\], the run 5 labels \['a', 'b'.*make train RUN="):
+            stage()
+
+
+def test_a_model_for_another_input_shape_is_refused(shade_bundle, tmp_path):
+    run = _run_with(tmp_path, "small", sorted(SHADES), shade_bundle, size=(20, 20))
+    with pytest.raises(StageError, match=r"takes images of shape \(28, 28, 1\), but the run .* prepares them as "
+                                         r"\(20, 20, 1\)"):
+        evaluate(run, EvaluateParams())
+    (run / "metrics.json").write_text('{"labels": ["dark", "light", "mid"], "accuracy": 1, "n": 1}')
+    (run / "test_probs.npy").write_bytes(b"")
+    with pytest.raises(StageError, match="takes images of shape"):
+        build_report(run)
