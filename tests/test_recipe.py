@@ -71,7 +71,7 @@ def test_the_run_goes_on_while_validation_still_improves():
     # cluttered: decided at the check epoch, once, and replayed the same way on resume
     assert all(recipe.extension(CLUTTERED_VAL[:k], 28, 6000, longest) is None for k in range(1, check))
     longer, why = recipe.extension(CLUTTERED_VAL[:check], 28, 6000, longest)
-    assert longer == round(recipe.EXTEND_BY * 28) and "still falling" in why and "28 -> 42 epochs" in why
+    assert longer == round(recipe.EXTEND_BY * 28) and "still falling" in why and "28 -> 56 epochs" in why
     assert recipe.planned_after(CLUTTERED_VAL, 28, 6000, longest) == longer
     # never past the longest run, never on a small validation split that cannot tell, never when epochs are set
     assert recipe.extension(CLUTTERED_VAL[:check], 28, 6000, 30)[0] == 30

@@ -30,8 +30,8 @@ SHORT_SHARE = 0.25     # a run below this share of the recipe's budget for the d
 # EXTEND_Z standard errors and at least EXTEND_MIN_GAIN, the run is lengthened EXTEND_BY times (the cosine
 # stretched), up to [train] extend times the plan.
 EXTEND_CHECK = 0.75
-EXTEND_BY = 1.5
-EXTEND_Z = 3.0
+EXTEND_BY = 2.0
+EXTEND_Z = 2.0
 EXTEND_MIN_GAIN = 0.005
 
 

@@ -357,7 +357,7 @@ def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> SplitPlan:
 def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, pool: Any,
              seed: int) -> tuple[PreprocessParams, dict[str, Any]]:
     """Settle ``"auto"`` preprocessing from a census of (a sample of) the files; log each choice."""
-    needs = cfg.color == params_mod.AUTO or cfg.size == params_mod.AUTO or cfg.invert == params_mod.AUTO
+    needs = params_mod.AUTO in (cfg.color, cfg.size, cfg.invert, cfg.background)
     facts: list[census.Facts] = []
     if needs and listing.layout == "pixels":
         side = listing.pixel_shape or (28, 28)

@@ -99,9 +99,10 @@ def _load(prep: rf.Prepared) -> Checked:
 
 
 def fold_steps(p: TrainParams, aug: AugmentParams, prep: rf.Prepared, sp: SuspectsParams) -> int:
-    """Optimizer steps per fold: ``[suspects] step_budget``, but the folds together train no more than
+    """The step budget of a fold: ``[suspects] step_budget``, but the folds together no more than
     :data:`FOLD_SHARE` times the steps of the run's own training, so small data checks in about the
-    time it trains (at least :data:`FOLD_MIN_STEPS` a fold)."""
+    time it trains (at least :data:`FOLD_MIN_STEPS` a fold; the recipe's ``min_epochs`` passes still
+    apply, as in training)."""
     y = prep.y("train")
     counts = np.bincount(y, minlength=len(prep.labels)).tolist()
     main = recipe.plan(p, aug, len(y), counts, prep.hflip, prep.imbalance_ratio)
