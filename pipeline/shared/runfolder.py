@@ -39,7 +39,12 @@ REJECTED = "rejected.csv"
 LABELS = "labels.json"
 DATASET = "dataset.json"
 SAMPLES = "samples.png"
-CORRECTIONS = "corrections.csv"   # the user's relabel/exclude list, applied by prepare
+CORRECTIONS = "corrections.csv"   # the user's relabel/exclude/keep decisions, applied by prepare
+LABELED = "labeled.csv"           # labels given to new (unlabeled) images: more training data at the next prepare
+REVIEW_LOG = "review_log.jsonl"   # every review decision in order (undo, across restarts)
+QUALITY = "quality.csv"           # the audit's image-quality issues: path,label,split,issue,score
+SIMILAR = "similar.csv"           # copies and look-alikes: group,path,label,split,kind,similarity
+OUTLIERS = "outliers.csv"         # images unlike their class: path,label,split,score,z
 # train
 BUNDLE = "model"                  # the bundle folder (its files: pipeline.shared.bundle)
 HISTORY = "history.csv"
@@ -61,6 +66,7 @@ SUSPECTS = "suspects.csv"
 SUSPECTS_MARKER = "suspects.json"  # marker
 SUSPECTS_PNG = "suspects.png"
 SUSPECTS_WORK = "suspects_folds"   # finished folds, kept so a killed run resumes
+SUSPECTS_RANKED = "suspects_ranked.csv"  # every checked image, most doubtful first (the review page's queue)
 # apply
 PREDICTIONS = "predictions"        # + .csv / .jsonl
 PREVIEW = "preview.png"
