@@ -30,7 +30,7 @@ MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
 PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
 
-.PHONY: all setup mnist prepare train evaluate suspects predict explain export serve preview report compare test test-fast bench clean help
+.PHONY: all setup mnist prepare train evaluate suspects review predict explain export serve preview report compare test test-fast bench clean help
 # Stages run in the order given, even under -j.
 .NOTPARALLEL:
 
@@ -87,6 +87,11 @@ FORMAT    ?= tflite
 export: $(STAMP)
 	$(PY) -m pipeline export $(MODEL_OPT) --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
+# http://127.0.0.1:$(REVIEW_PORT)/ : review suspects, copies, outliers, ...; IMAGES= adds new images to label.
+REVIEW_PORT ?= 8001
+review: $(STAMP)
+	$(PY) -m pipeline review $(RUN_OPT) --port $(REVIEW_PORT) $(if $(IMAGES),--images "$(IMAGES)") $(ARGS)
+
 # Images whose label is probably wrong -> <run>/suspects.csv, suspects.png (ARGS e.g. "--write-corrections").
 suspects: $(STAMP)
 	$(PY) -m pipeline suspects $(RUN_OPT) --params $(PARAMS) $(ARGS)
@@ -111,7 +116,7 @@ test-fast: $(STAMP)
 
 # BENCH: which parts (default all). The trust, export and suspects parts use the reference
 # model, so `make bench` first makes sure `make all` has run.
-BENCH     ?= stages,accuracy,trust,suspects,export,firsthour
+BENCH     ?= stages,accuracy,trust,suspects,export,firsthour,review
 SEEDS     ?= 1,2,3
 bench: all
 	$(if $(filter stages,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE))
@@ -120,6 +125,7 @@ bench: all
 	$(if $(filter suspects,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.suspects_bench --full --run runs/mnist --out bench-results)
 	$(if $(filter export,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.export_bench --model runs/mnist/model --out bench-results)
 	$(if $(filter firsthour,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.firsthour --seeds $(SEEDS) --out bench-results)
+	$(if $(filter review,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.review_bench --reference runs/mnist --out bench-results)
 	$(PY) -m benchmarks.publish --results bench-results --doc docs/benchmarks.md
 
 clean:

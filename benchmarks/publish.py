@@ -33,6 +33,11 @@ PARTS = {
                   "broken JPEG, a README.txt, three wrong labels), run as the README says: prepare, train, evaluate, "
                   "suspects. The held-out variant (other letters and fonts) was never tuned on.",
                   "python -m benchmarks.firsthour --seeds 1,2,3"),
+    "review": ("Review: find, show, fix, retrain",
+               "5% of the labels of a 10,000-image MNIST subset flipped at random; a reviewer accepts every suggestion "
+               "of the suspects queue through the review API; prepare, train and evaluate again. The confirmed label "
+               "errors of the MNIST test set in the reference run's queue; the first screen of a 50,000-card queue.",
+               "python -m benchmarks.review_bench --reference runs/mnist"),
     "trust": ("Trust: unfamiliar inputs, calibration, saliency",
               "The reference model's novelty flag on kinds of images it never saw, against max-softmax, energy and "
               "Mahalanobis scores at the same 2%-of-validation cut; calibration error; the deletion test of the "

@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,9 +56,49 @@ def test_the_run_folders_corrections_file_is_picked_up_and_a_change_redoes_prepa
     assert prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"]["excluded"] == 1
 
 
+def test_a_decision_whose_image_is_gone_is_reported_not_fatal(tmp_path):
+    """Decisions made on an earlier preparation still apply; one whose image left the dataset is reported."""
+    data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    (tmp_path / "c.csv").write_text("path,label,decision\na/000.png,b,relabel\nnope/1.png,a,relabel\n"
+                                    "a/001.png,a,keep\n")
+    s = prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), CFG, corrections=tmp_path / "c.csv")
+    fixed = s.dataset["corrections"]
+    assert fixed["relabeled"] == 1 and fixed["kept"] == 1 and fixed["gone"] == ["nope/1.png"] and fixed["gone_count"] == 1
+
+
+def test_a_review_changes_labels_never_the_split(tmp_path):
+    """Relabeling and excluding images leaves every other image in its split (accuracies before and
+    after a review are measured on the same test images)."""
+    data = make_tree(tmp_path / "data", {"a": 20, "b": 20, "c": 20})
+    run = tmp_path / "run"
+    prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    before = {r["path"]: r["split"] for r in csv.DictReader(open(run / "manifest.csv"))}
+    (run / "corrections.csv").write_text("path,label\na/000.png,b\na/001.png,c\nb/002.png,exclude\nc/003.png,exclude\n")
+    prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    after = {r["path"]: r["split"] for r in csv.DictReader(open(run / "manifest.csv"))}
+    assert {p: before[p] for p in after} == after and len(after) == len(before) - 2
+
+
+def test_images_labeled_in_review_are_added_to_training_where_they_are(tmp_path):
+    from pipeline.shared import runfolder as rf
+
+    data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    new = make_tree(tmp_path / "new", {"x": 3}, seed=7)  # elsewhere; the files are not moved or copied
+    files = sorted((new / "x").iterdir())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rf.LABELED).write_text("path,label\n" + "".join(f"{f.resolve()},a\n" for f in files[:2])
+                                  + f"{tmp_path / 'gone.png'},b\n")
+    s = prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    assert s.dataset["labeled"]["added"] == 2 and s.dataset["labeled"]["gone_count"] == 1
+    rows = [r for r in csv.DictReader(open(run / "manifest.csv")) if "labeled in review" in r["note"]]
+    assert len(rows) == 2 and {r["split"] for r in rows} == {"train"} and {r["label"] for r in rows} == {"a"}
+    assert sorted(Path(r["path"]).resolve() for r in rows) == [f.resolve() for f in files[:2]]
+    assert sorted(p.name for p in (new / "x").iterdir()) == [f.name for f in files]  # untouched
+
+
 @pytest.mark.parametrize("text, match", [
     ("file,label\n", "must name the columns path,label"),
-    ("path,label\nnope/1.png,a\n", r"line 2: 'nope/1.png' is not an image of this dataset"),
     ("path,label\na/000.png,bb\n", r"line 2: label 'bb' is not a label of this dataset \(write new:bb"),
     ("path,label\na/000.png,\n", "line 2: empty label"),
     ("path,label\na/000.png,b\na/000.png,exclude\n", "line 3: 'a/000.png' is also on line 2"),

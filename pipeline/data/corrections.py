@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.ingest import Listing
+from pipeline.data.ingest import Item, Listing
 from pipeline.shared.errors import UserError
 
 EXCLUDE = "exclude"
 NEW = "new:"
+EXAMPLES = 20  # rows whose image is gone, listed in dataset.json
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Corrections:
     source: Path
     rows: dict[str, tuple[str, int]] = field(default_factory=dict)
     sha256: str = ""
+    gone: list[str] = field(default_factory=list)  # rows whose image is no longer in the dataset (reported)
+    decisions: dict[str, str] = field(default_factory=dict)  # path -> relabel/exclude/keep, when the file says
 
 
 def _relative(path: str, root: Path) -> str:
@@ -66,17 +69,23 @@ def read(path: Path, listing: Listing) -> Corrections:
     if "path" not in header or "label" not in header:
         raise UserError(f"{path}: the first line must name the columns path,label. Received: {header}")
     ip, il = header.index("path"), header.index("label")
+    idec = header.index("decision") if "decision" in header else None
     out, errors = Corrections(path, sha256=hashlib.sha256(data).hexdigest()), []
     for line, row in enumerate(reader, start=2):
         if not any(c.strip() for c in row):
             continue
         cell = lambda i: row[i].strip() if i < len(row) else ""  # noqa: E731
         rel, label = _relative(cell(ip), root), cell(il)
+        if rel and rel not in known:  # decided on an earlier preparation: reported, not applied
+            out.gone.append(rel)
+            continue
         why = _check_row(rel, label, known, labels, out.rows)
         if why:
             errors.append(f"line {line}: {why}")
         else:
             out.rows[rel] = (label, line)
+            if idec is not None and cell(idec):
+                out.decisions[rel] = cell(idec)
     if errors:
         shown = "; ".join(errors[:10]) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
         raise UserError(f"{path}: {len(errors)} bad row(s): {shown}")
@@ -87,8 +96,6 @@ def _check_row(rel: str, label: str, known: set[str], labels: set[str], seen: di
     """Why a row cannot be applied ("" when it can)."""
     if not rel:
         return "empty path"
-    if rel not in known:
-        return f"{rel!r} is not an image of this dataset (paths as in manifest.csv or suspects.csv)"
     if not label:
         return f"empty label for {rel!r} (a label, {EXCLUDE!r}, or {NEW}<name> for a new class)"
     if label != EXCLUDE and not label.startswith(NEW) and label not in labels:
@@ -121,6 +128,46 @@ def apply(listing: Listing, corr: Corrections) -> tuple[Listing, dict[str, Any]]
         items.append(item)
         if listing.stats is not None:
             stats.append(listing.stats[k])
+    kept = sum(d == "keep" for d in corr.decisions.values())
     summary = {"file": str(corr.source), "sha256": corr.sha256, "rows": len(corr.rows), "relabeled": relabeled,
-               "excluded": excluded, "new_labels": sorted(new_labels)}
+               "excluded": excluded, "kept": kept, "new_labels": sorted(new_labels), "gone": corr.gone[:EXAMPLES],
+               "gone_count": len(corr.gone)}
     return replace(listing, items=items, rejected=rejected, stats=stats if listing.stats is not None else None), summary
+
+
+def add_labeled(listing: Listing, path: Path) -> tuple[Listing, dict[str, Any] | None]:
+    """The listing with the images a person labeled (``labeled.csv``: ``path,label``, absolute paths, the
+    files where they are) added to the training split; and a summary (None without the file). Rows whose
+    file is gone, or that are already in the dataset, are reported and left out."""
+    if not path.is_file():
+        return listing, None
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = [(r.get("path", "").strip(), r.get("label", "").strip()) for r in csv.DictReader(fh)]
+    root = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
+    known = {os.path.normpath(os.path.join(root, it.path)) for it in listing.items}
+    labels = {it.label for it in listing.items if it.label is not None}
+    added, gone, already = [], [], 0
+    for file, label in rows:
+        if not file or not label:
+            continue
+        full = os.path.normpath(file)
+        if not os.path.isfile(full):
+            gone.append(file)
+        elif full in known:
+            already += 1
+        else:
+            name = label[len(NEW):].strip() if label.startswith(NEW) else label
+            added.append(Item(os.path.relpath(full, root), name, "train", note=f"labeled in review ({path.name})"))
+            labels.add(name)
+    stats = None if listing.stats is None else listing.stats + [_stat(root / it.path) for it in added]
+    summary = {"file": str(path), "added": len(added), "already_in_data": already, "gone": gone[:EXAMPLES],
+               "gone_count": len(gone)}
+    return replace(listing, items=listing.items + added, stats=stats), summary
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1

@@ -24,6 +24,7 @@ COMMANDS = {
     "preview": ("pipeline.stages.preview", "PNG grid per class: original -> preprocessed -> augmented"),
     "predict": ("pipeline.stages.predict", "batch-predict a folder of images (or one image, or a pixel CSV) to a CSV"),
     "serve": ("pipeline.faces.serve", "a local web page and JSON API to try a model (draw or drop images)"),
+    "review": ("pipeline.faces.review", "a local page to review and fix the run's data (and label new images)"),
     "export": ("pipeline.stages.export", "export a model bundle as .keras, SavedModel, TFLite or ONNX"),
     "explain": ("pipeline.stages.explain",
                 "why this label: the image as the model saw it with a saliency map, and the top-k"),

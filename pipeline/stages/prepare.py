@@ -276,7 +276,12 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     # to date; otherwise they are read in a thread while the workers decode.
     listing = ingest.scan(data, layout, ip, stat=done_before)
     log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
+    listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
     listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
+    listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)
+    if labeled:
+        log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
+                 f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
     fp = _fingerprint_later(listing, p, cfg, ip, fixed)
     if done_before and rf.is_current(run / rf.PREPARE, fp.result()):
         log.info("prepare: %s is up to date with %s; skipped", run, data)
@@ -305,6 +310,8 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
     dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, run)
     dataset["corrections"] = fixed
+    dataset["labeled"] = labeled
+    dataset["review"] = _review_before(run, fixed, labeled)
     _write_outputs(run, listing, kept, decoded.labels, dataset)
     marker = rf.write_marker(run / rf.PREPARE, fp.result(), stage="prepare", version=__version__,
                              data=str(data.resolve()), layout=listing.layout, params=params_mod.to_dict(p),
@@ -312,6 +319,34 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
                              preprocess_choices=choices, counts=counts, rejected=len(plan.rejected))
     _log_done(listing, data, run, marker)
     return Summary(counts, len(plan.rejected), dataset)
+
+
+def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The test accuracy before the decisions now applied (the run's last evaluation, taken when these
+    decisions were first applied), for the report's before/after."""
+    if not fixed and not labeled:
+        return None
+    key = artifacts.fingerprint(fixed and fixed["sha256"], labeled)
+    old = ((artifacts.read_json(run / rf.DATASET, "dataset summary") if (run / rf.DATASET).is_file() else {})
+           .get("review") or {})
+    if old.get("decisions") == key:
+        return old
+    return {"decisions": key, "accuracy_before": rf.read_marker(run / rf.METRICS).get("accuracy")}
+
+
+def _presplit(listing: ingest.Listing, p: PrepareParams) -> ingest.Listing:
+    """Every labeled item with its split, given or drawn (stratified, seeded) from the data as it is,
+    before corrections relabel or exclude images: the test split of a dataset stays the same from one
+    review to the next, so accuracies before and after compare."""
+    cand = [i for i, it in enumerate(listing.items) if it.label is not None]
+    if not cand or all(listing.items[i].split is not None for i in cand):
+        return listing
+    y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1]
+    split = assign_splits(y, [listing.items[i].split for i in cand], p)
+    items = list(listing.items)
+    for k, i in enumerate(cand):
+        items[i] = replace(items[i], split=str(split[k]))
+    return replace(listing, items=items)
 
 
 def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.Listing, dict[str, Any] | None]:
@@ -324,6 +359,9 @@ def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.L
     log.info("prepare: %s: %d relabeled, %d excluded%s (the files under DATA are untouched)", path,
              summary["relabeled"], summary["excluded"],
              f", new classes {summary['new_labels']}" if summary["new_labels"] else "")
+    if summary["gone_count"]:
+        log.warning("prepare: %s: %d decision(s) about images no longer in the data, not applied: %s", path,
+                    summary["gone_count"], ", ".join(summary["gone"][:5]))
     return listing, summary
 
 

@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ from pipeline.shared.params import AugmentParams, SuspectsParams, TrainParams
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "label", "suggested", "score", "reason")
+RANKED_COLUMNS = ("path", "label", "suggested", "confidence", "score", "split", "flagged")
+REVIEW_SHARE = 0.005  # the review queue: the most doubtful 0.5% of the checked images (the strict cut marked)...
+REVIEW_MIN = 25       # ... and at least this many
 FOLD_SHARE = 2.0      # the folds together train at most this many times the steps of the run's own training
 FOLD_MIN_STEPS = 100  # ... but each at least this many
 
@@ -172,6 +176,23 @@ def rows_for(issues: confident.Issues, c: Checked, labels: list[str]) -> list[di
     return out
 
 
+def ranked_rows(issues: confident.Issues, c: Checked, labels: list[str]) -> list[dict[str, Any]]:
+    """The most doubtful images, whether or not confident learning flagged them, most doubtful first (lowest
+    probability of the given label): the review queue, deep enough to hold the real errors the strict cut
+    misses (:data:`REVIEW_SHARE` of the images, at least :data:`REVIEW_MIN`, and every flagged one)."""
+    n = len(c.y)
+    quality = c.probs[np.arange(n), c.y]
+    depth = max(len(issues.index), math.ceil(REVIEW_SHARE * n), REVIEW_MIN)
+    order = np.argsort(quality, kind="stable")[:depth]
+    flagged = set(issues.index.tolist())
+    others = c.probs[order].copy()
+    others[np.arange(len(order)), c.y[order]] = -1.0
+    return [{"path": c.paths[i], "label": labels[c.y[i]], "suggested": labels[int(s)],
+             "confidence": round(float(c.probs[i, s]), 4), "score": round(1.0 - float(quality[i]), 4),
+             "split": c.splits[i], "flagged": i in flagged}
+            for i, s in zip(order.tolist(), others.argmax(axis=1).tolist())]
+
+
 def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
@@ -215,7 +236,7 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) 
     model_dir = _trained_model(prep)
     sha = bundle.read_info(model_dir)["model_sha256"] if model_dir else None
     fp = rf.fingerprint("suspects", upstream=[prep.fingerprint, sha], params=[sp, p.learned(), aug])
-    if rf.is_current(run / rf.SUSPECTS_MARKER, fp, [run / rf.SUSPECTS]):
+    if rf.is_current(run / rf.SUSPECTS_MARKER, fp, [run / rf.SUSPECTS, run / rf.SUSPECTS_RANKED]):
         log.info("suspects: %s is up to date; skipped", run / rf.SUSPECTS)
         return rf.read_marker(run / rf.SUSPECTS_MARKER)
     t0 = time.perf_counter()
@@ -226,6 +247,7 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) 
     c = _with_test(prep, c, model_dir)
     issues = confident.find_issues(c.probs, c.y)
     rows = rows_for(issues, c, prep.labels)
+    artifacts.write_text(run / rf.SUSPECTS_RANKED, _csv(ranked_rows(issues, c, prep.labels), RANKED_COLUMNS))
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
     _gallery(run, c.x, issues, rows, sp.gallery)
     record = _record(run, fp, c, issues, rows, prep.labels, sp, steps, time.perf_counter() - t0)

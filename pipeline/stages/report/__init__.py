@@ -29,8 +29,8 @@ from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import runfolder as rf
 from pipeline.stages.report import sections
-from pipeline.stages.report.sections import (dataset_section, esc, results_section, settings_section,
-                                             suspects_section, training_section)
+from pipeline.stages.report.sections import (dataset_section, esc, results_section, review_section,
+                                             settings_section, suspects_section, training_section)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _settings(d: RunData) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 SECTIONS = (("dataset", "Dataset"), ("training", "Training"), ("results", "Test results"),
-            ("suspects", "Label errors"), ("settings", "Settings"))
+            ("suspects", "Label errors"), ("review", "Review"), ("settings", "Settings"))
 
 
 def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str]]:
@@ -236,7 +236,8 @@ def render(d: RunData, figs: Figures) -> str:
     parts = [dataset_section(d.dataset, _read_csv(d.run / rf.REJECTED), figs.pngs, files, unseen),
              training_section(d.history, d.info, figs.pngs, calibration),
              results_section(d.metrics, pairs, figs.gallery, figs.calibration, figs.pngs),
-             suspects_section(figs.suspects, figs.pngs), settings_section(params, envs)]
+             suspects_section(figs.suspects, figs.pngs), review_section(d.dataset, d.metrics),
+             settings_section(params, envs)]
     title = f"{d.run.name}: {d.info.get('model', 'model')} — {d.metrics['accuracy']:.2%} test accuracy"
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(title), run=esc(d.run), model=esc(d.info.get("model", "?")), n_test=d.metrics["n"],

@@ -279,3 +279,26 @@ into a <code>corrections.csv</code> to review.</p>
          "given → suggested label, score (1 - the probability of the given label).")}
 <details><summary>The 20 most suspicious</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
 </details></section>"""
+
+
+def review_section(dataset: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
+    """What the review (corrections.csv, labeled.csv) changed, and the test accuracy before and after."""
+    dataset = dataset or {}
+    fixed, labeled, review = dataset.get("corrections"), dataset.get("labeled"), dataset.get("review") or {}
+    if not fixed and not labeled:
+        return ""
+    rows = []
+    if fixed:
+        rows += [["relabeled", fixed["relabeled"]], ["excluded", fixed["excluded"]], ["kept as they are", fixed.get("kept", 0)]]
+        if fixed.get("new_labels"):
+            rows.append(["new classes", ", ".join(fixed["new_labels"])])
+        if fixed.get("gone_count"):
+            rows.append(["decided on images no longer in the data (not applied)", fixed["gone_count"]])
+    if labeled:
+        rows.append(["new images labeled and added to train", labeled["added"]])
+    before = review.get("accuracy_before")
+    acc = (f"Test accuracy before: <b>{before:.2%}</b>, after: <b>{metrics['accuracy']:.2%}</b> (the test split "
+           "is the same images: a review changes labels, not the split; relabeled test images are scored by "
+           "their new labels)." if before is not None else "No evaluation before the review to compare with.")
+    return (f'<section id="review"><h2>What the review changed</h2>{_table(["decision", "images"], rows)}'
+            f"<p>{acc}</p></section>")
