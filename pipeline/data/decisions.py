@@ -7,8 +7,8 @@ reads are rewritten atomically from the whole log:
 - ``corrections.csv`` (``path,label,decision,given``): the relabel/exclude/keep decisions, in the format
   :mod:`pipeline.data.corrections` applies (``label`` is the new label, ``exclude``, ``new:<name>`` for a
   class the data does not have yet, or the given label for ``keep``, which changes nothing but marks
-  the image as reviewed). Rows that were in the file before the first review decision are kept
-  (imported into the log once), so a hand-written corrections file is never lost.
+  the image as reviewed). Hand edits of the file (before the first review decision, or between two
+  reviews) are taken into the log when the review starts, so a hand-written row is never lost.
 - ``labeled.csv`` (``path,label``): labels given to new images (absolute paths; the files stay where
   they are), which the next ``make prepare`` adds to the training split.
 
@@ -58,8 +58,8 @@ class Decisions:
         self.run = Path(run)
         self.log = self.run / rf.REVIEW_LOG
         self.entries: list[dict[str, Any]] = self._read_log()
-        if not self.entries and (self.run / rf.CORRECTIONS).is_file():
-            self._import_corrections()
+        if (self.run / rf.CORRECTIONS).is_file():
+            self._follow_hand_edits()
         self._write_files()
 
     # ---------------------------------------------------------------- the log
@@ -92,16 +92,24 @@ class Decisions:
             os.fsync(fh.fileno())
         self.entries.append(entry)
 
-    def _import_corrections(self) -> None:
-        """Rows of a corrections file written before any review: kept, as the log's first entries."""
+    def _follow_hand_edits(self) -> None:
+        """A corrections file edited by hand (before the first review, or between two): its rows that differ
+        from the log's state become the log's entries, and rows deleted by hand are undone, so the file as
+        the person left it is what the review goes on from."""
         with open(self.run / rf.CORRECTIONS, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.DictReader(fh) if (r.get("path") or "").strip()]
-        for row in rows:
+            rows = {r["path"].strip(): r for r in csv.DictReader(fh) if (r.get("path") or "").strip()}
+        state = {p: d for p, d in self.state().items() if d.action in ("relabel", "exclude", "keep")}
+        for path, row in rows.items():
             label = (row.get("label") or "").strip()
+            if path in state and state[path].label == label:
+                continue
             action = "exclude" if label == EXCLUDE else (row.get("decision") or "relabel").strip() or "relabel"
-            self._append({"seq": len(self.entries), "id": "", "path": row["path"].strip(),
-                          "given": (row.get("given") or "").strip(), "action": action, "label": label,
-                          "time": time.time(), "imported": True})
+            self._append({"seq": len(self.entries), "id": "", "path": path, "given": (row.get("given") or "").strip(),
+                          "action": action, "label": label, "time": time.time(), "imported": True})
+        for path in state:
+            if path not in rows:  # deleted by hand: the image has no decision any more
+                self._append({"seq": len(self.entries), "action": "forget", "path": path, "time": time.time(),
+                              "imported": True})
 
     # ---------------------------------------------------------------- the state
     def state(self) -> dict[str, Decision]:
@@ -109,9 +117,10 @@ class Decisions:
         undone = {e["undoes"] for e in self.entries if e.get("action") == "undo"}
         out: dict[str, Decision] = {}
         for e in self.entries:
-            if e.get("action") == "undo" or e["seq"] in undone:
-                continue
-            out[e["path"]] = Decision(e["seq"], e["id"], e["path"], e["given"], e["action"], e["label"], e["time"])
+            if e.get("action") == "forget":
+                out.pop(e["path"], None)
+            elif e.get("action") != "undo" and e["seq"] not in undone:
+                out[e["path"]] = Decision(e["seq"], e["id"], e["path"], e["given"], e["action"], e["label"], e["time"])
         return out
 
     def decide(self, item_id: str, path: str, given: str, action: str, label: str) -> Decision:
@@ -128,7 +137,7 @@ class Decisions:
     def undo(self) -> Decision | None:
         """Undo the latest decision still in force (None when there is none); on disk when this returns."""
         undone = {e["undoes"] for e in self.entries if e.get("action") == "undo"}
-        live = [e for e in self.entries if e.get("action") != "undo" and e["seq"] not in undone
+        live = [e for e in self.entries if e.get("action") not in ("undo", "forget") and e["seq"] not in undone
                 and not e.get("imported")]
         if not live:
             return None
