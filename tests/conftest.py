@@ -173,3 +173,44 @@ def shape_image(kind: str, rng: np.random.Generator, side: int = 28) -> np.ndarr
     if kind != "boot":
         img = np.maximum(img, img[:, ::-1])  # exactly symmetric about the image's own axis
     return np.clip(img.astype(np.int16) + rng.integers(0, 12, img.shape), 0, 255).astype(np.uint8)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], ready: str, timeout: float = 90):
+    """``python -m pipeline ARGS`` as a server process; returns once ``ready`` (a URL) answers 200."""
+    import time
+
+    import httpx
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(ready, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.kill()
+    raise AssertionError(f"server did not start within {timeout:.0f} s")
+
+
+def stop_server(proc) -> None:
+    """Stop a server process (terminate, then kill)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

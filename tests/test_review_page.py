@@ -4,9 +4,6 @@ import csv
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,51 +12,21 @@ import pytest
 
 from pipeline.shared import runfolder as rf
 
-from conftest import CHROMIUM, REPO, chromium_page
+from conftest import CHROMIUM, chromium_page, free_port, start_server, stop_server
 from test_review import make_run
 
 pytestmark = pytest.mark.slow  # a server process, a browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(run: Path, port: int) -> subprocess.Popen:
-    import httpx
-
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "review", "--run", str(run), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"review server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/queues", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.kill()
-    raise AssertionError("review server did not start within 90 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _start(run: Path, port: int):
+    return start_server(["review", "--run", run, "--port", port], f"http://127.0.0.1:{port}/api/queues")
 
 
 def test_kill_9_during_a_burst_loses_no_acknowledged_decision(shade_bundle, tmp_path):
     import httpx
 
     run, _ = make_run(tmp_path, shade_bundle)
-    port = _free_port()
+    port = free_port()
     server = _start(run, port)
     base = f"http://127.0.0.1:{port}"
     cards = [c for q in ("suspects", "duplicates", "outliers", "quality")
@@ -88,7 +55,7 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_decision(shade_bundle, tmp_
         stop.set()
         worker.join(timeout=30)
     finally:
-        _stop(server)
+        stop_server(server)
     log = [json.loads(line) for line in (run / rf.REVIEW_LOG).read_text().splitlines() if line.strip()]
     logged = [(e["path"], e["action"]) for e in log]
     assert all((p, a) in logged for p, a, _ in acked), "an acknowledged decision is missing from the log"
@@ -102,7 +69,7 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_decision(shade_bundle, tmp_
         again = {c["path"]: c["decision"] for c in httpx.get(f"{base}/api/queue/suspects").json()["items"]}
         assert all(d is not None for d in again.values())
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_keyboard_bulk_assign_undo_and_reload_in_chromium(shade_bundle, tmp_path):
@@ -110,7 +77,7 @@ def test_keyboard_bulk_assign_undo_and_reload_in_chromium(shade_bundle, tmp_path
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (.ci/run installs Debian's chromium package)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
     run, _ = make_run(tmp_path, shade_bundle)
-    port = _free_port()
+    port = free_port()
     server = _start(run, port)
     errors, requests = [], []
     badges = "Array.from(document.querySelectorAll('#grid .card')).map(c => c.querySelector('.badge')?.textContent || '')"
@@ -139,7 +106,7 @@ def test_keyboard_bulk_assign_undo_and_reload_in_chromium(shade_bundle, tmp_path
             page.screenshot(path=str(tmp_path / "review.png"))
             browser.close()
     finally:
-        _stop(server)
+        stop_server(server)
     assert errors == [] and all(u.startswith((f"http://127.0.0.1:{port}/", "data:")) for u in requests), requests
     assert first[0] in ("→ mid", "kept") and first[1] == ""
     rows = {r["path"]: r["decision"] for r in csv.DictReader(open(run / rf.CORRECTIONS))}
