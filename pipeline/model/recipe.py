@@ -116,7 +116,8 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
     global_batch = p.batch_size * replicas
     passes, why = resolve_epochs(p, n_train, global_batch)
     pass_steps = max(1, math.ceil(n_train / global_batch))
-    epochs, per_epoch = group_passes(passes, pass_steps)
+    # epochs set in params are the user's epochs (one pass each); the recipe's own are grouped
+    epochs, per_epoch = group_passes(passes, pass_steps) if p.epochs == AUTO else (passes, 1)
     if per_epoch > 1:
         why += f"; {passes} passes grouped {per_epoch} to an epoch (at least {MIN_EPOCH_STEPS} steps each)"
     steps = pass_steps * per_epoch
