@@ -172,3 +172,44 @@ def test_cli_layout_option_and_one_line_errors(tmp_path, capsys, caplog):
     assert cli.main(["prepare", "--data", str(data), "--run", str(tmp_path / "r"),
                      "--params", str(tmp_path / "p.toml")]) == 2
     assert "named group (?P<label>" in caplog.text
+
+
+def test_the_hold_out_split_is_scikit_learns_without_importing_it():
+    """prepare's own stratified (and plain) shuffle split gives what train_test_split gives."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    for seed in range(60):
+        n, k = int(rng.integers(6, 400)), int(rng.integers(1, 8))
+        y = rng.integers(0, k, n)
+        items = np.arange(n) * 3 + 1
+        n_held = int(rng.integers(1, n - 1))
+        counts = np.bincount(y)
+        stratify = y if seed % 3 and counts[counts > 0].min() >= 2 and min(n_held, n - n_held) >= len(set(y)) else None
+        want = train_test_split(items, test_size=n_held, random_state=seed, stratify=stratify)
+        got = prepare.shuffle_split(items, n_held, seed, stratify)
+        assert all(np.array_equal(a, b) for a, b in zip(want, got)), seed
+
+
+def test_the_audit_reads_a_meta_table_like_a_list_of_metas():
+    """Duplicates, leakage, the size/mode/format census and extension mismatches from the flat arrays
+    equal what they are one Meta at a time."""
+    from pipeline.data import audit
+    from pipeline.data.preprocess import Meta
+
+    rng = np.random.default_rng(1)
+    metas = [Meta(int(rng.integers(8, 12)), 10, str(rng.choice(["L", "RGB"])), str(rng.choice(["PNG", "JPEG"])),
+                  f"{int(v):040x}", alpha=bool(rng.random() < 0.1)) for v in rng.integers(0, 30, 200)]
+    table = audit.MetaTable(len(metas) + 5)
+    slots = rng.permutation(len(metas) + 5)[:len(metas)]
+    for slot, m in zip(slots, metas):
+        table.put(int(slot), m)
+    view = table.take(slots)
+    paths = [f"{i}.{'png' if i % 3 else 'jpg'}" for i in range(len(metas))]
+    labels = [str(int(v)) for v in rng.integers(0, 2, len(metas))]
+    splits = np.array(rng.choice(["train", "val", "test"], len(metas)), dtype=object)
+    assert audit.duplicate_groups(paths, labels, view) == audit.duplicate_groups(paths, labels, metas)
+    assert audit.find_leakage(splits, view) == audit.find_leakage(splits, metas)
+    assert audit.extension_mismatches(paths, view) == audit.extension_mismatches(paths, metas)
+    assert audit._census(view) == audit._census(metas)
+    assert list(view) == [Meta(m.width, m.height, m.mode, m.format, m.sha1, alpha=m.alpha) for m in metas]

@@ -84,3 +84,16 @@ def test_a_mirror_that_is_another_class_forbids_flips():
 def test_census_sample_is_seeded(n, size, expected):
     a, b = census.sample(n, 3, size), census.sample(n, 3, size)
     assert len(a) == expected and (a == b).all() and (np.diff(a) > 0).all()
+
+
+def test_class_means_and_symmetry_of_the_training_files(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.random((500, 6, 5, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 500)
+    sums = np.zeros((4, 6, 5, 1))
+    np.add.at(sums, y, x.astype(np.float64))
+    np.testing.assert_allclose(census.class_means(x, y, 4, chunk=128), sums / np.bincount(y)[:, None, None, None])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    labels = ["a", "b", "c", "d"]
+    assert census.symmetry_of(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), labels) == census.symmetry(x, y, labels)

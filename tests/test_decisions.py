@@ -48,7 +48,7 @@ def test_hand_edits_of_corrections_are_taken_in(tmp_path):
     assert set(rows(tmp_path / rf.CORRECTIONS)) == {"a/9.png", "a/1.png"}
     assert d.undo().path == "a/1.png" and d.undo() is None  # hand rows are not the review's to undo
     (tmp_path / rf.CORRECTIONS).write_text("path,label\na/9.png,c\na/5.png,exclude\n")  # edited between reviews
-    again = Decisions(tmp_path)
+    Decisions(tmp_path)  # reading the store takes the hand edits in
     assert {p: r["label"] for p, r in rows(tmp_path / rf.CORRECTIONS).items()} == {"a/9.png": "c", "a/5.png": "exclude"}
     (tmp_path / rf.CORRECTIONS).write_text("path,label\na/5.png,exclude\n")  # a row deleted by hand
     assert set(Decisions(tmp_path).state()) == {"a/5.png"}

@@ -10,14 +10,15 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.data import quality, similar
 from pipeline.data.preprocess import (ImageError, Meta, border_level, decode_file, inspect_image, is_gray_content,
-                                      perceptual, polarity)
+                                      polarity, preprocess_batch)
 from pipeline.shared.artifacts import row_layout
 from pipeline.shared.params import PreprocessParams
 
@@ -29,6 +30,7 @@ def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; the parent alone reacts (and stops
     # the pool), so the workers do not each print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would only contend
 
 
 _outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset, bytes per row)
@@ -49,42 +51,122 @@ def _close_outputs() -> None:
     _outputs.clear()
 
 
-def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], PreprocessParams]) -> list[tuple[str, Meta | None]]:
-    """Worker: decode a chunk, writing each good image to its (.npy file, row); return (reason, meta)s.
+class Chunk(Sequence):
+    """What the workers learned about a chunk of files, in flat arrays (cheap to send to the parent
+    and to store), read as ``(reason, Meta | None)`` per path like a list.
+
+    ``reasons`` per path ("" when usable); per usable file, in order: ``width``, ``height``,
+    ``mode``, ``format`` (lists of names), ``sha1`` (k, 20), ``alpha``, ``phash``, ``thumb``
+    (k, 256), ``negative`` (its canonical view is its negative) and ``stats`` (k, len(quality.STATS)).
+    """
+
+    def __init__(self, reasons: list[str], metas: list[Meta], arrays: list[np.ndarray]) -> None:
+        self.reasons = reasons
+        self.good = np.array([not r for r in reasons], bool)
+        self.width = np.array([m.width for m in metas], np.int32)
+        self.height = np.array([m.height for m in metas], np.int32)
+        self.mode = [m.mode for m in metas]
+        self.format = [m.format for m in metas]
+        self.sha1 = np.frombuffer(b"".join(bytes.fromhex(m.sha1) for m in metas), np.uint8).reshape(-1, 20)
+        self.alpha = np.array([m.alpha for m in metas], bool)
+        grays = [a if a.ndim == 2 else _gray(a) for a in arrays]
+        self.phash, self.thumb, self.negative = similar.signatures(grays)
+        self.stats = quality.image_stats(arrays, grays)
+        self._pos = np.cumsum(self.good) - 1
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def __getitem__(self, i: int) -> tuple[str, Meta | None]:  # type: ignore[override]
+        if not self.good[i]:
+            return self.reasons[i], None
+        k = int(self._pos[i])
+        return "", Meta(int(self.width[k]), int(self.height[k]), self.mode[k], self.format[k],
+                        self.sha1[k].tobytes().hex(), int(self.phash[k]), self.thumb[k].tobytes(),
+                        bool(self.alpha[k]), tuple(self.stats[k].tolist()))
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _decode_audited(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.ndarray, Chunk]:
+    """Worker: decode + preprocess a chunk; the good arrays stacked, and the chunk's audit facts (the
+    perceptual hash, thumbnail and quality statistics of each decoded image, a chunk at a time)."""
+    decoded, metas, reasons = [], [], []
+    for path in paths:
+        try:
+            d = decode_file(path, cfg)
+        except ImageError as exc:
+            reasons.append(str(exc))
+            continue
+        except MemoryError:
+            reasons.append("image too large to decode in memory")
+            continue
+        reasons.append("")
+        decoded.append(d.array)
+        metas.append(d.meta)
+    try:
+        stacked = preprocess_batch(decoded, cfg)
+    except MemoryError:  # one image too large to preprocess: then one by one, as inspect_image would
+        return _decode_audited_one_by_one(paths, cfg)
+    return stacked, Chunk(reasons, metas, decoded)
+
+
+def _decode_audited_one_by_one(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.ndarray, Chunk]:
+    """:func:`_decode_audited` a file at a time (an image too large to preprocess is then rejected alone)."""
+    arrays, decoded, metas, reasons = [], [], [], []
+    for path in paths:
+        arr, reason, d = inspect_image(path, cfg)
+        reasons.append(reason)
+        if arr is not None:
+            arrays.append(arr)
+            decoded.append(d.array)
+            metas.append(d.meta)
+    stacked = np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)
+    return stacked, Chunk(reasons, metas, decoded)
+
+
+def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], PreprocessParams]) -> Chunk:
+    """Worker: decode a chunk, writing each good image to its (.npy file, row); return its facts.
 
     Writing in the worker keeps the decoded pixels out of the pipes to the parent.
     It writes with ``pwrite``, not through a memory map: pages written through a map
     would count in the worker's resident memory until the end, growing with the data.
-    Rows of rejected files are left as they are (the caller never reads them).
+    Consecutive rows of one file are written at once. Rows of rejected files are left as
+    they are (the caller never reads them).
     """
     paths, targets, cfg = job
-    stacked, info = _decode_chunk((paths, cfg, True))
+    stacked, chunk = _decode_audited(paths, cfg)
+    good = [t for t, ok in zip(targets, chunk.good.tolist()) if ok]
     k = 0
-    for (reason, meta), (out, row) in zip(info, targets):
-        if meta is not None:
-            fd, offset, row_bytes = _open_output(out)
-            os.pwrite(fd, np.ascontiguousarray(stacked[k], dtype=np.float32).tobytes(), offset + row * row_bytes)
-            k += 1
-    return info
+    while k < len(good):
+        out, row = good[k]
+        end = k + 1
+        while end < len(good) and good[end] == (out, row + end - k):
+            end += 1
+        fd, offset, row_bytes = _open_output(out)
+        os.pwrite(fd, np.ascontiguousarray(stacked[k:end], dtype=np.float32).tobytes(), offset + row * row_bytes)
+        k = end
+    return chunk
 
 
 def _decode_chunk(job: tuple[Sequence[str], PreprocessParams] | tuple[Sequence[str], PreprocessParams, bool]
                   ) -> tuple[np.ndarray, list[tuple[str, Meta | None]]]:
     """Worker: decode + preprocess a chunk; the good arrays stacked, plus (reason, meta) per path.
 
-    With ``audit`` (prepare), each meta also carries the perceptual hash and thumbnail.
+    With ``audit`` (prepare), each meta also carries the perceptual hash, thumbnail and statistics.
     """
     paths, cfg, audit = (*job, False)[:3]
+    if audit:
+        stacked, chunk = _decode_audited(paths, cfg)
+        return stacked, list(chunk)
     arrays, info = [], []
     for path in paths:
         arr, reason, d = inspect_image(path, cfg)
-        meta = d.meta if d else None
         if arr is not None:
             arrays.append(arr)
-            if audit:
-                phash, thumb = perceptual(d.array)
-                meta = replace(meta, phash=phash, thumb=thumb)
-        info.append((reason, meta))
+        info.append((reason, d.meta if d else None))
     stacked = np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)
     return stacked, info
 
@@ -115,13 +197,13 @@ def start_pool(workers: int = 0) -> DecodePool | None:
 
 def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
                 targets: Callable[[int, int], Sequence[tuple[str, int]]], cfg: PreprocessParams,
-                pool: Any = None, desc: str = "decode") -> Iterator[list[tuple[str, Meta | None]]]:
+                pool: Any = None, desc: str = "decode") -> Iterator[Chunk]:
     """Decode the ``n`` items: ``paths(i, j)`` gives the file paths of items i..j-1, and
     ``targets(i, j)`` their (float32 .npy file, row) to write into.
 
     The files must exist with room for their rows. Runs in ``pool`` (from
     :func:`start_pool`) or in this process when it is None or the job is small.
-    Yields the ``(reason, meta)`` list of each chunk, in order (meta None:
+    Yields the :class:`Chunk` of each chunk, in order (a sequence of ``(reason, meta)``; meta None:
     rejected, its row left unset). Paths are built a chunk at a time and at most
     two chunks per worker are in flight, so memory does not grow with the number of files.
     """

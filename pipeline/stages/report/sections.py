@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.quality import WORDS
 
 REJECTED_SHOWN = 12  # rejected files shown as thumbnails (the table lists more)
 REJECTED_TABLE = 50
 OUTLIERS_SHOWN = 12
+QUALITY_SHOWN = 4  # thumbnails per image-quality issue
 
 
 def esc(value: Any) -> str:
@@ -60,8 +62,8 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
                     pngs: dict[str, bytes | None], files: dict[str, bytes | None] | None = None,
                     unseen: dict[str, str] | None = None) -> str:
     """The dataset: counts, samples, choices, corrections, rejected files and what the audit found;
-    ``files``: thumbnails of the rejected and outlier files shown (None: cannot be shown, ``unseen``
-    says why)."""
+    ``files``: thumbnails of the rejected files and of :func:`shown_files` (None: cannot be shown,
+    ``unseen`` says why)."""
     if dataset is None:
         return ('<section id="dataset"><h2>Dataset</h2><p class="missing">dataset.json not found '
                 "(prepared by an older version); re-run <code>make prepare</code>.</p>"
@@ -79,21 +81,7 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
                     + f"<details><summary>Rejected files (first {REJECTED_TABLE})</summary>"
                     + _table(["path", "reason"], [[r["path"], r["reason"]] for r in rejected[:REJECTED_TABLE]])
                     + "</details>")
-    dup, leak, conf = dataset["duplicates"], dataset["leakage"], dataset["conflicts"]
-    near, odd = dataset.get("near_duplicates"), dataset.get("outliers")
-    checks = [
-        ["duplicate files (identical bytes)", dup["extra_copies"], f"{dup['groups']} groups"],
-        ["same bytes under different labels", conf["groups"], "kept; listed in dataset.json"],
-        ["leakage (train image also in val/test)", leak["images"], leak["action"]],
-        ["extension does not match content", dataset.get("extension_mismatch", {}).get("files", 0),
-         "read by content"]]
-    if near:
-        checks += [["near-duplicate pairs within a class", near["within_class"]["pairs"], "resized, re-encoded, shifted"],
-                   ["near-duplicate pairs across classes", near["across_classes"]["pairs"], "label conflicts"],
-                   ["near-duplicate pairs across splits", near["across_splits"]["pairs"], "kept; leakage"]]
-    if odd:
-        checks.append(["outliers (unlike the rest of their class)", odd["images"], odd["rule"]])
-    found = _table(["check", "found", "detail"], checks) + _similar_examples(near, odd, files, unseen)
+    found = _checks(dataset, files, unseen)
     sizes = dataset.get("sizes", {})
     census = (f"{dataset['images']} usable images in {dataset['classes']} classes, from "
               f"<code>{esc(dataset.get('data', '?'))}</code> (layout <code>{esc(dataset.get('layout', '?'))}</code>); "
@@ -106,7 +94,72 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
 {_figure(pngs.get("samples"), "samples", "Training images per class after preprocessing: what the model sees.")}
 {_choices(dataset.get("choices"))}{_corrections(dataset.get("corrections"))}
 <div class="cols"><div><h3>Rejected files by reason</h3>{reasons}{examples}</div>
-<div><h3>Duplicates, near-duplicates, outliers and leakage</h3>{found}</div></div></section>"""
+<div><h3>Duplicates, copies, look-alikes, outliers and leakage</h3>{found}</div></div>
+{_quality(dataset.get("quality"), dataset.get("shortcuts"), files, unseen)}</section>"""
+
+
+def _checks(dataset: dict[str, Any], files: dict[str, bytes | None], unseen: dict[str, str]) -> str:
+    """The table of what the audit checked and found, with the first copies, look-alikes and outliers."""
+    dup, leak, conf = dataset["duplicates"], dataset["leakage"], dataset["conflicts"]
+    near, odd = dataset.get("near_duplicates"), dataset.get("outliers")
+    checks = [
+        ["duplicate files (identical bytes)", dup["extra_copies"], f"{dup['groups']} groups"],
+        ["same bytes under different labels", conf["groups"], "kept; listed in dataset.json"],
+        ["leakage (train image also in val/test)", leak["images"], leak["action"]],
+        ["extension does not match content", dataset.get("extension_mismatch", {}).get("files", 0),
+         "read by content"]]
+    if near and "copies" in near.get("across_splits", {}):
+        checks += [["copies across splits (re-encoded, resized, cropped, shifted, recoloured)",
+                    near["across_splits"]["copies"], "pairs; kept; similar.csv"],
+                   ["copies under different labels", near["across_classes"]["copies"], "pairs; similar.csv"],
+                   ["look-alikes under different labels",
+                    near["across_classes"]["pairs"] - near["across_classes"]["copies"], "pairs; to review (similar.csv)"],
+                   ["look-alikes within a class", near["within_class"]["pairs"], "pairs; different images, alike"]]
+    elif near:  # prepared by an older version
+        checks += [["near-duplicate pairs within a class", near["within_class"]["pairs"],
+                    "resized, re-encoded, shifted"],
+                   ["near-duplicate pairs across classes", near["across_classes"]["pairs"], "label conflicts"],
+                   ["near-duplicate pairs across splits", near["across_splits"]["pairs"], "kept; leakage"]]
+    if odd:
+        far = f"; {odd['far']} far beyond their class's spread" if "far" in odd else ""
+        checks.append(["outliers (unlike the rest of their class)", odd["images"], odd["rule"] + far])
+    return _table(["check", "found", "detail"], checks) + _similar_examples(near, odd, files, unseen)
+
+
+def _quality(q: dict[str, Any] | None, shortcuts: dict[str, Any] | None, files: dict[str, bytes | None],
+             unseen: dict[str, str]) -> str:
+    """The image-quality issues (a row each: images flagged, the rule) with the first few of each as
+    thumbnails, and the shortcuts found."""
+    if not q:
+        return ""
+    rows = [[WORDS.get(issue, issue), n, q["rules"].get(issue, "")] for issue, n in q["counts"].items()]
+    parts = ["<h3>Image quality</h3>", _table(["issue", "images", "flagged when"], rows)]
+    if not q.get("images"):
+        parts.append('<p class="ok">No image stands out from the rest of the dataset.</p>')
+    for issue, examples in q.get("examples", {}).items():
+        shown = examples[:QUALITY_SHOWN]
+        title = f"{esc(WORDS.get(issue, issue)).capitalize()} (first {len(shown)} of {q['counts'][issue]})"
+        captions = [(e["path"], f"{e['label']}, {e['split']}, score {e['score']}") for e in shown]
+        parts.append(f"<h4>{title}</h4>" + thumbs(captions, files, unseen))
+    found = (shortcuts or {}).get("found", [])
+    if found:
+        parts.append("<h4>Shortcuts: a property that tells a class on its own</h4>" + _table(
+            ["property", "class", "its images are", "balanced accuracy (held out)"],
+            [[f["property"], f["label"], f"{f['direction']} than the rest", f["held_out"]] for f in found]))
+    elif shortcuts is not None:
+        parts.append('<p class="ok">No shortcut: no image property (brightness, size, aspect ratio, sharpness, '
+                     "colourfulness) tells a class from the rest on its own.</p>")
+    return "".join(parts)
+
+
+def shown_files(dataset: dict[str, Any] | None) -> list[str]:
+    """The files the dataset section shows as thumbnails besides the rejected ones: the first outliers
+    and the first few of each image-quality issue (paths relative to the dataset's root)."""
+    d = dataset or {}
+    shown = [e["path"] for e in d.get("outliers", {}).get("examples", [])[:OUTLIERS_SHOWN]]
+    for examples in d.get("quality", {}).get("examples", {}).values():
+        shown += [e["path"] for e in examples[:QUALITY_SHOWN]]
+    return shown
 
 
 def _choices(choices: dict[str, Any] | None) -> str:
@@ -133,13 +186,14 @@ def _corrections(fixed: dict[str, Any] | None) -> str:
 def _similar_examples(near: dict[str, Any] | None, odd: dict[str, Any] | None, files: dict[str, bytes | None],
                       unseen: dict[str, str]) -> str:
     parts = []
-    for kind, title in (("across_classes", "Near-duplicates under different labels"),
-                        ("across_splits", "Near-duplicates across splits"), ("within_class", "Near-duplicates")):
+    for kind, title in (("across_classes", "Copies and look-alikes under different labels"),
+                        ("across_splits", "Copies and look-alikes across splits"), ("within_class", "Look-alikes")):
         ex = (near or {}).get(kind, {}).get("examples", [])[:10]
         if ex:
             parts.append(f"<details><summary>{title} (first {len(ex)})</summary>" + _table(
-                ["first", "second", "labels", "similarity"],
-                [[e["paths"][0], e["paths"][1], " / ".join(e["labels"]), e["similarity"]] for e in ex]) + "</details>")
+                ["first", "second", "labels", "kind", "similarity"],
+                [[e["paths"][0], e["paths"][1], " / ".join(e["labels"]), e.get("kind", ""), e["similarity"]]
+                 for e in ex]) + "</details>")
     ex = (odd or {}).get("examples", [])[:OUTLIERS_SHOWN]
     if ex:
         parts.append(f"<h4>Outliers: unlike the rest of their class (first {len(ex)})</h4>"
