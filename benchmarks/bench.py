@@ -2,7 +2,8 @@
 next to the plain Keras way of doing the same thing, measured in the same run.
 
 Each measurement runs in a fresh child process so that its peak RSS is its own.
-Results are printed as a table and written to ``<out>/bench.json``.
+Results are printed as a table and written to ``<out>/bench.json``. ``--runtime`` chooses what runs the
+model in the predict and evaluate steps (default auto: the bundle's model.onnx when it has one).
 
 | ours | plain Keras way |
 |---|---|
@@ -11,7 +12,8 @@ Results are printed as a table and written to ``<out>/bench.json``.
 | ``train`` epoch time (LeNet-5, prepared arrays) | ``model.fit`` on ``image_dataset_from_directory`` |
 | ``evaluate`` (10k test images) | ``model.evaluate`` on ``image_dataset_from_directory`` |
 | ``predict`` a folder of 10k PNGs to a CSV | a per-image ``model.predict`` loop; ``image_dataset_from_directory`` + ``predict`` |
-| ``pipeline serve``: N concurrent clients posting PNGs (``--serve-clients``) | – (requests/s, p50/p99 latency) |
+| ``pipeline serve``: N concurrent clients posting PNGs (``--serve-clients``), onnx and tensorflow runtimes | – (requests/s, p50/p99 latency, peak RSS) |
+| the light runtime against TensorFlow (:mod:`benchmarks.runtime_bench`): a cold single image, a folder from the shell, serve, install size | – |
 | synthetic scale test (``--scale 20000,100000,200000``): prepare throughput and peak RSS per size | one ``image_dataset_from_directory`` pass per size; training streamed vs in memory |
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from benchmarks import runtime_bench
 
 log = logging.getLogger(__name__)
 EPOCHS = 4  # the fastest of epochs 2..4 is the steady-state figure
@@ -268,7 +272,7 @@ def step_evaluate(data: Path, work: Path) -> dict[str, Any]:
 
     (work / "run" / METRICS).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    m = evaluate(work / "run", EvaluateParams())
+    m = evaluate(work / "run", EvaluateParams(runtime=_runtime()))
     return {"images": m["n"], "seconds": time.perf_counter() - t0}
 
 
@@ -280,6 +284,11 @@ def step_keras_evaluate(data: Path, work: Path) -> dict[str, Any]:
     ds = _keras_ds(data / "test").map(lambda x, y: (x / 255.0, y))
     model.evaluate(ds, verbose=0)
     return {"images": 10000, "seconds": time.perf_counter() - t0}
+
+
+def _runtime() -> str:
+    """What runs the model in the predict and evaluate steps (``--runtime``)."""
+    return os.environ.get("BENCH_RUNTIME", "auto")
 
 
 def _bench_model(work: Path) -> Path:
@@ -295,7 +304,7 @@ def step_predict(data: Path, work: Path) -> dict[str, Any]:
     from pipeline.shared.params import PredictParams
     from pipeline.stages.predict import predict
 
-    s = predict(data / "test", _bench_model(work), work / "predictions.csv", PredictParams())
+    s = predict(data / "test", _bench_model(work), work / "predictions.csv", PredictParams(runtime=_runtime()))
     return {"images": s["rows"], "seconds": s["seconds"]}
 
 
@@ -312,17 +321,8 @@ def step_predict_plain(data: Path, work: Path) -> dict[str, Any]:
     shutil.copytree(_bench_model(work), plain)
     for name in FILES:
         (plain / name).unlink(missing_ok=True)
-    s = predict(data / "test", plain, work / "predictions_plain.csv", PredictParams())
+    s = predict(data / "test", plain, work / "predictions_plain.csv", PredictParams(runtime=_runtime()))
     return {"images": s["rows"], "seconds": s["seconds"]}
-
-
-def step_predict_cli(data: Path, work: Path) -> dict[str, Any]:
-    """The same from the shell, end to end: interpreter and TensorFlow start-up included."""
-    cmd = [sys.executable, "-m", "pipeline", "predict", str(data / "test"), "--model", str(_bench_model(work)),
-           "--out", str(work / "predictions_cli.csv")]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return {"images": 10000, "seconds": time.perf_counter() - t0}
 
 
 def step_predict_loop(data: Path, work: Path) -> dict[str, Any]:
@@ -401,49 +401,6 @@ def load_check(url: str, files: list[Path], clients: int, seconds: float) -> dic
     return {"clients": clients, "requests": int(len(lat)), "failures": int(sum(failures)), "seconds": wall,
             "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99))}
-
-
-def run_serve_load(data: Path, work: Path, clients: list[int], seconds: float) -> list[dict[str, Any]]:
-    """Start ``pipeline serve`` on a free port with the bench's model; load it with each client count."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    model = _bench_model(work)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    files = sorted((data / "test").glob("*/*.png"))[:500]
-    try:
-        import urllib.request
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("pipeline serve did not start") from None
-                time.sleep(0.25)
-        rows = []
-        for n in clients:
-            print(f"serve: {n} client(s) for {seconds:.0f} s ...", file=sys.stderr, flush=True)
-            rows.append(load_check(f"http://127.0.0.1:{port}/predict", files, n, seconds))
-        return rows
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def format_serve(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'pipeline serve, POST /predict (1 MNIST PNG)':<44} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
-             f"{'p99 ms':>7} {'failed':>6}"]
-    for r in rows:
-        lines.append(f"{str(r['clients']) + ' concurrent client(s)':<44} {r['requests']:>8} {r['requests_per_s']:>7.0f} "
-                     f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['failures']:>6}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- scale (synthetic data)
@@ -558,6 +515,140 @@ def format_scale(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- the audit: copies and the cost of each check
+COPIES = 500  # planted copies of training digits
+
+
+def _plant_copies(data: Path, folder: Path, seed: int = 0) -> dict[str, tuple[str, str]]:
+    """A small MNIST set (5,000 training and 1,000 test digits) with COPIES copies of training digits in its
+    test split, every kind of :data:`pipeline.data.similar.COPY_KINDS` in turn: {copy: (original, kind)}."""
+    import shutil
+
+    import numpy as np
+
+    from pipeline.data import similar
+    from pipeline.data.preprocess import decode
+
+    shutil.rmtree(folder, ignore_errors=True)
+    train = sorted((data / "train").glob("*/*.png"))[::12][:5000]
+    test = sorted((data / "test").glob("*/*.png"))[::10][:1000]
+    for split, files in (("train", train), ("test", test)):
+        for f in files:
+            (folder / split / f.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, folder / split / f.parent.name / f.name)
+    rng = np.random.default_rng(seed)
+    planted = {}
+    for k, i in enumerate(rng.choice(len(train), COPIES, replace=False).tolist()):
+        kind = similar.COPY_KINDS[k % len(similar.COPY_KINDS)]
+        name = f"test/{train[i].parent.name}/copy{k:03d}.png"
+        copy = similar.plant_copy(decode(train[i]), kind, rng)
+        _save_png(folder / name, copy)
+        planted[name] = (f"train/{train[i].parent.name}/{train[i].name}", kind)
+    return planted
+
+
+def _save_png(path: Path, img: Any) -> None:
+    from PIL import Image
+
+    Image.fromarray(img).save(path)
+
+
+def _copy_groups(run: Path, root: Path) -> list[set[str]]:
+    import csv
+
+    groups: dict[str, set[str]] = {}
+    with open(run / "similar.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["kind"] == "copy":
+                groups.setdefault(r["group"], set()).add(str(Path(r["path"]).resolve().relative_to(root.resolve())))
+    return list(groups.values())
+
+
+def step_copies(data: Path, work: Path) -> dict[str, Any]:
+    """Copies, not look-alikes: the share of COPIES planted copies that prepare finds (grouped with their
+    original as a copy), by kind, the copy groups among real digits, and what prepare warns about on the
+    clean 70k MNIST (the prepare step's run, else one made here)."""
+    import shutil
+
+    from pipeline.shared.params import PrepareParams, PreprocessParams
+    from pipeline.stages.prepare import prepare
+
+    folder, run = work / "copies_data", work / "copies_run"
+    planted = _plant_copies(data, folder)
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.perf_counter()
+    prepare(folder, run, PrepareParams(), PreprocessParams())
+    seconds = time.perf_counter() - t0
+    groups = _copy_groups(run, folder)
+    hit = {c: any({c, o} <= g for g in groups) for c, (o, _) in planted.items()}
+    kinds = sorted({k for _, k in planted.values()})
+    clean = work / "run"
+    if not (clean / "dataset.json").is_file():
+        clean = work / "copies_clean"
+        _prepare_run(data, clean)
+    d = json.loads((clean / "dataset.json").read_text())
+    return {"images": len(planted) + 6000, "seconds": seconds, "recall": sum(hit.values()) / len(hit),
+            "by_kind": {k: sum(hit[c] for c, (_, kk) in planted.items() if kk == k) / sum(kk == k for _, kk in planted.values())
+                        for k in kinds},
+            "real_copy_groups": sum(not (g & set(planted)) for g in groups), "clean_warnings": d["warnings"],
+            "clean_copies_across_splits": d["near_duplicates"]["across_splits"].get("copies"),
+            "clean_far_outliers": d["outliers"].get("far"), "clean_quality": d.get("quality", {}).get("counts")}
+
+
+def step_audit_cost(data: Path, work: Path) -> dict[str, Any]:
+    """The per-check cost: CPU microseconds per image of what a decoding worker does for each file (decode +
+    preprocess; the perceptual signature; the quality statistics), on 5,000 MNIST files in this process, and
+    the seconds of each of the audit's checks in the main process, as the prepare step timed them."""
+
+    from pipeline.data import quality, similar
+    from pipeline.data.preprocess import decode_file, preprocess_batch
+    from pipeline.shared.params import PreprocessParams
+
+    cfg = PreprocessParams(color="grayscale", size=(28, 28), invert="false", background=0)
+    files = [str(f) for f in sorted((data / "train").glob("*/*.png"))[:5000]]
+    t0, c0 = time.perf_counter(), time.process_time()
+    decoded = [decode_file(f, cfg).array for f in files]
+    preprocess_batch(decoded, cfg)
+    cost = {"decode + preprocess": time.process_time() - c0}
+    c0 = time.process_time()
+    for i in range(0, len(decoded), 512):
+        similar.signatures(decoded[i:i + 512])
+    cost["perceptual signature (copies, outliers)"] = time.process_time() - c0
+    c0 = time.process_time()
+    for i in range(0, len(decoded), 512):
+        quality.image_stats(decoded[i:i + 512], decoded[i:i + 512])
+    cost["quality statistics"] = time.process_time() - c0
+    marker = work / "run" / "prepare.json"
+    checks = json.loads(marker.read_text()).get("audit_seconds", {}) if marker.is_file() else {}
+    return {"images": len(files), "seconds": time.perf_counter() - t0,
+            "worker_us_per_image": {k: round(v / len(files) * 1e6, 1) for k, v in cost.items()},
+            "main_seconds": checks}
+
+
+def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The prepare / Keras ratio, the copies measurement and the per-check cost, when they were run."""
+    lines = []
+    if "prepare" in results and "keras_read" in results:
+        ratio = results["keras_read"]["seconds"] / results["prepare"]["seconds"]
+        lines.append(f"prepare (decode, audit, split, write) vs one image_dataset_from_directory pass: {ratio:.2f}x as "
+                     "fast (goal >= 1.5x)")
+    c = results.get("copies")
+    if c:
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in c["by_kind"].items())
+        lines.append(f"planted copies found: {c['recall']:.1%} of {COPIES} ({kinds}); copy groups of real digits: "
+                     f"{c['real_copy_groups']}")
+        lines.append(f"clean MNIST (70k): copies across splits {c['clean_copies_across_splits']}, far outliers "
+                     f"{c['clean_far_outliers']}, warnings: {'; '.join(c['clean_warnings']) or 'none'}")
+    a = results.get("audit_cost")
+    if a:
+        lines.append("per-check cost, decoding worker (CPU us per image): "
+                     + ", ".join(f"{k} {v}" for k, v in a["worker_us_per_image"].items()))
+        if a["main_seconds"]:
+            lines.append("per-check cost, main process (s, 70k MNIST): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in a["main_seconds"].items()))
+    return lines
+
+
 STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
@@ -572,11 +663,15 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "keras_evaluate": ("evaluate on image_dataset_from_directory", step_keras_evaluate),
     "predict": ("predict 10k PNGs (ours)", step_predict),
     "predict_plain": ("predict 10k PNGs, no novelty columns", step_predict_plain),
-    "predict_cli": ("predict 10k PNGs (ours), CLI incl. start-up", step_predict_cli),
     "predict_loop": ("per-image model.predict loop (500 imgs)", step_predict_loop),
     "keras_predict": ("image_dataset_from_directory + predict", step_keras_predict),
     "rendered": ("reference model on re-rendered test digits", step_rendered),
+    "copies": ("prepare, 6,000 digits + 500 planted copies", step_copies),
+    "audit_cost": ("the audit's per-image checks, 5,000 files", step_audit_cost),
+    # the light runtime against TensorFlow: cold single image, a folder from the shell (benchmarks.runtime_bench)
+    **runtime_bench.STEPS,
 }
+LIGHT_STEPS = ("export", "prepare", "prepare_heavy", "scale_prepare", "copies", "audit_cost", *runtime_bench.STEPS)  # no Keras in the child
 
 
 def _run_child(step: str, data: Path, work: Path) -> dict[str, Any]:
@@ -618,7 +713,7 @@ def format_rows(results: dict[str, dict[str, Any]]) -> str:
     for other, what in (("predict_loop", "the per-image loop"), ("keras_predict", "image_dataset_from_directory")):
         if "predict" in rate and other in rate:
             lines.append(f"predict throughput vs {what}: {rate['predict'] / rate[other]:.1f}x")
-    return "\n".join(lines)
+    return "\n".join(lines + format_audit(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,6 +730,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-clients", default="1,8",
                         help="concurrent clients for the serve load check, e.g. 1,8 (empty: skip) (default: %(default)s)")
     parser.add_argument("--serve-seconds", type=float, default=10, help="seconds per load level (default: %(default)s)")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "tensorflow", "onnx"),
+                        help="what runs the model in the predict and evaluate steps (default: %(default)s)")
+    parser.add_argument("--install-size", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure a fresh `pip install '.[runtime]'` venv against this one (needs the package "
+                             "registry) (default: on)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -642,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if args.step:  # child: one measurement, one JSON line
         os.environ["TQDM_DISABLE"] = "1"
-        if args.step not in ("export", "prepare", "prepare_heavy", "scale_prepare"):
+        if args.step not in LIGHT_STEPS:
             import keras  # noqa: F401  - import time is not part of any measurement
         watcher = ChildPeak()
         watcher.start()
@@ -658,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step(s) {unknown}")
+    os.environ["BENCH_RUNTIME"] = args.runtime
     results: dict[str, dict[str, Any]] = {}
+    install: dict[str, Any] | None = None
     # Rounds run every step in turn, so ours and Keras' see the same machine state;
     # the fastest run of each step is kept (the least disturbed by other load).
     scale: dict[str, Any] = {}
@@ -671,12 +773,18 @@ def main(argv: list[str] | None = None) -> int:
                 if step not in results or res["seconds"] < results[step]["seconds"]:
                     results[step] = res
         clients = [int(n) for n in args.serve_clients.split(",") if n.strip()]
-        serve = run_serve_load(data, Path(work), clients, args.serve_seconds) if clients else []
+        serve = runtime_bench.serve_all(data, Path(work), clients, args.serve_seconds) if clients else []
+        if args.install_size:
+            print("install size: a fresh venv with pip install '.[runtime]' ...", file=sys.stderr, flush=True)
+            install = runtime_bench.install_size(Path.cwd(), Path(sys.prefix), runtime_bench.bench_model(Path(work)),
+                                                 runtime_bench.one_image(data))
         if sizes:
             scale = run_scale(sizes, Path(work))
     table = format_rows(results) if results else ""
     if serve:
-        table += ("\n\n" if table else "") + format_serve(serve)
+        table += ("\n\n" if table else "") + runtime_bench.format_serve(serve)
+    if any(step in results for step in runtime_bench.STEPS) or serve or install:
+        table += ("\n\n" if table else "") + runtime_bench.format_comparison(results, serve, install)
     if scale:
         table += ("\n\n" if table else "") + format_scale(scale)
     print(table)
@@ -685,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.shared import artifacts
 
     artifacts.write_json(out / "bench.json", {"cpus": os.cpu_count(), "repeat": args.repeat, "results": results,
-                                              "scale": scale, "serve": serve})
+                                              "scale": scale, "serve": serve, "install": install,
+                                              "runtime": args.runtime})
     artifacts.write_text(out / "bench.txt", table + "\n")
     return 0
 

@@ -12,6 +12,8 @@ model on ready arrays. All are seeded: the same call writes the same files.
 | ``glyphs`` | 20 letters rendered from the installed fonts, dark ink on light paper, 24–48 px; test fonts unseen in training | folders with spaces in labels, train/ + test/ | other polarity, sizes, not digits |
 | ``shapes`` | 12 coloured shapes on colour/noise backgrounds, 40–72 px JPEG; colour is part of the class | CSV with odd file names | colour, symmetric classes |
 | ``mnist-cluttered`` | the 70k MNIST digits, each rotated and scaled at random, with fragments of other digits and noise around it (cluttered MNIST) | folders, train/ + test/ | medium size, a harder kind where validation matches test: the budget question |
+| ``mnist-mosaic`` | 30k 2x2 mosaics of MNIST digits (56 px), labelled with the set of digits present | CSV, labels joined by ``|``, split column | several labels per image |
+| ``mnist-mosaic-sparse`` (held out) | 30k mosaics with cells left empty (some images have no label), digits turned, noise | CSV with one 0/1 column per label | several labels, never tuned on |
 | ``symbols`` (held out) | 12 symbol characters from the fonts, coloured, on textured colour backgrounds, 32–56 px | file names (``00012_at sign.png``) | never tuned on: reported as is |
 """
 from __future__ import annotations
@@ -244,6 +246,88 @@ def build_noisy_mnist(mnist_source: Path, out: Path, per_class: int = 1000, nois
             flips.append((f"{given}/{i:05d}.png", str(int(labels[i])), str(given)))
         _save(out / str(given) / f"{i:05d}.png", images[i] / 255.0)
     return flips
+
+
+def _turned(digit: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
+    """A digit (0..1) rotated by up to 45 degrees and scaled by 0.8-1.15, centred on a ``side`` canvas with
+    a small random shift."""
+    angle, scale = rng.uniform(-45, 45), rng.uniform(0.8, 1.15)
+    shift = rng.uniform(-2, 2, 2)
+    m = cv2.getRotationMatrix2D((13.5, 13.5), angle, scale)
+    m[:, 2] += (side - 28) / 2 + shift
+    return cv2.warpAffine(digit.astype(np.float32), m, (side, side), flags=cv2.INTER_LINEAR)
+
+
+def _clutter(images: np.ndarray, rng: np.random.Generator, side: int, pieces: int = 3, piece: int = 8
+             ) -> np.ndarray:
+    """``pieces`` random 8x8 fragments of other digits scattered over a ``side`` canvas, and a little noise."""
+    canvas = np.zeros((side, side), np.float32)
+    for _ in range(pieces):
+        src = images[rng.integers(len(images))] / 255.0
+        y, x = rng.integers(4, 28 - piece - 4, 2)
+        ty, tx = rng.integers(0, side - piece, 2)
+        canvas[ty:ty + piece, tx:tx + piece] = np.maximum(canvas[ty:ty + piece, tx:tx + piece],
+                                                          src[y:y + piece, x:x + piece])
+    return canvas + rng.uniform(0, 0.1, canvas.shape).astype(np.float32)
+
+
+def build_mnist_cluttered(mnist_source: Path, out: Path, seed: int = 0) -> Path:
+    """All 70k MNIST digits, each turned and scaled at random among fragments of other digits and noise,
+    28x28, in ``train/`` and ``test/`` label folders (the original split)."""
+    from pipeline.data import mnist
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        images, labels = mnist.load_split(mnist_source, split)
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            arr = np.maximum(_turned(img / 255.0, rng, 28), _clutter(images, rng, 28))
+            _save(out / split / str(int(lab)) / f"{i:05d}.png", np.clip(arr, 0, 1))
+    return out
+
+
+# ---------------------------------------------------------------- several labels per image
+MOSAIC_SPLITS = {"train": 24000, "test": 6000}
+
+
+def build_mnist_mosaic(mnist_source: Path, out: Path, seed: int = 0, held_out: bool = False) -> Path:
+    """MNIST digits in a 2x2 mosaic (56x56), labelled with the set of digits present (``labels.csv``: path,
+    labels joined by ``|``, split): 24k train and 6k test images, the training mosaics from MNIST's
+    training digits and the test mosaics from its test digits. ``held_out``: the variant never tuned on:
+    each cell empty with probability 0.35 (some images have no label at all), digits turned and scaled,
+    noise, labels as 0/1 columns."""
+    from pipeline.data import mnist
+
+    rng = np.random.default_rng(seed + (1000 if held_out else 0))
+    rows = []
+    for split, n in MOSAIC_SPLITS.items():
+        images, labels = mnist.load_split(mnist_source, split)
+        for i in range(n):
+            picks = rng.integers(len(images), size=4)
+            present = rng.random(4) >= 0.35 if held_out else np.ones(4, bool)
+            canvas = np.zeros((56, 56), np.float32)
+            for cell, (k, here) in enumerate(zip(picks, present)):
+                if here:
+                    digit = _turned(images[k] / 255.0, rng, 28) if held_out else images[k] / 255.0
+                    y, x = divmod(cell, 2)
+                    canvas[28 * y:28 * y + 28, 28 * x:28 * x + 28] = digit
+            if held_out:
+                canvas = np.clip(canvas + rng.uniform(0, 0.12, canvas.shape), 0, 1)
+            name = f"{split}/{i:05d}.png"
+            _save(out / name, canvas)
+            rows.append((name, sorted({str(int(labels[k])) for k, h in zip(picks, present) if h}), split))
+    _mosaic_table(out / "labels.csv", rows, flags=held_out)
+    return out / "labels.csv"
+
+
+def _mosaic_table(path: Path, rows: list[tuple[str, list[str], str]], flags: bool) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        if flags:
+            w.writerow(["path", *[f"digit {d}" for d in range(10)], "split"])
+            w.writerows([name, *[int(str(d) in labs) for d in range(10)], split] for name, labs, split in rows)
+        else:
+            w.writerow(["path", "label", "split"])
+            w.writerows([name, "|".join(labs), split] for name, labs, split in rows)
 
 
 LETTERS = "ABCDEFGHJKLMNPQRTUVWXYabcdefhkmnprtuvwy"  # letters; the few that are digit look-alikes are left out (O I S Z)

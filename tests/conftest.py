@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.shared.cli import FULL_STACK
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -95,6 +97,35 @@ def cli(*args, cwd=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+# The training stack, which the light install (pip install ".[runtime]") leaves out (pipeline.shared.cli's
+# FULL_STACK): importing any of them fails in a process started with without_training_stack()'s environment.
+_BLOCKER = f"""import sys
+
+BLOCKED = {tuple(FULL_STACK)!r}
+
+
+class _NotInstalled:
+    \"\"\"An import finder that says the training stack is not installed.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (the light install)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def without_training_stack(folder: Path) -> dict[str, str]:
+    """An environment whose Python cannot import TensorFlow, Keras, scikit-learn, SciPy or Matplotlib (a
+    ``sitecustomize`` on PYTHONPATH puts a blocking finder first; spawned workers inherit it): the light
+    install, as far as this package can tell."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_BLOCKER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)]), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 TINY_PARAMS = """

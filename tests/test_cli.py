@@ -40,3 +40,15 @@ def test_file_system_errors_stay_one_line(monkeypatch, capsys):
     assert cli.main(["compare", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device (/full/disk)" in err and "Traceback" not in err
+
+
+def test_a_command_that_needs_the_training_stack_says_so(monkeypatch, capsys):
+    """In the light install (no TensorFlow, Keras, scikit-learn...), a command that needs them is exit 2 with
+    what to install, not a traceback; a missing module that is not part of the training stack is a bug."""
+    _fail_with(monkeypatch, ModuleNotFoundError("No module named 'keras'", name="keras"))
+    assert cli.main(["compare", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert "`pipeline compare` needs the full install (keras is not installed): pip install '.[train]'" in err
+    assert "Traceback" not in err
+    _fail_with(monkeypatch, ModuleNotFoundError("No module named 'pipelin'", name="pipelin"))
+    assert cli.main(["compare", "runs/x"]) == 1

@@ -11,12 +11,12 @@ def test_every_patched_private_name_still_exists():
 
 
 def test_installed_versions_are_within_the_verified_bounds():
-    """pyproject.toml bounds keras and tensorflow-cpu to what compat.py was verified on."""
+    """pyproject.toml bounds keras and tensorflow-cpu (the `train` extra) to what compat.py was verified on."""
     import tomllib
     from pathlib import Path
 
     deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
-    bounds = {d.split(">=")[0]: d for d in deps["dependencies"]}
+    bounds = {d.split(">=")[0]: d for d in deps["optional-dependencies"]["train"]}
     assert f"<={compat.VERIFIED['keras']}" in bounds["keras"]
     assert f"<={compat.VERIFIED['tensorflow']}" in bounds["tensorflow-cpu"]
     assert importlib.metadata.version("keras") == compat.VERIFIED["keras"]

@@ -30,8 +30,8 @@ def test_bundle_contents_and_history(trained_run):
     run, _ = trained_run
     model_dir = run / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "bundle.json", "calibration.json", "labels.json", "model.keras", "novelty.json", "novelty_head.npy",
-        "novelty_reference.npy", "params.json", "preprocess.json"]
+        "bundle.json", "calibration.json", "labels.json", "model.keras", "model.onnx", "novelty.json",
+        "novelty_head.npy", "novelty_reference.npy", "params.json", "preprocess.json"]
     assert json.loads((model_dir / "labels.json").read_text()) == json.loads((run / "labels.json").read_text())
     assert json.loads((model_dir / "params.json").read_text())["train"]["epochs"] == 3
     info = json.loads((model_dir / "bundle.json").read_text())
@@ -41,6 +41,14 @@ def test_bundle_contents_and_history(trained_run):
     lines = (run / "history.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,seconds,learning_rate") and len(lines) == 4
     assert not (run / train.BACKUP_DIR).exists()  # backup removed after a finished run
+
+
+def test_evaluate_on_the_light_runtime_says_how_it_agrees_with_tensorflow(trained_run):
+    run, _ = trained_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["params"]["runtime"] == "auto" and metrics["runtime"]["used"] == "onnx"
+    a = metrics["runtime"]["agreement_with_tensorflow"]
+    assert a["images"] == 300 and a["top1"] == 1.0 and a["familiar"] == 1.0 and a["max_abs_prob_diff"] < 1e-4
 
 
 def test_rerun_skips_every_stage(trained_run):

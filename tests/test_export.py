@@ -114,3 +114,33 @@ def test_export_refuses_bad_options_and_missing_bundles(trained_run, tmp_path):
     res = cli("export", "--model", tmp_path / "nope", "--format", "tflite", "--out", tmp_path / "y")
     assert res.returncode == 2 and "model bundle not found" in res.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_onnx_export_is_the_bundles_runtime_model_and_adds_it_to_an_older_bundle(export_run, exports, tmp_path):
+    """The ONNX export is the very file the bundle's light runtime runs (probabilities first, for clients that
+    read output 0); a bundle from before it gains it from `pipeline export --format onnx`."""
+    import shutil
+
+    from pipeline.shared import bundle
+
+    model = export_run / "model"
+    assert (exports[("onnx", "none")] / "model.onnx").read_bytes() == (model / bundle.RUNTIME_MODEL).read_bytes()
+    assert formats.OnnxRunner(model / bundle.RUNTIME_MODEL).names == ["probs", "logits", "features", "conv"]
+    old = tmp_path / "old"
+    shutil.copytree(model, old)
+    (old / bundle.RUNTIME_MODEL).unlink()
+    info = json.loads((old / bundle.MARKER).read_text())
+    info.pop(bundle.RUNTIME_SHA)
+    (old / bundle.MARKER).write_text(json.dumps(info))
+    assert bundle.load(old, bundle.AUTO).runtime == bundle.TENSORFLOW
+    res = cli("export", "--model", old, "--format", "onnx", "--out", tmp_path / "onnx", "--no-check")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "added model.onnx to the bundle" in res.stderr
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["added_to_bundle"] is True
+    b = bundle.load(old, bundle.AUTO)
+    assert b.runtime == bundle.ONNX
+    from pipeline.model.infer import Predictor, agreement
+
+    x = np.load(export_run / "X_test.npy")
+    a = agreement(Predictor(b, 256)(x), Predictor(bundle.load(model, bundle.ONNX), 256)(x))
+    assert a["top1"] == 1.0 and a["familiar"] == 1.0 and a["max_abs_prob_diff"] < 1e-5

@@ -17,7 +17,7 @@ from pipeline.stages.predict import predict
 from pipeline.model.rows import columns
 from pipeline.stages.predict.output import read_rows, summary_path
 
-from conftest import REPO, SHADES, shade_image, write_image
+from conftest import REPO, SHADES, shade_image, without_training_stack, write_image
 
 
 def make_images(root, per_class=4, seed=5):
@@ -307,3 +307,46 @@ def test_predict_and_evaluate_agree_exactly(trained_run, tiny_mnist, tmp_path):
     test_rows = [r["path"] for r in csv.DictReader(open(run / "manifest.csv")) if r["split"] == "test"]
     by_path = {str(tiny_mnist / "test" / r["path"]): float(r["confidence"]) for r in rows}
     np.testing.assert_allclose([by_path[p] for p in test_rows], probs.max(axis=1), atol=2e-6)
+
+
+def test_predict_runs_without_tensorflow(shade_bundle, tmp_path):
+    """The light install: `pipeline predict` in a Python that cannot import TensorFlow, Keras, scikit-learn,
+    SciPy or Matplotlib, on one image and on a folder (decoding workers too), gives the rows the TensorFlow
+    runtime gives; an older bundle without its model.onnx says what to do."""
+    env = without_training_stack(tmp_path / "light")
+    blocked = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
+    assert blocked.returncode != 0 and "ModuleNotFoundError" in blocked.stderr  # the block works
+    truth = make_images(tmp_path / "imgs", per_class=2)
+
+    def light(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", "predict", *map(str, args), "--model",
+                               str(shade_bundle), "--params", os.devnull], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    one = light(tmp_path / "imgs" / "mid" / "0.png")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.stdout.startswith(f"{tmp_path / 'imgs' / 'mid' / '0.png'}: mid (") and "familiar" in one.stdout
+    res = light(tmp_path / "imgs", "--out", tmp_path / "light.csv", "--workers", "2", "--batch-size", "4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "(onnx)" in res.stderr
+    rows = read_csv(tmp_path / "light.csv")
+    assert {r["path"]: r["label"] for r in rows} == truth
+    predict(tmp_path / "imgs", shade_bundle, tmp_path / "tf.csv", PredictParams(workers=1, runtime="tensorflow"))
+    tf_rows = read_csv(tmp_path / "tf.csv")
+    assert [(r["label"], r["familiar"]) for r in rows] == [(r["label"], r["familiar"]) for r in tf_rows]
+    np.testing.assert_allclose([float(r["confidence"]) for r in rows], [float(r["confidence"]) for r in tf_rows],
+                               atol=1e-4)
+    assert json.loads(summary_path(tmp_path / "light.csv").read_text())["runtime"] == "onnx"
+    # an older bundle, without model.onnx: it needs TensorFlow, and the error says how to add the light model
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(shade_bundle, old)
+    (old / "model.onnx").unlink()
+    info = json.loads((old / "bundle.json").read_text())
+    info.pop("runtime_model_sha256")
+    (old / "bundle.json").write_text(json.dumps(info))
+    res = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(tmp_path / "imgs"), "--model", str(old),
+                          "--out", str(tmp_path / "old.csv")], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "needs the full install" in res.stderr
+    assert f"pipeline export --model {old} --format onnx" in res.stderr and "Traceback" not in res.stderr

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, REPO, SHADES, chromium_page, shade_image
+from conftest import CHROMIUM, REPO, SHADES, chromium_page, shade_image, without_training_stack
 
 pytest.importorskip("httpx", reason="the API tests need httpx (pip install -e .[dev])")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -55,6 +55,9 @@ def test_health_labels_page_and_offline_openapi_docs(client):
     docs = client.get("/docs").text
     assert "/docs-static/swagger-ui-bundle.js" in docs and "cdn." not in docs
     assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+    assert h["runtime"] == "onnx"  # the bundle has its model.onnx and onnxruntime is installed
+    assert h["memory"]["rss_mb"] > 0 and h["memory"]["peak_rss_mb"] >= h["memory"]["rss_mb"]
+    assert h["batching"]["max_images"] >= 1 and h["batching"]["wait_ms"] > 0
 
 
 def test_predict_one_and_many_images(client):
@@ -139,6 +142,138 @@ def test_nothing_from_a_request_is_written(client, shade_bundle, tmp_path, monke
     rng = np.random.default_rng(2)
     assert _post(client, *[(f"../../x{i}.png", _png(shade_image("light", rng))) for i in range(3)]).status_code == 200
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in Path(shade_bundle).iterdir()) == before
+
+
+# ---------------------------------------------------------------- concurrent requests
+class _Server:
+    """The app served by uvicorn in a thread of this process, on a free port."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.server.config.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _concurrently(url, requests):
+    """POST every request ([(name, bytes)], from its own thread, all at once); the responses in order."""
+    import threading
+
+    import httpx
+
+    answers = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def send(i):
+        start.wait()
+        answers[i] = httpx.post(f"{url}/predict", files=[("files", f) for f in requests[i]], timeout=60)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_concurrent_requests_each_get_their_own_answer(shade_bundle):
+    """Requests from 24 clients at once share model calls (the batcher), and each gets the rows of its own
+    images, in order: no mix-ups."""
+    rng = np.random.default_rng(21)
+    labels = list(SHADES)
+    requests, truth = [], []
+    for i in range(24):
+        names = [labels[(i + j) % 3] for j in range(1 + i % 3)]  # 1 to 3 images each
+        requests.append([(f"r{i}-{j}-{name}.png", _png(shade_image(name, rng))) for j, name in enumerate(names)])
+        truth.append(names)
+    app = create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), PredictParams(), wait_ms=20)
+    with _Server(app) as url:
+        answers = _concurrently(url, requests)
+        batching = httpx_get(f"{url}/health")["batching"]
+    for request, names, answer in zip(requests, truth, answers):
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert [r["file"] for r in results] == [name for name, _ in request]
+        assert [r["label"] for r in results] == names
+    assert batching["requests"] == 24 and batching["largest"] > 1 and batching["batches"] < 24, batching
+
+
+def httpx_get(url):
+    import httpx
+
+    return httpx.get(url, timeout=30).json()
+
+
+def test_a_malformed_upload_while_the_batcher_is_busy_is_a_4xx_and_the_others_succeed(shade_bundle):
+    """The model made slow, so requests queue behind a running call: the malformed ones (not an image, cut
+    short, a broken multipart body) are answered 4xx at once, the good ones all get their labels."""
+    import httpx
+
+    rng = np.random.default_rng(22)
+    app = create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), PredictParams(), wait_ms=5)
+    batcher = app.state.service.batcher
+    model = batcher.model
+    batcher.model = lambda x: (time.sleep(0.05), model(x))[1]  # busy: every call takes 50 ms more
+    good = [[(f"{label}{i}.png", _png(shade_image(label, rng)))] for i in range(4) for label in SHADES]
+    png = good[0][0][1]
+    bad = [[("notes.png", b"not an image at all")], [("cut.png", png[:40])], [("empty.png", b"")]]
+    with _Server(app) as url:
+        answers = _concurrently(url, good + bad)
+        body = b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n\r\n" + png[:30]
+        broken = httpx.post(f"{url}/predict", content=body, timeout=30,
+                            headers={"content-type": "multipart/form-data; boundary=b"})
+        after = httpx.post(f"{url}/predict", files=[("files", good[1][0])], timeout=30)
+    for request, answer in zip(good, answers[:len(good)]):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][0]["label"] == request[0][0].rstrip("0123456789.png")
+    for answer in answers[len(good):]:
+        assert answer.status_code == 422 and "no readable image" in answer.json()["error"], answer.text
+    assert 400 <= broken.status_code < 500 and "error" in broken.json()
+    assert after.status_code == 200  # and the server goes on
+
+
+def test_serve_runs_without_tensorflow(shade_bundle, tmp_path):
+    """The light install: a server whose Python cannot import TensorFlow, Keras, scikit-learn, SciPy or
+    Matplotlib answers /health (runtime onnx, its memory) and predicts."""
+    import httpx
+
+    port = _free_port()
+    env = without_training_stack(tmp_path / "light")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", str(shade_bundle), "--port",
+                             str(port), "--runtime", "onnx"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "serve did not start"
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert health["runtime"] == "onnx" and health["memory"]["rss_mb"] < 400
+        rng = np.random.default_rng(23)
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", files=[("files", ("m.png", _png(shade_image("mid", rng))))],
+                       timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "mid"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- the page in a browser

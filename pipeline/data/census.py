@@ -127,14 +127,53 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> np.ndarray:
-    """Mean image of each class (a chunk at a time: ``x`` may be memory-mapped and large)."""
-    sums = np.zeros((n_classes, *x.shape[1:]), np.float64)
+    """Mean image of each class, or of each label's positives when ``y`` is multi-hot (a chunk at a time:
+    ``x`` may be memory-mapped and large)."""
+    sums = np.zeros((n_classes, int(np.prod(x.shape[1:]))), np.float64)
     counts = np.zeros(n_classes, np.int64)
     for i in range(0, len(x), chunk):
-        xb, yb = np.asarray(x[i:i + chunk], np.float64), np.asarray(y[i:i + chunk])
-        np.add.at(sums, yb, xb)
+        yb = np.asarray(y[i:i + chunk])
+        if not len(yb):
+            continue
+        if yb.ndim == 2:
+            sums += yb.T.astype(np.float64) @ np.asarray(x[i:i + chunk], np.float64).reshape(len(yb), -1)
+            counts += yb.sum(axis=0).astype(np.int64)
+            continue
+        order = np.argsort(yb, kind="stable")
+        xb = np.asarray(x[i:i + chunk], np.float32).reshape(len(yb), -1)[order]
+        present, starts = np.unique(yb[order], return_index=True)
+        sums[present] += np.add.reduceat(xb, starts, axis=0, dtype=np.float64)  # one run per class
         counts += np.bincount(yb, minlength=n_classes)
-    return sums / np.maximum(counts, 1).reshape(-1, *([1] * (x.ndim - 1)))
+    return (sums / np.maximum(counts, 1)[:, None]).reshape(n_classes, *x.shape[1:])
+
+
+class _Rows:
+    """A .npy file's rows read on demand with plain reads (no memory map: its pages never count as
+    the reader's memory), enough of an array for :func:`class_means`."""
+
+    def __init__(self, path: str) -> None:
+        head = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.path, self.shape, self.dtype = path, head.shape, head.dtype
+        self.offset = head.offset if hasattr(head, "offset") else 0
+        self.row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self.ndim = len(self.shape)
+        del head
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.row)
+            data = fh.read(max(stop - start, 0) * self.row)
+        return np.frombuffer(data, self.dtype).reshape((-1,) + self.shape[1:])
+
+
+def symmetry_of(x_path: str, y_path: str, labels: list[str]) -> dict[str, Any]:
+    """:func:`symmetry` of the prepared training arrays in these .npy files, read a chunk at a time
+    (prepare runs it in an idle decoding worker)."""
+    return symmetry(_Rows(x_path), np.load(y_path, allow_pickle=False), labels)  # type: ignore[arg-type]
 
 
 def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -146,7 +185,11 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
     another class than itself (a mirrored ``b`` is a ``d``). Digits and letters: no;
     clothing, objects, shapes seen from the front: yes.
     """
-    present = np.unique(np.asarray(y)) if len(y) else np.array([], int)
+    y = np.asarray(y)
+    if y.ndim == 2:  # multi-label: every label's positives, each label a class (a flip must suit them all)
+        present = np.flatnonzero(y.sum(axis=0) > 0)
+    else:
+        present = np.unique(y) if len(y) else np.array([], int)
     if len(present) < 2:
         return {"hflip": False, "why": "fewer than 2 classes with training images", "per_class": {}}
     means = class_means(x, y, len(labels))[present]
@@ -166,5 +209,6 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
         why = "a mirrored class looks like another: " + ", ".join(f"{a} -> {b}" for a, b in turns_into.items())
     else:
         why = f"{n_sym} of {len(per_class)} classes are mirror-symmetric"
-    return {"hflip": bool(share >= SYMMETRIC_SHARE and not turns_into), "why": why,
+    need = 1.0 if y.ndim == 2 else SYMMETRIC_SHARE  # multi-label: one flip turns every label of an image
+    return {"hflip": bool(share >= need and not turns_into), "why": why,
             "symmetric_classes": n_sym, "per_class": per_class, "mirror_looks_like": turns_into}

@@ -33,14 +33,15 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.shared import runfolder
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import IngestParams
+from pipeline.shared.params import AUTO, IngestParams
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+MULTI_JOIN = runfolder.MULTI_JOIN  # a multi-label item's labels, sorted and joined
 NOT_IMAGES = (".txt", ".md", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".doc", ".docx",
               ".zip", ".tar", ".gz", ".py", ".ipynb", ".log", ".ini", ".toml")  # named, never decoded as images
 PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath", "img")
@@ -81,6 +83,7 @@ class Listing:
     source: Path | None = None  # the CSV file for the csv and pixels layouts
     pixel_shape: tuple[int, int] | None = None
     stats: list[tuple[int, int]] | None = None  # (size, mtime_ns) per item, when the walk saw them
+    task: str = "single"  # multi: each item's label is its labels joined by MULTI_JOIN ("" for none)
 
     @property
     def has_splits(self) -> bool:
@@ -165,6 +168,47 @@ def scan_folders(root: Path, stat: bool = True) -> Listing:
             items.extend(Item(path, label_dir.name, split) for path in found)
     _outside_splits(root, groups, rejected)
     return Listing(root, "folders", items, rejected, stats=stats)
+
+
+def merge_copies(listing: Listing) -> Listing:
+    """Multi-label folders: the same image (the same bytes) in several label folders is one image with all
+    those labels (the first path stands for it)."""
+    import hashlib
+
+    by_hash: dict[bytes, int] = {}
+    items: list[Item] = []
+    stats: list[tuple[int, int]] | None = [] if listing.stats is not None else None
+    for k, item in enumerate(listing.items):
+        try:
+            digest = hashlib.sha1((listing.root / item.path).read_bytes()).digest()
+        except OSError:
+            digest = item.path.encode()  # unreadable: decoding reports it later
+        if digest in by_hash:
+            j = by_hash[digest]
+            labels = sorted({*items[j].label.split(MULTI_JOIN), item.label})
+            items[j] = replace(items[j], label=MULTI_JOIN.join(labels))
+            continue
+        by_hash[digest] = len(items)
+        items.append(item)
+        if stats is not None:
+            stats.append(listing.stats[k])
+    return replace(listing, items=items, stats=stats, task="multi")
+
+
+def label_names(joined: Iterable[str]) -> list[str]:
+    """The sorted names of the labels in multi-label items' joined labels."""
+    return sorted({name for text in joined for name in text.split(MULTI_JOIN) if name})
+
+
+def multi_hot(joined: Sequence[str], labels: dict[str, int] | Sequence[str]) -> np.ndarray:
+    """The (N, L) uint8 matrix of multi-label items' joined labels ("" for none); ``labels``: the label map
+    (or the names in order)."""
+    index = labels if isinstance(labels, dict) else {name: j for j, name in enumerate(labels)}
+    y = np.zeros((len(joined), len(index)), np.uint8)
+    for i, text in enumerate(joined):
+        for name in filter(None, text.split(MULTI_JOIN)):
+            y[i, index[name]] = 1
+    return y
 
 
 # ---------------------------------------------------------------- labels from file names
@@ -275,56 +319,101 @@ def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """Where a mapping file keeps the path, the label (or one 0/1 column per label) and the split."""
+
+    path: int
+    label: int | None
+    split: int | None
+    flags: tuple[tuple[int, str], ...] = ()  # (column, label): one 0/1 column per label
+
+
+def _columns(header: list[str], rows: list[tuple[int, list[str]]], p: IngestParams, path: Path) -> _Columns:
+    ip = _column(header, p.csv_path_column, PATH_COLUMNS, "path", path)
+    lower = [h.lower() for h in header]
+    isplit = lower.index(p.csv_split_column.lower()) if p.csv_split_column.lower() in lower else None
+    if p.csv_label_column.lower() in lower or p.task == "single":
+        return _Columns(ip, _column(header, p.csv_label_column, (), "label", path), isplit)
+    flags = tuple((i, h) for i, h in enumerate(header) if i not in (ip, isplit)
+                  and all((r[i].strip() if i < len(r) else "") in ("0", "1", "") for _, r in rows))
+    if not flags:
+        _column(header, p.csv_label_column, (), "label", path)  # raises: no label column
+    return _Columns(ip, None, isplit, flags)
+
+
+def _multi(cols: _Columns, rows: list[tuple[int, list[str]]], p: IngestParams) -> bool:
+    """Whether the table holds several labels per image: set so, or (auto) 0/1 label columns or a separator
+    in the label column."""
+    if p.task != AUTO:
+        return p.task == "multi"
+    if cols.flags:
+        return True
+    return any(ch in r[cols.label] for _, r in rows if cols.label < len(r) for ch in p.label_separators)
+
+
+def _row_label(row: list[str], cols: _Columns, multi: bool, p: IngestParams) -> str | None:
+    """A row's label; for multi-label data its labels, sorted and joined by ``;`` ("" for none); None when a
+    single-label row has none."""
+    cell = lambda i: row[i].strip() if i is not None and i < len(row) else ""  # noqa: E731
+    if cols.flags:
+        return MULTI_JOIN.join(sorted(name for i, name in cols.flags if cell(i) == "1"))
+    text = cell(cols.label)
+    if not multi:
+        return text or None
+    return MULTI_JOIN.join(sorted({t.strip() for t in re.split(f"[{re.escape(p.label_separators)}]", text)
+                                   if t.strip()}))
+
+
 def scan_csv(path: Path, p: IngestParams) -> Listing:
-    """List images named in a CSV/TSV mapping file (paths relative to the CSV's folder)."""
-    root = path.parent
-    root_real = os.path.realpath(root)
+    """List images named in a CSV/TSV mapping file (paths relative to the CSV's folder); with several labels
+    per image (``task``), rows of the same file add up their labels."""
     header, reader, fh = open_csv(path)
-    rejected: list[tuple[str, str]] = []
     with fh:  # type: ignore[attr-defined]
-        ip = _column(header, p.csv_path_column, PATH_COLUMNS, "path", path)
-        il = _column(header, p.csv_label_column, (), "label", path)
-        lower = [h.lower() for h in header]
-        isplit = lower.index(p.csv_split_column.lower()) if p.csv_split_column.lower() in lower else None
-        first: dict[str, tuple[int, Item]] = {}  # normalised path -> (line, item)
-        conflicts: dict[str, list[tuple[int, str]]] = {}
-        for line, row in enumerate(reader, start=2):
-            if not any(c.strip() for c in row):
-                continue
-            cell = lambda i: row[i].strip() if i is not None and i < len(row) else ""  # noqa: E731
-            rel, label = cell(ip), cell(il)
-            where = rel or f"{path.name}:{line}"
-            if not rel:
-                rejected.append((where, f"line {line}: empty path"))
-                continue
-            if not label:
-                rejected.append((where, f"line {line}: empty label"))
-                continue
-            split = None
-            if isplit is not None and cell(isplit):
-                split = _SPLIT_ALIASES.get(cell(isplit).lower())
-                if split is None:
-                    rejected.append((where, f"line {line}: unknown split {cell(isplit)!r} (train, val or test)"))
-                    continue
-            why = _check_inside(root_real, root, rel)
-            if why:
-                rejected.append((rel, f"line {line}: {why}"))
-                continue
-            key = os.path.normpath(rel)
-            if key in first:
-                first_line, first_item = first[key]
-                if first_item.label == label:
-                    rejected.append((rel, f"line {line}: duplicate row (same file and label as line {first_line})"))
-                else:
-                    conflicts.setdefault(key, [(first_line, first_item.label or "")]).append((line, label))
-                continue
-            first[key] = (line, Item(Path(key).as_posix(), label, split))
+        rows = [(line, row) for line, row in enumerate(reader, start=2) if any(c.strip() for c in row)]
+    cols = _columns(header, rows, p, path)
+    multi = _multi(cols, rows, p)
+    first, conflicts, rejected = _csv_items(path, rows, cols, multi, p)
     for key, seen in conflicts.items():
         del first[key]
         labels = ", ".join(f"{lab!r} (line {ln})" for ln, lab in seen)
         rejected.append((Path(key).as_posix(), f"conflicting labels for the same file: {labels}"))
     items = [item for _, item in first.values()]
-    return Listing(root, "csv", items, rejected, source=path)
+    return Listing(path.parent, "csv", items, rejected, source=path, task="multi" if multi else "single")
+
+
+def _csv_items(path: Path, rows: list[tuple[int, list[str]]], cols: _Columns, multi: bool, p: IngestParams
+               ) -> tuple[dict[str, tuple[int, Item]], dict[str, list[tuple[int, str]]], list[tuple[str, str]]]:
+    """The rows as items (normalised path -> (line, item)), the conflicting ones, and the rows refused."""
+    root, rejected = path.parent, []
+    root_real = os.path.realpath(root)
+    first: dict[str, tuple[int, Item]] = {}
+    conflicts: dict[str, list[tuple[int, str]]] = {}
+    for line, row in rows:
+        rel = row[cols.path].strip() if cols.path < len(row) else ""
+        label = _row_label(row, cols, multi, p)
+        where = rel or f"{path.name}:{line}"
+        split_text = row[cols.split].strip() if cols.split is not None and cols.split < len(row) else ""
+        split = _SPLIT_ALIASES.get(split_text.lower()) if split_text else None
+        why = ("empty path" if not rel else "empty label" if label is None else
+               f"unknown split {split_text!r} (train, val or test)" if split_text and split is None else
+               _check_inside(root_real, root, rel))
+        if why:
+            rejected.append((where if not rel or label is None else rel, f"line {line}: {why}"))
+            continue
+        key = os.path.normpath(rel)
+        if key in first:
+            first_line, old = first[key]
+            if multi:  # one row per (file, label): the labels add up
+                merged = sorted({*old.label.split(MULTI_JOIN), *label.split(MULTI_JOIN)} - {""})
+                first[key] = (first_line, replace(old, label=MULTI_JOIN.join(merged)))
+            elif old.label == label:
+                rejected.append((rel, f"line {line}: duplicate row (same file and label as line {first_line})"))
+            else:
+                conflicts.setdefault(key, [(first_line, old.label or "")]).append((line, label))
+            continue
+        first[key] = (line, Item(Path(key).as_posix(), label, split))
+    return first, conflicts, rejected
 
 
 # ---------------------------------------------------------------- Kaggle pixel CSV
@@ -403,16 +492,27 @@ def detect_layout(data: Path, p: IngestParams | None = None) -> tuple[str, str]:
     return "filenames", f"no label folders and no mapping file: labels from the file names{note}"
 
 
+FLAG_PEEK = 50  # rows a table's 0/1 label columns are recognised by
+
+
 def _is_mapping(path: Path, p: IngestParams) -> bool:
-    """True for a CSV whose header names a path column and the label column."""
+    """True for a CSV whose header names a path column and the label column, or (unless [ingest] task is
+    "single") a path column and 0/1 columns, one per label."""
     try:
-        header, _, fh = open_csv(path)
+        header, rows, fh = open_csv(path)
+        peek = [r for _, r in zip(range(FLAG_PEEK), rows)]
         fh.close()  # type: ignore[attr-defined]
     except (UserError, OSError, UnicodeDecodeError, csv.Error):
         return False
-    lower = {h.lower() for h in header}
+    lower = [h.lower() for h in header]
     paths = {p.csv_path_column.lower()} if p.csv_path_column else set(PATH_COLUMNS)
-    return bool(lower & paths) and p.csv_label_column.lower() in lower
+    if not set(lower) & paths:
+        return False
+    if p.csv_label_column.lower() in lower:
+        return True
+    others = [i for i, h in enumerate(lower) if h not in paths and h != p.csv_split_column.lower()]
+    return p.task != "single" and bool(peek) and any(
+        all((r[i].strip() if i < len(r) else "") in ("0", "1", "") for r in peek) for i in others)
 
 
 def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,
@@ -440,10 +540,19 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
                 raise UserError(f"the {layout} layout needs one CSV file; {data} holds {len(csvs)}: give the file "
                                 f"itself as DATA")
             data = csvs[0]
-        return scan_csv(data, p) if layout == "csv" else scan_pixels(data, p)
+        return _say_task(scan_csv(data, p) if layout == "csv" else scan_pixels(data, p), p)
     if not data.is_dir():
         raise UserError(f"the {layout} layout needs a directory. Received: {data}")
     listing = scan_folders(data, stat) if layout == "folders" else scan_filenames(data, p)
+    if layout == "folders" and p.task == "multi":
+        listing = merge_copies(listing)
     if not listing.items and not listing.rejected:
         raise UserError(f"dataset is empty: no files under {data}")
+    return _say_task(listing, p)
+
+
+def _say_task(listing: Listing, p: IngestParams) -> Listing:
+    if listing.task == "multi":
+        log.info("task: several labels per image (%s); [ingest] task = \"single\" reads one label per image",
+                 "set in params" if p.task == "multi" else "the table joins labels or has 0/1 label columns")
     return listing

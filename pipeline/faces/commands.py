@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
 from pipeline.shared import cli
 
@@ -33,13 +34,24 @@ COMMANDS = {
 FOLLOW_UP = {"evaluate": "report", "suspects": "report"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pipeline`` parser with one sub-command per command."""
+def _command_in(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``pipeline`` parser with one sub-command per command; only ``command``'s module is imported to
+    build its options (every command's module when None): ``pipeline predict`` does not load the modules
+    of training, the report or review, and starts faster."""
     parser = argparse.ArgumentParser(prog="pipeline", description="Train and apply an image classifier on your "
                                      "own labeled images.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=help_text)  # listed in --help; not the one being parsed
+            continue
         mod = importlib.import_module(module)
         mod.build_parser(sub.add_parser(name, help=help_text, description=mod.__doc__,
                                         formatter_class=argparse.RawDescriptionHelpFormatter))
@@ -49,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command and its options and run it (exit code 2: your input, 1: a bug)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_in(argv)
+    args = build_parser(command or "").parse_args(argv)
     mod = importlib.import_module(COMMANDS[args.command][0])
     code = cli.run(mod.main, args, args.command, getattr(mod, "resolve_args", None))
     then = FOLLOW_UP.get(args.command)

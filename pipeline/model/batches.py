@@ -61,19 +61,20 @@ def _gather(x: np.ndarray, y: np.ndarray, stream: bool) -> Any:
     """A batch of row indices -> (images, labels), from memory or read from the .npy file."""
     import tensorflow as tf
 
+    y_type = np.float32 if np.ndim(y) == 2 else np.int64  # multi-label: multi-hot rows, the targets as they are
     if not stream:
-        xt, yt = tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=np.int64))
+        xt, yt = tf.constant(np.asarray(x, dtype=np.float32)), tf.constant(np.asarray(y, dtype=y_type))
         return lambda idx: (tf.gather(xt, idx), tf.gather(yt, idx))
-    shape = tuple(x.shape[1:])
-    x_rows, y_all = artifacts.NpyRows(x), np.asarray(y, dtype=np.int64)  # labels are small: in memory
+    shape, y_shape = tuple(x.shape[1:]), tuple(np.shape(y)[1:])
+    x_rows, y_all = artifacts.NpyRows(x), np.asarray(y, dtype=y_type)  # labels are small: in memory
 
     def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = np.sort(idx)  # a batch is a set: read the file front to back
         return x_rows.take(idx).astype(np.float32, copy=False), y_all[idx]
 
     def gather(idx: Any) -> tuple[Any, Any]:
-        xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.int64), stateful=False)
-        return tf.ensure_shape(xb, (None,) + shape), tf.ensure_shape(yb, (None,))
+        xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.as_dtype(y_type)), stateful=False)
+        return tf.ensure_shape(xb, (None,) + shape), tf.ensure_shape(yb, (None,) + y_shape)
 
     return gather
 

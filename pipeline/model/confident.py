@@ -80,3 +80,36 @@ def find_issues(probs: np.ndarray, labels: np.ndarray) -> Issues:
     others[np.arange(len(idx)), labels[idx]] = -1.0
     suggested = others.argmax(axis=1) if len(idx) else np.zeros(0, np.int64)
     return Issues(idx, suggested, quality[idx], t, c)
+
+
+# ---------------------------------------------------------------- several labels per image
+@dataclass
+class LabelIssues:
+    """Multi-label: the flagged (image, label) decisions, most suspicious first: ``given`` 1 is a tag the image
+    probably lacks (a wrong tag), 0 a tag it probably has (a missing one)."""
+
+    image: np.ndarray          # into the probabilities' rows
+    label: np.ndarray          # the label column
+    given: np.ndarray          # the given value (0/1) of that label
+    quality: np.ndarray        # the models' probability of the given value
+    estimated: np.ndarray      # per label: the confident joint's count of wrong values
+
+
+def find_label_issues(probs: np.ndarray, y: np.ndarray) -> LabelIssues:
+    """Label issues of multi-label data: confident learning on each label as its own two-class problem (present
+    or absent; the one-vs-rest reduction cleanlab uses for multi-label data), so a missing tag and a wrong tag
+    are both found; every label's flagged decisions ranked together by their label quality."""
+    probs, y = np.asarray(probs, np.float64), np.asarray(y, np.int64)
+    parts, estimated = [], []
+    for j in range(y.shape[1]):
+        two = np.stack([1.0 - probs[:, j], probs[:, j]], axis=1)
+        found = find_issues(two, y[:, j]) if 0 < y[:, j].sum() < len(y) else None
+        estimated.append(0 if found is None else len(found.index))
+        if found is not None and len(found.index):
+            parts.append(np.stack([found.index, np.full(len(found.index), j), y[found.index, j]], axis=1))
+            parts[-1] = np.concatenate([parts[-1].astype(np.float64), found.quality[:, None]], axis=1)
+    table = np.concatenate(parts) if parts else np.zeros((0, 4))
+    order = np.argsort(table[:, 3], kind="stable")
+    table = table[order]
+    return LabelIssues(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2].astype(np.int64),
+                       table[:, 3], np.asarray(estimated, np.int64))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.model import batches, recipe
+from pipeline.model import batches, multilabel, recipe
 from pipeline.model.distribute import Cluster
 from pipeline.shared.params import AugmentParams, TrainParams
 
@@ -39,6 +39,11 @@ class Data:
     def has_val(self) -> bool:
         return len(self.x_val) > 0
 
+    @property
+    def multi(self) -> bool:
+        """Several labels per image: ``y`` holds multi-hot rows."""
+        return np.ndim(self.y_train) == 2
+
 
 def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any = None, schedule: Any = None) -> Any:
     """The model with its optimizer (learning rate ``schedule``, default the plan's), loss and metrics (built
@@ -48,11 +53,16 @@ def compile_model(p: TrainParams, plan: recipe.Plan, data: Data, strategy: Any =
     from pipeline.model.model import build_model, with_precision
 
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps)
+        model = build_model(p.model, tuple(data.x_train.shape[1:]), data.n_classes, p.dropout, plan.total_steps,
+                            multi=data.multi)
         if plan.precision != "float32":
             model = with_precision(model, plan.precision)
-        model.compile(optimizer=recipe.optimizer(p, plan.total_steps, schedule), loss=recipe.loss(p),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        # multi-label: a binary cross-entropy per label (its positives weighted by the plan's class weights),
+        # and the share of right label decisions as "accuracy"
+        loss = multilabel.loss(p.label_smoothing, plan.class_weights) if data.multi else recipe.loss(p)
+        metric = (keras.metrics.BinaryAccuracy(name="accuracy") if data.multi else
+                  keras.metrics.CategoricalAccuracy(name="accuracy"))
+        model.compile(optimizer=recipe.optimizer(p, plan.total_steps, schedule), loss=loss, metrics=[metric],
                       # Several steps per graph call (not under tf.distribute: Keras' multi-step loop
                       # fails there); no XLA: slower on CPU.
                       steps_per_execution=STEPS_PER_EXECUTION if strategy is None else 1, jit_compile=False)
@@ -73,14 +83,16 @@ def datasets(p: TrainParams, plan: recipe.Plan, aug: AugmentParams, data: Data, 
     def train_data(shard: tuple[int, int]) -> Any:
         return batches.make_dataset(data.x_train, data.y_train, p.batch_size, shuffle=True, seed=p.seed,
                                     augmenter=augmenter, stream=stream, shard=shard, data_threads=p.data_threads,
-                                    n_classes=data.n_classes, class_weights=plan.class_weights,
+                                    n_classes=0 if data.multi else data.n_classes,
+                                    class_weights=None if data.multi else plan.class_weights,
                                     passes=plan.passes_per_epoch)
 
     def val_data() -> Any:  # not sharded: every worker measures the whole val split, alike
         # Larger batches than training's: inference only (batch-norm uses its moving statistics, so the
         # batch size changes nothing but the speed), fewer steps in every epoch's validation pass.
         return batches.make_dataset(data.x_val, data.y_val, max(p.batch_size, VAL_BATCH), shuffle=False, seed=p.seed,
-                                    stream=stream, data_threads=p.data_threads, n_classes=data.n_classes)
+                                    stream=stream, data_threads=p.data_threads,
+                                    n_classes=0 if data.multi else data.n_classes)
 
     if strategy is None:
         return train_data((0, 1)), val_data() if data.has_val else None
@@ -114,7 +126,7 @@ def fit_on_arrays(x: np.ndarray, y: np.ndarray, p: TrainParams, aug: AugmentPara
     import keras
 
     data = Data(np.asarray(x), np.asarray(y), x[:0], y[:0], n_classes)
-    counts = np.bincount(data.y_train, minlength=n_classes).tolist()
+    counts = (data.y_train.sum(axis=0) if data.multi else np.bincount(data.y_train, minlength=n_classes)).tolist()
     plan = recipe.plan(p, aug, len(data.y_train), counts, symmetry, imbalance_ratio)
     keras.utils.set_random_seed(p.seed)
     model = compile_model(p, plan, data)

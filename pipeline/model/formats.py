@@ -9,8 +9,11 @@ format is adding an entry (and its test).
 | ``tflite`` (``--quantize none|dynamic|float16|int8``) | LiteRT (``ai-edge-litert``; TensorFlow's own interpreter is deprecated) | TFLite metadata entries ``labels.json``, ``preprocess.json`` |
 | ``onnx`` | ONNX Runtime | ``metadata_props`` ``labels``, ``preprocess`` |
 
-ONNX uses Keras 3's own ``model.export(format="onnx")`` (through tf2onnx); ONNX Runtime, onnx,
-tf2onnx and LiteRT are the optional extra ``pip install -e .[export]``.
+ONNX uses Keras 3's own ``model.export(format="onnx")`` (through tf2onnx) on a functional view of the
+model with the outputs :data:`OUTPUTS` (the probabilities first): the same file is the bundle's model
+for the light runtime (``bundle.RUNTIME_MODEL``, written by ``train``), which :class:`OnnxRunner` runs
+for :mod:`pipeline.model.infer`. onnx, tf2onnx and LiteRT are the optional extra ``pip install -e
+.[export]``; ONNX Runtime is a base dependency (the light runtime).
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ def _need(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"{what} needs the optional packages: pip install -e '.[export]' "
-                        f"(make setup EXTRAS=export); {module} is missing") from None
+        extra = "runtime" if module == "onnxruntime" else "export"
+        raise UserError(f"{what} needs the optional packages: pip install -e '.[{extra}]' "
+                        f"(make setup); {module} is missing") from None
 
 
 # ---------------------------------------------------------------- TFLite
@@ -130,33 +134,95 @@ class TFLiteRunner:
 
 
 # ---------------------------------------------------------------- ONNX
-def to_onnx(model: Any, path: Path, metadata: dict[str, str]) -> None:
-    """The Keras model as ONNX (Keras' own exporter), with ``metadata`` in its metadata_props."""
+# The ONNX model's outputs, in order: the probabilities first (what a client reading output 0 gets), then
+# what the bundle's inference needs besides them (pipeline.model.infer): the logits, the novelty
+# detector's features and the convolution features its strokes classifier reads. A model has those of
+# them its layers have (an older one without a ``logits`` layer: the probabilities only).
+OUTPUTS = ("probs", "logits", "features", "conv")
+PROBS, LOGITS, FEATURES, CONV = OUTPUTS
+
+
+def _outputs_of(model: Any) -> dict[str, Any]:
+    """The Keras model's tensors for :data:`OUTPUTS` (those it has), by name."""
+    from pipeline.model.model import LOGITS_LAYER, feature_layer, strokes_layer
+
+    names = [layer.name for layer in model.layers]
+    layers = {PROBS: names[-1], LOGITS: LOGITS_LAYER if LOGITS_LAYER in names else None,
+              FEATURES: feature_layer(model), CONV: strokes_layer(model)}
+    return {key: model.get_layer(name).output for key, name in layers.items() if name is not None}
+
+
+def _rename_outputs(proto: Any, names: list[str]) -> None:
+    """Give the graph's outputs our names (the converter calls them ``Identity:0``...)."""
+    for output, name in zip(proto.graph.output, names):
+        old = output.name
+        for node in proto.graph.node:
+            node.output[:] = [name if o == old else o for o in node.output]
+            node.input[:] = [name if i == old else i for i in node.input]
+        output.name = name
+
+
+def to_onnx(model: Any, path: Path, metadata: dict[str, str]) -> list[str]:
+    """The Keras model as ONNX (Keras' own exporter, through tf2onnx), its outputs :data:`OUTPUTS` (those
+    it has), ``metadata`` in its metadata_props; the output names."""
+    import keras
+
     onnx = _need("onnx", "--format onnx")
     _need("tf2onnx", "--format onnx")
-    model(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras' ONNX exporter wants a called model
+    tensors = _outputs_of(model)
+    graph = keras.Model(model.inputs[0], list(tensors.values()))
+    graph(np.zeros((1, *model.input_shape[1:]), np.float32))  # Keras' ONNX exporter wants a called model
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        model.export(str(raw), format="onnx", verbose=False)
+        graph.export(str(raw), format="onnx", verbose=False)
         proto = onnx.load(str(raw))
+    _rename_outputs(proto, list(tensors))
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+    return list(tensors)
+
+
+def write_runtime_model(model: Any, path: Path, metadata: dict[str, str], probe: np.ndarray) -> dict[str, Any]:
+    """The bundle's model for the light runtime (:func:`to_onnx`), checked against Keras on ``probe`` images;
+    what ``bundle.json`` records of it (outputs, largest probability difference)."""
+    names = to_onnx(model, path, {k.removesuffix(".json"): v for k, v in metadata.items()})
+    probe = np.asarray(probe, np.float32)
+    diff = float(np.max(np.abs(OnnxRunner(path)(probe) - np.asarray(model(probe, training=False))))) \
+        if len(probe) else None
+    return {"format": "onnx", "outputs": names, "checked_images": int(len(probe)), "max_abs_prob_diff": diff}
 
 
 class OnnxRunner:
-    """An ONNX model in ONNX Runtime (CPU)."""
+    """An ONNX model in ONNX Runtime (CPU): called, the first output (the probabilities); :meth:`outputs`,
+    every output by name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         ort = _need("onnxruntime", "running ONNX models")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
+        self.names = [o.name for o in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
+    @property
+    def input_shape(self) -> tuple[Any, ...]:
+        return tuple(self.session.get_inputs()[0].shape[1:])
+
+    @property
+    def output_width(self) -> Any:
+        return self.session.get_outputs()[0].shape[-1]
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of one batch, by name."""
+        return dict(zip(self.names, self.session.run(None, {self.name: np.ascontiguousarray(x, np.float32)})))
+
     def __call__(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-        return np.concatenate([self.session.run(None, {self.name: np.asarray(x[i:i + batch], np.float32)})[0]
+        return np.concatenate([self.session.run(self.names[:1], {self.name: np.asarray(x[i:i + batch], np.float32)})[0]
                                for i in range(0, len(x), batch)])
 
 
@@ -216,6 +282,7 @@ class Format:
     metadata_inside: bool                      # labels and preprocessing travel inside the file
     loader: str                                # predict_example.py's load_model() for this format
     quantize: tuple[str, ...] = ("none",)
+    bundle_runtime: bool = False               # the file is the bundle's own model for the light runtime
 
 
 def _write_keras(e: Export, target: Path) -> None:
@@ -293,5 +360,6 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            _SAVEDMODEL_LOADER),
     Format("tflite", "model.tflite", "ai_edge_litert", "ai-edge-litert", _write_tflite,
            lambda path: TFLiteRunner(path.read_bytes()), True, _TFLITE_LOADER, QUANTIZE),
-    Format("onnx", "model.onnx", "onnxruntime", "onnxruntime", _write_onnx, OnnxRunner, True, _ONNX_LOADER),
+    Format("onnx", bundle.RUNTIME_MODEL, "onnxruntime", "onnxruntime", _write_onnx, OnnxRunner, True, _ONNX_LOADER,
+           bundle_runtime=True),
 )}

@@ -1,20 +1,30 @@
-"""Inference: the one path from model input to class probabilities.
+"""Inference: the one path from model input to class probabilities, novelty and familiarity.
 
-``evaluate`` (the metrics we report), ``predict`` and ``serve`` (the labels users
-get), ``export``'s agreement check and ``suspects`` all call :class:`Predictor` (or
-:func:`predict_probs`), so what the bundle says about its outputs is applied in one
-place, the same way everywhere.
+``evaluate`` (the metrics we report), ``predict`` and ``serve`` (the labels users get), ``explain``,
+``export``'s agreement check and ``suspects`` all call :class:`Predictor` (or :func:`predict_probs`),
+so what the bundle says about its outputs is applied in one place, the same way everywhere.
+
+One path, two runtimes (``bundle.runtime``): the model runs in TensorFlow (the bundle's Keras model as
+one compiled graph) or in ONNX Runtime (the bundle's ``model.onnx``, :class:`~pipeline.model.formats.OnnxRunner`).
+Either gives the same four arrays per batch (probabilities, logits, the novelty detector's features,
+the convolution features); everything after that, the nearest-neighbour distance, the strokes
+classifier, the novelty score and ``familiar``, is the same numpy code for both
+(:mod:`pipeline.model.novelty`), as are the rows made from them (:mod:`pipeline.model.rows`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+import functools
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import numpy as np
 
 from pipeline.model import novelty
+from pipeline.model.formats import CONV, FEATURES, LOGITS, PROBS, OnnxRunner
 from pipeline.model.model import LOGITS_LAYER, feature_layer, strokes_layer
-from pipeline.shared.bundle import Bundle
+from pipeline.shared.bundle import ONNX, Bundle
+from pipeline.shared.errors import StageError
 
 
 @dataclass
@@ -28,124 +38,137 @@ class Output:
     familiar: np.ndarray | None = None  # (n,) bool: novelty within the bundle's threshold
     conv: np.ndarray | None = None      # (n, ...): the convolution features (only from Predictor(conv=True))
 
+    def take(self, start: int, stop: int) -> "Output":
+        """Rows ``start:stop`` (one request's share of a batch)."""
+        return Output(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop]
+                         for f in fields(self)})
+
+
+# ONNX Runtime's threads for one model call. One: a LeNet-size batch is too small to split well, and the other
+# cores decode images (predict's workers, serve's requests); two threads measured slower on a busy 2-core CPU.
+ONNX_THREADS = 1
+
+Forward = Callable[[np.ndarray], dict[str, np.ndarray]]  # one batch -> its outputs by name (formats.OUTPUTS)
+
 
 class Predictor:
-    """A bundle's model as one compiled TensorFlow graph, called on fixed-size batches.
+    """A bundle's model in its runtime, called on batches of at most ``batch_size`` images.
 
-    A fixed batch shape means the graph is traced once, and an image gets the same
-    arithmetic whatever else is in its batch (a resumed run writes the same rows).
+    TensorFlow runs one compiled graph on fixed-size batches (traced once; an image gets the same
+    arithmetic whatever else is in its batch, so a resumed run writes the same rows); ONNX Runtime gives
+    each image the same result whatever the batch size, so it runs the batch as it is.
     """
 
     def __init__(self, b: Bundle, batch_size: int = 512, novelty: bool = True, conv: bool = False) -> None:
-        import tensorflow as tf
-
-        self.bundle, self.batch_size = b, batch_size
+        self.bundle, self.batch_size, self.keep_conv = b, batch_size, conv
         self.n_classes = len(b.labels)
-        # novelty=False: probabilities only (evaluate, export's check), no novelty work at all.
-        reference = _nearest_reference(b) if novelty else None
-        self.scores_novelty = reference is not None
-        head = _strokes_head(b) if reference is not None else None
-        forward = _with_logits(b.model)
+        self._forward, has = (_onnx_forward(b) if b.runtime == ONNX else _tf_forward(b.model, batch_size))
+        # novelty=False: probabilities only (evaluate, export's check), no novelty work at all. A model
+        # without features (an older bundle) has no novelty score.
+        self.spec = b.novelty if novelty and FEATURES in has else None
+        if self.spec is not None and self.spec.uses_strokes and CONV not in has:
+            raise StageError(f"model bundle {b.path}: its novelty detector reads convolution features the model "
+                             "does not give; retrain it (make train FRESH=1)")
 
-        def graph(x: Any) -> dict[str, Any]:
-            feats, logits, probs, conv_feats = forward(x, training=False)
-            out = {"features": feats, "logits": logits, "probs": probs}
-            if conv and conv_feats is not None:  # conv=True: the convolution features too (train's novelty fit)
-                out["conv"] = conv_feats
-            if reference is None:
-                return out
-            # The novelty detector's nearest-neighbour distance and strokes logit, in the same graph call:
-            # TensorFlow's matmul over the reference is about twice as fast as numpy's here (README "Trust").
-            unit = tf.math.l2_normalize(tf.reshape(feats, (tf.shape(feats)[0], -1)), axis=1, epsilon=1e-12)
-            out["nearest"] = 1.0 - tf.reduce_max(tf.matmul(unit, reference), axis=1)
-            if head is not None:
-                w1, b1, w2, b2 = head
-                hidden = tf.nn.relu(tf.matmul(tf.reshape(conv_feats, (tf.shape(conv_feats)[0], -1)), w1) + b1)
-                out["strokes"] = tf.linalg.matvec(hidden, w2) + b2
-            return out
+    @property
+    def runtime(self) -> str:
+        return self.bundle.runtime
 
-        self._forward = tf.function(graph)
+    @property
+    def scores_novelty(self) -> bool:
+        return self.spec is not None
 
     def warm_up(self) -> None:
-        """Trace the graph now (the first call is slow), e.g. before a server takes requests."""
+        """Run the model once now (TensorFlow traces its graph), e.g. before a server takes requests."""
         self(np.zeros((1, *self.bundle.preprocess.input_shape), np.float32))
 
     def __call__(self, x: np.ndarray) -> Output:
-        n, batch = len(x), self.batch_size
-        if n == 0:
-            empty = np.zeros((0, self.n_classes), np.float32)
-            return self._novelty(x, Output(empty, empty, None))
+        n = len(x)
         parts: dict[str, list[np.ndarray]] = {}
-        for i in range(0, n, batch):
-            block = np.asarray(x[i:i + batch], np.float32)  # one batch in memory (x may be memory-mapped)
-            if len(block) < batch:  # the last one, zero-padded to the traced shape
-                block = np.concatenate([block, np.zeros((batch - len(block), *block.shape[1:]), np.float32)])
+        for i in range(0, n, self.batch_size):
+            block = np.asarray(x[i:i + self.batch_size], np.float32)  # one batch in memory (x may be memory-mapped)
             for key, value in self._forward(block).items():
-                parts.setdefault(key, []).append(np.asarray(value))
-        got = {key: np.concatenate(p)[:n] for key, p in parts.items() if p[0].size}  # an older model: no features
-        out = Output(got["probs"], got["logits"], got.get("features"), conv=got.get("conv"))
-        return self._novelty(x, out, got.get("nearest"), got.get("strokes"))
-
-    def _novelty(self, x: np.ndarray, out: Output, nearest: np.ndarray | None = None,
-                 strokes: np.ndarray | None = None) -> Output:
-        """Add the bundle's novelty score (nothing when the bundle has no novelty model)."""
-        b = self.bundle
-        if not self.scores_novelty:
-            return out
-        if not len(x):
-            out.novelty, out.familiar = np.zeros(0, np.float32), np.zeros(0, bool)
-            return out
-        out.novelty, out.familiar = novelty.score(b.novelty, np.asarray(x, np.float32), out.features, nearest,
-                                                  strokes)
+                parts.setdefault(key, []).append(value)
+        got = {key: np.concatenate(p) for key, p in parts.items()}
+        probs = got.get(PROBS, np.zeros((0, self.n_classes), np.float32))
+        # an older model without a logits layer: its log-probabilities stand in
+        logits = got[LOGITS] if LOGITS in got else np.log(np.maximum(probs, 1e-12))
+        out = Output(probs, logits, got.get(FEATURES), conv=got.get(CONV) if self.keep_conv else None)
+        if self.spec is not None:
+            out.novelty, out.familiar = self._novelty(np.asarray(x, np.float32), got)
         return out
 
+    def _novelty(self, x: np.ndarray, got: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The bundle's novelty score and ``familiar`` (numpy, the same for both runtimes)."""
+        if not len(x):
+            return np.zeros(0, np.float32), np.zeros(0, bool)
+        spec = self.spec
+        with _one_blas_thread():
+            strokes = novelty.strokes_logits(spec.head, got[CONV]) if spec.uses_strokes else None
+            return novelty.score(spec, x, got[FEATURES], strokes=strokes)
 
-def _nearest_reference(b: Bundle) -> Any:
-    """The novelty detector's reference features as a constant (d, n) for the graph; None when the
-    bundle has no novelty model or its model no feature layer (an older bundle)."""
+
+@functools.cache
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """numpy's BLAS on one thread while it scores novelty: the matrices of a batch are small, and the other
+    cores decode images (predict's workers, serve's requests). Measured on a busy 2-core CPU: one image's
+    nearest-neighbour distance 0.05 ms on one thread, 2 ms on two; a batch of 512, 8 ms against 22 ms."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+def _onnx_forward(b: Bundle) -> tuple[Forward, set[str]]:
+    """The bundle's ``model.onnx`` in ONNX Runtime, checked against the label map and the preprocessing."""
+    runner = OnnxRunner(b.runtime_model, ONNX_THREADS)
+    width, shape = runner.output_width, runner.input_shape
+    if PROBS not in runner.names or (isinstance(width, int) and width != len(b.labels)):
+        raise StageError(f"model bundle {b.path}: its {b.runtime_model.name} has outputs {runner.names} of "
+                         f"{width} classes but the label map has {len(b.labels)} labels")
+    if tuple(shape) != tuple(b.preprocess.input_shape):
+        raise StageError(f"model bundle {b.path}: its {b.runtime_model.name} takes inputs of shape {tuple(shape)} "
+                         f"but its preprocessing makes {tuple(b.preprocess.input_shape)}; the bundle is inconsistent")
+    return runner.outputs, set(runner.names)
+
+
+def _tf_forward(model: Any, batch: int) -> tuple[Forward, set[str]]:
+    """The Keras model as one compiled graph on fixed batches of ``batch`` (the last one zero-padded)."""
     import tensorflow as tf
 
-    if b.novelty is None or LOGITS_LAYER not in [layer.name for layer in b.model.layers]:
-        return None
-    return tf.constant(np.ascontiguousarray(np.asarray(b.novelty.reference, np.float32).T))
+    forward, has = _layers_forward(model)
+    graph = tf.function(lambda x: forward(x))
+
+    def run(block: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(block)
+        if n < batch:  # zero-padded to the traced shape
+            block = np.concatenate([block, np.zeros((batch - n, *block.shape[1:]), np.float32)])
+        return {key: np.asarray(value)[:n] for key, value in graph(block).items()}
+    return run, has
 
 
-def _strokes_head(b: Bundle) -> tuple[Any, ...] | None:
-    """The novelty detector's strokes classifier as graph constants (W1, b1, w2, b2); None without one."""
-    import tensorflow as tf
-
-    if not b.novelty.uses_strokes:
-        return None
-    return tuple(tf.constant(a, tf.float32) for a in b.novelty.head_layers())
-
-
-def _with_logits(model: Any) -> Any:
-    """The model as a function of the images returning (features, logits, probabilities, convolution
-    features). A model without a ``logits`` layer (an older bundle) gives no features and its
-    log-probabilities as logits."""
-    import keras
-
+def _layers_forward(model: Any) -> tuple[Callable[[Any], dict[str, Any]], set[str]]:
+    """The model as a function of the images returning its probabilities and, by name, the logits, the
+    features and the convolution features (:data:`pipeline.model.formats.OUTPUTS`, those it has)."""
     names = [layer.name for layer in model.layers]
-    if LOGITS_LAYER not in names:
-        def old(x: Any, training: bool = False) -> tuple[Any, Any, Any, Any]:
-            p = model(x, training=training)
-            none = keras.ops.zeros((keras.ops.shape(x)[0], 0))
-            return none, keras.ops.log(keras.ops.maximum(p, 1e-12)), p, none
-        return old
-    feature_name, conv_name = feature_layer(model), strokes_layer(model)
+    taps = {name: key for key, name in ((LOGITS, LOGITS_LAYER if LOGITS_LAYER in names else None),
+                                        (FEATURES, feature_layer(model)), (CONV, strokes_layer(model)))
+            if name is not None}
 
-    def forward(x: Any, training: bool = False) -> tuple[Any, Any, Any, Any]:
-        feats = logits = conv = None
+    def forward(x: Any) -> dict[str, Any]:
+        out = {}
         for layer in model.layers:  # a Sequential model: the layers in order
-            x = layer(x, training=training)
-            if layer.name == feature_name:
-                feats = x
-            if layer.name == conv_name:
-                conv = x
-            if layer.name == LOGITS_LAYER:
-                logits = x
-        return feats, logits, x, conv
-    return forward
+            x = layer(x, training=False)
+            if layer.name in taps:
+                out[taps[layer.name]] = x
+        return {PROBS: x, **out}
+    return forward, {PROBS, *taps.values()}
 
 
 def predict_probs(b: Bundle, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -153,3 +176,13 @@ def predict_probs(b: Bundle, x: np.ndarray, batch_size: int = 512) -> np.ndarray
     return Predictor(b, batch_size, novelty=False)(x).probs
 
 
+def agreement(a: Output, b: Output) -> dict[str, Any]:
+    """How two runs over the same images agree (e.g. the two runtimes): the share with the same top label
+    and the same ``familiar``, and the largest difference of a probability."""
+    n = len(a.probs)
+    out: dict[str, Any] = {"images": int(n), "top1": float(np.mean(a.probs.argmax(1) == b.probs.argmax(1))) if n else None,
+                           "max_abs_prob_diff": float(np.max(np.abs(a.probs - b.probs))) if n else None}
+    if a.familiar is not None and b.familiar is not None:
+        out["familiar"] = float(np.mean(a.familiar == b.familiar)) if n else None
+        out["max_abs_novelty_diff"] = float(np.max(np.abs(a.novelty - b.novelty))) if n else None
+    return out

@@ -94,9 +94,10 @@ def _body(name: str, layers: Any, input_shape: tuple[int, ...], dropout: float, 
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0,
-                total_steps: int = 0) -> Any:
+                total_steps: int = 0, multi: bool = False) -> Any:
     """Build an uncompiled Keras model by name (``dropout`` applies after hidden dense layers;
-    ``total_steps``, when known, sets the batch-norm momentum)."""
+    ``total_steps``, when known, sets the batch-norm momentum; ``multi``: several labels per image, one
+    sigmoid per label instead of the softmax)."""
     import keras
     from keras import layers
 
@@ -106,7 +107,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int, dr
         if min(input_shape[:2]) < 12:
             raise UserError(f"{name} needs inputs of at least 12x12 pixels. Received: {input_shape[:2]}")
     head = [layers.Dense(n_classes, name=LOGITS_LAYER), layers.Rescaling(1.0, name=TEMPERATURE_LAYER),
-            layers.Activation("softmax", name="output")]
+            layers.Activation("sigmoid" if multi else "softmax", name="output")]
     body = _body(name, layers, input_shape, dropout, bn_momentum(total_steps) if total_steps else 0.99)
     return keras.Sequential([keras.Input(shape=input_shape), *body, *head], name=name)
 
@@ -163,6 +164,25 @@ def strokes_layer(model: Any) -> str | None:
 def set_temperature(model: Any, temperature: float) -> None:
     """Divide the model's logits by ``temperature`` (its calibrated softmax)."""
     model.get_layer(TEMPERATURE_LAYER).scale = 1.0 / float(temperature)
+
+
+def scale_logits(model: Any, temperatures: Any) -> None:
+    """Divide each logit by its own temperature (multi-label calibration: one per label), folded into the
+    logits layer's kernel and bias, so every export format carries it."""
+    import numpy as np
+
+    layer = model.get_layer(LOGITS_LAYER)
+    kernel, bias = layer.get_weights()
+    t = np.asarray(temperatures, kernel.dtype)
+    layer.set_weights([kernel / t[None, :], bias / t])
+
+
+def is_multi_label(model: Any) -> bool:
+    """Whether the model gives one sigmoid per label (several labels per image)."""
+    try:
+        return model.get_layer("output").get_config().get("activation") == "sigmoid"
+    except ValueError:
+        return False
 
 
 def temperature(model: Any) -> float:

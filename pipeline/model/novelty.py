@@ -27,6 +27,7 @@ The fitted detector is a :class:`~pipeline.shared.novelty_spec.NoveltySpec`, sto
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,6 +41,11 @@ DETECTORS = ("statistics", "features", "strokes")  # the last reads the strokes 
 TAIL_LEVELS = 16     # points of each detector's quantile table
 HEAD_HIDDEN = 64     # the strokes classifier's hidden units
 HEAD_EPOCHS = 10
+# Rows per matrix product when scoring. BLAS picks its kernel (and so its order of additions) by the shapes,
+# so products of a fixed number of rows give an image the same arithmetic whatever batch it is in: a
+# resumed `predict` writes the rows an uninterrupted one does, a served image gets the same answer alone or
+# batched. 16 rows cost what one product over a batch of 512 does, and a quarter of a 64-row block for one image.
+BLOCK = 16
 
 
 def _histogram8(flat: np.ndarray) -> np.ndarray:
@@ -83,17 +89,27 @@ def _mahalanobis(s: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.n
     return np.einsum("nd,de,ne->n", d, precision, d)
 
 
-def _nearest(features: np.ndarray, reference: np.ndarray, skip_self: bool = False) -> np.ndarray:
-    """Cosine distance to the nearest reference feature vector (``skip_self``: the features are the
-    reference's own rows, and each one's nearest other row counts: leave-one-out)."""
-    q = _unit(features)
-    out = []
-    for i in range(0, len(q), 1024):
-        sim = q[i:i + 1024] @ reference.T
+def _by_blocks(a: np.ndarray, f: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """``f(offset, rows)`` over ``a`` in blocks of exactly :data:`BLOCK` rows (the last one zero-padded),
+    concatenated and cut back to ``len(a)``."""
+    n = len(a)
+    pad = BLOCK if n == 0 else (-n) % BLOCK
+    padded = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
+    return np.concatenate([f(i, padded[i:i + BLOCK]) for i in range(0, len(padded), BLOCK)])[:n]
+
+
+def _nearest(features: np.ndarray, reference_t: np.ndarray, skip_self: bool = False) -> np.ndarray:
+    """Cosine distance to the nearest reference feature vector (``reference_t``: the unit rows transposed,
+    (d, R); ``skip_self``: the features are the reference's own rows, and each one's nearest other row
+    counts: leave-one-out)."""
+    def block(i: int, rows: np.ndarray) -> np.ndarray:
+        sim = rows @ reference_t
         if skip_self:
-            sim[np.arange(len(sim)), np.arange(i, i + len(sim))] = -np.inf
-        out.append(1.0 - sim.max(axis=1))
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+            own = np.arange(i, i + len(rows))
+            inside = own < sim.shape[1]
+            sim[np.flatnonzero(inside), own[inside]] = -np.inf
+        return 1.0 - sim.max(axis=1)
+    return _by_blocks(_unit(features), block)
 
 
 def raw_scores(spec: NoveltySpec, stats: np.ndarray, features: np.ndarray, skip_self: bool = False,
@@ -103,7 +119,7 @@ def raw_scores(spec: NoveltySpec, stats: np.ndarray, features: np.ndarray, skip_
     the reference, when the caller has it already."""
     typical = _mahalanobis(stats, spec.stats_mean, spec.stats_precision)
     if nearest is None:
-        nearest = _nearest(features, spec.reference, skip_self)
+        nearest = _nearest(features, spec.reference_t, skip_self)
     cols = [typical, nearest]
     if spec.uses_strokes:
         if strokes is None:
@@ -153,8 +169,7 @@ def strokes_logits(head: np.ndarray, x: np.ndarray) -> np.ndarray:
     """The strokes classifier's logit (higher: more like a pen stroke than a training image) of
     features ``x`` (N, d); ``head``: the packed layers."""
     w1, b1, w2, b2 = unpack_head(head)
-    hidden = np.maximum(np.asarray(x, np.float32).reshape(len(x), -1) @ w1 + b1, 0)
-    return hidden @ w2 + b2
+    return _by_blocks(np.asarray(x, np.float32).reshape(len(x), -1), lambda _, rows: np.maximum(rows @ w1 + b1, 0) @ w2 + b2)
 
 
 def fit_head(familiar: np.ndarray, strokes: np.ndarray, seed: int = 0, epochs: int = HEAD_EPOCHS,

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.model import calibrate
 from pipeline.shared.errors import UserError
+from pipeline.shared.runfolder import MULTI_JOIN
 from pipeline.shared.params import AUTO, PredictParams
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Rules:
     unknown: str = "unknown"
     unfamiliar: str = "flag"  # flag: keep the best label | unknown: the unknown label
     how: dict[str, Any] = field(default_factory=lambda: {"how": "given"}, compare=False)
+    cuts: tuple[float, ...] | None = None  # multi-label: each label's threshold (the row's label: all above theirs)
 
 
 def resolve_threshold(p: PredictParams, calibration: dict[str, Any] | None) -> tuple[float, dict[str, Any]]:
@@ -50,7 +52,14 @@ def resolve_threshold(p: PredictParams, calibration: dict[str, Any] | None) -> t
 
 
 def rules_for(p: PredictParams, labels: list[str], calibration: dict[str, Any] | None) -> Rules:
-    """The rules ``[predict]`` (after command-line overrides) gives for a model with these labels."""
+    """The rules ``[predict]`` (after command-line overrides) gives for a model with these labels; a
+    multi-label model's rows take every label above its own threshold (chosen on validation by train)."""
+    cuts = (calibration or {}).get("thresholds")
+    if cuts is not None:
+        if p.unfamiliar == "unknown" and p.unknown_label in labels:
+            raise UserError(f"unknown_label {p.unknown_label!r} is also a label of the model; choose another name")
+        return Rules(min(p.top_k, len(labels)), 0.0, p.unknown_label, p.unfamiliar,
+                     {"how": "multi-label: each label's own threshold, chosen on validation"}, tuple(cuts))
     threshold, how = resolve_threshold(p, calibration)
     if (threshold > 0 or p.unfamiliar == "unknown") and p.unknown_label in labels:
         raise UserError(f"unknown_label {p.unknown_label!r} is also a label of the model; choose another name")
@@ -69,9 +78,9 @@ class Row:
     familiar: bool | None = None
     error: str = ""
 
-    def cells(self, k: int) -> dict[str, Any]:
+    def cells(self, k: int, multi: bool = False) -> dict[str, Any]:
         """The row as the output columns (:func:`columns`), values typed (None: empty)."""
-        out: dict[str, Any] = {"path": self.path, "label": self.label, "confidence": self.confidence}
+        out: dict[str, Any] = {"path": self.path, label_column(multi): self.label, "confidence": self.confidence}
         for i in range(k):
             label, prob = self.top[i] if i < len(self.top) else (None, None)
             out[f"top{i + 1}_label"], out[f"top{i + 1}_prob"] = label, prob
@@ -83,14 +92,27 @@ class Row:
         if self.error:
             return {"file": self.path, "error": self.error}
         return {"file": self.path, "label": self.label, "confidence": self.confidence,
+                **({"labels": [s for s in self.label.split(MULTI_JOIN) if s]} if MULTI_JOIN in self.label else {}),
                 "top_k": [{"label": label, "probability": prob} for label, prob in self.top],
                 "novelty": self.novelty, "familiar": self.familiar, "error": None}
 
 
-def columns(k: int) -> list[str]:
-    """Output columns for top-``k``."""
+def _label_set(p: np.ndarray, labels: list[str], cuts: tuple[float, ...]) -> str:
+    """A multi-label row's label: every label at or above its threshold, most probable first, joined
+    (empty: none of them)."""
+    above = [c for c in np.argsort(-p, kind="stable") if p[c] >= cuts[c]]
+    return MULTI_JOIN.join(labels[c] for c in above)
+
+
+def label_column(multi: bool) -> str:
+    """The answer's column: ``label``, or for a multi-label model ``labels`` (joined by ``;``)."""
+    return "labels" if multi else "label"
+
+
+def columns(k: int, multi: bool = False) -> list[str]:
+    """Output columns for top-``k`` (the top-k of a multi-label model: its labels by probability)."""
     top = [name for i in range(1, k + 1) for name in (f"top{i}_label", f"top{i}_prob")]
-    return ["path", "label", "confidence", *top, "novelty", "familiar", "error"]
+    return ["path", label_column(multi), "confidence", *top, "novelty", "familiar", "error"]
 
 
 def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: list[str], rules: Rules,
@@ -108,7 +130,8 @@ def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: l
         conf = float(p[order[0]])
         known = familiar is None or bool(familiar[j])
         sure = conf >= rules.threshold and (known or rules.unfamiliar == "flag")
-        rows.append(Row(path, labels[order[0]] if sure else rules.unknown, conf,
+        label = labels[order[0]] if rules.cuts is None else _label_set(p, labels, rules.cuts)
+        rows.append(Row(path, label if sure else rules.unknown, conf,
                         tuple((labels[c], float(p[c])) for c in order),
                         None if novelty is None else float(novelty[j]), None if familiar is None else known))
         j += 1

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model import calibrate, novelty
+from pipeline.model import calibrate, multilabel, novelty
 from pipeline.model.infer import Predictor
-from pipeline.model.model import set_temperature
+from pipeline.model.model import scale_logits, set_temperature
 from pipeline.shared import bundle
 from pipeline.shared.novelty_spec import NoveltySpec
 from pipeline.shared.params import PreprocessParams
@@ -56,6 +56,21 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return calib
 
 
+def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Multi-label: a temperature per label fitted on validation and folded into the model's logits, then
+    each label's threshold chosen on the calibrated validation probabilities (its best F1); the record."""
+    temps = multilabel.fit_temperatures(logits, y)
+    scale_logits(model, temps)
+    probs = multilabel.sigmoid(logits / temps[None, :])
+    cuts = multilabel.thresholds(y, probs)
+    calib = {"task": "multi", "temperature": 1.0, "temperatures": [round(float(t), 5) for t in temps],
+             "thresholds": [round(float(c), 6) for c in cuts], "fitted_on": f"validation split ({len(y)} images)",
+             "f1_macro_val": multilabel.metrics(y, probs, cuts, [str(j) for j in range(y.shape[1])])["f1_macro"]}
+    log.info("train: a temperature (%.2f..%.2f) and a threshold (%.2f..%.2f) per label fitted on val "
+             "(macro F1 %.4f)", temps.min(), temps.max(), cuts.min(), cuts.max(), calib["f1_macro_val"])
+    return calib
+
+
 def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
         y_val: np.ndarray, flag_rate: float, draw_strokes: Callable[[int], np.ndarray] | None = None
         ) -> tuple[dict[str, Any], NoveltySpec | None]:
@@ -63,7 +78,8 @@ def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarra
     ``flag_rate`` of validation images; (calibration record, novelty spec or None)."""
     predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
     logits, f_val, s_val, c_val = _outputs(predictor, x_val)
-    calib = _calibrate(model, logits, np.asarray(y_val))
+    y_val = np.asarray(y_val)
+    calib = _calibrate_multi(model, logits, y_val) if y_val.ndim == 2 else _calibrate(model, logits, y_val)
     if f_val.shape[1] == 0:
         return calib, None
     _, f_train, s_train, c_train = _outputs(predictor, x_train, novelty.training_sample(len(x_train)))

@@ -2,12 +2,17 @@
 its predictions trustworthy (calibration, the novelty detector).
 
 A bundle folder holds :data:`MODEL`, :data:`LABELS`, :data:`PREPROCESS`, :data:`PARAMS`, optionally
-:data:`CALIBRATION` (temperature, validation error and risk-coverage table) and the novelty
-detector's files (:mod:`pipeline.shared.novelty_spec`), and, written last, :data:`MARKER` with the
-SHA-256 of the model file. The file names are written here only. Loading checks all of it (the
-hash, the label map against the model's outputs, the preprocessing against the model's input
-shape) and uses Keras' ``safe_mode``. A bundle from an older version, without the optional files,
-still loads (without calibration or novelty).
+:data:`CALIBRATION` (temperature, validation error and risk-coverage table), the novelty
+detector's files (:mod:`pipeline.shared.novelty_spec`) and :data:`RUNTIME_MODEL` (the same model as
+ONNX, for the light runtime), and, written last, :data:`MARKER` with the SHA-256 of each model file.
+The file names are written here only.
+
+A bundle is loaded for one runtime (:func:`resolve_runtime`): ``tensorflow`` loads the Keras model
+(``safe_mode``; the label map is checked against its outputs, the preprocessing against its input
+shape); ``onnx`` reads everything else without importing TensorFlow or Keras and hands the checked
+:data:`RUNTIME_MODEL` to :mod:`pipeline.model.infer`, which checks its shapes when it opens it. Either
+way each model file's hash is checked. A bundle from an older version, without the optional files,
+still loads (without calibration, novelty or the light runtime).
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from pipeline.shared import artifacts
 from pipeline.shared.errors import StageError
 from pipeline.shared.novelty_spec import SPEC as NOVELTY
 from pipeline.shared.novelty_spec import NoveltySpec
-from pipeline.shared.params import PreprocessParams
+from pipeline.shared.errors import UserError
+from pipeline.shared.params import RUNTIMES, PreprocessParams
 from pipeline.shared.runfolder import is_prepared, labels_from_map, read_preprocess
 
 log = logging.getLogger(__name__)
@@ -32,11 +38,17 @@ PREPROCESS = "preprocess.json"
 PARAMS = "params.json"
 CALIBRATION = "calibration.json"
 MARKER = "bundle.json"
+RUNTIME_MODEL = "model.onnx"  # the model for the light runtime (ONNX Runtime): probs, logits, features, conv
+RUNTIME_SHA = "runtime_model_sha256"  # its hash, in MARKER (MODEL's is "model_sha256")
+
+AUTO, TENSORFLOW, ONNX = RUNTIMES
+FULL_INSTALL = "pip install '.[train]' (or make setup)"  # what brings TensorFlow and the training stack
 
 
 @dataclass
 class Bundle:
-    """A loaded bundle: the Keras model, labels by index, the preprocessing config, and its trust parts."""
+    """A loaded bundle: the model (Keras; None when loaded for the ONNX runtime), labels by index, the
+    preprocessing config, its trust parts, and which runtime runs it."""
 
     model: Any
     labels: list[str]
@@ -45,6 +57,8 @@ class Bundle:
     calibration: dict[str, Any] | None = None
     novelty: NoveltySpec | None = None
     path: Path | None = None
+    runtime: str = TENSORFLOW
+    runtime_model: Path | None = None  # RUNTIME_MODEL, hash checked (the onnx runtime reads it)
 
     @property
     def temperature(self) -> float:
@@ -57,11 +71,14 @@ class Bundle:
 
 def write_bundle(dest: Path, model_file: Path, labels: dict[str, int], preprocess: dict[str, Any],
                  params: dict[str, Any], info: dict[str, Any], calibration: dict[str, Any] | None = None,
-                 novelty: NoveltySpec | None = None) -> None:
+                 novelty: NoveltySpec | None = None, runtime_model: Path | None = None) -> None:
     """Assemble a bundle in a temp folder and move it into place (never half-written)."""
     tmp = artifacts.temp_dir_for(dest)
     try:
         shutil.copyfile(model_file, tmp / MODEL)
+        if runtime_model is not None:
+            shutil.copyfile(runtime_model, tmp / RUNTIME_MODEL)
+            info = {**info, RUNTIME_SHA: artifacts.sha256_file(tmp / RUNTIME_MODEL)}
         artifacts.write_json(tmp / LABELS, labels)
         artifacts.write_json(tmp / PREPROCESS, preprocess)
         artifacts.write_json(tmp / PARAMS, params)
@@ -73,6 +90,14 @@ def write_bundle(dest: Path, model_file: Path, labels: dict[str, int], preproces
         artifacts.replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_runtime_model(path: Path, runtime_model: Path) -> None:
+    """Add the light runtime's model to a bundle that has none (an older bundle): the file first, then its
+    hash in the marker (atomically), so a bundle is never left claiming a file it lacks."""
+    info = read_info(path)
+    artifacts.write_bytes(path / RUNTIME_MODEL, Path(runtime_model).read_bytes())
+    artifacts.write_json(path / MARKER, {**info, RUNTIME_SHA: artifacts.sha256_file(path / RUNTIME_MODEL)})
 
 
 def is_bundle(path: Path) -> bool:
@@ -93,16 +118,50 @@ def locate(path: str | Path) -> Path:
                      "or a run folder holding one")
 
 
+def _check_hash(path: Path, name: str, recorded: str | None) -> None:
+    if not (path / name).is_file():
+        raise StageError(f"model bundle {path} has no {name}")
+    if recorded != artifacts.sha256_file(path / name):
+        raise StageError(f"model bundle {path}: {name} does not match its recorded SHA-256; "
+                         "refusing to load a modified model")
+
+
 def read_info(path: Path) -> dict[str, Any]:
     """The bundle marker, after checking the model file's hash."""
     info = artifacts.read_json(path / MARKER, f"model bundle marker ({MARKER})")
-    model_file = path / MODEL
-    if not model_file.is_file():
-        raise StageError(f"model bundle {path} has no {MODEL}")
-    if info.get("model_sha256") != artifacts.sha256_file(model_file):
-        raise StageError(f"model bundle {path}: {MODEL} does not match its recorded SHA-256; "
-                         "refusing to load a modified model")
+    _check_hash(path, MODEL, info.get("model_sha256"))
     return info
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_runtime(requested: str, info: dict[str, Any], path: Path) -> str:
+    """The runtime that runs this bundle: ``onnx`` or ``tensorflow``. ``auto`` takes ONNX Runtime when the
+    bundle has its model (:data:`RUNTIME_MODEL`) and ``onnxruntime`` is installed; a runtime that cannot
+    run here is a clear error, saying what to install or do."""
+    if requested not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}. Received: {requested!r}")
+    has_onnx = RUNTIME_SHA in info
+    if requested == AUTO:
+        requested = ONNX if has_onnx and _installed("onnxruntime") else TENSORFLOW
+    if requested == ONNX and not has_onnx:
+        raise UserError(f"model bundle {path} has no {RUNTIME_MODEL} (trained by an older version): "
+                        f"`pipeline export --model {path} --format onnx` adds it; or use --runtime tensorflow")
+    if requested == ONNX and not _installed("onnxruntime"):
+        raise UserError("--runtime onnx needs ONNX Runtime: pip install onnxruntime")
+    if requested == TENSORFLOW and not (_installed("keras") and _installed("tensorflow")):
+        hint = (f"this bundle has no {RUNTIME_MODEL} for the light runtime: add it on a full install with "
+                f"`pipeline export --model {path} --format onnx`" if not has_onnx else "or use --runtime onnx")
+        raise UserError(f"the TensorFlow runtime needs the full install: {FULL_INSTALL}; {hint}")
+    return requested
 
 
 def read_labels(path: Path) -> list[str]:
@@ -127,20 +186,27 @@ def _check_model(path: Path, model: Any, labels: list[str], cfg: PreprocessParam
                          "retrain it (make train FRESH=1)")
 
 
-def load(path: str | Path) -> Bundle:
-    """Load and verify a bundle folder (hash, label map, input shape, preprocessing config; safe_mode)."""
+def load(path: str | Path, runtime: str = TENSORFLOW) -> Bundle:
+    """Load and verify a bundle folder for ``runtime`` (:func:`resolve_runtime`): the hashes, label map,
+    preprocessing config and, for TensorFlow, the Keras model (safe_mode) against them."""
     path = locate(path)
     info = read_info(path)
     labels = read_labels(path)
     cfg = read_preprocess_of(path)
-    import keras
+    runtime = resolve_runtime(runtime, info, path)
+    model = runtime_model = None
+    if RUNTIME_SHA in info:
+        _check_hash(path, RUNTIME_MODEL, info[RUNTIME_SHA])
+        runtime_model = path / RUNTIME_MODEL
+    if runtime == TENSORFLOW:
+        import keras
 
-    model = keras.models.load_model(path / MODEL, compile=False, safe_mode=True)
-    _check_model(path, model, labels, cfg)
+        model = keras.models.load_model(path / MODEL, compile=False, safe_mode=True)
+        _check_model(path, model, labels, cfg)
     calibration = artifacts.read_json(path / CALIBRATION, f"bundle {CALIBRATION}") \
         if (path / CALIBRATION).is_file() else None
     novelty = NoveltySpec.read(path)
     if novelty is None:
         log.info("model bundle %s has no %s (trained by an older version): unfamiliar-input detection is "
                  "unavailable; retrain to get it", path, NOVELTY)
-    return Bundle(model, labels, cfg, info, calibration, novelty, path)
+    return Bundle(model, labels, cfg, info, calibration, novelty, path, runtime, runtime_model)

@@ -21,9 +21,13 @@ from pipeline.shared import bundle
 from pipeline.shared import params as params_mod
 from pipeline.shared import quiet, runfolder
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import PredictParams
+from pipeline.shared.params import RUNTIMES, PredictParams
 
 log = logging.getLogger("pipeline")
+
+# The training stack: what the light install (pip install '.[runtime]') leaves out. A command that needs one
+# of them says so (exit code 2) instead of a traceback.
+FULL_STACK = ("tensorflow", "keras", "sklearn", "scipy", "matplotlib", "tensorboard", "tf2onnx", "onnx")
 
 
 def _console_logging(verbose: bool) -> None:
@@ -97,6 +101,13 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
         log.debug("details", exc_info=True)
         log.error("%s", exc)
         return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in FULL_STACK:
+            return _bug(exc, args.verbose)
+        log.debug("details", exc_info=True)
+        log.error("`pipeline %s` needs the full install (%s is not installed): %s; the light install "
+                  "(pip install '.[runtime]') runs predict and serve", log_name, exc.name, bundle.FULL_INSTALL)
+        return 2
     except OSError as exc:  # a full disk, a read-only or unreadable folder: say which, no traceback
         log.debug("details", exc_info=True)
         log.error("%s", describe_os_error(exc))
@@ -132,6 +143,14 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unknown-label", help="the label for low-confidence predictions (default: unknown)")
 
 
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime``: what runs the model (``predict``, ``serve``, ``evaluate``, ``explain``)."""
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="what runs the model: onnx (ONNX Runtime, the bundle's model.onnx: no TensorFlow), "
+                             "tensorflow, or auto (onnx when the bundle has it and onnxruntime is installed; "
+                             "default: [predict] runtime)")
+
+
 def predict_params(args: argparse.Namespace, run_name: str | None, extra: dict[str, object] | None = None
                    ) -> PredictParams:
     """``[predict]`` (with the run's overrides; the defaults when the default params file is absent: a
@@ -139,7 +158,8 @@ def predict_params(args: argparse.Namespace, run_name: str | None, extra: dict[s
     path = args.params if args.params != "params.toml" or Path(args.params).is_file() else None
     p = params_mod.load(path, "predict", run_name)
     given = {"top_k": args.top_k, "threshold": args.threshold, "target_precision": args.target_precision,
-             "unfamiliar": args.unfamiliar, "unknown_label": args.unknown_label, **(extra or {})}
+             "unfamiliar": args.unfamiliar, "unknown_label": args.unknown_label,
+             "runtime": getattr(args, "runtime", None), **(extra or {})}
     return dataclasses.replace(p, **{key: value for key, value in given.items() if value is not None})
 
 

@@ -19,6 +19,9 @@ MODELS = ("lenet5", "lenet5-classic", "softmax", "mlp", "cnn")
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("auto", "float32", "bfloat16")  # [train] precision: the compute type of training
 OUTPUT_FORMATS = ("csv", "jsonl")
+# What runs the model (docs/predict.md#runtimes): "auto" takes the bundle's light ONNX model when it has one and
+# ONNX Runtime is installed, else TensorFlow. (The word "engine" is kept for where the work runs.)
+RUNTIMES = ("auto", "tensorflow", "onnx")
 
 
 def _choice(section: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -29,6 +32,9 @@ def _choice(section: str, key: str, value: Any, allowed: tuple[Any, ...]) -> Non
 def _check(cond: bool, section: str, key: str, rule: str, value: Any) -> None:
     if not cond:
         raise UserError(f"[{section}] {key} must be {rule}. Received: {value!r}")
+
+
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,15 @@ class IngestParams:
     csv_split_column: str = "split"
     leakage: str = "drop"
     imbalance_ratio: float = 10.0
+    task: str = AUTO               # single | multi (several labels per image) | auto: multi when a CSV says so
+    label_separators: str = ";|"   # multi-label CSV: the characters that separate an image's labels
+    min_positives: int = 10        # multi-label: warn about a label with fewer positive images
 
     def __post_init__(self) -> None:
+        _choice("ingest", "task", self.task, (AUTO, "single", "multi"))
+        _check(bool(self.label_separators) and not self.label_separators.isalnum(), "ingest", "label_separators",
+               "one or more separator characters", self.label_separators)
+        _check(self.min_positives >= 1, "ingest", "min_positives", ">= 1", self.min_positives)
         if self.filename_regex:
             try:
                 rx = re.compile(self.filename_regex)
@@ -74,7 +87,6 @@ class PrepareParams:
         _check(len(set(self.labels)) == len(self.labels), "prepare", "labels", "unique", list(self.labels))
 
 
-AUTO = "auto"
 SIZE_BOUNDS = (28, 64)  # size = "auto": each side from the size census, kept within these
 
 
@@ -245,9 +257,11 @@ class EvaluateParams:
     """Evaluation settings."""
 
     batch_size: int = 1024
+    runtime: str = "auto"  # what runs the model; with "onnx" the metrics also say how it agrees with TensorFlow
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate", "batch_size", ">= 1", self.batch_size)
+        _choice("evaluate", "runtime", self.runtime, RUNTIMES)
 
 
 @dataclass(frozen=True)
@@ -286,6 +300,7 @@ class PredictParams:
     batch_size: int = 512
     workers: int = 0
     format: str = "csv"
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, "predict", "top_k", ">= 1", self.top_k)
@@ -297,6 +312,7 @@ class PredictParams:
         _check(self.batch_size >= 1, "predict", "batch_size", ">= 1", self.batch_size)
         _check(self.workers >= 0, "predict", "workers", ">= 0 (0: one per CPU core)", self.workers)
         _choice("predict", "format", self.format, OUTPUT_FORMATS)
+        _choice("predict", "runtime", self.runtime, RUNTIMES)
 
 
 SECTIONS: dict[str, type] = {

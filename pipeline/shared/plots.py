@@ -54,21 +54,28 @@ def class_counts(counts: dict[str, dict[str, int]]) -> bytes:
 
 
 def sample_grid(images: np.ndarray, y: np.ndarray, labels: Sequence[str], per_class: int = 8) -> bytes:
-    """Up to ``per_class`` model-input images per class, one row per class (at most 20 classes)."""
+    """Up to ``per_class`` model-input images per class (per label when ``y`` is multi-hot), one row per
+    class (at most 20 classes): one tiled picture, drawn once."""
     shown = labels[:20]
+    y = np.asarray(y)
+    side = images.shape[1:3] if len(images) else (8, 8)
+    pad = max(1, side[0] // 14)
+    tile = np.ones((len(shown) * (side[0] + pad), per_class * (side[1] + pad), 3), np.float32)
+    for row in range(len(shown)):
+        idx = np.flatnonzero(y[:, row] if y.ndim == 2 else y == row)[:per_class]
+        for col, i in enumerate(idx):
+            img = np.clip(np.asarray(images[i], np.float32), 0, 1)
+            top, left = row * (side[0] + pad), col * (side[1] + pad)
+            tile[top:top + side[0], left:left + side[1]] = img if img.shape[-1] == 3 else img[..., :1]
     fig = _figure(1.2 + 0.9 * per_class, 0.2 + 0.9 * len(shown))
-    grid = fig.subplots(len(shown), per_class, squeeze=False)
-    for row, name in enumerate(shown):
-        idx = np.flatnonzero(y == row)[:per_class]
-        for col in range(per_class):
-            ax = grid[row][col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if col < len(idx):
-                _show(ax, images[idx[col]])
-        grid[row][0].set_ylabel(_short(name), rotation=0, ha="right", va="center", fontsize=11)
+    ax = fig.add_subplot()
+    ax.imshow(tile, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([(r + 0.5) * (side[0] + pad) - pad / 2 for r in range(len(shown))],
+                  [_short(name) for name in shown], fontsize=11)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.tick_params(length=0)
     fig.suptitle("What the model sees: preprocessed training images per class", fontsize=11)
     return _png(fig)
 
@@ -161,6 +168,31 @@ def gallery(images: np.ndarray, titles: Sequence[str], names: Sequence[str], sup
         ax.set_title(titles[k], fontsize=9, color=BAD)
         ax.set_xlabel(_short(names[k].rsplit("/", 1)[-1], 16), fontsize=7.5)
     fig.suptitle(suptitle, fontsize=11)
+    return _png(fig)
+
+
+def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], cuts: Sequence[float],
+              most: int = 12) -> bytes:
+    """Multi-label: the precision-recall curve of each label with a positive (the first ``most``), each
+    label's threshold marked."""
+    y = np.asarray(y, bool)
+    order = [j for j in range(y.shape[1]) if y[:, j].any()][:most]
+    fig = _figure(6.4, 4.4)
+    ax = fig.subplots()
+    for j in order:
+        rank = np.argsort(-probs[:, j], kind="stable")
+        hits = np.cumsum(y[rank, j])
+        precision, recall = hits / np.arange(1, len(rank) + 1), hits / y[:, j].sum()
+        line, = ax.plot(recall, precision, lw=1.2, label=_short(labels[j]))
+        at = int(np.searchsorted(-probs[rank, j], -cuts[j], side="right")) - 1
+        if at >= 0:
+            ax.plot(recall[at], precision[at], "o", color=line.get_color(), ms=4)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_title("Precision-recall per label (dot: the label's threshold)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
     return _png(fig)
 
 

@@ -35,6 +35,7 @@ LAST_RUN = RUNS / ".last-run"     # the run the last `prepare` wrote: the defaul
 # prepare
 PREPARE = "prepare.json"          # marker
 MANIFEST = "manifest.csv"
+MULTI_JOIN = ";"                  # a multi-label image's labels in manifest.csv and predictions, joined by this
 REJECTED = "rejected.csv"
 LABELS = "labels.json"
 DATASET = "dataset.json"
@@ -60,7 +61,8 @@ REPORT = "report.html"
 REPORT_MARKER = "report.json"     # marker
 REPORT_PNGS = {"counts": "class_counts.png", "samples": SAMPLES, "curves": "curves.png",
                "confusion": "confusion_matrix.png", "misclassified": "misclassified.png",
-               "calibration": "calibration.png", "risk": "risk_coverage.png", "suspects": "suspects.png"}
+               "calibration": "calibration.png", "risk": "risk_coverage.png", "suspects": "suspects.png",
+               "pr": "pr_curves.png", "errors": "label_errors.png"}  # (the last two: multi-label runs)
 # suspects
 SUSPECTS = "suspects.csv"
 SUSPECTS_MARKER = "suspects.json"  # marker
@@ -235,6 +237,11 @@ class Prepared:
                    float(marker.get("ingest", {}).get("imbalance_ratio", IngestParams().imbalance_ratio)),
                    {**marker.get("preprocess_choices", {}), **choices}, choices.get("hflip"),
                    marker.get("params", {}), marker)
+
+    @property
+    def multi(self) -> bool:
+        """Several labels per image (``[ingest] task`` resolved to "multi"): ``y`` holds multi-hot rows."""
+        return self.marker.get("task") == "multi"
 
     @property
     def label_map(self) -> dict[str, int]:

@@ -6,6 +6,7 @@ Writes the input as the model saw it with the map overlaid (default: an occlusio
 :mod:`pipeline.model.explain` and docs/trust.md), and prints the label, the top-k and, like
 ``pipeline predict``, the novelty score and whether the image looks familiar (an unfamiliar image's
 map explains a guess). ``--model`` defaults to the last prepared run's bundle (``--model RUN`` works).
+The occlusion map runs in either runtime (``--runtime``); Grad-CAM needs TensorFlow's gradients.
 """
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ from pipeline.shared.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def explain(image: Path, model_dir: Path, out: Path, method: str = "occlusion", top_k: int = 3) -> dict[str, Any]:
+def explain(image: Path, model_dir: Path, out: Path, method: str = "occlusion", top_k: int = 3,
+            runtime: str = bundle_mod.AUTO) -> dict[str, Any]:
     """Write the overlay PNG for one image; return the label, top-k, novelty, familiar and the method."""
-    b = bundle_mod.load(model_dir)
+    if method == "gradcam":  # gradients of the Keras model
+        if runtime == bundle_mod.ONNX:
+            raise UserError("--method gradcam needs the model's gradients: --runtime tensorflow (or auto)")
+        runtime = bundle_mod.TENSORFLOW
+    b = bundle_mod.load(model_dir, runtime)
     try:
         x = load_image(image, b.preprocess)
     except ImageError as exc:
@@ -65,6 +71,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="the overlay PNG (default: <image name>.explain.png here)")
     parser.add_argument("--method", choices=METHODS, default="occlusion", help="saliency method (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=3, help="labels listed (default: %(default)s)")
+    cli.add_runtime_option(parser)
     return parser
 
 
@@ -75,5 +82,5 @@ def resolve_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     """CLI: write the overlay, print the label, top-k and novelty."""
     out = args.out or Path(f"{args.image.stem}.explain.png")
-    cli.result(describe(explain(args.image, args.model, out, args.method, args.top_k)))
+    cli.result(describe(explain(args.image, args.model, out, args.method, args.top_k, args.runtime or bundle_mod.AUTO)))
     return 0

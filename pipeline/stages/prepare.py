@@ -5,12 +5,18 @@ Writes to the run folder (``--run``, default ``runs/<name of DATA>``):
 input and int label indices; rows in manifest order), ``manifest.csv``
 (path,label,split), ``labels.json`` (label -> index), ``rejected.csv``
 (path,reason), ``dataset.json`` (counts, size/mode census, rejections,
-duplicates, conflicts, leakage, warnings), ``samples.png``, and last the stage
-marker ``prepare.json``. Given ``train/``, ``val/``, ``test/`` folders (or a
-split column) are honoured; otherwise a stratified, seeded ``train_test_split``
-makes them. Every file is decoded once; bad files are reported, never fatal;
-the user's files are only read. Nothing is redone when files, params and code
-are unchanged.
+duplicates, conflicts, leakage, copies and look-alikes, outliers, image quality,
+shortcuts, warnings), the review page's ``quality.csv``, ``similar.csv`` and
+``outliers.csv`` (one row per flagged image, paths as in the manifest),
+``samples.png``, and last the stage marker ``prepare.json`` (with the seconds of
+each audit check). Given ``train/``, ``val/``, ``test/`` folders (or a split
+column) are honoured; otherwise a stratified, seeded shuffle split (scikit-learn's
+``train_test_split``, reimplemented: :func:`shuffle_split`) makes them. Every file is
+decoded once, and the workers take each image's audit facts while they have it;
+bad files are reported, never fatal; the user's files are only read. After
+decoding, the idle workers compute the outliers, the flip symmetry and the samples
+grid while this process looks for copies. Nothing is redone when files, params and
+code are unchanged.
 """
 from __future__ import annotations
 
@@ -32,10 +38,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.data import audit, census, corrections, ingest, similar
+from pipeline.data import audit, census, corrections, ingest, quality, similar, split as splitting
 from pipeline.data.decoding import census as census_of
 from pipeline.data.decoding import decode_into, start_pool
-from pipeline.data.preprocess import Meta, perceptual, preprocess
+from pipeline.data.preprocess import Meta, preprocess
 from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
@@ -49,9 +55,12 @@ SPLITS = rf.SPLITS
 
 
 # ---------------------------------------------------------------- decoding
-def _pixel_meta(img: np.ndarray) -> Meta:
-    phash, thumb = perceptual(img)
-    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest(), phash, thumb)
+def _pixel_meta(img: np.ndarray) -> tuple[Meta, bool]:
+    """The meta of an image given as a row of pixels, and whether its canonical view is its negative."""
+    hashes, thumbs, negative = similar.signatures([img])
+    stats = tuple(quality.image_stats([img], [img])[0].tolist())
+    return Meta(img.shape[1], img.shape[0], "L", "pixels", hashlib.sha1(img.tobytes()).hexdigest(), int(hashes[0]),
+                thumbs[0].tobytes(), stats=stats), bool(negative[0])
 
 
 def _reserve(path: Path) -> None:
@@ -87,7 +96,8 @@ def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], f
             elif i in slot:  # rows without a label are not candidates
                 s, r = slot[i]
                 outs[s][r] = preprocess(img, cfg)
-                metas.put(i, _pixel_meta(img))
+                meta, metas.negative[i] = _pixel_meta(img)
+                metas.put(i, meta)
         for arr in outs.values():
             arr.flush()
         return metas
@@ -101,14 +111,12 @@ def _decode_to_splits(listing: ingest.Listing, by_split: dict[str, list[int]], f
         return [(names[k], r) for k, r in zip(split[i:j].tolist(), row[i:j].tolist())]
 
     pos = 0
-    for info in decode_into(len(item), paths, targets, cfg, pool):
-        for reason, meta in info:
-            i = int(item[pos])
-            if meta is None:
-                rejected.append((listing.items[i].path, reason))
-            else:
-                metas.put(i, meta)
-            pos += 1
+    for chunk in decode_into(len(item), paths, targets, cfg, pool):
+        slots = item[pos:pos + len(chunk)]
+        for k in np.flatnonzero(~chunk.good).tolist():
+            rejected.append((listing.items[int(slots[k])].path, chunk.reasons[k]))
+        metas.put_chunk(slots[chunk.good], chunk)
+        pos += len(chunk)
     return metas
 
 
@@ -131,10 +139,50 @@ def _holdout(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tupl
     if stratify is None:
         log.warning("too few samples to stratify a %.0f%% hold-out over %d classes; splitting at random",
                     fraction * 100, n_classes)
-    from sklearn.model_selection import train_test_split  # here: the CLI starts faster without it
-
-    keep, held = train_test_split(pool, test_size=n_held, random_state=seed, stratify=stratify)
+    keep, held = shuffle_split(pool, n_held, seed, stratify)
     return np.sort(np.concatenate([keep, idx[single]])), np.sort(held)
+
+
+def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``n_draws`` to take from each class: the floored proportional share, the rest given
+    by the largest remainders, ties broken at random."""
+    continuous = counts / counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add = min(len(inds), need)
+            floored[rng.choice(inds, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
+def shuffle_split(items: np.ndarray, n_held: int, seed: int, stratify: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held) of ``items`` with ``n_held`` held out at random, stratified by ``stratify`` when given:
+    the same split as scikit-learn's ``train_test_split(items, test_size=n_held, random_state=seed,
+    stratify=stratify)`` (ShuffleSplit / StratifiedShuffleSplit, tested), without importing it (a second
+    of start-up), and stable whatever scikit-learn version is installed."""
+    rng = np.random.RandomState(seed)
+    n_keep = len(items) - n_held
+    if stratify is None:
+        perm = rng.permutation(len(items))
+        return items[perm[n_held:]], items[perm[:n_held]]
+    _, inverse, counts = np.unique(stratify, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    n_i = _approximate_mode(counts, n_keep, rng)
+    t_i = _approximate_mode(counts - n_i, n_held, rng)
+    keep: list[int] = []
+    held: list[int] = []
+    for k, members in enumerate(by_class):
+        order = members.take(rng.permutation(counts[k]), mode="clip")
+        keep.extend(order[:n_i[k]])
+        held.extend(order[n_i[k]:n_i[k] + t_i[k]])
+    return items[rng.permutation(keep)], items[rng.permutation(held)]
 
 
 def assign_splits(y: np.ndarray, given: Sequence[str | None], p: PrepareParams) -> np.ndarray:
@@ -217,7 +265,7 @@ def _input_fingerprint(listing: ingest.Listing) -> str:
 
 
 def artifact_names() -> list[str]:
-    return [rf.MANIFEST, rf.LABELS, rf.REJECTED, rf.DATASET, *rf.prepared_arrays()]
+    return [rf.MANIFEST, rf.LABELS, rf.REJECTED, rf.DATASET, rf.QUALITY, rf.SIMILAR, rf.OUTLIERS, *rf.prepared_arrays()]
 
 
 @dataclass
@@ -250,6 +298,13 @@ class Usable:
     labels: dict[str, int]
     metas: audit.MetaTable
     split_of: dict[int, str]
+    multi: bool = False  # several labels per image: an item's label is its labels joined
+
+    def y(self, joined: Sequence[str]) -> np.ndarray:
+        """The label index of each item, or (multi-label) the (N, L) multi-hot matrix."""
+        if self.multi:
+            return ingest.multi_hot(joined, self.labels)
+        return np.array([self.labels[lab] for lab in joined], dtype=np.int64)
 
 
 def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str = "auto",
@@ -302,21 +357,24 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         if plan.rejected:
             log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
-        audited = _audit(listing, decoded, ip)
+        audited = _audit(listing, plan, decoded, ip, cfg, tmp_files, pool)
         kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
     finally:
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
     log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
-    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, run)
+    later = _after_arrays(pool, run, list(decoded.labels))
+    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, later["symmetry"].get(), run)
     dataset["corrections"] = fixed
     dataset["labeled"] = labeled
     dataset["review"] = _review_before(run, fixed, labeled)
-    _write_outputs(run, listing, kept, decoded.labels, dataset)
+    _write_outputs(run, listing, kept, decoded.labels, dataset, audited, later["samples"])
     marker = rf.write_marker(run / rf.PREPARE, fp.result(), stage="prepare", version=__version__,
-                             data=str(data.resolve()), layout=listing.layout, params=params_mod.to_dict(p),
+                             data=str(data.resolve()), layout=listing.layout, task=listing.task,
+                             params=params_mod.to_dict(p),
                              ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
-                             preprocess_choices=choices, counts=counts, rejected=len(plan.rejected))
+                             preprocess_choices=choices, counts=counts, rejected=len(plan.rejected),
+                             audit_seconds={k: round(v, 3) for k, v in audited["seconds"].items()})
     _log_done(listing, data, run, marker)
     return Summary(counts, len(plan.rejected), dataset)
 
@@ -341,8 +399,13 @@ def _presplit(listing: ingest.Listing, p: PrepareParams) -> ingest.Listing:
     cand = [i for i, it in enumerate(listing.items) if it.label is not None]
     if not cand or all(listing.items[i].split is not None for i in cand):
         return listing
-    y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1]
-    split = assign_splits(y, [listing.items[i].split for i in cand], p)
+    joined = [listing.items[i].label for i in cand]
+    given = [listing.items[i].split for i in cand]
+    if listing.task == "multi":  # every label keeps its share in every split
+        y = ingest.multi_hot(joined, ingest.label_names(joined))
+        split = splitting.assign(y, given, p.test_size, p.val_size, p.seed)
+    else:
+        split = assign_splits(np.unique(joined, return_inverse=True)[1], given, p)
     items = list(listing.items)
     for k, i in enumerate(cand):
         items[i] = replace(items[i], split=str(split[k]))
@@ -416,18 +479,25 @@ def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, po
 def _usable(listing: ingest.Listing, plan: SplitPlan, metas: audit.MetaTable, p: PrepareParams, data: Path,
             run: Path) -> Usable:
     """The items that decoded, and the label map (refusing data with fewer than 2 classes)."""
-    good = [i for i in plan.order if i in metas]
+    order = np.asarray(plan.order, np.int64)
+    good = order[metas.filled[order]].tolist()
     if not good:
         raise artifacts.StageError(f"no usable image in {data} ({len(plan.rejected)} file(s) rejected, "
                                    f"see {run / rf.REJECTED})")
-    labels = label_map([listing.items[i].label for i in good], p.labels)
-    if len(labels) < 2:
-        raise artifacts.StageError(f"need at least 2 classes with usable images; found {list(labels)} in {data}")
-    return Usable(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]})
+    found = [listing.items[i].label for i in good]
+    multi = listing.task == "multi"
+    labels = label_map(ingest.label_names(found) if multi else found, p.labels)
+    if len(labels) < (1 if multi else 2):
+        raise artifacts.StageError(f"need at least {'1 label' if multi else '2 classes'} with usable images; "
+                                   f"found {list(labels)} in {data}")
+    return Usable(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]}, multi)
 
 
-def _audit(listing: ingest.Listing, d: Usable, ip: IngestParams) -> dict[str, Any]:
-    """Duplicates, conflicts and leakage among the usable items (and which val/test items to drop)."""
+def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams, cfg: PreprocessParams,
+           tmp_files: dict[str, Path], pool: Any) -> dict[str, Any]:
+    """The audit of the usable items: duplicates, conflicts and leakage (and which val/test items to
+    drop), then, on the items kept, copies and look-alikes, outliers, image quality and shortcuts."""
+    t0 = time.perf_counter()
     items = [listing.items[i] for i in d.good]
     paths = [it.path for it in items]
     good_metas = d.metas.take(d.good)
@@ -436,13 +506,116 @@ def _audit(listing: ingest.Listing, d: Usable, ip: IngestParams) -> dict[str, An
     leaks = audit.find_leakage(splits, good_metas)
     leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
     dropped = {d.good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
-    rows = np.asarray(d.good, np.int64)
-    item_labels = [it.label for it in items]
-    near = similar.near_duplicates(paths, item_labels, [str(x) for x in splits], d.metas.phash[rows],
-                                   d.metas.thumb[rows], d.metas.sha1[rows])
-    odd = similar.outliers(paths, item_labels, np.array([d.labels[lab] for lab in item_labels]), d.metas.thumb[rows])
+    seconds = {"duplicates and leakage": time.perf_counter() - t0}
+    facts = _Facts.of(listing, plan, d, dropped)
+    found = _similarity(facts, d, plan, cfg, tmp_files, pool, seconds)
+    found.update(_image_quality(facts, d, seconds))
     return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
-            "leakage": leakage, "dropped": dropped, "near_duplicates": near, "outliers": odd}
+            "leakage": leakage, "dropped": dropped, "facts": facts, "seconds": seconds, **found}
+
+
+@dataclass
+class _Facts:
+    """The items the similarity and quality checks look at (the usable ones, less those dropped from
+    val/test): listing index, relative path, label, label index and split code of each."""
+
+    items: np.ndarray
+    paths: list[str]
+    labels: list[str]
+    y: np.ndarray  # the class of each; multi-label: the index of its set of labels (copies differ in it)
+    split: np.ndarray
+    multi: np.ndarray | None = None  # multi-label: the (N, L) multi-hot labels
+
+    @classmethod
+    def of(cls, listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int]) -> "_Facts":
+        code = {s: k for k, s in enumerate(SPLITS)}
+        items = np.array([i for i in d.good if i not in dropped], np.int64)
+        labels = [listing.items[i].label for i in items.tolist()]
+        y = np.unique(labels, return_inverse=True)[1].astype(np.int64) if d.multi else d.y(labels)
+        return cls(items, [listing.items[i].path for i in items.tolist()], labels, y,
+                   np.array([code[d.split_of[i]] for i in items.tolist()], np.int8), d.y(labels) if d.multi else None)
+
+
+def _row_reader(plan: SplitPlan, tmp_files: dict[str, Path], items: np.ndarray, n: int) -> Any:
+    """``read(positions)``: the prepared images of ``items[positions]``, read from the split files."""
+    split_of, row_of = np.zeros(n, np.int8), np.zeros(n, np.int64)
+    for k, s in enumerate(SPLITS):
+        idx = np.asarray(plan.by_split[s], np.int64)
+        split_of[idx], row_of[idx] = k, np.arange(len(idx))
+    arrays = [np.load(tmp_files[s], mmap_mode="r", allow_pickle=False) for s in SPLITS]
+
+    def read(positions: np.ndarray) -> np.ndarray:
+        wanted = items[positions]
+        out = np.empty((len(wanted),) + arrays[0].shape[1:], np.float32)
+        for k in range(len(SPLITS)):
+            sel = split_of[wanted] == k
+            if sel.any():
+                out[sel] = arrays[k][row_of[wanted[sel]]]
+        return out
+
+    return read
+
+
+def _submit(pool: Any) -> Any:
+    """``submit(fn, *args)``: in an idle decoding worker (the result: ``.get()``), or here without a pool."""
+    if pool is None:
+        return similar.here
+    return lambda fn, *args: pool.apply_async(fn, args)
+
+
+def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
+                pool: Any, seconds: dict[str, float]) -> dict[str, Any]:
+    """Copies and look-alikes (dataset.json's findings, similar.csv's groups) and outliers (in the idle
+    decoding workers, meanwhile: they read their class's thumbnails from a file, so that nothing queued
+    for them grows with the data)."""
+    m = d.metas
+    seen = similar.as_seen(m.thumb[f.items], m.negative[f.items])
+    thumbs_file = tmp_files["train"].with_name(f".thumbs.npy{artifacts.TMP_TAG}{os.getpid()}") if pool else None
+    try:
+        if thumbs_file is not None:
+            with open(thumbs_file, "wb") as fh:  # a handle: np.save would add ".npy" to the temp name
+                np.save(fh, seen)
+        group = f.y if f.multi is None else np.zeros(len(f.y), np.int64)  # multi-label: unlike all the rest
+        jobs = similar.outlier_jobs(seen, group, submit=_submit(pool), path=str(thumbs_file) if thumbs_file else None)
+        found = _copies(f, d, plan, cfg, tmp_files, seconds)
+        t0 = time.perf_counter()
+        scores = similar.gather(jobs, len(f.y))
+    finally:
+        if thumbs_file is not None:
+            thumbs_file.unlink(missing_ok=True)
+    odd, odd_rows = similar.outliers(f.labels, scores, f.paths)
+    seconds["outliers (waited for)"] = time.perf_counter() - t0
+    return {**found, "outliers": odd, "outlier_rows": odd_rows}
+
+
+def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
+            seconds: dict[str, float]) -> dict[str, Any]:
+    """Copies and look-alikes: dataset.json's findings and similar.csv's groups."""
+    t0 = time.perf_counter()
+    m = d.metas
+    read = _row_reader(plan, tmp_files, f.items, len(m.filled))
+    pitches = similar.pitch(m.width[f.items], m.height[f.items], cfg.size, cfg.resize, cfg.normalize)
+    pairs = similar.classify_pairs(m.phash[f.items], m.thumb[f.items], m.sha1[f.items], f.y, f.split, read, pitches)
+    near = similar.near_duplicates(pairs, f.paths, f.labels, [SPLITS[k] for k in f.split.tolist()])
+    seconds["copies and look-alikes"] = time.perf_counter() - t0
+    return {"near_duplicates": near, "groups": similar.groups(pairs)}
+
+
+def _image_quality(f: _Facts, d: Usable, seconds: dict[str, float]) -> dict[str, Any]:
+    """The image-quality issues (per issue: flagged positions in ``f`` and scores) and the shortcuts."""
+    t0 = time.perf_counter()
+    m = d.metas
+    stats, width, height = m.stats[f.items], m.width[f.items], m.height[f.items]
+    issues = quality.issues(stats, width, height)
+    seconds["image quality"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    props = quality.properties(stats, width, height)
+    shortcuts = (quality.shortcuts(props, f.y, f.split == 0, list(d.labels)) if f.multi is None else
+                 [found for j, name in enumerate(d.labels)  # each label: its images against the rest
+                  for found in quality.shortcuts(props, f.multi[:, j], f.split == 0, ["without " + name, name])
+                  if found["label"] == name])
+    seconds["shortcuts"] = time.perf_counter() - t0
+    return {"quality": issues, "shortcuts": shortcuts}
 
 
 def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int], tmp_files: dict[str, Path],
@@ -451,7 +624,8 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
     kept_items: dict[str, list[ingest.Item]] = {}
     counts: dict[str, dict[str, int]] = {}
     for s in SPLITS:
-        keep = [r for r, i in enumerate(plan.by_split[s]) if i in d.metas and i not in dropped]
+        ok = d.metas.filled[np.asarray(plan.by_split[s], np.int64)]
+        keep = [r for r, i in enumerate(plan.by_split[s]) if ok[r] and i not in dropped]
         final = run / rf.x_file(s)
         if len(keep) == len(plan.by_split[s]):
             artifacts.fsync_path(tmp_files[s])
@@ -459,26 +633,49 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
         else:
             _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
         kept = [listing.items[plan.by_split[s][r]] for r in keep]
-        artifacts.save_npy(run / rf.y_file(s), np.array([d.labels[it.label] for it in kept], dtype=np.int64))
+        y = d.y([it.label for it in kept])
+        artifacts.save_npy(run / rf.y_file(s), y)
         kept_items[s] = kept
-        per = Counter(it.label for it in kept)
-        counts[s] = {name: per.get(name, 0) for name in d.labels}
+        per = dict(zip(d.labels, y.reshape(-1, len(d.labels)).sum(axis=0).tolist())) if d.multi else \
+            Counter(it.label for it in kept)
+        counts[s] = {name: int(per.get(name, 0)) for name in d.labels}
     return kept_items, counts
 
 
+def _after_arrays(pool: Any, run: Path, labels: list[str]) -> dict[str, Any]:
+    """The jobs that need the written training arrays, in the idle decoding workers: the class symmetry
+    and the samples grid (matplotlib is imported there, not here)."""
+    submit = _submit(pool)
+    x_path, y_path = run / rf.x_file("train"), run / rf.y_file("train")
+    y = np.load(y_path)
+    rows = np.unique(np.concatenate([np.flatnonzero(y[:, c] if y.ndim == 2 else y == c)[:SAMPLES_PER_CLASS]
+                                     for c in range(min(20, len(labels)))] or [np.zeros(0, np.int64)]))
+    x = np.load(x_path, mmap_mode="r", allow_pickle=False)[rows]  # all the grid shows: the first per class
+    return {"symmetry": submit(census.symmetry_of, str(x_path), str(y_path), labels),
+            "samples": submit(plots.sample_grid, np.asarray(x), y[rows], labels, SAMPLES_PER_CLASS)}
+
+
+SAMPLES_PER_CLASS = 8
+
+
 def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, Any], counts: dict[str, dict[str, int]],
-             choices: dict[str, Any], ip: IngestParams, data: Path, run: Path) -> dict[str, Any]:
+             choices: dict[str, Any], ip: IngestParams, data: Path, symmetry: dict[str, Any], run: Path
+             ) -> dict[str, Any]:
     """``dataset.json``: the audit's findings, the resolved choices and the class symmetry."""
     action = "dropped from val/test" if ip.leakage == "drop" else "kept"
     dataset = audit.summarize(d.labels, counts, a["paths"], a["metas"], plan.rejected, a["duplicates"],
-                              a["conflicts"], a["leakage"], action, ip.imbalance_ratio)
+                              a["conflicts"], a["leakage"], action, ip.imbalance_ratio, 0 if d.multi else 10)
+    if d.multi:
+        y = {s: np.load(run / rf.y_file(s), allow_pickle=False) for s in SPLITS}
+        dataset.update(audit.multi_label_findings(y, list(d.labels), ip.min_positives, dataset["warnings"]))
+        dataset["images"] = sum(len(v) for v in y.values())
     dataset.update(audit.similarity_findings(a["near_duplicates"], a["outliers"], dataset["warnings"]))
-    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
-    y_train = np.load(run / rf.y_file("train"))
-    symmetry = census.symmetry(x_train, y_train, list(d.labels))
+    f = a["facts"]
+    dataset.update(audit.quality_findings(a["quality"], a["shortcuts"], f.paths, f.labels,
+                                          [SPLITS[k] for k in f.split.tolist()], dataset["warnings"]))
     log.info("prepare: horizontal flips %s (%s)", "label-preserving" if symmetry["hflip"] else "not safe",
              symmetry["why"])
-    dataset.update({"data": str(data), "root": str(listing.root), "layout": listing.layout,
+    dataset.update({"task": listing.task, "data": str(data), "root": str(listing.root), "layout": listing.layout,
                     "choices": {**choices, "hflip": symmetry}})
     for warning in dataset["warnings"]:
         log.warning("%s", warning)
@@ -487,26 +684,50 @@ def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, A
     return dataset
 
 
-def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[ingest.Item]], labels: dict[str, int],
-                   dataset: dict[str, Any]) -> None:
-    """Samples, manifest, label map and dataset summary (the marker follows)."""
+def _where(listing: ingest.Listing) -> str:
+    """What manifest.csv puts before an item's path (the folder it is relative to)."""
     where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
-    where_s = str(where) + os.sep
-    x_train = artifacts.load_npy(run / rf.x_file("train"), "train images")
-    artifacts.write_bytes(run / rf.SAMPLES, plots.sample_grid(x_train, np.load(run / rf.y_file("train")),
-                                                              list(labels)))
+    return str(where) + os.sep
+
+
+def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None:
+    """quality.csv, similar.csv and outliers.csv: the audit's findings one row per image, paths as in
+    manifest.csv, for the review page."""
+    f, where_s = a["facts"], _where(listing)
+
+    def who(k: int) -> tuple[str, str, str]:
+        return where_s + f.paths[k], f.labels[k], SPLITS[int(f.split[k])]
+
+    _write_rows(run / rf.QUALITY, ("path", "label", "split", "issue", "score"),
+                ((*who(k), issue, sc) for issue, (idx, scores) in a["quality"].items()
+                 for k, sc in zip(idx.tolist(), scores.tolist())))
+    _write_rows(run / rf.SIMILAR, ("group", "path", "label", "split", "kind", "similarity"),
+                ((group, *who(k), kind, sim) for group, k, kind, sim in a["groups"]))
+    _write_rows(run / rf.OUTLIERS, ("path", "label", "split", "score", "z"),
+                ((*who(k), score, z) for k, score, z in a["outlier_rows"]))
+
+
+def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[ingest.Item]], labels: dict[str, int],
+                   dataset: dict[str, Any], audited: dict[str, Any], samples: Any) -> None:
+    """Manifest, label map, the review files, samples (``samples.get()``) and the dataset summary (the
+    marker follows)."""
+    where_s = _where(listing)
+    _write_review(run, listing, audited)
     _write_rows(run / rf.MANIFEST, ("path", "label", "split", "note"),
                 ((where_s + it.path, it.label, s, it.note) for s in SPLITS for it in kept[s]))
     artifacts.write_json(run / rf.LABELS, labels)
+    artifacts.write_bytes(run / rf.SAMPLES, samples.get())
     artifacts.write_json(run / rf.DATASET, dataset)
 
 
 def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, Any]) -> None:
-    totals = {s: sum(c.values()) for s, c in marker["counts"].items()}
+    # images per split (a multi-label run's counts are of each label's positives)
+    totals = {s: len(np.load(run / rf.y_file(s), mmap_mode="r")) for s in SPLITS}
     log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
     log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
-    log.info("prepare: %d usable images in %d classes -> train %d, val %d, test %d; %d rejected",
-             sum(totals.values()), len(marker["counts"]["train"]), totals["train"], totals["val"], totals["test"],
+    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected",
+             sum(totals.values()), len(marker["counts"]["train"]),
+             "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
              marker["rejected"])
 
 

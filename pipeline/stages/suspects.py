@@ -55,8 +55,12 @@ FOLD_MIN_STEPS = 100  # ... but each at least this many
 
 # ---------------------------------------------------------------- folds
 def folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Held-out indices of each of ``k`` stratified, seeded folds (a class smaller than k: fewer folds hold it)."""
-    from sklearn.model_selection import StratifiedKFold
+    """Held-out indices of each of ``k`` stratified, seeded folds (a class smaller than k: fewer folds hold it;
+    multi-label data: shuffled, seeded folds)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if np.ndim(y) == 2:
+        return [held for _, held in KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)))]
 
     counts = np.bincount(y)
     k_eff = int(min(k, max(2, counts[counts > 0].min()))) if len(counts) else k
@@ -108,7 +112,7 @@ def fold_steps(p: TrainParams, aug: AugmentParams, prep: rf.Prepared, sp: Suspec
     time it trains (at least :data:`FOLD_MIN_STEPS` a fold; the recipe's ``min_epochs`` passes still
     apply, as in training)."""
     y = prep.y("train")
-    counts = np.bincount(y, minlength=len(prep.labels)).tolist()
+    counts = (y.sum(axis=0) if prep.multi else np.bincount(y, minlength=len(prep.labels))).tolist()
     main = recipe.plan(p, aug, len(y), counts, prep.hflip, prep.imbalance_ratio)
     return int(min(sp.step_budget, max(FOLD_MIN_STEPS, round(FOLD_SHARE * main.total_steps / sp.folds))))
 
@@ -201,8 +205,8 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return buf.getvalue()
 
 
-def _gallery(run: Path, x: np.ndarray, issues: confident.Issues, rows: list[dict[str, Any]], n: int) -> None:
-    shown = issues.index[:n]
+def _gallery(run: Path, x: np.ndarray, shown: np.ndarray, rows: list[dict[str, Any]], n: int) -> None:
+    shown = shown[:n]
     if not len(shown):
         (run / rf.SUSPECTS_PNG).unlink(missing_ok=True)
         return
@@ -229,6 +233,52 @@ def _record(run: Path, fp: str, c: Checked, issues: confident.Issues, rows: list
                "(Northcutt et al. 2021)", estimated_errors=len(rows), top=rows[:sp.gallery])
 
 
+# ---------------------------------------------------------------- several labels per image
+def multi_rows(issues: confident.LabelIssues, c: Checked, labels: list[str]) -> list[dict[str, Any]]:
+    """One row per image with a flagged label decision, most suspicious first: its given labels, the labels
+    suggested (the wrong tags removed, the missing ones added), and why."""
+    by_image: dict[int, list[int]] = {}
+    for k, i in enumerate(issues.image.tolist()):
+        by_image.setdefault(i, []).append(k)
+    out = []
+    for i, ks in by_image.items():
+        given = {j for j in range(len(labels)) if c.y[i, j]}
+        flips = [int(issues.label[k]) for k in ks]
+        why = ", ".join(f"{labels[j]!r} {'wrong' if j in given else 'missing'} (p {c.probs[i, j]:.2f})" for j in flips)
+        who = "the trained model" if c.splits[i] == "test" else "cross-validated models"
+        out.append({"path": c.paths[i], "label": rf.MULTI_JOIN.join(labels[j] for j in sorted(given)),
+                    "suggested": rf.MULTI_JOIN.join(labels[j] for j in sorted(given ^ set(flips))),
+                    "score": round(1.0 - float(issues.quality[ks[0]]), 4), "reason": f"{c.splits[i]} split: {who}: {why}",
+                    "split": c.splits[i], "image": i})
+    return out
+
+
+def _multi_label(run: Path, fp: str, c: Checked, labels: list[str], sp: SuspectsParams, steps: int,
+                 t0: float) -> dict[str, Any]:
+    """Multi-label data: per-label confident learning (:func:`pipeline.model.confident.find_label_issues`),
+    suspects.csv (one row per image, the suggested label set), the ranked queue, gallery and marker."""
+    issues = confident.find_label_issues(c.probs, c.y)
+    rows = multi_rows(issues, c, labels)
+    artifacts.write_text(run / rf.SUSPECTS_RANKED, _csv([{**r, "confidence": r["score"], "flagged": True}
+                                                         for r in rows], RANKED_COLUMNS))
+    artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
+    _gallery(run, c.x, np.array([r["image"] for r in rows], np.int64), rows, sp.gallery)
+    by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
+    record = rf.write_marker(
+        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, task="multi", images=int(len(c.y)),
+        checked=by_split, test_checked=by_split["test"] > 0, flagged=len(rows), flagged_decisions=len(issues.image),
+        flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
+        step_budget=sp.step_budget, fold_steps=steps,
+        estimated_by_label={labels[j]: int(n) for j, n in enumerate(issues.estimated)},
+        seconds=round(time.perf_counter() - t0, 1), estimated_errors=len(issues.image),
+        method="confident learning on each label as present/absent (a wrong tag and a missing tag), ranked by "
+               "label quality (Northcutt et al. 2021)",
+        top=[{k: v for k, v in r.items() if k != "image"} for r in rows[:sp.gallery]])
+    log.info("suspects: %d of %d images with a doubtful label (%d decisions) -> %s", len(rows), len(c.y),
+             len(issues.image), run / rf.SUSPECTS)
+    return record
+
+
 def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) -> dict[str, Any]:
     """Run the stage: out-of-fold probabilities (and the trained model's on the test split), confident
     learning, suspects.csv/png and the marker."""
@@ -245,11 +295,13 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) 
     c = _load(prep)
     c.probs = _probabilities(prep, c, fp, sp, dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=steps), aug)
     c = _with_test(prep, c, model_dir)
+    if prep.multi:
+        return _multi_label(run, fp, c, prep.labels, sp, steps, t0)
     issues = confident.find_issues(c.probs, c.y)
     rows = rows_for(issues, c, prep.labels)
     artifacts.write_text(run / rf.SUSPECTS_RANKED, _csv(ranked_rows(issues, c, prep.labels), RANKED_COLUMNS))
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
-    _gallery(run, c.x, issues, rows, sp.gallery)
+    _gallery(run, c.x, issues.index, rows, sp.gallery)
     record = _record(run, fp, c, issues, rows, prep.labels, sp, steps, time.perf_counter() - t0)
     log.info("suspects: %d of %d images flagged (%s) -> %s", len(rows), len(c.y),
              ", ".join(f"{s} {n}" for s, n in record["checked"].items() if n), run / rf.SUSPECTS)

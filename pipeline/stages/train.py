@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.data import strokes
-from pipeline.model import batches, recipe, trust
+from pipeline.model import batches, formats, multilabel, recipe, trust
 from pipeline.model.callbacks import best_so_far, extension_callback, history_callback, repair_backup
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
 from pipeline.model.fitting import Data, compile_model, datasets
@@ -43,6 +43,8 @@ BACKUP_DIR = rf.BACKUP
 CHECKPOINT = rf.CHECKPOINT
 HISTORY = rf.HISTORY
 BUNDLE_DIR = rf.BUNDLE
+RUNTIME_PROBE = 256        # validation images the light runtime's model is checked on
+RUNTIME_TOLERANCE = 1e-4   # a larger difference of a probability from Keras' is warned about
 
 
 def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster, extend: Any = None) -> list[Any]:
@@ -138,8 +140,12 @@ def _load(prep: rf.Prepared) -> Data:
 
 def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, cluster: Cluster) -> recipe.Plan:
     """Resolve the recipe's "auto" choices from the data; log each."""
-    counts = np.bincount(np.asarray(data.y_train), minlength=data.n_classes).tolist()
+    y = np.asarray(data.y_train)
+    counts = y.sum(axis=0).tolist() if data.multi else np.bincount(y, minlength=data.n_classes).tolist()
     plan = recipe.plan(p, aug, len(data.x_train), counts, prep.hflip, prep.imbalance_ratio, cluster.replicas)
+    if data.multi:  # the class weights weigh each label's positives against its negatives
+        weights, why = multilabel.positive_weights(counts, len(y), p.class_weights, prep.imbalance_ratio)
+        plan = dataclasses.replace(plan, class_weights=weights, class_weights_why=why)
     log.info("train: %d epoch(s) (%s)", plan.epochs, plan.epochs_why)
     for warning in plan.warnings:
         log.warning("train: %s", warning)
@@ -169,19 +175,36 @@ def _save_checkpoint(run: Path, model: Any) -> None:
 
 
 def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams
-               ) -> tuple[dict[str, Any], NoveltySpec | None]:
+               ) -> tuple[Any, dict[str, Any], NoveltySpec | None]:
     """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
-    novelty detector (:mod:`pipeline.model.trust`); the bundle's calibration record and novelty spec."""
+    novelty detector (:mod:`pipeline.model.trust`); the bundle's model, calibration record and novelty spec."""
     model, converted = _float32_checkpoint(run)
     if not data.has_val:
         if converted:
             _save_checkpoint(run, model)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
-        return {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}, None
+        return model, {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}, None
     calibration, novelty = trust.fit(model, prep.labels, prep.preprocess, data.x_train, data.x_val, data.y_val,
                                      np_.flag_rate, lambda n: strokes.stroke_images(n, prep.preprocess))
     _save_checkpoint(run, model)  # saved once: float32 and calibrated
-    return calibration, novelty
+    return model, calibration, novelty
+
+
+def _runtime_model(model: Any, prep: rf.Prepared, data: Data, target: Path) -> dict[str, Any] | None:
+    """Write the bundle's model for the light runtime (ONNX, :func:`pipeline.model.formats.write_runtime_model`),
+    checked against Keras on validation images; what bundle.json records (None: it could not be written)."""
+    probe = np.asarray((data.x_val if len(data.x_val) else data.x_train)[:RUNTIME_PROBE], np.float32)
+    meta = formats.metadata_strings(prep.label_map, params_mod.to_dict(prep.preprocess))
+    try:
+        facts = formats.write_runtime_model(model, target, meta, probe)
+    except Exception as exc:  # noqa: BLE001 - e.g. onnx/tf2onnx missing: the bundle still works, through TensorFlow
+        log.warning("train: no %s for the light runtime (%s: %s); `pipeline export --format onnx` adds it later",
+                    bundle.RUNTIME_MODEL, type(exc).__name__, exc)
+        return None
+    if facts["max_abs_prob_diff"] is not None and facts["max_abs_prob_diff"] > RUNTIME_TOLERANCE:
+        log.warning("train: %s differs from the Keras model by up to %.2g in a probability", bundle.RUNTIME_MODEL,
+                    facts["max_abs_prob_diff"])
+    return facts
 
 
 def _write_bundle(run: Path, prep: rf.Prepared, params: dict[str, Any], plan: recipe.Plan, fp: str,
@@ -189,17 +212,23 @@ def _write_bundle(run: Path, prep: rf.Prepared, params: dict[str, Any], plan: re
     import keras
     import tensorflow as tf
 
-    calibration, novelty = _fit_trust(run, data, prep, np_)
+    model, calibration, novelty = _fit_trust(run, data, prep, np_)
+    runtime_file = run / rf.CHECKPOINTS / bundle.RUNTIME_MODEL
+    runtime = _runtime_model(model, prep, data, runtime_file)
     info = {"stage": "train", "version": __version__, "fingerprint": fp, "prepared": prep.fingerprint,
             "model": params["train"]["model"],
             "input_shape": list(data.x_train.shape[1:]), "n_classes": len(prep.labels),
+            "task": "multi" if data.multi else "single",
             "keras": keras.__version__, "tensorflow": tf.__version__, **result, "plan": plan.as_dict(),
             "distribution": {"strategy": params["train"]["strategy"], "workers": cluster.workers,
                              "replicas": cluster.replicas, "global_batch_size": plan.global_batch},
-            "preprocess_choices": prep.marker.get("preprocess_choices", {}), "environment": environment()}
+            "preprocess_choices": prep.marker.get("preprocess_choices", {}), "environment": environment(),
+            **({"runtime_model": runtime} if runtime else {})}
     dest = run / BUNDLE_DIR
     bundle.write_bundle(dest, run / CHECKPOINT, prep.label_map, params_mod.to_dict(prep.preprocess),
-                        {**params, "prepare": prep.params}, info, calibration, novelty)
+                        {**params, "prepare": prep.params}, info, calibration, novelty,
+                        runtime_model=runtime_file if runtime else None)
+    runtime_file.unlink(missing_ok=True)
     return dest
 
 

@@ -11,9 +11,11 @@ Pillow and the format's runtime), and ``export.json``: format, quantisation, siz
 SHA-256, the single-image latency in the format's own runtime and, on the run's test
 split, how often the exported model's top label agrees with the bundle's (the
 same images through :func:`pipeline.model.infer.predict_probs`) and its accuracy.
-``--quantize int8`` calibrates on a seeded sample of the run's training images. The
+A multi-label bundle's per-label thresholds go along (``calibration.json``, and ``thresholds`` in
+``export.json``): a label is given when its probability reaches its threshold. ``--quantize int8`` calibrates on a seeded sample of the run's training images. The
 temperature (calibrated confidence) is part of the model in every format. The folder
-appears complete or not at all.
+appears complete or not at all. The ONNX file is the bundle's own ``model.onnx`` (the light runtime's
+model, copied when the bundle has it); a bundle from before it gains it here.
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ def _representative(model_dir: Path, n: int = REPRESENTATIVE, seed: int = 0) -> 
 
 def _write_model(b: bundle_mod.Bundle, model_dir: Path, fmt: Format, target: Path, quantize: str,
                  io_type: str) -> None:
+    if fmt.bundle_runtime and quantize == "none" and b.runtime_model is not None:
+        shutil.copyfile(b.runtime_model, target)  # the bundle has this very file (hash checked): what predict runs
+        return
     meta = metadata_strings(artifacts.read_json(model_dir / bundle_mod.LABELS, "labels"),
                             artifacts.read_json(model_dir / bundle_mod.PREPROCESS, "preprocessing"))
     rep = _representative(model_dir) if quantize == "int8" else None
@@ -127,6 +132,9 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
         _write_model(b, model_dir, form, target, quantize, io_type)
         for name in (bundle_mod.LABELS, bundle_mod.PREPROCESS):
             shutil.copyfile(model_dir / name, tmp / name)
+        thresholds = (b.calibration or {}).get("thresholds")
+        if thresholds is not None:  # multi-label: each label's threshold travels with the model
+            shutil.copyfile(model_dir / bundle_mod.CALIBRATION, tmp / bundle_mod.CALIBRATION)
         _write_example(tmp, form, target)
         size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) if target.is_dir() \
             else target.stat().st_size
@@ -134,15 +142,21 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
             "stage": "export", "version": __version__, "format": fmt, "quantize": quantize, "file": target.name,
             "bytes": size, "source_model": str(model_dir), "source_sha256": b.info.get("model_sha256"),
             "source_bytes": (model_dir / bundle_mod.MODEL).stat().st_size, "runtime": form.runtime,
-            "metadata_inside": form.metadata_inside, **({"io": io_type} if quantize == "int8" else {})}
+            "metadata_inside": form.metadata_inside, **({"io": io_type} if quantize == "int8" else {}),
+            **({"task": "multi", "thresholds": thresholds} if thresholds is not None else {})}
         if target.is_file():
             info["sha256"] = artifacts.sha256_file(target)
         info.update(_measure(b, form, target, check, y))
         info["seconds"] = round(time.perf_counter() - t0, 2)
+        info["added_to_bundle"] = form.bundle_runtime and quantize == "none" and b.runtime_model is None
         artifacts.write_json(tmp / "export.json", info)
         artifacts.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if info["added_to_bundle"]:  # an older bundle: it gains its model for the light runtime
+        bundle_mod.add_runtime_model(model_dir, out / form.file)
+        log.info("export: added %s to the bundle %s: predict and serve can now run it without TensorFlow",
+                 form.file, model_dir)
     return info
 
 

@@ -112,7 +112,7 @@ class Job:
             for r in rows:
                 if not r.error:
                     self.sorter.place(self.inputs.file(r.path), self.inputs.relative(r.path), r.label)
-        cells = [r.cells(self.rules.k) for r in rows]
+        cells = [r.cells(self.rules.k, self.rules.cuts is not None) for r in rows]
         if self.writer is not None:
             self.writer.append(cells)
         else:
@@ -133,7 +133,7 @@ def _list(source: Path, out: Path | None, sort_into: Path | None) -> Inputs:
 
 def _load(model_dir: Path, p: PredictParams) -> tuple[Predictor, Rules]:
     """The bundle, checked against the options, ready to run (graph traced); the row rules."""
-    b = bundle.load(model_dir)
+    b = bundle.load(model_dir, p.runtime)
     rules = rules_for(p, b.labels, b.calibration)
     if b.novelty is None:
         log.warning("predict: %s has no novelty model (trained by an older version): the novelty and familiar "
@@ -151,7 +151,7 @@ def _open_output(job: Job, resume: bool, started: float) -> None:
     summary_file = summary_path(job.out)
     if resume and job.out.is_file():
         _check_resumable(job.out, summary_file, job.record)
-    job.writer = RowFile(job.out, columns(job.rules.k), job.p.format)
+    job.writer = RowFile(job.out, columns(job.rules.k, job.rules.cuts is not None), job.p.format)
     previous = job.writer.start(resume)
     job.done = frozenset(r["path"] for r in previous)
     job.tally.add(previous)
@@ -165,8 +165,8 @@ def _run(job: Job, pool: Any) -> tuple[int, float]:
     todo = [x for x in job.inputs.paths if x not in job.done]
     walk_errors = [(x, reason) for x, reason in job.inputs.rejected if x not in job.done]
     total = len(todo) + len(walk_errors) if job.inputs.kind != "pixels" else None
-    log.info("predict: %s (%s) with %s: %s to predict%s", job.source, job.inputs.kind, job.record["model"],
-             f"{total} files" if total is not None else "the rows of a pixel CSV",
+    log.info("predict: %s (%s) with %s (%s): %s to predict%s", job.source, job.inputs.kind, job.record["model"],
+             job.predictor.runtime, f"{total} files" if total is not None else "the rows of a pixel CSV",
              f", {len(job.done)} done before" if job.done else "")
     if walk_errors:
         job.emit(make_rows([x for x, _ in walk_errors], [r for _, r in walk_errors], np.zeros((0, len(job.labels))),
@@ -219,17 +219,21 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
     """
     started = time.time()
     inputs = _list(source, out, sort_into)
-    # The decoding workers start up (a second or so) while TensorFlow loads the model.
+    # The decoding workers start up (a second or so) while the model loads.
     use_pool = inputs.kind == "folder" and len(inputs.paths) >= 2 * p.batch_size and p.workers != 1
     pool = decoding.start_pool(p.workers) if use_pool else None
     job = None
     try:
         predictor, rules = _load(model_dir, p)
+        if sort_into is not None and rules.cuts is not None:
+            raise UserError("--sort-into needs a single-label model: an image of this multi-label model may have "
+                            "several labels, or none")
         record = {"stage": "predict", "version": __version__, "source": str(source.resolve()),
                   "model": str(model_dir.resolve()), "model_sha256": predictor.bundle.info["model_sha256"],
+                  "runtime": predictor.runtime,
                   "labels": predictor.bundle.labels, "input_shape": list(predictor.bundle.preprocess.input_shape),
                   "params": {**params_mod.to_dict(p), "top_k": rules.k}, "threshold": {"value": rules.threshold, **rules.how},
-                  "columns": columns(rules.k), "sort_into": str(sort_into.resolve()) if sort_into else None,
+                  "columns": columns(rules.k, rules.cuts is not None), "sort_into": str(sort_into.resolve()) if sort_into else None,
                   "link": link}
         job = Job(source, inputs, predictor, p, rules, record, out,
                   sorter=Sorter(sort_into, link) if sort_into is not None else None)
@@ -254,6 +258,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default: from --out's "
                         "suffix, else [predict] format)")
     cli.add_rule_options(parser)
+    cli.add_runtime_option(parser)
     parser.add_argument("--batch-size", type=int, help="images per model call (default 512)")
     parser.add_argument("--workers", type=int, help="decoding processes (0: one per CPU core)")
     parser.add_argument("--sort-into", type=Path, help="copy each image into DIR/<label>/")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.model.rows import Row
+from pipeline.model.rows import MULTI_JOIN, Row
 from pipeline.shared import artifacts
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,10 @@ class Tally:
             if r["error"]:
                 self.errors[str(r["error"]).split(":")[0]] += 1
                 continue
-            self.counts[r["label"]] += 1
+            if "labels" in r:  # multi-label: each label counted (an image may have several, or none)
+                self.counts.update(r["labels"].split(MULTI_JOIN) if r["labels"] else ["(no label)"])
+            else:
+                self.counts[r["label"]] += 1
             if r.get("familiar") not in (None, ""):  # a bool, or "true"/"false" read back from a CSV
                 self.judged += 1
                 self.unfamiliar += str(r["familiar"]).lower() == "false"

@@ -28,7 +28,7 @@ from pipeline.model.explain import occlusion
 from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
 from pipeline.shared import runfolder as rf
-from pipeline.stages.report import sections
+from pipeline.stages.report import multi, sections
 from pipeline.stages.report.sections import (dataset_section, esc, results_section, review_section,
                                              settings_section, suspects_section, training_section)
 
@@ -169,8 +169,11 @@ def _figures(d: RunData) -> Figures:
     pngs: dict[str, bytes | None] = {
         "counts": plots.class_counts(d.dataset["counts"]) if d.dataset else None,
         "samples": _samples_png(d),
-        "curves": plots.curves(d.history, d.info.get("best_epoch")) if d.history else None,
-        "confusion": plots.confusion(np.array(d.metrics["confusion_matrix"]), d.labels)}
+        "curves": plots.curves(d.history, d.info.get("best_epoch")) if d.history else None}
+    if d.metrics.get("task") == "multi":
+        more, gallery = multi.figures(d.x, d.y, d.probs, d.labels, d.metrics, d.names)
+        return Figures({**pngs, **more}, gallery, None)
+    pngs["confusion"] = plots.confusion(np.array(d.metrics["confusion_matrix"]), d.labels)
     probs, y, labels = d.probs, d.y, d.labels
     worst = worst_misclassified(probs, y)
     pred, conf = probs.argmax(axis=1), probs.max(axis=1)
@@ -209,13 +212,13 @@ SECTIONS = (("dataset", "Dataset"), ("training", "Training"), ("results", "Test 
 
 
 def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str]]:
-    """Thumbnails of the rejected and outlier files the dataset section shows (as a person sees them,
+    """Thumbnails of the rejected, outlier and poor-quality files the dataset section shows (as a person sees them,
     transparent parts on the run's background), and why the others cannot be shown."""
     dataset = d.dataset or {}
     root = Path(dataset.get("root") or dataset.get("data") or ".")
     root = root.parent if root.is_file() else root
     shown = [r["path"] for r in _read_csv(d.run / rf.REJECTED)[:sections.REJECTED_SHOWN]]
-    shown += [e["path"] for e in dataset.get("outliers", {}).get("examples", [])[:sections.OUTLIERS_SHOWN]]
+    shown += sections.shown_files(dataset)
     files: dict[str, bytes | None] = {}
     why: dict[str, str] = {}
     for path in dict.fromkeys(shown):
@@ -228,17 +231,20 @@ def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str
 
 def render(d: RunData, figs: Figures) -> str:
     """The whole page, from the template."""
-    warnings = warnings_for(d.metrics, d.dataset, d.info)
+    is_multi = d.metrics.get("task") == "multi"
+    warnings = (d.dataset or {}).get("warnings", []) if is_multi else warnings_for(d.metrics, d.dataset, d.info)
     params, envs = _settings(d)
-    pairs = confused_pairs(np.array(d.metrics["confusion_matrix"]), d.labels)
     calibration = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration")
     files, unseen = _file_thumbnails(d)
+    results = (multi.results_section(d.metrics, d.dataset, figs.gallery, figs.pngs) if is_multi else
+               results_section(d.metrics, confused_pairs(np.array(d.metrics["confusion_matrix"]), d.labels),
+                               figs.gallery, figs.calibration, figs.pngs))
     parts = [dataset_section(d.dataset, _read_csv(d.run / rf.REJECTED), figs.pngs, files, unseen),
-             training_section(d.history, d.info, figs.pngs, calibration),
-             results_section(d.metrics, pairs, figs.gallery, figs.calibration, figs.pngs),
+             training_section(d.history, d.info, figs.pngs, calibration), results,
              suspects_section(figs.suspects, figs.pngs), review_section(d.dataset, d.metrics),
              settings_section(params, envs)]
-    title = f"{d.run.name}: {d.info.get('model', 'model')} — {d.metrics['accuracy']:.2%} test accuracy"
+    score = f"{d.metrics['map']:.2%} test mAP" if is_multi else f"{d.metrics['accuracy']:.2%} test accuracy"
+    title = f"{d.run.name}: {d.info.get('model', 'model')} — {score}"
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(title), run=esc(d.run), model=esc(d.info.get("model", "?")), n_test=d.metrics["n"],
         n_classes=len(d.labels), written=time.strftime("%Y-%m-%d %H:%M"), version=__version__,

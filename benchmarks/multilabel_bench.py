@@ -1,0 +1,160 @@
+"""Several labels per image, measured (``make bench BENCH=multilabel``): our default recipe against a plain
+Keras sigmoid LeNet-5 on the same split, over seeds, on 2x2 mosaics of MNIST digits labelled with the set of
+digits present (:func:`benchmarks.devsets.build_mnist_mosaic`: 24k train / 6k test, 56x56) and its held-out
+variant never tuned on (empty cells, turned digits, noise, 0/1 label columns).
+
+| measure | ours | plain Keras |
+|---|---|---|
+| mAP, macro F1 (test split, mean ± sd over seeds) | prepare -> train -> evaluate, defaults (thresholds per label chosen on val) | the Keras LeNet-5 tutorial model with a sigmoid head and binary cross-entropy, Adam 1e-3, 15 epochs, batch 128, thresholds 0.5 |
+
+Each seed prepares the data (the seed picks the validation split; the test split is the one the CSV gives)
+and trains; the Keras model trains on the same prepared arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import publish
+
+KERAS_EPOCHS = 15
+DATASETS = {"mnist-mosaic": False, "mnist-mosaic-sparse": True}  # name -> held out (never tuned on)
+
+
+def build(name: str, root: Path, mnist_source: Path) -> Path:
+    """The dataset's labels.csv, built once (``.complete`` marks a finished build)."""
+    from benchmarks.devsets import build_mnist_mosaic
+
+    out = root / name
+    if not (out / ".complete").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        build_mnist_mosaic(mnist_source, out, held_out=DATASETS[name])
+        (out / ".complete").write_text("")
+    return out / "labels.csv"
+
+
+def keras_sigmoid_lenet5(run: Path, seed: int) -> dict[str, Any]:
+    """The plain Keras way on the run's prepared arrays: the tutorial LeNet-5 with a sigmoid per label."""
+    import keras
+    from keras import layers
+
+    from pipeline.model import multilabel
+
+    a = {k: np.load(run / f"{k}.npy") for k in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")}
+    labels = json.loads((run / "labels.json").read_text())
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input(a["X_train"].shape[1:]),
+        layers.Conv2D(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(len(labels), activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    t0 = time.perf_counter()
+    model.fit(a["X_train"], a["y_train"].astype(np.float32), batch_size=128, epochs=KERAS_EPOCHS, verbose=0,
+              validation_data=(a["X_val"], a["y_val"].astype(np.float32)) if len(a["y_val"]) else None)
+    seconds = time.perf_counter() - t0
+    probs = model.predict(a["X_test"], batch_size=1024, verbose=0)
+    m = multilabel.metrics(a["y_test"], probs, np.full(len(labels), 0.5), sorted(labels, key=labels.get))
+    return {"map": m["map"], "f1_macro": m["f1_macro"], "f1_micro": m["f1_micro"],
+            "subset_accuracy": m["subset_accuracy"], "train_seconds": seconds}
+
+
+def one(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[str, Any]:
+    """prepare -> train -> evaluate with the defaults, then the Keras model on the same split."""
+    from dataclasses import replace
+
+    from pipeline.shared import params as params_mod
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.prepare import prepare
+    from pipeline.stages.train import train
+
+    run = work / f"seed{seed}" / name
+    shutil.rmtree(run, ignore_errors=True)
+    load = lambda section: params_mod.load(params, section, name)  # noqa: E731
+    prepare(data, run, replace(load("prepare"), seed=seed), load("preprocess"), "auto", load("ingest"))
+    t0 = time.perf_counter()
+    train(run, replace(load("train"), seed=seed), verbose=0, aug=load("augment"))
+    seconds = time.perf_counter() - t0
+    m = evaluate(run, load("evaluate"))
+    info = json.loads((run / "model" / "bundle.json").read_text())
+    return {"dataset": name, "seed": seed, "map": m["map"], "f1_macro": m["f1_macro"], "f1_micro": m["f1_micro"],
+            "subset_accuracy": m["subset_accuracy"], "hamming_loss": m["hamming_loss"], "test_images": m["n"],
+            "train_seconds": seconds, "epochs_run": info["epochs_run"], "hflip": info["plan"]["hflip"],
+            "class_weights_why": info["plan"]["class_weights_why"], "keras": keras_sigmoid_lenet5(run, seed)}
+
+
+def _child(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.multilabel_bench", "--one", name, "--data", str(data), "--work",
+           str(work), "--seed", str(seed), "--params", str(params)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"multi-label run {name} seed {seed} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """One line per dataset: mAP and macro F1 (%, mean ± sd over the seeds), ours and Keras', and seconds."""
+    lines = [f"{'dataset':<30} {'seeds':>5} {'mAP ours':>14} {'mAP Keras':>14} {'F1 macro ours':>14} "
+             f"{'F1 macro Keras':>15} {'subset acc ours':>16} {'ours s':>7} {'Keras s':>7}"]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == name]
+        tag = " (held out)" if DATASETS.get(name) else ""
+        lines.append(f"{name + tag:<30} {len(rs):>5} {_mean_sd([r['map'] for r in rs]):>14} "
+                     f"{_mean_sd([r['keras']['map'] for r in rs]):>14} {_mean_sd([r['f1_macro'] for r in rs]):>14} "
+                     f"{_mean_sd([r['keras']['f1_macro'] for r in rs]):>15} "
+                     f"{_mean_sd([r['subset_accuracy'] for r in rs]):>16} "
+                     f"{np.mean([r['train_seconds'] for r in rs]):>7.0f} "
+                     f"{np.mean([r['keras']['train_seconds'] for r in rs]):>7.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.multilabel_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, of: " + ",".join(DATASETS))
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--work", default="bench-results/multilabel", help="datasets and runs (default: %(default)s)")
+    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    parser.add_argument("--out", default="bench-results", help="where multilabel.json goes")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, Path(args.data), Path(args.work), args.seed, Path(args.params))))
+        return 0
+    from pipeline.data import mnist
+
+    source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
+    if source is None:
+        raise SystemExit("the multi-label benchmark needs the MNIST IDX files (MNIST_DIR)")
+    rows = []
+    for name in [n for n in args.datasets.split(",") if n]:
+        data = build(name, Path(args.work) / "data", source)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            print(f"multilabel: {name} seed {seed} ...", file=sys.stderr, flush=True)
+            rows.append(_child(name, data, Path(args.work) / "runs", seed, Path(args.params)))
+            r = rows[-1]
+            print(f"  ours mAP {r['map']:.4f} F1 {r['f1_macro']:.4f} ({r['train_seconds']:.0f} s); Keras mAP "
+                  f"{r['keras']['map']:.4f} F1 {r['keras']['f1_macro']:.4f}", file=sys.stderr, flush=True)
+    publish(args.out, "multilabel", rows, format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Multi-label cores: average precision as scikit-learn computes it, thresholds per label, per-label
+temperatures, the metrics."""
+import numpy as np
+import pytest
+
+from pipeline.model import multilabel
+
+
+def test_average_precision_matches_scikit_learn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.random(60) < 0.3
+        score = np.round(rng.random(60) + 0.6 * y, 1)  # ties included
+        if y.any():
+            assert multilabel.average_precision(y, score) == pytest.approx(average_precision_score(y, score))
+    assert np.isnan(multilabel.average_precision(np.zeros(5, bool), np.arange(5.0)))
+
+
+def test_thresholds_maximize_each_labels_f1_or_reach_a_precision():
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]], bool)
+    p = np.array([[0.9, 0.1], [0.6, 0.2], [0.55, 0.7], [0.2, 0.4], [0.8, 0.9], [0.1, 0.05]])
+    cuts = multilabel.thresholds(y, p)
+    assert cuts[0] == 0.6 and cuts[1] == 0.7  # the F1-best cuts (every positive, no negative)
+    assert multilabel.threshold(y[:, 0], p[:, 0], target_precision=1.0) == 0.6
+    assert multilabel.threshold(np.zeros(4, bool), np.arange(4.0)) == multilabel.DEFAULT_THRESHOLD
+
+
+def test_per_label_temperatures_undo_an_overconfident_scale():
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 2, (4000, 2))
+    y = rng.random((4000, 2)) < 1 / (1 + np.exp(-z))
+    t = multilabel.fit_temperatures(z * np.array([5.0, 1.0]), y)  # label 0 five times too sure
+    assert t[0] == pytest.approx(5.0, rel=0.15) and t[1] == pytest.approx(1.0, rel=0.15)
+
+
+def test_metrics_by_hand():
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
+    p = np.array([[0.9, 0.2, 0.8], [0.1, 0.7, 0.6], [0.8, 0.4, 0.1], [0.3, 0.1, 0.2]])
+    m = multilabel.metrics(y, p, np.full(3, 0.5), ["a", "b", "c"])
+    assert m["task"] == "multi" and m["subset_accuracy"] == 0.5 and m["hamming_loss"] == pytest.approx(2 / 12)
+    assert m["per_label"]["b"]["recall"] == 0.5 and m["per_label"]["c"]["precision"] == 0.5
+    assert m["f1_micro"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    assert m["map"] == pytest.approx(np.mean([1.0, 1.0, 1.0]))
+
+
+def test_loss_is_keras_binary_crossentropy_with_positive_weights():
+    import keras
+
+    y = np.array([[1, 0, 1], [0, 1, 0]], np.float32)
+    p = np.array([[0.9, 0.2, 0.4], [0.3, 0.6, 0.05]], np.float32)
+    for s in (0.0, 0.1):
+        ours = float(keras.ops.mean(multilabel.loss(s, None)(y, p)))
+        assert ours == pytest.approx(float(keras.losses.BinaryCrossentropy(label_smoothing=s)(y, p)), rel=1e-5)
+    heavy = float(keras.ops.mean(multilabel.loss(0.0, [5.0, 1.0, 1.0])(y, p)))
+    ones = float(keras.ops.mean(multilabel.loss(0.0, [1.0, 1.0, 1.0])(y, p)))
+    assert heavy == pytest.approx(ones + 4 * -np.log(0.9) / 6, rel=1e-5)  # one positive of label 0, weighted 5x
+
+
+def test_positive_weights_follow_the_imbalance_rule():
+    weights, why = multilabel.positive_weights([5, 50], 100, "auto", 10.0)
+    assert weights == [19.0, 1.0] and "19.0x" in why
+    assert multilabel.positive_weights([40, 50], 100, "auto", 10.0)[0] is None
+    assert multilabel.positive_weights([40, 50], 100, "balanced", 10.0)[0] == [1.5, 1.0]
+    assert multilabel.positive_weights([5, 50], 100, "none", 10.0)[0] is None
+
