@@ -25,7 +25,7 @@ GPU       ?=
 SCALE     ?= 20000,100000,200000
 comma     := ,
 # The full install: the light runtime (the base dependencies) plus training, export and the tests.
-EXTRAS    := train$(comma)dev$(comma)export$(if $(filter 1,$(GPU)),$(comma)gpu)
+EXTRAS    := train$(comma)dev$(comma)export$(comma)ray$(if $(filter 1,$(GPU)),$(comma)gpu)
 
 MNIST_OUT := datasets/mnist
 # `make prepare` on the reference dataset exports it first.
@@ -117,7 +117,7 @@ test-fast: $(STAMP)
 
 # BENCH: which parts (default all). The trust, export and suspects parts use the reference
 # model, so `make bench` first makes sure `make all` has run.
-BENCH     ?= stages,accuracy,trust,suspects,export,firsthour,review,multilabel
+BENCH     ?= stages,accuracy,trust,suspects,export,firsthour,review,multilabel,cluster
 SEEDS     ?= 1,2,3
 bench: all
 	$(if $(filter stages,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE))
@@ -128,6 +128,7 @@ bench: all
 	$(if $(filter firsthour,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.firsthour --seeds $(SEEDS) --out bench-results)
 	$(if $(filter review,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.review_bench --reference runs/mnist --out bench-results)
 	$(if $(filter multilabel,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.multilabel_bench --seeds $(SEEDS) --out bench-results)
+	$(if $(filter cluster,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.cluster_bench --images $(lastword $(subst $(comma), ,$(SCALE))) --out bench-results)
 	$(PY) -m benchmarks.publish --results bench-results --doc docs/benchmarks.md
 
 clean:

@@ -51,6 +51,11 @@ PARTS = {
                    "prepare, train and evaluate with the defaults, then a plain Keras sigmoid LeNet-5 on the very same "
                    "split (thresholds 0.5). mAP and macro F1 on the test split, mean ± sd over the seeds.",
                    "python -m benchmarks.multilabel_bench --seeds 1,2,3"),
+    "cluster": ("The Ray engine against the local one, one machine",
+                "prepare of a synthetic folder with [cluster] engine = local and ray (a one-node Ray cluster on "
+                "loopback), each in its own process; Ray's fixed cost; suspects' 5 folds one after another and as "
+                "Ray tasks; a projection of 10M images from the measured per-image cost.",
+                "python -m benchmarks.cluster_bench --images 200000"),
     "export": ("Export: every format against the bundle",
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),

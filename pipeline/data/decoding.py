@@ -20,7 +20,8 @@ from pipeline.data import quality, similar
 from pipeline.data.preprocess import (ImageError, Meta, border_level, decode_file, inspect_image, is_gray_content,
                                       polarity, preprocess_batch)
 from pipeline.shared.artifacts import row_layout
-from pipeline.shared.params import PreprocessParams
+from pipeline.shared.cluster import RayPool
+from pipeline.shared.params import ClusterParams, PreprocessParams
 
 CHUNK = 512  # most images per worker task: amortises inter-process overhead
 SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost more than it saves)
@@ -140,14 +141,17 @@ def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], Preprocess
     stacked, chunk = _decode_audited(paths, cfg)
     good = [t for t, ok in zip(targets, chunk.good.tolist()) if ok]
     k = 0
-    while k < len(good):
-        out, row = good[k]
-        end = k + 1
-        while end < len(good) and good[end] == (out, row + end - k):
-            end += 1
-        fd, offset, row_bytes = _open_output(out)
-        os.pwrite(fd, np.ascontiguousarray(stacked[k:end], dtype=np.float32).tobytes(), offset + row * row_bytes)
-        k = end
+    try:
+        while k < len(good):
+            out, row = good[k]
+            end = k + 1
+            while end < len(good) and good[end] == (out, row + end - k):
+                end += 1
+            fd, offset, row_bytes = _open_output(out)
+            os.pwrite(fd, np.ascontiguousarray(stacked[k:end], dtype=np.float32).tobytes(), offset + row * row_bytes)
+            k = end
+    finally:  # closed after each chunk: a worker that outlives the job (a Ray worker) keeps no stale file open
+        _close_outputs()
     return chunk
 
 
@@ -188,9 +192,12 @@ class DecodePool:
         self._pool.join()
 
 
-def start_pool(workers: int = 0) -> DecodePool | None:
+def start_pool(workers: int = 0, cluster: ClusterParams | None = None) -> Any:
     """A pool of decoding workers, or None for one worker. Start it early: its start-up
-    (spawn + imports) then overlaps with the caller's own work, e.g. listing files."""
+    (spawn + imports) then overlaps with the caller's own work, e.g. listing files. With ``[cluster]
+    engine = "ray"`` the jobs run as Ray tasks (:class:`pipeline.shared.cluster.RayPool`)."""
+    if cluster is not None and cluster.engine == "ray":
+        return RayPool(cluster, workers)
     workers = workers or os.cpu_count() or 1
     return DecodePool(workers) if workers > 1 else None
 

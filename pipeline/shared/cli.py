@@ -21,7 +21,7 @@ from pipeline.shared import bundle
 from pipeline.shared import params as params_mod
 from pipeline.shared import quiet, runfolder
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import RUNTIMES, PredictParams
+from pipeline.shared.params import ENGINES, RUNTIMES, ClusterParams, PredictParams
 
 log = logging.getLogger("pipeline")
 
@@ -141,6 +141,19 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unfamiliar", choices=("flag", "unknown"),
                         help="images unlike the training data: flag (keep the label) or unknown (default: flag)")
     parser.add_argument("--unknown-label", help="the label for low-confidence predictions (default: unknown)")
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: where the stage's work runs (``prepare``, ``predict``, ``suspects``)."""
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="where the work runs: local (this machine's processes) or ray (a Ray cluster: "
+                             "[cluster] ray_address, else $RAY_ADDRESS, else a local instance; default: [cluster] engine)")
+
+
+def cluster_params(args: argparse.Namespace, run_name: str | None) -> ClusterParams:
+    """``[cluster]`` of the params file, then ``--engine`` when given."""
+    cp = params_mod.load(args.params, "cluster", run_name) if Path(args.params).is_file() else ClusterParams()
+    return dataclasses.replace(cp, engine=args.engine) if getattr(args, "engine", None) else cp
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:

@@ -315,6 +315,21 @@ class PredictParams:
         _choice("predict", "runtime", self.runtime, RUNTIMES)
 
 
+ENGINES = ("local", "ray")  # where prepare's decoding, predict's decoding and suspects' folds run
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """Where the work of ``prepare``, ``predict`` and ``suspects`` runs (docs/scale.md#ray): this machine's
+    process pool, or a Ray cluster (``pip install ".[ray]"``)."""
+
+    engine: str = "local"
+    ray_address: str = ""  # "": Ray's own rule: $RAY_ADDRESS when set, else a local instance started here
+
+    def __post_init__(self) -> None:
+        _choice("cluster", "engine", self.engine, ENGINES)
+
+
 SECTIONS: dict[str, type] = {
     "ingest": IngestParams,
     "prepare": PrepareParams,
@@ -325,6 +340,7 @@ SECTIONS: dict[str, type] = {
     "novelty": NoveltyParams,
     "suspects": SuspectsParams,
     "predict": PredictParams,
+    "cluster": ClusterParams,
 }
 
 

@@ -46,7 +46,7 @@ from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import IngestParams, PrepareParams, PreprocessParams
+from pipeline.shared.params import ClusterParams, IngestParams, PrepareParams, PreprocessParams
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +308,16 @@ class Usable:
 
 
 def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layout: str = "auto",
-            ip: IngestParams | None = None, corrections: Path | None = None) -> Summary:
+            ip: IngestParams | None = None, corrections: Path | None = None,
+            cluster: ClusterParams | None = None) -> Summary:
     """Run the whole stage: list, decode once, audit, split, write artifacts, marker last.
 
     ``corrections`` (default: ``corrections.csv`` in the run folder, when there is one)
-    relabels or excludes images before anything else looks at them.
+    relabels or excludes images before anything else looks at them. ``cluster``: where the decoding
+    and the audit's jobs run (the local pool, or Ray: the same files either way).
     """
     ip = ip or IngestParams()
-    pool = start_pool(p.workers)  # workers start up while we list the files
+    pool = start_pool(p.workers, cluster)  # workers start up while we list the files
     try:
         return _prepare(data, run, p, cfg, layout, ip, pool, corrections)
     finally:
@@ -740,6 +742,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     parser.add_argument("--corrections", type=Path, help="path,label rows that relabel (or exclude) images "
                         "(default: corrections.csv in the run folder, when there is one)")
+    cli.add_engine_option(parser)
     return parser
 
 
@@ -755,7 +758,7 @@ def main(args: argparse.Namespace) -> int:
     p = params_mod.load(args.params, "prepare", run.name)
     cfg = params_mod.load(args.params, "preprocess", run.name)
     ip = params_mod.load(args.params, "ingest", run.name)
-    summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections)
+    summary = prepare(data, run, p, cfg, args.layout, ip, args.corrections, cli.cluster_params(args, run.name))
     rf.remember_run(run)
     cli.result(audit.format_summary(summary.dataset))
     cli.result(f"run folder: {run} (the default of `make train`, `make evaluate`, ... from now on)")

@@ -37,11 +37,11 @@ from pipeline import __version__
 from pipeline.model import confident, recipe
 from pipeline.model.fitting import fit_on_arrays
 from pipeline.model.infer import Predictor, predict_probs
-from pipeline.shared import artifacts, bundle, cli, plots
+from pipeline.shared import artifacts, bundle, cli, cluster, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import AugmentParams, SuspectsParams, TrainParams
+from pipeline.shared.params import AugmentParams, ClusterParams, SuspectsParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -117,26 +117,54 @@ def fold_steps(p: TrainParams, aug: AugmentParams, prep: rf.Prepared, sp: Suspec
     return int(min(sp.step_budget, max(FOLD_MIN_STEPS, round(FOLD_SHARE * main.total_steps / sp.folds))))
 
 
+def _fold_name(k: int, n: int) -> str:
+    return f"fold{k + 1}of{n}"
+
+
+def _train_fold(prep: rf.Prepared, c: Checked, held_out: list[np.ndarray], k: int, fp: str, p: TrainParams,
+                aug: AugmentParams) -> np.ndarray:
+    """Train fold ``k`` and keep its probabilities in ``suspects_folds/`` (a killed run resumes after it)."""
+    work, held, name = prep.run / rf.SUSPECTS_WORK, held_out[k], _fold_name(k, len(held_out))
+    t0 = time.perf_counter()
+    probs = fold_probs(c.x, c.y, held, p, aug, prep, name)
+    artifacts.save_npy(work / f"{name}.npy", probs)
+    rf.write_marker(work / f"{name}.json", fp, fold=k + 1, folds=len(held_out), images=int(len(held)),
+                    seconds=round(time.perf_counter() - t0, 1))
+    log.info("suspects: %s: %d images in %.0f s", name, len(held), time.perf_counter() - t0)
+    return probs
+
+
+def _fold_task(run: Path, k: int, fp: str, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) -> np.ndarray:
+    """One fold as a Ray task: the same arrays, folds and seeds as the local loop, read from the run folder."""
+    prep = rf.Prepared.open(run)
+    c = _load(prep)
+    return _train_fold(prep, c, folds(c.y, sp.folds, prep.seed), k, fp, p, aug)
+
+
 def _probabilities(prep: rf.Prepared, c: Checked, fp: str, sp: SuspectsParams, p: TrainParams,
-                   aug: AugmentParams) -> np.ndarray:
-    """Out-of-fold probabilities of every image; finished folds are read back, the others trained."""
+                   aug: AugmentParams, cp: ClusterParams | None = None) -> np.ndarray:
+    """Out-of-fold probabilities of every image; finished folds are read back, the others trained (one after
+    another, or with ``[cluster] engine = "ray"`` as parallel Ray tasks)."""
     work = prep.run / rf.SUSPECTS_WORK
     work.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(work)
     held_out = folds(c.y, sp.folds, prep.seed)
     probs = np.zeros((len(c.y), len(prep.labels)), np.float32)
-    for k in tqdm(range(len(held_out)), desc="suspects: folds", unit="fold"):
-        held, name = held_out[k], f"fold{k + 1}of{len(held_out)}"
+    todo = []
+    for k, held in enumerate(held_out):
+        name = _fold_name(k, len(held_out))
         if rf.is_current(work / f"{name}.json", fp, [work / f"{name}.npy"]):
             log.info("suspects: %s done before; kept", name)
             probs[held] = artifacts.load_npy(work / f"{name}.npy", "fold probabilities", mmap=False)
-            continue
-        t0 = time.perf_counter()
-        probs[held] = fold_probs(c.x, c.y, held, p, aug, prep, name)
-        artifacts.save_npy(work / f"{name}.npy", probs[held])
-        rf.write_marker(work / f"{name}.json", fp, fold=k + 1, folds=len(held_out), images=int(len(held)),
-                        seconds=round(time.perf_counter() - t0, 1))
-        log.info("suspects: %s: %d images in %.0f s", name, len(held), time.perf_counter() - t0)
+        else:
+            todo.append(k)
+    if cp is not None and cp.engine == "ray" and todo:
+        tasks = {k: cluster.remote(cp, _fold_task, prep.run, k, fp, sp, p, aug) for k in todo}
+        for k in tqdm(todo, desc="suspects: folds (ray)", unit="fold"):
+            probs[held_out[k]] = tasks[k].get()
+        return probs
+    for k in tqdm(todo, desc="suspects: folds", unit="fold"):
+        probs[held_out[k]] = _train_fold(prep, c, held_out, k, fp, p, aug)
     return probs
 
 
@@ -279,7 +307,8 @@ def _multi_label(run: Path, fp: str, c: Checked, labels: list[str], sp: Suspects
     return record
 
 
-def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) -> dict[str, Any]:
+def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams,
+             cp: ClusterParams | None = None) -> dict[str, Any]:
     """Run the stage: out-of-fold probabilities (and the trained model's on the test split), confident
     learning, suspects.csv/png and the marker."""
     prep = rf.Prepared.open(run)
@@ -293,7 +322,8 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams) 
     steps = fold_steps(p, aug, prep, sp)
     log.info("suspects: %d folds of %d optimizer steps each", sp.folds, steps)
     c = _load(prep)
-    c.probs = _probabilities(prep, c, fp, sp, dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=steps), aug)
+    c.probs = _probabilities(prep, c, fp, sp, dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=steps), aug,
+                             cp)
     c = _with_test(prep, c, model_dir)
     if prep.multi:
         return _multi_label(run, fp, c, prep.labels, sp, steps, t0)
@@ -328,6 +358,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--write-corrections", action="store_true",
                         help="pre-fill corrections.csv with the suggested labels, for review")
     parser.add_argument("--force", action="store_true", help="with --write-corrections: replace an existing file")
+    cli.add_engine_option(parser)
     return parser
 
 
@@ -338,7 +369,7 @@ def main(args: argparse.Namespace) -> int:
     if args.folds is not None:
         sp = dataclasses.replace(sp, folds=args.folds)
     record = suspects(run, sp, params_mod.load(args.params, "train", run.name),
-                      params_mod.load(args.params, "augment", run.name))
+                      params_mod.load(args.params, "augment", run.name), cli.cluster_params(args, run.name))
     checked = ", ".join(f"{n} {s}" for s, n in record.get("checked", {}).items() if n)
     cli.result(f"{record['flagged']} suspects of {record['images']} images ({checked}) -> {run / rf.SUSPECTS}")
     for r in record.get("top", [])[:10]:

@@ -41,7 +41,7 @@ from pipeline.model.rows import Row, Rules, columns, make_rows, rules_for
 from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared.errors import UserError
-from pipeline.shared.params import OUTPUT_FORMATS, PredictParams
+from pipeline.shared.params import OUTPUT_FORMATS, ClusterParams, PredictParams
 from pipeline.stages.predict.output import (
     RowFile,
     Sorter,
@@ -211,8 +211,9 @@ def _finish(job: Job, started: float, n_new: int, seconds: float) -> dict[str, A
 
 
 def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, sort_into: Path | None = None,
-            link: bool = False, resume: bool = False) -> dict[str, Any]:
+            link: bool = False, resume: bool = False, cluster: ClusterParams | None = None) -> dict[str, Any]:
     """Predict every image in ``source``, appending rows to ``out`` (None: return them as ``rows_list``).
+    ``cluster``: where the files are decoded (the local pool, or Ray tasks: the same rows, in the same order).
 
     Returns the run summary (also written beside ``out``): what made it, counts
     per label, errors by reason and timing.
@@ -221,7 +222,7 @@ def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, s
     inputs = _list(source, out, sort_into)
     # The decoding workers start up (a second or so) while the model loads.
     use_pool = inputs.kind == "folder" and len(inputs.paths) >= 2 * p.batch_size and p.workers != 1
-    pool = decoding.start_pool(p.workers) if use_pool else None
+    pool = decoding.start_pool(p.workers, cluster) if use_pool else None
     job = None
     try:
         predictor, rules = _load(model_dir, p)
@@ -267,6 +268,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="continue an interrupted run: skip files already in --out")
     parser.add_argument("--params", default="params.toml",
                         help="params file, [predict] section (default: %(default)s)")
+    cli.add_engine_option(parser)
     return parser
 
 
@@ -290,7 +292,8 @@ def main(args: argparse.Namespace) -> int:
         out = base / f"{DEFAULT_OUT}.{'jsonl' if p.format == 'jsonl' else 'csv'}"
     if out is None and args.resume:
         raise UserError("--resume needs an output file (--out)")
-    s = predict(args.images, args.model, out, p, args.sort_into, args.link, args.resume)
+    s = predict(args.images, args.model, out, p, args.sort_into, args.link, args.resume,
+                cli.cluster_params(args, Path(args.run).name if args.run else None))
     cli.result(format_one(s["rows_list"][0]) if single and out is None else format_summary(s, out))
     if s["rows"] and not s["predicted"]:
         log.error("predict: none of the %d files could be read as an image", s["rows"])
