@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import publish
+from benchmarks.common import mean_sd, publish
 
 # name -> (what, held out?)
 DATASETS = {
@@ -138,9 +138,6 @@ def _child(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
-
 
 def _extension(rs: list[dict[str, Any]]) -> str:
     """How often the run went on while validation improved, and what that gained (mean ± sd, points)."""
@@ -164,8 +161,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         choice = (f"{first['color']} {first['size'][0]}x{first['size'][1]} invert={first['invert']} "
                   f"hflip={'on' if first['hflip'] else 'off'}")
         tag = " (held out)" if DATASETS.get(name, ("", False))[1] else ""
-        lines.append(f"{name + tag:<16} {len(rs):>5} {_mean_sd([r['accuracy'] for r in rs]):>14} "
-                     f"{_mean_sd([r['keras']['accuracy'] for r in rs]):>16} "
+        lines.append(f"{name + tag:<16} {len(rs):>5} {mean_sd([r['accuracy'] for r in rs]):>14} "
+                     f"{mean_sd([r['keras']['accuracy'] for r in rs]):>16} "
                      f"{np.mean([r['train_seconds'] for r in rs]):>7.0f} "
                      f"{np.mean([r['keras']['train_seconds'] for r in rs]):>7.0f} {first['epochs']:>7} "
                      f"{_extension(rs):>15}  {choice}")

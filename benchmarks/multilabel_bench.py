@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import publish
+from benchmarks.common import mean_sd, publish
 
 KERAS_EPOCHS = 15
 DATASETS = {"mnist-mosaic": False, "mnist-mosaic-sparse": True}  # name -> held out (never tuned on)
@@ -149,9 +149,6 @@ def _child(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[s
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
-
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """One line per dataset: mAP and macro F1 (%, mean ± sd over the seeds), ours and Keras', and seconds."""
@@ -160,10 +157,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
         tag = " (held out)" if DATASETS.get(name) else ""
-        lines.append(f"{name + tag:<30} {len(rs):>5} {_mean_sd([r['map'] for r in rs]):>14} "
-                     f"{_mean_sd([r['keras']['map'] for r in rs]):>14} {_mean_sd([r['f1_macro'] for r in rs]):>14} "
-                     f"{_mean_sd([r['keras']['f1_macro'] for r in rs]):>15} "
-                     f"{_mean_sd([r['subset_accuracy'] for r in rs]):>16} "
+        lines.append(f"{name + tag:<30} {len(rs):>5} {mean_sd([r['map'] for r in rs]):>14} "
+                     f"{mean_sd([r['keras']['map'] for r in rs]):>14} {mean_sd([r['f1_macro'] for r in rs]):>14} "
+                     f"{mean_sd([r['keras']['f1_macro'] for r in rs]):>15} "
+                     f"{mean_sd([r['subset_accuracy'] for r in rs]):>16} "
                      f"{np.mean([r['train_seconds'] for r in rs]):>7.0f} "
                      f"{np.mean([r['keras']['train_seconds'] for r in rs]):>7.0f}")
     return "\n".join(lines)
