@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import publish
+from pipeline.shared.cluster import stop_head
 
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
        "TF_CPP_MIN_LOG_LEVEL": "3", "TQDM_DISABLE": "1"}
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"cluster: suspects, {engine} ...", file=sys.stderr, flush=True)
                 result["suspects"][engine] = _child("suspects", str(Path(work) / "run-local"), engine, address=address)
         finally:
-            subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True)
+            stop_head(temp)
     publish(args.out, "cluster", result, format_table(result))
     return 0
 

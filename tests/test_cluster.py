@@ -30,6 +30,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+HEAD: dict[str, str] = {}  # the temp dir of the cluster the tests started
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """A Ray head on 127.0.0.1 with 2 CPUs; its address. Its files live in a temp dir (short: Ray's socket
@@ -44,11 +47,12 @@ def ray_head():
                          env=ENV, capture_output=True, text=True, timeout=180)
     try:
         assert res.returncode == 0, res.stderr[-3000:]
+        HEAD["temp"] = str(temp)
         yield address
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        cluster.stop_head(temp)  # this cluster only
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -71,10 +75,12 @@ def _same_files(a: Path, b: Path, names: list[str]) -> None:
 
 
 def _no_remote_connections() -> None:
-    """Every TCP connection of this machine's Ray processes stays on loopback."""
+    """Every TCP connection of the test cluster's processes (and of this driver) stays on loopback."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pids = {line.split(None, 1)[0] for line in listing.splitlines() if HEAD["temp"] in line} | {str(os.getpid())}
     out = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
-        if any(tag in line for tag in ("ray", "raylet", "gcs_server")):
+        if any(f"pid={pid}," in line for pid in pids):
             local, peer = line.split()[3:5]
             assert local.startswith(("127.", "[::1]", "[::ffff:127.")) and peer.startswith(
                 ("127.", "[::1]", "[::ffff:127.")), line

@@ -84,3 +84,26 @@ def remote(cp: ClusterParams, fn: Callable, *args: Any, num_cpus: float = 1) -> 
     """``fn(*args)`` as one Ray task (retried when its worker dies); ``.get()`` waits for its result."""
     ray = connect(cp)
     return _Result(ray, ray.remote(_call).options(num_cpus=num_cpus, max_retries=RETRIES).remote(fn, args))
+
+
+def stop_head(temp_dir: str | os.PathLike) -> None:
+    """Stop the one-node cluster started with ``ray start --head --temp-dir=temp_dir`` (tests, benchmarks) and
+    nothing else: its processes are those naming ``temp_dir`` (``ray stop`` would stop every cluster here)."""
+    import signal
+    import subprocess
+    import time
+
+    def ours() -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        return [int(line.split(None, 1)[0]) for line in out.splitlines()
+                if str(temp_dir) in line and int(line.split(None, 1)[0]) != os.getpid()]
+
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.1)
