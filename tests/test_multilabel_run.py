@@ -111,6 +111,11 @@ def test_multi_label_prepare_train_evaluate_predict(tmp_path):
 
     record = suspects(run, replace(load("suspects"), folds=2), load("train"), load("augment"))
     assert record["task"] == "multi"
+    from pipeline.faces import review_catalog
+    from pipeline.shared.errors import UserError
+
+    with pytest.raises(UserError, match="multi-label run: the review page decides one label per image"):
+        review_catalog.build(run)
     with open(run / "suspects.csv", newline="") as fh:
         for r in csv.DictReader(fh):  # the given labels and the suggested set, both label sets
             assert set(filter(None, r["suggested"].split(";"))) <= set(PARTS)

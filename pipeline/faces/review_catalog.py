@@ -24,6 +24,7 @@ from pipeline.model import queues
 from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle
 from pipeline.shared import runfolder as rf
+from pipeline.shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ def _new_images(cat: Catalog, images: Path, model_dir: Path) -> None:
 def build(run: Path, images: Path | None = None) -> Catalog:
     """The catalog of a prepared run (and of ``images``, a folder of new images, with the run's model)."""
     prep = rf.Prepared.open(run)
+    if prep.multi:
+        raise UserError(f"{run} is a multi-label run: the review page decides one label per image and does not "
+                        "review label sets yet; suspects.csv lists each doubtful image with its suggested labels")
     dataset = prep.dataset() or {}
     root = Path(dataset.get("root") or dataset.get("data") or ".")
     cat = Catalog(run, list(prep.labels), roots=[Path(os.path.realpath(root.parent if root.is_file() else root))],
