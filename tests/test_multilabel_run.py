@@ -116,6 +116,12 @@ def test_multi_label_prepare_train_evaluate_predict(tmp_path):
 
     with pytest.raises(UserError, match="multi-label run: the review page decides one label per image"):
         review_catalog.build(run)
+    from pipeline.stages.export import export
+
+    info = export(run / "model", "onnx", tmp_path / "exported", check=np.load(run / "X_test.npy"),
+                  y=np.load(run / "y_test.npy"))
+    assert info["thresholds"] == calibration["thresholds"] and (tmp_path / "exported" / "calibration.json").is_file()
+    assert info["agreement"]["top1_agreement"] == 1.0
     with open(run / "suspects.csv", newline="") as fh:
         for r in csv.DictReader(fh):  # the given labels and the suggested set, both label sets
             assert set(filter(None, r["suggested"].split(";"))) <= set(PARTS)

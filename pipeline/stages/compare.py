@@ -30,9 +30,11 @@ def summarize_run(run: Path) -> dict[str, Any]:
     if (run / rf.HISTORY).is_file():
         with open(run / rf.HISTORY, newline="", encoding="utf-8") as fh:
             seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
-    f1 = {name: m["f1"] for name, m in metrics["per_class"].items()}
+    f1 = {name: m["f1"] for name, m in (metrics.get("per_class") or metrics.get("per_label") or {}).items()}
     return {"run": str(run), "model": info.get("model", "?"), "parameters": info.get("parameters"),
-            "accuracy": metrics["accuracy"], "macro_f1": sum(f1.values()) / max(len(f1), 1),
+            # (multi-label: the subset accuracy, every label right)
+            "accuracy": metrics.get("accuracy", metrics.get("subset_accuracy")),
+            "macro_f1": sum(f1.values()) / max(len(f1), 1),
             "epochs": info.get("epochs_run", len(seconds)), "best_epoch": info.get("best_epoch"),
             "train_seconds": info.get("fit_seconds", sum(seconds)),
             "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,

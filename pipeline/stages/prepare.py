@@ -317,6 +317,8 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
     and the audit's jobs run (the local pool, or Ray: the same files either way).
     """
     ip = ip or IngestParams()
+    if cluster is not None and cluster.engine == "ray":  # a task may run on another node: no relative paths
+        data, run = Path(data).resolve(), Path(run).resolve()
     pool = start_pool(p.workers, cluster)  # workers start up while we list the files
     try:
         return _prepare(data, run, p, cfg, layout, ip, pool, corrections)

@@ -159,7 +159,7 @@ def _probabilities(prep: rf.Prepared, c: Checked, fp: str, sp: SuspectsParams, p
         else:
             todo.append(k)
     if cp is not None and cp.engine == "ray" and todo:
-        tasks = {k: cluster.remote(cp, _fold_task, prep.run, k, fp, sp, p, aug) for k in todo}
+        tasks = {k: cluster.remote(cp, _fold_task, prep.run.resolve(), k, fp, sp, p, aug) for k in todo}
         for k in tqdm(todo, desc="suspects: folds (ray)", unit="fold"):
             probs[held_out[k]] = tasks[k].get()
         return probs
@@ -292,11 +292,14 @@ def _multi_label(run: Path, fp: str, c: Checked, labels: list[str], sp: Suspects
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
     _gallery(run, c.x, np.array([r["image"] for r in rows], np.int64), rows, sp.gallery)
     by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
+    folded = [i for i, s in enumerate(c.splits) if s != "test"]
     record = rf.write_marker(
         run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, task="multi", images=int(len(c.y)),
         checked=by_split, test_checked=by_split["test"] > 0, flagged=len(rows), flagged_decisions=len(issues.image),
         flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
         step_budget=sp.step_budget, fold_steps=steps,
+        # the share of right label decisions (at 0.5) of the cross-validated models
+        out_of_fold_accuracy=float(((c.probs[folded] >= 0.5) == (c.y[folded] == 1)).mean()) if folded else 0.0,
         estimated_by_label={labels[j]: int(n) for j, n in enumerate(issues.estimated)},
         seconds=round(time.perf_counter() - t0, 1), estimated_errors=len(issues.image),
         method="confident learning on each label as present/absent (a wrong tag and a missing tag), ranked by "

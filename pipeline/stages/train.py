@@ -183,7 +183,10 @@ def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams
         if converted:
             _save_checkpoint(run, model)
         log.warning("train: no validation split: no calibration (temperature 1) and no novelty detector")
-        return model, {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}, None
+        calibration = {"temperature": 1.0, "fitted_on": "nothing (no validation split)"}
+        if data.multi:  # each label given at probability 0.5
+            calibration.update(task="multi", thresholds=[multilabel.DEFAULT_THRESHOLD] * data.n_classes)
+        return model, calibration, None
     calibration, novelty = trust.fit(model, prep.labels, prep.preprocess, data.x_train, data.x_val, data.y_val,
                                      np_.flag_rate, lambda n: strokes.stroke_images(n, prep.preprocess))
     _save_checkpoint(run, model)  # saved once: float32 and calibrated

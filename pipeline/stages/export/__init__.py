@@ -112,7 +112,7 @@ def _measure(b: bundle_mod.Bundle, fmt: Format, target: Path, check: np.ndarray 
         got = run(check)
         out["agreement"] = {"images": int(len(check)), "top1_agreement": agreement(reference, got),
                             "max_abs_prob_diff": float(np.max(np.abs(reference - got)))}
-        if y is not None and len(y) == len(check):
+        if y is not None and len(y) == len(check) and np.ndim(y) == 1:  # (multi-label: the agreement only)
             out["accuracy"] = float(np.mean(got.argmax(axis=1) == y))
             out["bundle_accuracy"] = float(np.mean(reference.argmax(axis=1) == y))
         out["latency_ms"] = _latency(run, check)

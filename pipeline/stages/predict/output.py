@@ -122,12 +122,14 @@ class Tally:
     errors: Counter = field(default_factory=Counter)
     unfamiliar: int = 0
     judged: int = 0  # rows with a novelty score
+    images: int = 0  # rows predicted (a multi-label image counts once, whatever its labels)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
             if r["error"]:
                 self.errors[str(r["error"]).split(":")[0]] += 1
                 continue
+            self.images += 1
             if "labels" in r:  # multi-label: each label counted (an image may have several, or none)
                 self.counts.update(r["labels"].split(MULTI_JOIN) if r["labels"] else ["(no label)"])
             else:
@@ -137,7 +139,7 @@ class Tally:
                 self.unfamiliar += str(r["familiar"]).lower() == "false"
 
     def as_dict(self) -> dict[str, Any]:
-        predicted, errors = sum(self.counts.values()), sum(self.errors.values())
+        predicted, errors = self.images, sum(self.errors.values())
         return {"rows": predicted + errors, "predicted": predicted, "errors": errors,
                 "counts": dict(sorted(self.counts.items())), "errors_by_reason": dict(self.errors.most_common()),
                 "unfamiliar": self.unfamiliar if self.judged else None,

@@ -172,7 +172,10 @@ def _figures(d: RunData) -> Figures:
         "curves": plots.curves(d.history, d.info.get("best_epoch")) if d.history else None}
     if d.metrics.get("task") == "multi":
         more, gallery = multi.figures(d.x, d.y, d.probs, d.labels, d.metrics, d.names)
-        return Figures({**pngs, **more}, gallery, None)
+        if (d.run / rf.SUSPECTS_PNG).is_file():
+            more["suspects"] = (d.run / rf.SUSPECTS_PNG).read_bytes()
+        return Figures({**pngs, **more}, gallery, None,
+                       _json_or_none(d.run / rf.SUSPECTS_MARKER, "suspects marker"))
     pngs["confusion"] = plots.confusion(np.array(d.metrics["confusion_matrix"]), d.labels)
     probs, y, labels = d.probs, d.y, d.labels
     worst = worst_misclassified(probs, y)
