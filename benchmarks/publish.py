@@ -28,6 +28,17 @@ PARTS = {
               "Each stage on the MNIST reference data next to the plain Keras way of doing the same, in the same run, "
               "each measurement in a fresh child process (its peak RSS is its own).",
               "python -m benchmarks.bench --data datasets/mnist"),
+    "runtime": ("The light runtime (ONNX Runtime) against TensorFlow, one run",
+                "The runtime steps of the stages benchmark alone (they are also in its full run): a cold `pipeline "
+                "predict` of one PNG, the 10,000 MNIST test PNGs from the shell, start-up included, `pipeline serve` "
+                "with 1 and 8 concurrent clients (the clients run on the same cores), and the install size of the "
+                "runtime-only venv.",
+                "python -m benchmarks.bench --steps cold_onnx,cold_tf,folder_onnx,folder_tf --out bench-results/runtime"),
+    "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
+                            "3% of 4,000 training mosaics (2x2 MNIST digits, labelled with the digits present) get "
+                            "one tag wrong, a digit added or removed; `make suspects` with the defaults; precision and "
+                            "recall of the flagged (image, label) decisions.",
+                            "python -m benchmarks.multilabel_bench --suspects"),
     "firsthour": ("A user's first hour: a messy folder of letters",
                   "A folder as a new user has one (letters in 37 fonts, PNG and JPEG of 28-140 px, transparent PNGs, a "
                   "broken JPEG, a README.txt, three wrong labels), run as the README says: prepare, train, evaluate, "
@@ -60,7 +71,7 @@ PARTS = {
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
 }
-MAKE_NAMES = {"bench": "stages"}  # a part's name in `make bench BENCH=` where it differs from its file's
+MAKE_NAMES = {"bench": "stages", "runtime": "stages", "multilabel_suspects": "multilabel"}  # a part's name in `make bench BENCH=` where it differs from its file's
 
 
 HEADER = ("# Benchmarks\n\nThis file is written by `make bench` (`python -m benchmarks.publish`); do not edit it by "
