@@ -76,7 +76,7 @@ def _same_files(a: Path, b: Path, names: list[str]) -> None:
 
 def _no_remote_connections() -> None:
     """Every TCP connection of the test cluster's processes (and of this driver) stays on loopback."""
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    listing = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
     pids = {line.split(None, 1)[0] for line in listing.splitlines() if HEAD["temp"] in line} | {str(os.getpid())}
     out = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
     for line in out.splitlines()[1:]:
@@ -115,7 +115,7 @@ def test_predict_on_ray_writes_the_same_rows(tmp_path, ray_head, shade_bundle):
 def _kill_a_busy_worker(stop: threading.Event, killed: list[int]) -> None:
     """SIGKILL the first Ray worker seen running one of our tasks (its process title: ``ray::_call``)."""
     while not stop.is_set() and not killed:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
         for line in out.splitlines():
             pid, _, args = line.strip().partition(" ")
             if args.startswith("ray::_call"):

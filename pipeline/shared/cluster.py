@@ -94,7 +94,7 @@ def stop_head(temp_dir: str | os.PathLike) -> None:
     import time
 
     def ours() -> list[int]:
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-ewwo", "pid=,args="], capture_output=True, text=True).stdout
         return [int(line.split(None, 1)[0]) for line in out.splitlines()
                 if str(temp_dir) in line and int(line.split(None, 1)[0]) != os.getpid()]
 
