@@ -66,7 +66,7 @@ PARTS = {
                 "prepare of a synthetic folder with [cluster] engine = local and ray (a one-node Ray cluster on "
                 "loopback), each in its own process; Ray's fixed cost; suspects' 5 folds one after another and as "
                 "Ray tasks; a projection of 10M images from the measured per-image cost.",
-                "python -m benchmarks.cluster_bench --images 200000"),
+                "python -m benchmarks.cluster_bench --images N (the count is in the table)"),
     "export": ("Export: every format against the bundle",
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
