@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.shared import artifacts
 from pipeline.shared.params import PredictParams
 from pipeline.stages.predict import predict
-from pipeline.model.rows import columns
+from pipeline.model.rows import Rules, columns, make_rows
 from pipeline.stages.predict.output import read_rows, summary_path
 
 from conftest import REPO, SHADES, shade_image, without_training_stack, write_image
@@ -120,6 +120,17 @@ def test_threshold_labels_low_confidence_unknown(shade_bundle, tmp_path):
                                                                                   unknown_label="mid"))
     with pytest.raises(ValueError, match=r"threshold must be \"auto\" or in \[0, 1\]"):
         PredictParams(threshold=1.5)
+
+
+def test_http_rows_list_labels_only_for_a_multi_label_models_label_sets():
+    """The web answer's ``labels`` list follows the model's rules, not the label text: a single-label class
+    named "a;b" is one label."""
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.9, 0.1]])
+    single = make_rows(["x.png", "y.png"], ["", ""], probs, ["a;b", "c", "d"], Rules(2))
+    assert single[0].label == "a;b" and "labels" not in single[0].as_http()
+    multi = make_rows(["x.png", "y.png"], ["", ""], probs, ["a", "c", "d"], Rules(2, cuts=(0.5, 0.5, 0.5)))
+    assert multi[1].as_http()["labels"] == ["c", "a"] and multi[1].as_http()["label"] == "c;a"
+    assert "labels" not in multi[0].as_http()  # one label: the label says it all
 
 
 def _run(bundle, tmp_path, name, p, **kw):

@@ -319,6 +319,13 @@ def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
     return None
 
 
+def _flag_columns(header: list[str], rows: Sequence[list[str]], skip: set[int | None]) -> list[int]:
+    """The columns (those not in ``skip``) whose every cell in ``rows`` is 0, 1 or empty: one 0/1 column per
+    label."""
+    return [i for i in range(len(header)) if i not in skip
+            and all((r[i].strip() if i < len(r) else "") in ("0", "1", "") for r in rows)]
+
+
 @dataclass(frozen=True)
 class _Columns:
     """Where a mapping file keeps the path, the label (or one 0/1 column per label) and the split."""
@@ -335,8 +342,7 @@ def _columns(header: list[str], rows: list[tuple[int, list[str]]], p: IngestPara
     isplit = lower.index(p.csv_split_column.lower()) if p.csv_split_column.lower() in lower else None
     if p.csv_label_column.lower() in lower or p.task == "single":
         return _Columns(ip, _column(header, p.csv_label_column, (), "label", path), isplit)
-    flags = tuple((i, h) for i, h in enumerate(header) if i not in (ip, isplit)
-                  and all((r[i].strip() if i < len(r) else "") in ("0", "1", "") for _, r in rows))
+    flags = tuple((i, header[i]) for i in _flag_columns(header, [r for _, r in rows], {ip, isplit}))
     if not flags:
         _column(header, p.csv_label_column, (), "label", path)  # raises: no label column
     return _Columns(ip, None, isplit, flags)
@@ -510,9 +516,8 @@ def _is_mapping(path: Path, p: IngestParams) -> bool:
         return False
     if p.csv_label_column.lower() in lower:
         return True
-    others = [i for i, h in enumerate(lower) if h not in paths and h != p.csv_split_column.lower()]
-    return p.task != "single" and bool(peek) and any(
-        all((r[i].strip() if i < len(r) else "") in ("0", "1", "") for r in peek) for i in others)
+    skip = {i for i, h in enumerate(lower) if h in paths or h == p.csv_split_column.lower()}
+    return p.task != "single" and bool(peek) and bool(_flag_columns(header, peek, skip))
 
 
 def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None = None,

@@ -69,6 +69,7 @@ EXAMPLES = 20
 BLOCK = 2048  # rows compared at once within a large hash bucket (bounded memory)
 MAX_PAIRS = 2_000_000  # candidate pairs looked at, at most (thousands of near-blank images would give billions)
 PAIR_BLOCK = 1024  # pairs given the strict copy test at once
+PAIR_CHUNK = 8192  # thumbnail pairs correlated at once (their rows stay in the CPU's cache)
 
 
 # ---------------------------------------------------------------- the canonical view and signatures
@@ -278,21 +279,17 @@ def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray) -> np.ndarray:
-    """Thumbnail correlation of each pair (means and norms computed once per image in a pair)."""
+    """Thumbnail correlation of each pair: the images in a pair as unit vectors once, then a dot product
+    per pair, a cache-sized block of pairs at a time."""
     used = np.flatnonzero(np.bincount(pairs.ravel(), minlength=len(thumbs)))
-    mean, inv = np.zeros(len(thumbs), np.float32), np.zeros(len(thumbs), np.float32)
-    n = thumbs.shape[1]
-    for start in range(0, len(used), 65536):
-        rows = used[start:start + 65536]
-        t = thumbs[rows].astype(np.float32)
-        mean[rows] = t.mean(axis=1)
-        norm = np.sqrt(np.maximum((t * t).sum(axis=1) - n * mean[rows] ** 2, 0))
-        inv[rows] = np.where(norm > 1e-3, 1 / np.maximum(norm, 1e-3), 0)
-    out = np.zeros(len(pairs), np.float32)
-    for start in range(0, len(pairs), 65536):
-        a, b = pairs[start:start + 65536, 0], pairs[start:start + 65536, 1]
-        dot = np.einsum("ij,ij->i", thumbs[a].astype(np.float32), thumbs[b].astype(np.float32))
-        out[start:start + len(a)] = (dot - n * mean[a] * mean[b]) * inv[a] * inv[b]
+    unit = np.zeros(thumbs.shape, np.float32)
+    for start in range(0, len(used), PAIR_CHUNK):
+        rows = used[start:start + PAIR_CHUNK]
+        unit[rows] = _unit(thumbs[rows])
+    out = np.empty(len(pairs), np.float32)
+    for start in range(0, len(pairs), PAIR_CHUNK):
+        p = pairs[start:start + PAIR_CHUNK]
+        out[start:start + len(p)] = np.einsum("ij,ij->i", unit[p[:, 0]], unit[p[:, 1]])
     return out
 
 

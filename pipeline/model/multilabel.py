@@ -85,14 +85,21 @@ def fit_temperatures(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def label_scores(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per label: (true positives, false positives, false negatives, precision, recall, F1) of the
+    decisions ``pred`` (n, L) bool against ``y``."""
+    y = np.asarray(y, bool)
+    tp, fp, fn = (pred & y).sum(axis=0), (pred & ~y).sum(axis=0), (~pred & y).sum(axis=0)
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / np.maximum(tp + fn, 1)
+    return tp, fp, fn, precision, recall, 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+
+
 def metrics(y: np.ndarray, probs: np.ndarray, cuts: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """The multi-label metrics of ``metrics.json`` (``task`` = "multi")."""
     y = np.asarray(y, bool)
     pred = probs >= cuts[None, :]
-    tp, fp, fn = (pred & y).sum(axis=0), (pred & ~y).sum(axis=0), (~pred & y).sum(axis=0)
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / np.maximum(tp + fn, 1)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    tp, fp, fn, precision, recall, f1 = label_scores(y, pred)
     ap = np.array([average_precision(y[:, j], probs[:, j]) for j in range(y.shape[1])])
     micro_p = tp.sum() / max(tp.sum() + fp.sum(), 1)
     micro_r = tp.sum() / max(tp.sum() + fn.sum(), 1)

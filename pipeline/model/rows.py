@@ -5,7 +5,8 @@ rules. ``predictions.csv``, ``.jsonl`` and the web page's JSON answer are render
 - :class:`Rules`: top-k, the confidence cut (given, or ``"auto"``: chosen on validation for a
   target precision) and its label, and what an unfamiliar image gets (``flag`` or ``unknown``);
   :func:`rules_for` resolves them from ``[predict]`` and the bundle.
-- :class:`Row`: path, label, confidence, top-k, novelty, familiar (a bool), error.
+- :class:`Row`: path, label, confidence, top-k, novelty, familiar (a bool), error, and whether a
+  multi-label model's rules made it.
 - :func:`make_rows`: the rows of a batch, from the model's probabilities and novelty.
 """
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Row:
     novelty: float | None = None
     familiar: bool | None = None
     error: str = ""
+    multi: bool = False  # made by a multi-label model's rules: ``label`` is a label set joined by ``;``
 
     def cells(self, k: int, multi: bool = False) -> dict[str, Any]:
         """The row as the output columns (:func:`columns`), values typed (None: empty)."""
@@ -88,11 +90,13 @@ class Row:
         return out
 
     def as_http(self) -> dict[str, Any]:
-        """The row as the web API answers it."""
+        """The row as the web API answers it; a multi-label row with two or more labels adds them as a
+        ``labels`` list (a single-label model's label is one name, even with a ``;`` in it)."""
         if self.error:
             return {"file": self.path, "error": self.error}
+        names = [s for s in self.label.split(MULTI_JOIN) if s] if self.multi else []
         return {"file": self.path, "label": self.label, "confidence": self.confidence,
-                **({"labels": [s for s in self.label.split(MULTI_JOIN) if s]} if MULTI_JOIN in self.label else {}),
+                **({"labels": names} if len(names) > 1 else {}),
                 "top_k": [{"label": label, "probability": prob} for label, prob in self.top],
                 "novelty": self.novelty, "familiar": self.familiar, "error": None}
 
@@ -133,6 +137,7 @@ def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: l
         label = labels[order[0]] if rules.cuts is None else _label_set(p, labels, rules.cuts)
         rows.append(Row(path, label if sure else rules.unknown, conf,
                         tuple((labels[c], float(p[c])) for c in order),
-                        None if novelty is None else float(novelty[j]), None if familiar is None else known))
+                        None if novelty is None else float(novelty[j]), None if familiar is None else known,
+                        multi=rules.cuts is not None))
         j += 1
     return rows

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.data import audit, census, corrections, ingest, quality, similar, split as splitting
 from pipeline.data.decoding import census as census_of
-from pipeline.data.decoding import decode_into, start_pool
+from pipeline.data.decoding import decode_into, keep_freed_memory, start_pool
 from pipeline.data.preprocess import Meta, preprocess
 from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
@@ -319,6 +319,7 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
     ip = ip or IngestParams()
     if cluster is not None and cluster.engine == "ray":  # a task may run on another node: no relative paths
         data, run = Path(data).resolve(), Path(run).resolve()
+    keep_freed_memory()  # the audit's arrays: from the heap, not fresh pages each time
     pool = start_pool(p.workers, cluster)  # workers start up while we list the files
     try:
         return _prepare(data, run, p, cfg, layout, ip, pool, corrections)

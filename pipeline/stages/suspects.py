@@ -244,21 +244,30 @@ def _gallery(run: Path, x: np.ndarray, shown: np.ndarray, rows: list[dict[str, A
     artifacts.write_bytes(run / rf.SUSPECTS_PNG, png)
 
 
-def _record(run: Path, fp: str, c: Checked, issues: confident.Issues, rows: list[dict[str, Any]], labels: list[str],
-            sp: SuspectsParams, steps: int, seconds: float) -> dict[str, Any]:
-    """The marker: what was checked, found and how."""
-    folded = [i for i, s in enumerate(c.splits) if s != "test"]
+def _marker(run: Path, fp: str, c: Checked, rows: list[dict[str, Any]], sp: SuspectsParams, steps: int,
+            seconds: float, **found: Any) -> dict[str, Any]:
+    """Write the marker: what was checked and how, the flagged rows (both tasks alike), and what the task's
+    confident learning ``found``."""
     by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
     return rf.write_marker(
-        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, images=int(len(c.y)), checked=by_split,
+        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, images=len(c.y), checked=by_split,
         test_checked=by_split["test"] > 0, flagged=len(rows),
         flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
-        step_budget=sp.step_budget, fold_steps=steps,
+        step_budget=sp.step_budget, fold_steps=steps, seconds=round(seconds, 1),
+        top=[{k: v for k, v in r.items() if k != "image"} for r in rows[:sp.gallery]], **found)
+
+
+def _record(run: Path, fp: str, c: Checked, issues: confident.Issues, rows: list[dict[str, Any]], labels: list[str],
+            sp: SuspectsParams, steps: int, seconds: float) -> dict[str, Any]:
+    """The marker of single-label data: what was checked, found and how."""
+    folded = [i for i, s in enumerate(c.splits) if s != "test"]
+    return _marker(
+        run, fp, c, rows, sp, steps, seconds,
         out_of_fold_accuracy=float((c.probs[folded].argmax(axis=1) == c.y[folded]).mean()),
         thresholds={labels[j]: round(float(t), 4) for j, t in enumerate(issues.thresholds)},
-        confident_joint=issues.confident_joint.tolist(), seconds=round(seconds, 1),
+        confident_joint=issues.confident_joint.tolist(),
         method="confident learning: the confident joint counts the errors, self-confidence ranks them "
-               "(Northcutt et al. 2021)", estimated_errors=len(rows), top=rows[:sp.gallery])
+               "(Northcutt et al. 2021)", estimated_errors=len(rows))
 
 
 # ---------------------------------------------------------------- several labels per image
@@ -291,20 +300,15 @@ def _multi_label(run: Path, fp: str, c: Checked, labels: list[str], sp: Suspects
                                                          for r in rows], RANKED_COLUMNS))
     artifacts.write_text(run / rf.SUSPECTS, _csv(rows, COLUMNS))
     _gallery(run, c.x, np.array([r["image"] for r in rows], np.int64), rows, sp.gallery)
-    by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
     folded = [i for i, s in enumerate(c.splits) if s != "test"]
-    record = rf.write_marker(
-        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, task="multi", images=int(len(c.y)),
-        checked=by_split, test_checked=by_split["test"] > 0, flagged=len(rows), flagged_decisions=len(issues.image),
-        flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
-        step_budget=sp.step_budget, fold_steps=steps,
+    record = _marker(
+        run, fp, c, rows, sp, steps, time.perf_counter() - t0, task="multi", flagged_decisions=len(issues.image),
         # the share of right label decisions (at 0.5) of the cross-validated models
         out_of_fold_accuracy=float(((c.probs[folded] >= 0.5) == (c.y[folded] == 1)).mean()) if folded else 0.0,
         estimated_by_label={labels[j]: int(n) for j, n in enumerate(issues.estimated)},
-        seconds=round(time.perf_counter() - t0, 1), estimated_errors=len(issues.image),
+        estimated_errors=len(issues.image),
         method="confident learning on each label as present/absent (a wrong tag and a missing tag), ranked by "
-               "label quality (Northcutt et al. 2021)",
-        top=[{k: v for k, v in r.items() if k != "image"} for r in rows[:sp.gallery]])
+               "label quality (Northcutt et al. 2021)")
     log.info("suspects: %d of %d images with a doubtful label (%d decisions) -> %s", len(rows), len(c.y),
              len(issues.image), run / rf.SUSPECTS)
     return record
