@@ -93,10 +93,11 @@ def one(name: str, data: Path, work: Path, seed: int, params: Path) -> dict[str,
             "class_weights_why": info["plan"]["class_weights_why"], "keras": keras_sigmoid_lenet5(run, seed)}
 
 
-PLANTED_IMAGES, PLANTED_SHARE = 4000, 0.03  # training mosaics checked, and the share given one tag wrong
+PLANTED_IMAGES, PLANTED_SHARE = 12000, 0.03  # training mosaics checked, and the share given one tag wrong
+RANKED = (50, 100, 200, 400)  # precision of the first this many ranked decisions
 
 
-def planted(data: Path, work: Path, seed: int = 0) -> dict[str, Any]:
+def planted(data: Path, work: Path, seed: int = 0, images: int = PLANTED_IMAGES) -> dict[str, Any]:
     """Suspects on multi-label data: PLANTED_SHARE of PLANTED_IMAGES training mosaics get one tag wrong (a digit
     added that is absent, or one present removed); ``make suspects`` with the defaults; the precision and
     recall of its flagged (image, label) decisions against the planted ones."""
@@ -108,7 +109,7 @@ def planted(data: Path, work: Path, seed: int = 0) -> dict[str, Any]:
 
     rng = np.random.default_rng(seed)
     with open(data, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"][:PLANTED_IMAGES]
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"][:images]
     wrong: dict[str, str] = {}
     for i in rng.choice(len(rows), round(PLANTED_SHARE * len(rows)), replace=False).tolist():
         tags = set(filter(None, rows[i]["label"].split("|")))
@@ -133,9 +134,15 @@ def planted(data: Path, work: Path, seed: int = 0) -> dict[str, Any]:
         found = {(Path(r["path"]).name, d) for r in csv.DictReader(fh)
                  for d in set(r["label"].split(";")) ^ set(r["suggested"].split(";")) if d}
     truth = {(Path(path).name, d) for path, d in wrong.items()}
+    with open(run / "suspects_ranked.csv", newline="") as fh:  # one row per image, most doubtful first
+        ranked = [[(Path(r["path"]).name, d) for d in set(r["label"].split(";")) ^ set(r["suggested"].split(";")) if d]
+                  for r in csv.DictReader(fh)]
+    order = [dec for row in ranked for dec in row]
     hits = len(found & truth)
     return {"images": record["images"], "planted": len(truth), "flagged": len(found), "hits": hits,
             "precision": hits / max(len(found), 1), "recall": hits / max(len(truth), 1),
+            "out_of_fold_accuracy": record.get("out_of_fold_accuracy"), "fold_steps": record.get("fold_steps"),
+            "ranked_precision": {n: sum(d in truth for d in order[:n]) / n for n in RANKED if len(order) >= n},
             "seconds": time.perf_counter() - t0}
 
 
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
     parser.add_argument("--out", default="bench-results", help="where multilabel.json goes")
     parser.add_argument("--suspects", action="store_true", help="only the planted-error check of suspects")
+    parser.add_argument("--planted-images", type=int, default=PLANTED_IMAGES,
+                        help="--suspects: training mosaics checked (default: %(default)s)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -188,11 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     if source is None:
         raise SystemExit("the multi-label benchmark needs the MNIST IDX files (MNIST_DIR)")
     if args.suspects:
-        r = planted(build("mnist-mosaic", Path(args.work) / "data", source), Path(args.work) / "suspects")
+        r = planted(build("mnist-mosaic", Path(args.work) / "data", source), Path(args.work) / "suspects",
+                    images=args.planted_images)
         publish(args.out, "multilabel_suspects", r,
                 f"suspects on {r['images']} multi-label mosaics, {r['planted']} planted wrong tags (added or removed): "
                 f"{r['flagged']} decisions flagged, precision {r['precision']:.3f}, recall {r['recall']:.3f} "
-                f"({r['seconds']:.0f} s)")
+                f"({r['seconds']:.0f} s; folds of {r['fold_steps']} steps, out-of-fold decision accuracy "
+                f"{r['out_of_fold_accuracy']:.3f}); precision of the first ranked decisions: "
+                + ", ".join(f"{n}: {v:.2f}" for n, v in r["ranked_precision"].items()))
         return 0
     rows = []
     names = [n for n in args.datasets.split(",") if n]
