@@ -43,11 +43,11 @@ def _console_logging(verbose: bool) -> None:
     root.addHandler(console)
 
 
-def _file_logging(stage: str, run: str | None) -> None:
-    """Also log to ``<run>/logs/<stage>.log`` when the command has a run folder."""
+def file_logging(stage: str, run: str | None) -> None:
+    """Also log to ``<run>/logs/<stage>.log`` when the command has a run folder (appending)."""
     if not run:
         return
-    logs = Path(run) / "logs"
+    logs = Path(run) / runfolder.LOGS
     try:
         logs.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(logs / f"{stage}.log", encoding="utf-8")
@@ -95,7 +95,7 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
     try:
         if resolve is not None:
             resolve(args)
-        _file_logging(getattr(args, "log_name", None) or log_name, getattr(args, "run", None))
+        file_logging(getattr(args, "log_name", None) or log_name, getattr(args, "run", None))
         return main(args)
     except UserError as exc:
         log.debug("details", exc_info=True)
@@ -144,7 +144,7 @@ def add_rule_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_option(parser: argparse.ArgumentParser) -> None:
-    """``--engine``: where the stage's work runs (``prepare``, ``predict``, ``suspects``)."""
+    """``--engine``: where the stage's work runs (``prepare``, ``predict``, ``suspects``, ``train``)."""
     parser.add_argument("--engine", choices=ENGINES,
                         help="where the work runs: local (this machine's processes) or ray (a Ray cluster: "
                              "[cluster] ray_address, else $RAY_ADDRESS, else a local instance; default: [cluster] engine)")

@@ -320,14 +320,16 @@ ENGINES = ("local", "ray")  # where prepare's decoding, predict's decoding and s
 
 @dataclass(frozen=True)
 class ClusterParams:
-    """Where the work of ``prepare``, ``predict`` and ``suspects`` runs (docs/scale.md#ray): this machine's
-    process pool, or a Ray cluster (``pip install ".[ray]"``)."""
+    """Where the work of ``prepare``, ``predict``, ``suspects`` and ``train`` runs (docs/scale.md#ray): this
+    machine, or a Ray cluster (``pip install ".[ray]"``)."""
 
     engine: str = "local"
     ray_address: str = ""  # "": Ray's own rule: $RAY_ADDRESS when set, else a local instance started here
+    train_workers: int = 0  # Ray Train workers of `train --engine ray` (0: one per node of the cluster)
 
     def __post_init__(self) -> None:
         _choice("cluster", "engine", self.engine, ENGINES)
+        _check(self.train_workers >= 0, "cluster", "train_workers", ">= 0 (0: one per node)", self.train_workers)
 
 
 SECTIONS: dict[str, type] = {

@@ -7,7 +7,9 @@ recipe (:mod:`pipeline.model.recipe`) resolves ``"auto"`` settings from the data
 number of epochs, patience, horizontal flips and class weights, logged and
 recorded in ``bundle.json``. An interrupted run resumes from the last finished
 epoch (Keras ``BackupAndRestore`` in ``train_backup/``); ``--fresh`` starts over.
-Nothing is redone when the prepared data and params are unchanged.
+Nothing is redone when the prepared data and params are unchanged. With ``--engine ray`` the same
+training runs in Ray Train workers (:func:`train_on_ray`): each is a ``multiworker`` worker whose
+``TF_CONFIG`` Ray Train sets.
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ from pipeline.model.callbacks import best_so_far, extension_callback, history_ca
 from pipeline.model.distribute import Cluster, configure_threads, make_strategy, tf_config_task
 from pipeline.model.fitting import Data, compile_model, datasets
 from pipeline.shared import artifacts, bundle, cli, compat
+from pipeline.shared import cluster as ray_cluster
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.env import environment
+from pipeline.shared.errors import UserError
 from pipeline.shared.novelty_spec import NoveltySpec
-from pipeline.shared.params import STRATEGIES, AugmentParams, NoveltyParams, TrainParams
+from pipeline.shared.params import STRATEGIES, AugmentParams, ClusterParams, NoveltyParams, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +281,32 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     return True
 
 
+def train_on_ray(run: Path, p: TrainParams, cp: ClusterParams, fresh: bool = False, aug: AugmentParams | None = None,
+                 novelty: NoveltyParams | None = None) -> None:
+    """:func:`train` in ``[cluster] train_workers`` Ray Train workers at once, under ``multiworker`` (Ray Train's
+    ``TensorflowTrainer`` sets each worker's ``TF_CONFIG``): the same training, backup and bundle, written by
+    worker 0 alone; Ray Train's own records go to ``<run>/logs/ray``. The run folder must be where every node
+    sees it at the same path."""
+    if p.strategy == "mirrored":
+        raise UserError('--engine ray trains with strategy "multiworker" (a worker per Ray Train worker); '
+                        'use --strategy multiworker or default, or --engine local for "mirrored"')
+    rf.Prepared.open(run)  # an unprepared run folder is one line here, before any worker starts
+    config = {"run": str(run.resolve()), "p": dataclasses.replace(p, strategy="multiworker"), "fresh": fresh,
+              "aug": aug or AugmentParams(), "novelty": novelty or NoveltyParams()}
+    n = ray_cluster.train_workers(cp, _ray_worker, config, cp.train_workers, run / rf.LOGS / "ray")
+    log.info("train: %d Ray Train worker(s) finished; %s", n, run / BUNDLE_DIR)
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: :func:`train` as a ``multiworker`` worker started by hand runs it (its log: the
+    chief's ``logs/train.log``, the others' ``logs/train.worker<N>.log``)."""
+    os.environ.pop("TF_USE_LEGACY_KERAS", None)  # set by Ray Train for tf.keras 2; this project uses Keras 3
+    task = tf_config_task()
+    cli.file_logging("train" if task is None or task[2] else f"train.worker{task[0]}", config["run"])
+    logging.getLogger().setLevel(logging.INFO)
+    train(Path(config["run"]), config["p"], config["fresh"], 2, config["aug"], config["novelty"])
+
+
 def _reset_or_resume(run: Path, fp: str, fresh: bool) -> None:
     """Keep the backup of an interrupted run with the same inputs and params; else start over."""
     artifacts.remove_stale_temps(run)
@@ -304,6 +334,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="default (one device) | mirrored (all local GPUs) | multiworker (TF_CONFIG); "
                              "overrides [train] strategy")
+    cli.add_engine_option(parser)
     return parser
 
 
@@ -336,6 +367,10 @@ def main(args: argparse.Namespace) -> int:
         p = dataclasses.replace(p, strategy=args.strategy)
     if args.epochs is not None:
         p = dataclasses.replace(p, epochs=args.epochs)
-    train(Path(args.run), p, fresh=args.fresh, aug=params_mod.load(args.params, "augment", name),
-          novelty=params_mod.load(args.params, "novelty", name))
+    aug, novelty = params_mod.load(args.params, "augment", name), params_mod.load(args.params, "novelty", name)
+    cp = cli.cluster_params(args, name)
+    if cp.engine == "ray":
+        train_on_ray(Path(args.run), p, cp, args.fresh, aug, novelty)
+    else:
+        train(Path(args.run), p, fresh=args.fresh, aug=aug, novelty=novelty)
     return 0

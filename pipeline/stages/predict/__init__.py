@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,10 @@ from pipeline.model.infer import Predictor
 from pipeline.model.rows import Row, Rules, columns, make_rows, rules_for
 from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import params as params_mod
+from pipeline.shared.cluster import RayActorPool
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import OUTPUT_FORMATS, ClusterParams, PredictParams
+from pipeline.stages.predict import actors
 from pipeline.stages.predict.output import (
     RowFile,
     Sorter,
@@ -103,8 +105,7 @@ class Job:
         return self.predictor.bundle.labels
 
     def rows(self, paths: list[str], reasons: list[str], x: np.ndarray) -> list[Row]:
-        out = self.predictor(x)
-        return make_rows(paths, reasons, out.probs, self.labels, self.rules, out.novelty, out.familiar)
+        return actors.block_rows(self.predictor, self.rules, paths, reasons, x)
 
     def emit(self, rows: list[Row]) -> None:
         """Sort, write and count a block of rows."""
@@ -131,15 +132,16 @@ def _list(source: Path, out: Path | None, sort_into: Path | None) -> Inputs:
     return inputs
 
 
-def _load(model_dir: Path, p: PredictParams) -> tuple[Predictor, Rules]:
-    """The bundle, checked against the options, ready to run (graph traced); the row rules."""
+def _load(model_dir: Path, p: PredictParams, warm: bool = True) -> tuple[Predictor, Rules]:
+    """The bundle, checked against the options, ready to run (``warm``: graph traced); the row rules."""
     b = bundle.load(model_dir, p.runtime)
     rules = rules_for(p, b.labels, b.calibration)
     if b.novelty is None:
         log.warning("predict: %s has no novelty model (trained by an older version): the novelty and familiar "
                     "columns stay empty", model_dir)
     predictor = Predictor(b, p.batch_size)
-    predictor.warm_up()
+    if warm:
+        predictor.warm_up()
     return predictor, rules
 
 
@@ -171,19 +173,38 @@ def _run(job: Job, pool: Any) -> tuple[int, float]:
     if walk_errors:
         job.emit(make_rows([x for x, _ in walk_errors], [r for _, r in walk_errors], np.zeros((0, len(job.labels))),
                            job.labels, job.rules))
-    cfg = job.predictor.bundle.preprocess
     t0, n_new = time.perf_counter(), 0
     with tqdm(total=total, desc="predict", unit="img") as bar:
         try:
-            for paths, x, reasons in chunks(job.inputs, todo, cfg, job.p.batch_size, pool, set(job.done)):
-                job.emit(job.rows(paths, reasons, x))
-                n_new += len(paths)
-                bar.update(len(paths))
+            for rows in _blocks(job, todo, pool):
+                job.emit(rows)
+                n_new += len(rows)
+                bar.update(len(rows))
         except KeyboardInterrupt:
             log.error("predict: interrupted after %d new rows%s", n_new,
                       f"; {job.out} holds every finished row, re-run with --resume to continue" if job.out else "")
             raise
     return n_new, time.perf_counter() - t0
+
+
+def _blocks(job: Job, todo: list[str], pool: Any) -> Iterator[list[Row]]:
+    """The rows still to do, a block of ``batch_size`` files at a time, in file order: made here (decoded in
+    ``pool``, or here when it is None), or by the model actors of the Ray engine."""
+    size = job.p.batch_size
+    if isinstance(pool, RayActorPool):
+        return pool.map("rows", (todo[i:i + size] for i in range(0, len(todo), size)))
+    blocks = chunks(job.inputs, todo, job.predictor.bundle.preprocess, size, pool, set(job.done))
+    return (job.rows(paths, reasons, x) for paths, x, reasons in blocks)
+
+
+def _start_pool(inputs: Inputs, model_dir: Path, p: PredictParams, cluster: ClusterParams | None) -> Any:
+    """What helps this process: a folder of at least two batches is decoded by the local pool or, with the Ray
+    engine, decoded and predicted by model actors on the cluster; None: all here."""
+    if inputs.kind != "folder" or len(inputs.paths) < 2 * p.batch_size:
+        return None
+    if cluster is not None and cluster.engine == "ray":
+        return actors.start(cluster, inputs.source, model_dir, p)
+    return decoding.start_pool(p.workers) if p.workers != 1 else None
 
 
 def _finish(job: Job, started: float, n_new: int, seconds: float) -> dict[str, Any]:
@@ -213,19 +234,19 @@ def _finish(job: Job, started: float, n_new: int, seconds: float) -> dict[str, A
 def predict(source: Path, model_dir: Path, out: Path | None, p: PredictParams, sort_into: Path | None = None,
             link: bool = False, resume: bool = False, cluster: ClusterParams | None = None) -> dict[str, Any]:
     """Predict every image in ``source``, appending rows to ``out`` (None: return them as ``rows_list``).
-    ``cluster``: where the files are decoded (the local pool, or Ray tasks: the same rows, in the same order).
+    ``cluster``: where the files are decoded and the model runs (this machine: the local pool and this process;
+    Ray: model actors on the cluster): the same rows, in the same order.
 
     Returns the run summary (also written beside ``out``): what made it, counts
     per label, errors by reason and timing.
     """
     started = time.time()
     inputs = _list(source, out, sort_into)
-    # The decoding workers start up (a second or so) while the model loads.
-    use_pool = inputs.kind == "folder" and len(inputs.paths) >= 2 * p.batch_size and p.workers != 1
-    pool = decoding.start_pool(p.workers, cluster) if use_pool else None
+    # The decoding workers (or the model actors) start up while the model loads here.
+    pool = _start_pool(inputs, model_dir, p, cluster)
     job = None
     try:
-        predictor, rules = _load(model_dir, p)
+        predictor, rules = _load(model_dir, p, warm=not isinstance(pool, RayActorPool))
         if sort_into is not None and rules.cuts is not None:
             raise UserError("--sort-into needs a single-label model: an image of this multi-label model may have "
                             "several labels, or none")
