@@ -27,6 +27,24 @@ def test_thresholds_maximize_each_labels_f1_or_reach_a_precision():
     assert multilabel.threshold(np.zeros(4, bool), np.arange(4.0)) == multilabel.DEFAULT_THRESHOLD
 
 
+def test_calibration_picks_thresholds_by_the_rule_in_params(monkeypatch):
+    """``[train] label_thresholds``: each label's best F1, or the lowest cut whose val precision reaches the
+    target; the rule is recorded."""
+    from pipeline.model import trust
+
+    monkeypatch.setattr(trust, "scale_logits", lambda model, temps: None)  # no Keras model needed here
+    rng = np.random.default_rng(4)
+    y = rng.random((400, 3)) < 0.4
+    logits = rng.normal(0, 1, (400, 3)) + 2.5 * (y - 0.5)
+    f1 = trust._calibrate_multi(None, logits, y)
+    strict = trust._calibrate_multi(None, logits, y, 0.95)
+    assert f1["threshold_rule"] == "best F1" and strict["threshold_rule"] == "precision >= 0.95"
+    probs = multilabel.sigmoid(logits / np.array(f1["temperatures"])[None, :])
+    cut = np.array(strict["thresholds"])
+    precision = ((probs >= cut) & y).sum(axis=0) / (probs >= cut).sum(axis=0)
+    assert (precision >= 0.95).all() and (cut >= np.array(f1["thresholds"])).all()
+
+
 def test_per_label_temperatures_undo_an_overconfident_scale():
     rng = np.random.default_rng(1)
     z = rng.normal(0, 2, (4000, 2))

@@ -31,6 +31,8 @@ def test_missing_file_section_gives_defaults(tmp_path):
     ("[preprocess]\nsize = 'big'\n", r"size must be \"auto\" or \[height, width\]"),
     ("[train]\ndeterministic = 1\n", r"deterministic must be of type bool"),
     ("[train]\nmodel = 'resnet'\n", r"model must be one of"),
+    ("[train]\nlabel_thresholds = 1.5\n", r"label_thresholds must be \"f1\" or a target precision in \(0, 1\)"),
+    ("[train]\nlabel_thresholds = 'precision'\n", r"label_thresholds must be \"f1\" or a target precision"),
     ("[preprocess]\nsize = [28]\n", r"size must be"),
     ("[preprocess]\ncolor = 'cmyk'\n", r"color must be one of"),
     ("[prepare]\ntest_size = 1.5\n", r"test_size must be between 0 and 1"),

@@ -56,15 +56,17 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return calib
 
 
-def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | float = "f1") -> dict[str, Any]:
     """Multi-label: a temperature per label fitted on validation and folded into the model's logits, then
-    each label's threshold chosen on the calibrated validation probabilities (its best F1); the record."""
+    each label's threshold chosen on the calibrated validation probabilities (``rule``: its best F1, or the
+    lowest reaching a target precision); the record."""
     temps = multilabel.fit_temperatures(logits, y)
     scale_logits(model, temps)
     probs = multilabel.sigmoid(logits / temps[None, :])
-    cuts = multilabel.thresholds(y, probs)
+    cuts = multilabel.thresholds(y, probs, None if rule == "f1" else float(rule))
     calib = {"task": "multi", "temperature": 1.0, "temperatures": [round(float(t), 5) for t in temps],
              "thresholds": [round(float(c), 6) for c in cuts], "fitted_on": f"validation split ({len(y)} images)",
+             "threshold_rule": "best F1" if rule == "f1" else f"precision >= {float(rule):g}",
              "f1_macro_val": float(multilabel.label_scores(y, probs >= cuts[None, :])[-1].mean())}
     log.info("train: a temperature (%.2f..%.2f) and a threshold (%.2f..%.2f) per label fitted on val "
              "(macro F1 %.4f)", temps.min(), temps.max(), cuts.min(), cuts.max(), calib["f1_macro_val"])
@@ -72,14 +74,16 @@ def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str,
 
 
 def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
-        y_val: np.ndarray, flag_rate: float, draw_strokes: Callable[[int], np.ndarray] | None = None
-        ) -> tuple[dict[str, Any], NoveltySpec | None]:
-    """Calibrate ``model`` (its temperature, set in place) and fit the novelty detector flagging
-    ``flag_rate`` of validation images; (calibration record, novelty spec or None)."""
+        y_val: np.ndarray, flag_rate: float, draw_strokes: Callable[[int], np.ndarray] | None = None,
+        label_thresholds: str | float = "f1") -> tuple[dict[str, Any], NoveltySpec | None]:
+    """Calibrate ``model`` (its temperature, set in place; multi-label: per label, and each label's
+    threshold by ``label_thresholds``) and fit the novelty detector flagging ``flag_rate`` of validation
+    images; (calibration record, novelty spec or None)."""
     predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
     logits, f_val, s_val, c_val = _outputs(predictor, x_val)
     y_val = np.asarray(y_val)
-    calib = _calibrate_multi(model, logits, y_val) if y_val.ndim == 2 else _calibrate(model, logits, y_val)
+    calib = (_calibrate_multi(model, logits, y_val, label_thresholds) if y_val.ndim == 2
+             else _calibrate(model, logits, y_val))
     if f_val.shape[1] == 0:
         return calib, None
     _, f_train, s_train, c_train = _outputs(predictor, x_train, novelty.training_sample(len(x_train)))

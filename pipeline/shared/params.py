@@ -183,6 +183,7 @@ class TrainParams:
     patience: int | str = AUTO
     dropout: float = 0.0
     class_weights: str = AUTO
+    label_thresholds: str | float = "f1"  # multi-label: each label's threshold on val: best F1, or a target precision
     seed: int = 42
     deterministic: bool = False
     precision: str = AUTO
@@ -210,6 +211,9 @@ class TrainParams:
         _choice("train", "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         _choice("train", "optimizer", self.optimizer, ("adamw", "adam"))
         _choice("train", "class_weights", self.class_weights, (AUTO, "none", "balanced"))
+        t = self.label_thresholds
+        _check(t == "f1" or (isinstance(t, float) and 0.0 < t < 1.0), "train", "label_thresholds",
+               '"f1" or a target precision in (0, 1), e.g. 0.95', t)
         for key in ("epochs", "patience"):
             value = getattr(self, key)
             _check(value == AUTO or (isinstance(value, int) and value >= 1), "train", key, '"auto" or >= 1', value)

@@ -178,7 +178,7 @@ def _save_checkpoint(run: Path, model: Any) -> None:
         model.save(tmp)
 
 
-def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams
+def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams, label_thresholds: str | float
                ) -> tuple[Any, dict[str, Any], NoveltySpec | None]:
     """Calibrate the best checkpoint (a temperature fitted on val, built into the model) and fit the
     novelty detector (:mod:`pipeline.model.trust`); the bundle's model, calibration record and novelty spec."""
@@ -192,7 +192,8 @@ def _fit_trust(run: Path, data: Data, prep: rf.Prepared, np_: NoveltyParams
             calibration.update(task="multi", thresholds=[multilabel.DEFAULT_THRESHOLD] * data.n_classes)
         return model, calibration, None
     calibration, novelty = trust.fit(model, prep.labels, prep.preprocess, data.x_train, data.x_val, data.y_val,
-                                     np_.flag_rate, lambda n: strokes.stroke_images(n, prep.preprocess))
+                                     np_.flag_rate, lambda n: strokes.stroke_images(n, prep.preprocess),
+                                     label_thresholds)
     _save_checkpoint(run, model)  # saved once: float32 and calibrated
     return model, calibration, novelty
 
@@ -219,7 +220,7 @@ def _write_bundle(run: Path, prep: rf.Prepared, params: dict[str, Any], plan: re
     import keras
     import tensorflow as tf
 
-    model, calibration, novelty = _fit_trust(run, data, prep, np_)
+    model, calibration, novelty = _fit_trust(run, data, prep, np_, params["train"]["label_thresholds"])
     runtime_file = run / rf.CHECKPOINTS / bundle.RUNTIME_MODEL
     runtime = _runtime_model(model, prep, data, runtime_file)
     info = {"stage": "train", "version": __version__, "fingerprint": fp, "prepared": prep.fingerprint,
