@@ -40,15 +40,20 @@ def _init_worker() -> None:
 
 
 def keep_freed_memory() -> None:
-    """glibc: serve a chunk's arrays (a few MB each) from the heap and keep what is freed, instead of
-    mapping fresh pages for each array and faulting them in (a third of a worker's time went to the kernel).
-    A worker's memory still stays bounded: by the largest chunk's arrays."""
+    """Memory for many short-lived arrays of a few MB: glibc serves them from the heap and keeps what is
+    freed (instead of mapping fresh pages for each array and faulting them in: a third of a decoding
+    worker's time went to the kernel), and numpy does not ask for huge pages (each first touch of a 2 MB
+    page zeroes all of it: the audit's pair search spent as long in the kernel as in its own code). The
+    memory still stays bounded: by the largest set of arrays alive at once."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
     except (OSError, AttributeError):  # not glibc: its defaults
         pass
+    hugepages = getattr(getattr(np, "_core", None), "multiarray", None)
+    if hasattr(hugepages, "_set_madvise_hugepage"):  # numpy's switch (NUMPY_MADVISE_HUGEPAGE=0 at start-up)
+        hugepages._set_madvise_hugepage(False)
 
 
 _outputs: dict[str, tuple[int, int, int]] = {}  # .npy path -> (fd, data offset, bytes per row)
