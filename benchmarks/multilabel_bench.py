@@ -97,7 +97,8 @@ PLANTED_IMAGES, PLANTED_SHARE = 12000, 0.03  # training mosaics checked, and the
 RANKED = (50, 100, 200, 400)  # precision of the first this many ranked decisions
 
 
-def planted(data: Path, work: Path, seed: int = 0, images: int = PLANTED_IMAGES) -> dict[str, Any]:
+def planted(data: Path, work: Path, seed: int = 0, images: int = PLANTED_IMAGES,
+            params: Path = Path("params.toml")) -> dict[str, Any]:
     """Suspects on multi-label data: PLANTED_SHARE of PLANTED_IMAGES training mosaics get one tag wrong (a digit
     added that is absent, or one present removed); ``make suspects`` with the defaults; the precision and
     recall of its flagged (image, label) decisions against the planted ones."""
@@ -124,12 +125,11 @@ def planted(data: Path, work: Path, seed: int = 0, images: int = PLANTED_IMAGES)
         w.writerows([r["path"], r["label"]] for r in rows)
     run = work / "planted-run"
     shutil.rmtree(run, ignore_errors=True)
-    p = params_mod.load(Path("params.toml"), "prepare")
-    prepare(table, run, p, params_mod.load(Path("params.toml"), "preprocess"), "auto", params_mod.load(
-        Path("params.toml"), "ingest"))
+    p = params_mod.load(params, "prepare")
+    prepare(table, run, p, params_mod.load(params, "preprocess"), "auto", params_mod.load(params, "ingest"))
     t0 = time.perf_counter()
-    record = suspects(run, params_mod.load(Path("params.toml"), "suspects"), params_mod.load(Path("params.toml"), "train"),
-                      params_mod.load(Path("params.toml"), "augment"))
+    record = suspects(run, params_mod.load(params, "suspects"), params_mod.load(params, "train"),
+                      params_mod.load(params, "augment"))
     with open(run / "suspects.csv", newline="") as fh:
         found = {(Path(r["path"]).name, d) for r in csv.DictReader(fh)
                  for d in set(r["label"].split(";")) ^ set(r["suggested"].split(";")) if d}
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the multi-label benchmark needs the MNIST IDX files (MNIST_DIR)")
     if args.suspects:
         r = planted(build("mnist-mosaic", Path(args.work) / "data", source), Path(args.work) / "suspects",
-                    images=args.planted_images)
+                    images=args.planted_images, params=Path(args.params))
         publish(args.out, "multilabel_suspects", r,
                 f"suspects on {r['images']} multi-label mosaics, {r['planted']} planted wrong tags (added or removed): "
                 f"{r['flagged']} decisions flagged, precision {r['precision']:.3f}, recall {r['recall']:.3f} "

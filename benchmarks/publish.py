@@ -34,11 +34,19 @@ PARTS = {
                 "with 1 and 8 concurrent clients (the clients run on the same cores), and the install size of the "
                 "runtime-only venv.",
                 "python -m benchmarks.bench --steps cold_onnx,cold_tf,folder_onnx,folder_tf --out bench-results/runtime"),
+    "audit": ("Prepare and its audit against one Keras pass",
+              "A fresh prepare of the 70,000 MNIST PNGs (decode, audit, split, write) and one "
+              "`image_dataset_from_directory` pass over the same folders, the fastest of 3 interleaved runs of each; "
+              "the copies planted into 6,000 digits that prepare finds, and what it warns about on the clean 70k; "
+              "the CPU cost of each of the audit's checks.",
+              "python -m benchmarks.bench --steps prepare,keras_read,copies,audit_cost --repeat 3 --serve-clients '' "
+              "--no-install-size --out bench-results/audit"),
     "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
-                            "3% of 4,000 training mosaics (2x2 MNIST digits, labelled with the digits present) get "
+                            "3% of N training mosaics (2x2 MNIST digits, labelled with the digits present) get "
                             "one tag wrong, a digit added or removed; `make suspects` with the defaults; precision and "
-                            "recall of the flagged (image, label) decisions.",
-                            "python -m benchmarks.multilabel_bench --suspects"),
+                            "recall of the flagged (image, label) decisions, and the precision of the first ranked "
+                            "ones (the review queue's order).",
+                            "python -m benchmarks.multilabel_bench --suspects [--planted-images N] [--params FILE]"),
     "firsthour": ("A user's first hour: a messy folder of letters",
                   "A folder as a new user has one (letters in 37 fonts, PNG and JPEG of 28-140 px, transparent PNGs, a "
                   "broken JPEG, a README.txt, three wrong labels), run as the README says: prepare, train, evaluate, "
@@ -71,7 +79,7 @@ PARTS = {
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
 }
-MAKE_NAMES = {"bench": "stages", "runtime": "stages", "multilabel_suspects": "multilabel"}  # a part's name in `make bench BENCH=` where it differs from its file's
+MAKE_NAMES = {"bench": "stages", "runtime": "stages", "audit": "stages", "multilabel_suspects": "multilabel"}  # a part's name in `make bench BENCH=` where it differs from its file's
 
 
 HEADER = ("# Benchmarks\n\nThis file is written by `make bench` (`python -m benchmarks.publish`); do not edit it by "
