@@ -113,7 +113,7 @@ def format_table(r: dict[str, Any]) -> str:
     per_image = r["cpus"] / (r["prepare"]["local"]["images"] / r["prepare"]["local"]["seconds"])  # CPU-s per image
     for cores in (16, 64):
         lines.append(f"projection, 10M images on {cores} cores at the measured {per_image * 1000:.2f} CPU-ms an image: "
-                     f"{1e7 * per_image / cores / 3600:.1f} h (decoding alone; the shared filesystem must keep up)")
+                     f"{1e7 * per_image / cores / 60:.0f} min (decoding alone; the shared filesystem must keep up)")
     return "\n".join(lines)
 
 
