@@ -279,17 +279,22 @@ def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray) -> np.ndarray:
-    """Thumbnail correlation of each pair: the images in a pair as unit vectors once, then a dot product
-    per pair, a cache-sized block of pairs at a time."""
+    """Thumbnail correlation of each pair: the mean and norm of each image in a pair once, then a dot product
+    per pair, a cache-sized block of pairs at a time (memory: a block, whatever the number of images)."""
     used = np.flatnonzero(np.bincount(pairs.ravel(), minlength=len(thumbs)))
-    unit = np.zeros(thumbs.shape, np.float32)
+    mean, inv = np.zeros(len(thumbs), np.float32), np.zeros(len(thumbs), np.float32)
+    n = thumbs.shape[1]
     for start in range(0, len(used), PAIR_CHUNK):
         rows = used[start:start + PAIR_CHUNK]
-        unit[rows] = _unit(thumbs[rows])
+        t = thumbs[rows].astype(np.float32)
+        mean[rows] = t.mean(axis=1)
+        norm = np.sqrt(np.maximum((t * t).sum(axis=1) - n * mean[rows] ** 2, 0))
+        inv[rows] = np.where(norm > 1e-3, 1 / np.maximum(norm, 1e-3), 0)
     out = np.empty(len(pairs), np.float32)
     for start in range(0, len(pairs), PAIR_CHUNK):
-        p = pairs[start:start + PAIR_CHUNK]
-        out[start:start + len(p)] = np.einsum("ij,ij->i", unit[p[:, 0]], unit[p[:, 1]])
+        a, b = pairs[start:start + PAIR_CHUNK, 0], pairs[start:start + PAIR_CHUNK, 1]
+        dot = np.einsum("ij,ij->i", thumbs[a].astype(np.float32), thumbs[b].astype(np.float32))
+        out[start:start + len(a)] = (dot - n * mean[a] * mean[b]) * inv[a] * inv[b]
     return out
 
 
