@@ -71,6 +71,11 @@ def _call_task(ray: Any) -> Any:
     return ray.remote(_call)
 
 
+def _cpus(ray: Any) -> int:
+    """The cluster's CPUs (at least 1): one task or actor each, when no count is given."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 class _Result:
     def __init__(self, ray: Any, ref: Any) -> None:
         self._ray, self._ref = ray, ref
@@ -84,7 +89,7 @@ class RayPool:
 
     def __init__(self, cp: ClusterParams, workers: int = 0) -> None:
         self._ray = connect(cp)
-        self.workers = workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        self.workers = workers or _cpus(self._ray)
         self._task = _call_task(self._ray).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)
 
     def apply_async(self, fn: Callable, args: tuple) -> _Result:
@@ -110,7 +115,7 @@ class RayActorPool:
 
     def __init__(self, cp: ClusterParams, cls: type, args: tuple = (), actors: int = 0) -> None:
         self._ray = connect(cp)
-        n = actors or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        n = actors or _cpus(self._ray)
         actor = self._ray.remote(cls).options(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)
         self._actors = [actor.remote(*args) for _ in range(n)]
 
