@@ -193,3 +193,51 @@ def test_pool_gives_the_same_results_as_serial(tmp_path):
         np.testing.assert_array_equal(a, b)
         assert ia == ib
     assert pooled_census == serial_census
+
+
+def _start_method_in_child(code: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nfrom pipeline.data import decoding\n"
+                          "print(decoding.start_method())"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="fork is used on Linux only")
+def test_workers_fork_only_in_a_process_without_threads():
+    assert _start_method_in_child("") == "fork"  # the command line: workers cost no start-up
+    assert _start_method_in_child("import threading, time\nthreading.Thread(target=time.sleep, args=(2,)).start()"
+                                  ) == "spawn"  # a thread holding a lock would be copied mid-way
+    assert _start_method_in_child("import sys; sys.modules['onnxruntime'] = sys") == "spawn"
+
+
+def test_forked_and_spawned_workers_write_the_same_arrays(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_tree
+
+    data = make_tree(tmp_path / "data", {"a": 150, "b": 150})  # above SERIAL_BELOW: the pool decodes
+    params = tmp_path / "params.toml"
+    params.write_text("[prepare]\nworkers = 2\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--data", str(data), "--run", str(tmp_path / "fork"),
+                    "--params", str(params)], check=True, capture_output=True, env=env)
+    monkeypatch.setattr(decoding, "start_method", lambda: "spawn")
+    from pipeline.shared.params import PrepareParams
+    from pipeline.stages.prepare import prepare
+
+    prepare(data, tmp_path / "spawn", PrepareParams(workers=2), PreprocessParams())
+    for name in ("X_train.npy", "X_test.npy", "y_train.npy", "manifest.csv", "dataset.json"):
+        a, b = (tmp_path / "fork" / name).read_bytes(), (tmp_path / "spawn" / name).read_bytes()
+        assert a == b or name == "dataset.json" and _same_but_paths(a, b), name
+
+
+def _same_but_paths(a: bytes, b: bytes) -> bool:
+    import json
+
+    x, y = json.loads(a), json.loads(b)
+    return {k: v for k, v in x.items() if k not in ("data", "root")} == {k: v for k, v in y.items()
+                                                                         if k not in ("data", "root")}

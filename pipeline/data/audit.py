@@ -44,6 +44,7 @@ class MetaTable(Sequence):
         self.negative = np.zeros(n, bool)
         self.alpha = np.zeros(n, bool)
         self.filled = np.zeros(n, bool)
+        self.file_stat = np.full((n, 2), -1, np.int64)  # (size, mtime in ns) as the decoder read each file
         self._names: list[str] = []
         self._codes: dict[str, int] = {}
         self.index = np.arange(n)
@@ -73,6 +74,7 @@ class MetaTable(Sequence):
         self.format[slots] = [self._code(f) for f in chunk.format]
         self.sha1[slots], self.phash[slots], self.thumb[slots] = chunk.sha1, chunk.phash, chunk.thumb
         self.stats[slots], self.alpha[slots], self.negative[slots] = chunk.stats, chunk.alpha, chunk.negative
+        self.file_stat[slots] = chunk.file_stat
         self.filled[slots] = True
 
     def __contains__(self, i: object) -> bool:

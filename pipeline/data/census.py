@@ -128,7 +128,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> np.ndarray:
     """Mean image of each class, or of each label's positives when ``y`` is multi-hot (a chunk at a time:
-    ``x`` may be memory-mapped and large)."""
+    ``x`` may be memory-mapped and large). Rows labelled -1 (or with no label set) are left out."""
     sums = np.zeros((n_classes, int(np.prod(x.shape[1:]))), np.float64)
     counts = np.zeros(n_classes, np.int64)
     for i in range(0, len(x), chunk):
@@ -140,10 +140,13 @@ def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192)
             counts += yb.sum(axis=0).astype(np.int64)
             continue
         order = np.argsort(yb, kind="stable")
+        order = order[yb[order] >= 0]
+        if not len(order):
+            continue
         xb = np.asarray(x[i:i + chunk], np.float32).reshape(len(yb), -1)[order]
         present, starts = np.unique(yb[order], return_index=True)
         sums[present] += np.add.reduceat(xb, starts, axis=0, dtype=np.float64)  # one run per class
-        counts += np.bincount(yb, minlength=n_classes)
+        counts += np.bincount(yb[yb >= 0], minlength=n_classes)
     return (sums / np.maximum(counts, 1)[:, None]).reshape(n_classes, *x.shape[1:])
 
 
@@ -172,7 +175,7 @@ class _Rows:
 
 def symmetry_of(x_path: str, y_path: str, labels: list[str]) -> dict[str, Any]:
     """:func:`symmetry` of the prepared training arrays in these .npy files, read a chunk at a time
-    (prepare runs it in an idle decoding worker)."""
+    (prepare runs it in an idle decoding worker, on the rows labelled 0 or more)."""
     return symmetry(_Rows(x_path), np.load(y_path, allow_pickle=False), labels)  # type: ignore[arg-type]
 
 
@@ -189,7 +192,7 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
     if y.ndim == 2:  # multi-label: every label's positives, each label a class (a flip must suit them all)
         present = np.flatnonzero(y.sum(axis=0) > 0)
     else:
-        present = np.unique(y) if len(y) else np.array([], int)
+        present = np.unique(y[y >= 0]) if len(y) else np.array([], int)
     if len(present) < 2:
         return {"hflip": False, "why": "fewer than 2 classes with training images", "per_class": {}}
     means = class_means(x, y, len(labels))[present]

@@ -78,15 +78,19 @@ class Decoded:
     array: np.ndarray
     meta: Meta
     ink: int | None = None
+    stat: tuple[int, int] | None = None  # the file's (size, mtime in ns) when read, for fingerprints
 
 
-def _read(source: str | os.PathLike | bytes) -> bytes:
+def _read(source: str | os.PathLike | bytes) -> tuple[bytes, tuple[int, int] | None]:
+    """The file's bytes, and its (size, mtime in ns) as read (None for bytes given): a stage's
+    fingerprint takes them from here instead of a second stat of every file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+        return bytes(source), None
     try:  # read-only: user files are never written; os-level calls, twice as fast as open() for small files
         fd = os.open(source, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             chunks = [os.read(fd, size + 1)]
             while chunks[-1] and (len(chunks) > 1 or len(chunks[0]) > size):  # it grew, or its size is unknown
                 chunks.append(os.read(fd, 1 << 20))
@@ -94,7 +98,7 @@ def _read(source: str | os.PathLike | bytes) -> bytes:
             os.close(fd)
     except OSError as exc:
         raise ImageError(f"unreadable file: {exc.strerror or exc}") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), (size, st.st_mtime_ns)
 
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +110,7 @@ def _pil_gray(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
-def _fast_png(data: bytes, cfg: PreprocessParams) -> Decoded | None:
+def _fast_png(data: bytes, cfg: PreprocessParams, stat: tuple[int, int] | None = None) -> Decoded | None:
     """Decode a plain 8-bit gray/RGB PNG with OpenCV (3-4x faster than Pillow); None if not plain.
 
     Only files whose result is provably identical to the Pillow path qualify:
@@ -129,15 +133,15 @@ def _fast_png(data: bytes, cfg: PreprocessParams) -> Decoded | None:
         arr = _pil_gray(arr) if cfg.color == "grayscale" else arr
     elif cfg.color == "rgb":
         arr = np.repeat(arr[..., None], 3, axis=2)
-    return Decoded(arr, Meta(w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest()))
+    return Decoded(arr, Meta(w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest()), stat=stat)
 
 
 def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Decoded:
     """Decode a file (path or bytes) with all checks; raise ImageError with the reason."""
-    data = _read(source)
+    data, stat = _read(source)
     if not data:
         raise ImageError("empty file (0 bytes)")
-    fast = _fast_png(data, cfg)
+    fast = _fast_png(data, cfg, stat)
     if fast is not None:
         return fast
     try:
@@ -172,7 +176,7 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
             raise ImageError("truncated image: the file ends before its pixels do (an interrupted copy or "
                              "download?)") from None
         raise ImageError(f"corrupt image: {exc}") from None
-    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest(), alpha=ink is not None), ink)
+    return Decoded(arr, Meta(w, h, mode, fmt, hashlib.sha1(data).hexdigest(), alpha=ink is not None), ink, stat)
 
 
 def decode(source: str | os.PathLike | bytes, color: str = "grayscale", background: int | str = "auto") -> np.ndarray:

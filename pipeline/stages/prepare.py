@@ -21,7 +21,6 @@ code are unchanged.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import csv
 import hashlib
 import io
@@ -242,26 +241,37 @@ def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096)
         del out
 
 
-def _input_fingerprint(listing: ingest.Listing) -> str:
+def _input_fingerprint(listing: ingest.Listing, read: np.ndarray | None = None) -> str:
     """Cheap fingerprint of the sources: path, label, split, size and mtime of each file.
 
-    Hashed file by file: a million files never sit in memory as one list or JSON text.
+    Sizes and mtimes come from the listing when it took them, else from ``read`` (each item's (size,
+    mtime) as the decoder read the file; -1: not read), else from a stat now. Hashed file by file: a
+    million files never sit in memory as one list or JSON text.
     """
     if listing.source is not None and listing.layout == "pixels":
         st = os.stat(listing.source)
         return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
     h = hashlib.sha256()
-    for k, item in enumerate(listing.items):
-        if listing.stats is not None:
-            size, mtime = listing.stats[k]
-        else:
+    for item, (size, mtime) in zip(listing.items, _file_stats(listing, read)):
+        h.update(f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return artifacts.fingerprint(h.hexdigest(), listing.rejected)
+
+
+def _file_stats(listing: ingest.Listing, read: np.ndarray | None) -> Iterable[tuple[int, int]]:
+    """(size, mtime in ns) of each listed file: as listed, as read, or stat now ((-1, -1): no such file)."""
+    if listing.stats is not None:
+        yield from listing.stats
+        return
+    known = read.tolist() if read is not None else [(-1, -1)] * len(listing.items)
+    prefix = str(listing.root) + os.sep
+    for item, (size, mtime) in zip(listing.items, known):
+        if size < 0:
             try:
-                st = os.stat(listing.root / item.path)
+                st = os.stat(prefix + item.path)
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-        h.update(f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    return artifacts.fingerprint(h.hexdigest(), listing.rejected)
+        yield size, mtime
 
 
 def artifact_names() -> list[str]:
@@ -333,7 +343,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     t0 = time.perf_counter()
     done_before = (run / rf.PREPARE).is_file() and all((run / n).is_file() for n in artifact_names())
     # Sizes and mtimes are needed up front only to tell whether a finished run is up
-    # to date; otherwise they are read in a thread while the workers decode.
+    # to date; otherwise the workers take them as they read each file.
     listing = ingest.scan(data, layout, ip, stat=done_before)
     log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
     listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
@@ -342,8 +352,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     if labeled:
         log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
                  f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
-    fp = _fingerprint_later(listing, p, cfg, ip, fixed)
-    if done_before and rf.is_current(run / rf.PREPARE, fp.result()):
+    if done_before and rf.is_current(run / rf.PREPARE, _fingerprint(listing, p, cfg, ip, fixed)):
         log.info("prepare: %s is up to date with %s; skipped", run, data)
         old = rf.read_marker(run / rf.PREPARE)
         return Summary(old["counts"], old["rejected"], artifacts.read_json(run / rf.DATASET, "dataset summary"),
@@ -353,8 +362,10 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     (run / rf.PREPARE).unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
     log.info("prepare: %s layout, %d candidate(s) under %s", listing.layout, len(listing.items), data)
     plan = _plan(listing, p, data)
+    asked = cfg  # the fingerprint's: as given, "auto" and all
     cfg, choices = _resolve(listing, plan, cfg, pool, p.seed)
     tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
+    tmp_files["y_train"] = run / f".y_train.npy{artifacts.TMP_TAG}{os.getpid()}"  # for the symmetry job
     try:
         metas = _decode_to_splits(listing, plan.by_split, tmp_files, cfg, pool, plan.rejected)
         log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
@@ -362,19 +373,21 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         if plan.rejected:
             log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
+        later = _beside_audit(pool, plan, decoded, listing, tmp_files)
         audited = _audit(listing, plan, decoded, ip, cfg, tmp_files, pool)
+        symmetry = later["symmetry"].get()  # it reads the training file: done before that file moves
         kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
     finally:
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
     log.debug("prepare: arrays written after %.2fs", time.perf_counter() - t0)
-    later = _after_arrays(pool, run, list(decoded.labels))
-    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, later["symmetry"].get(), run)
+    dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, symmetry, run)
     dataset["corrections"] = fixed
     dataset["labeled"] = labeled
     dataset["review"] = _review_before(run, fixed, labeled)
     _write_outputs(run, listing, kept, decoded.labels, dataset, audited, later["samples"])
-    marker = rf.write_marker(run / rf.PREPARE, fp.result(), stage="prepare", version=__version__,
+    marker = rf.write_marker(run / rf.PREPARE, _fingerprint(listing, p, asked, ip, fixed, metas.file_stat),
+                             stage="prepare", version=__version__,
                              data=str(data.resolve()), layout=listing.layout, task=listing.task,
                              params=params_mod.to_dict(p),
                              ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
@@ -433,17 +446,11 @@ def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.L
     return listing, summary
 
 
-def _fingerprint_later(listing: ingest.Listing, p: PrepareParams, cfg: PreprocessParams, ip: IngestParams,
-                       fixed: dict[str, Any] | None) -> concurrent.futures.Future:
-    """The stage's fingerprint, computed in a thread (it stats every file) while decoding goes on."""
-    def fingerprint() -> str:
-        return rf.fingerprint("prepare", upstream=[_input_fingerprint(listing)], params=[p, cfg, ip],
-                              extra=[listing.layout, fixed["sha256"] if fixed else None])
-
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    future = pool.submit(fingerprint)
-    pool.shutdown(wait=False)
-    return future
+def _fingerprint(listing: ingest.Listing, p: PrepareParams, cfg: PreprocessParams, ip: IngestParams,
+                 fixed: dict[str, Any] | None, read: np.ndarray | None = None) -> str:
+    """The stage's fingerprint (``read``: each file's (size, mtime) as decoded, see :func:`_input_fingerprint`)."""
+    return rf.fingerprint("prepare", upstream=[_input_fingerprint(listing, read)], params=[p, cfg, ip],
+                          extra=[listing.layout, fixed["sha256"] if fixed else None])
 
 
 def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> SplitPlan:
@@ -647,17 +654,28 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
     return kept_items, counts
 
 
-def _after_arrays(pool: Any, run: Path, labels: list[str]) -> dict[str, Any]:
-    """The jobs that need the written training arrays, in the idle decoding workers: the class symmetry
-    and the samples grid (matplotlib is imported there, not here)."""
+def _beside_audit(pool: Any, plan: SplitPlan, d: Usable, listing: ingest.Listing,
+                  tmp_files: dict[str, Path]) -> dict[str, Any]:
+    """The jobs that need only the decoded training images, in the idle decoding workers while this
+    process audits: the class symmetry (it reads the training file, with a label file beside it: -1 or
+    no label where a file was unusable) and the samples grid (matplotlib is not needed for it)."""
+    train = np.asarray(plan.by_split["train"], np.int64)
+    ok = d.metas.filled[train]
+    labels = [listing.items[i].label for i in train[ok].tolist()]
+    y_ok = d.y(labels)
+    y = np.full((len(train),) + y_ok.shape[1:], -1 if y_ok.ndim == 1 else 0, np.int64)
+    y[ok] = y_ok
+    y_file = tmp_files["y_train"]
+    with open(y_file, "wb") as fh:  # a handle: np.save would add ".npy" to the temp name
+        np.save(fh, y)
     submit = _submit(pool)
-    x_path, y_path = run / rf.x_file("train"), run / rf.y_file("train")
-    y = np.load(y_path)
+    shown = range(min(20, len(d.labels)))
     rows = np.unique(np.concatenate([np.flatnonzero(y[:, c] if y.ndim == 2 else y == c)[:SAMPLES_PER_CLASS]
-                                     for c in range(min(20, len(labels)))] or [np.zeros(0, np.int64)]))
-    x = np.load(x_path, mmap_mode="r", allow_pickle=False)[rows]  # all the grid shows: the first per class
-    return {"symmetry": submit(census.symmetry_of, str(x_path), str(y_path), labels),
-            "samples": submit(plots.sample_grid, np.asarray(x), y[rows], labels, SAMPLES_PER_CLASS)}
+                                     for c in shown] or [np.zeros(0, np.int64)]))
+    x = np.load(tmp_files["train"], mmap_mode="r", allow_pickle=False)[rows]  # all the grid shows
+    symmetry = submit(census.symmetry_of, str(tmp_files["train"]), str(y_file), list(d.labels))
+    return {"symmetry": symmetry,
+            "samples": submit(plots.sample_grid, np.asarray(x), y[rows], list(d.labels), SAMPLES_PER_CLASS)}
 
 
 SAMPLES_PER_CLASS = 8
