@@ -130,7 +130,7 @@ bench: all
 	$(if $(filter firsthour,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.firsthour --seeds $(SEEDS) --out bench-results)
 	$(if $(filter review,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.review_bench --reference runs/mnist --out bench-results)
 	$(if $(filter multilabel,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.multilabel_bench --seeds $(SEEDS) --out bench-results && $(PY) -m benchmarks.multilabel_bench --suspects --out bench-results)
-	$(if $(filter cluster,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.cluster_bench --images $(lastword $(subst $(comma), ,$(SCALE))) --out bench-results)
+	$(if $(filter cluster,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.cluster_bench --images $(lastword $(subst $(comma), ,$(SCALE))) --out bench-results && $(PY) -m benchmarks.cluster_bench --memory $(firstword $(subst $(comma), ,$(SCALE))),$(lastword $(subst $(comma), ,$(SCALE))) --out bench-results)
 	$(PY) -m benchmarks.publish --results bench-results --doc docs/benchmarks.md
 
 clean:

@@ -5,6 +5,10 @@ peak RSS of the stage's process and of its workers); the engine's fixed overhead
 one empty task); suspects' 5 folds one after another against as parallel Ray tasks. From the measured
 per-image CPU cost, a projection of 10M images on 16 and 64 cores.
 
+``--memory 20000,200000``: instead, memory as the data grows: prepare at each size with both engines (a fresh
+one-node cluster per size), the peak RSS of the stage's process (the driver) and of its workers (the pool's
+processes, or every Ray worker process of the node), published as ``cluster_memory``.
+
 On 2 cores Ray cannot beat the local pool: it runs the same jobs, plus scheduling and object transfer.
 """
 from __future__ import annotations
@@ -67,7 +71,25 @@ def step_prepare(data: Path, run: Path, engine: str) -> dict[str, Any]:
     s = prepare(data, run, PrepareParams(), PreprocessParams(), cluster=ClusterParams(engine=engine))
     seconds = time.perf_counter() - t0
     n = sum(sum(c.values()) for c in s.counts.values())
-    return {"images": n, "seconds": seconds, "peak_rss_mb": _peak_mb(), "peak_worker_rss_mb": watcher.stop()}
+    workers = watcher.stop() if engine == "local" else _ray_workers_peak_mb()
+    return {"images": n, "seconds": seconds, "peak_rss_mb": _peak_mb(), "peak_worker_rss_mb": workers}
+
+
+def _ray_workers_peak_mb() -> float:
+    """The largest peak RSS of this node's Ray worker processes (``ray::...``: they live on after a job, so
+    their peaks can be read once it is done; the bench starts a fresh cluster for each size)."""
+    from benchmarks.bench import _vm_hwm_mb
+
+    peak = 0.0
+    for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                name = fh.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if name.startswith(b"ray::"):
+            peak = max(peak, _vm_hwm_mb(pid))
+    return peak
 
 
 def step_overhead() -> dict[str, Any]:
@@ -117,11 +139,52 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memory_table(r: dict[str, Any]) -> str:
+    lines = [f"{'prepare, synthetic images':<28} {'engine':<7} {'wall s':>7} {'img/s':>7} {'driver MB':>10} "
+             f"{'worker MB':>10}"]
+    for size, engines in r["sizes"].items():
+        for engine, p in engines.items():
+            lines.append(f"{size:<28} {engine:<7} {p['seconds']:>7.1f} {p['images'] / p['seconds']:>7.0f} "
+                         f"{p['peak_rss_mb']:>10.0f} {p['peak_worker_rss_mb']:>10.0f}")
+    sizes = list(r["sizes"])
+    if len(sizes) >= 2:
+        a, b = r["sizes"][sizes[0]], r["sizes"][sizes[-1]]
+        grown = int(sizes[-1]) - int(sizes[0])
+        for engine in a:
+            per = (b[engine]["peak_rss_mb"] - a[engine]["peak_rss_mb"]) * 1e6 / grown
+            lines.append(f"{engine}: the driver grows {per:.0f} bytes an image (the audit's per-image facts); its "
+                         f"workers {b[engine]['peak_worker_rss_mb'] - a[engine]['peak_worker_rss_mb']:+.0f} MB")
+    return "\n".join(lines)
+
+
+def memory(sizes: list[int], out: str) -> None:
+    """Prepare at each size with both engines, a fresh one-node cluster each time; publish ``cluster_memory``."""
+    from benchmarks.bench import make_synthetic
+
+    result: dict[str, Any] = {"cpus": os.cpu_count() or 1, "sizes": {}}
+    with tempfile.TemporaryDirectory(prefix="cluster-bench-", dir=".") as work:
+        data, have = Path(work) / "synthetic", 0
+        for size in sorted(sizes):
+            make_synthetic(data, have, size)
+            have = size
+            with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp:
+                address = _head(Path(temp), result["cpus"])
+                try:
+                    result["sizes"][str(size)] = {
+                        engine: _child("prepare", str(data), str(Path(work) / f"run-{engine}"), engine, address=address)
+                        for engine in ("local", "ray")}
+                finally:
+                    stop_head(temp)
+            print(f"cluster: {size} images done", file=sys.stderr, flush=True)
+    publish(out, "cluster_memory", result, memory_table(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200000, help="synthetic images (default: %(default)s)")
     parser.add_argument("--out", default="bench-results", help="where cluster.json goes")
+    parser.add_argument("--memory", help="sizes, e.g. 20000,200000: only the memory of prepare as the data grows")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -129,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         fn = {"prepare": lambda: step_prepare(Path(args.args[0]), Path(args.args[1]), args.args[2]),
               "overhead": step_overhead, "suspects": lambda: step_suspects(Path(args.args[0]), args.args[1])}
         print(json.dumps(fn[args.step]()))
+        return 0
+    if args.memory:
+        memory([int(v) for v in args.memory.split(",")], args.out)
         return 0
     from benchmarks.bench import make_synthetic
 

@@ -75,11 +75,18 @@ PARTS = {
                 "loopback), each in its own process; Ray's fixed cost; suspects' 5 folds one after another and as "
                 "Ray tasks; a projection of 10M images from the measured per-image cost.",
                 "python -m benchmarks.cluster_bench --images N (the count is in the table)"),
+    "cluster_memory": ("Memory as the data grows: the local engine and Ray",
+                       "prepare of a synthetic folder at each size with [cluster] engine = local and ray (a fresh "
+                       "one-node Ray cluster on loopback per size), each in its own process: the peak RSS of the "
+                       "stage's process (the driver) and the largest of its workers' (the pool's processes, or the "
+                       "node's Ray worker processes).",
+                       "python -m benchmarks.cluster_bench --memory 20000,200000"),
     "export": ("Export: every format against the bundle",
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
 }
-MAKE_NAMES = {"bench": "stages", "runtime": "stages", "audit": "stages", "multilabel_suspects": "multilabel"}  # a part's name in `make bench BENCH=` where it differs from its file's
+MAKE_NAMES = {"bench": "stages", "runtime": "stages", "audit": "stages", "multilabel_suspects": "multilabel",
+              "cluster_memory": "cluster"}  # a part's name in `make bench BENCH=` where it differs from its file's
 
 
 HEADER = ("# Benchmarks\n\nThis file is written by `make bench` (`python -m benchmarks.publish`); do not edit it by "

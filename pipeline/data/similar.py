@@ -49,6 +49,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.shared.artifacts import NpyRows
+
 SIDE = 32         # the canonical view
 THUMB = SIDE // 2  # side of the stored thumbnails (256 bytes a file): 2x2 means of the view
 WORK = 64         # larger images are shrunk (area) to this longer side before the canonical view
@@ -200,6 +202,22 @@ def signature(gray: np.ndarray) -> tuple[int, bytes]:
 
 
 # ---------------------------------------------------------------- candidate pairs
+class Taken:
+    """Rows ``index`` of ``table``, read like the array ``table[index]`` (length, shape, indexing) without
+    copying them all: prepare's thumbnails of the images it audits are a view of its table of every file's."""
+
+    def __init__(self, table: np.ndarray, index: np.ndarray) -> None:
+        self.table, self.index = table, np.asarray(index, np.int64)
+        self.shape = (len(self.index),) + table.shape[1:]
+        self.dtype = table.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: Any) -> np.ndarray:
+        return self.table[self.index[k]]
+
+
 def _unit(thumbs: np.ndarray) -> np.ndarray:
     """Thumbnails as zero-mean, unit-norm float vectors (correlation = dot product)."""
     t = thumbs.astype(np.float32)
@@ -278,7 +296,7 @@ def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, bool]:
     return pairs, stopped
 
 
-def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray) -> np.ndarray:
+def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray | Taken) -> np.ndarray:
     """Thumbnail correlation of each pair: the mean and norm of each image in a pair once, then a dot product
     per pair, a cache-sized block of pairs at a time (memory: a block, whatever the number of images)."""
     used = np.flatnonzero(np.bincount(pairs.ravel(), minlength=len(thumbs)))
@@ -298,7 +316,7 @@ def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray) -> np.ndarray:
     return out
 
 
-def candidate_pairs(hashes: np.ndarray, thumbs: np.ndarray, sha1: np.ndarray, cut: float = CANDIDATE_CORR
+def candidate_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, cut: float = CANDIDATE_CORR
                     ) -> tuple[np.ndarray, np.ndarray, bool]:
     """(pairs (p, 2), thumbnail correlations (p,), truncated): images whose hashes are within NEAR_BITS
     bits and thumbnails correlate at least ``cut``, byte-identical files left out (reported apart)."""
@@ -437,7 +455,7 @@ def _verify(pairs: np.ndarray, read: Callable[[np.ndarray], np.ndarray], pitches
     return out
 
 
-def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray, sha1: np.ndarray, y: np.ndarray, splits: np.ndarray,
+def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, y: np.ndarray, splits: np.ndarray,
                    read: Callable[[np.ndarray], np.ndarray], pitches: np.ndarray) -> dict[str, Any]:
     """Candidate pairs sorted into copies and look-alikes: ``pairs`` (p, 2), ``kind`` ("copy" or
     "look-alike"), ``similarity`` (the strict test's for copies, the thumbnails' for look-alikes),
@@ -560,18 +578,21 @@ def here(fn: Callable, *args: Any) -> _Done:
 def class_scores(thumbs: np.ndarray | str, seed: int, members: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score, robust z, tail) of the images of one class (see :func:`outlier_scores`): ``thumbs`` theirs,
-    or a .npy file of every image's and ``members`` the class's rows (a worker reads only those)."""
+    or a .npy file of every image's and ``members`` the class's rows (a worker then reads a block of them at
+    a time, with plain reads: its memory does not grow with the class)."""
     if isinstance(thumbs, str):
-        thumbs = np.asarray(np.load(thumbs, mmap_mode="r", allow_pickle=False)[members])
-    n = len(thumbs)
+        table, rows_of = NpyRows(np.load(thumbs, mmap_mode="r", allow_pickle=False)), np.asarray(members, np.int64)
+        n, read = len(rows_of), lambda idx: table.take(rows_of[idx])
+    else:
+        n, read = len(thumbs), thumbs.__getitem__
     if n <= K + 1:
         return np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
     ref = np.arange(n) if n <= REFERENCE else np.sort(np.random.default_rng(seed).choice(n, REFERENCE, replace=False))
-    ref_vecs = _unit(thumbs[ref])
+    ref_vecs = _unit(read(ref))
     score = np.zeros(n, np.float32)
     for start in range(0, n, BLOCK):
         rows = np.arange(start, min(start + BLOCK, n))
-        sim = _unit(thumbs[rows]) @ ref_vecs.T
+        sim = _unit(read(rows)) @ ref_vecs.T
         sim[rows[:, None] == ref[None, :]] = -np.inf  # not itself
         score[rows] = 1.0 - np.partition(sim, sim.shape[1] - K, axis=1)[:, -K:].mean(axis=1)
     med = float(np.median(score))

@@ -91,8 +91,13 @@ def _mahalanobis(s: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.n
 
 def _by_blocks(a: np.ndarray, f: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
     """``f(offset, rows)`` over ``a`` in blocks of exactly :data:`BLOCK` rows (the last one zero-padded),
-    concatenated and cut back to ``len(a)``."""
+    concatenated and cut back to ``len(a)``. The rows are float64: a BLAS matrix product may round a row
+    differently by its place in the block (seen with OpenBLAS on AVX-512: 1e-7 in float32, which the
+    novelty's tail table can turn into 1e-2), and in float64 that rounding is far below what the float32
+    results keep, so an image's score does not depend on what else is in its batch (a resumed predict
+    writes the same rows)."""
     n = len(a)
+    a = np.asarray(a, np.float64)
     pad = BLOCK if n == 0 else (-n) % BLOCK
     padded = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)])
     return np.concatenate([f(i, padded[i:i + BLOCK]) for i in range(0, len(padded), BLOCK)])[:n]

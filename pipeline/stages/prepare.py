@@ -230,15 +230,21 @@ def _write_rows(path: Path, header: Sequence[str], rows: Iterable[Sequence[objec
             writer.writerows(rows)
 
 
-def _copy_rows(src: np.ndarray, rows: np.ndarray, path: Path, chunk: int = 4096) -> None:
-    """Atomically write ``src[rows]`` to a .npy, chunk by chunk (bounded memory)."""
+def _copy_rows(src: Path, rows: np.ndarray, path: Path, chunk: int = 4096) -> None:
+    """Atomically write rows ``rows`` of the .npy file ``src`` to a .npy, chunk by chunk, with plain reads and
+    writes (bounded memory: no page of either file is mapped into this process)."""
+    reader = artifacts.NpyRows(np.load(src, mmap_mode="r", allow_pickle=False))
     with artifacts.atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(rows),) + src.shape[1:])
+        head = np.lib.format.open_memmap(tmp, mode="w+", dtype=reader.dtype, shape=(len(rows),) + reader.shape[1:])
+        offset, row_bytes = artifacts.row_layout(head)
+        del head
         _reserve(tmp)
-        for i in range(0, len(rows), chunk):
-            out[i:i + chunk] = src[rows[i:i + chunk]]
-        out.flush()
-        del out
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            for i in range(0, len(rows), chunk):
+                os.pwrite(fd, reader.take(rows[i:i + chunk]).tobytes(), offset + i * row_bytes)
+        finally:
+            os.close(fd)
 
 
 def _input_fingerprint(listing: ingest.Listing, read: np.ndarray | None = None) -> str:
@@ -307,7 +313,7 @@ class Usable:
     good: list[int]
     labels: dict[str, int]
     metas: audit.MetaTable
-    split_of: dict[int, str]
+    split_of: np.ndarray  # int8 per listed item: its split's index in SPLITS
     multi: bool = False  # several labels per image: an item's label is its labels joined
 
     def y(self, joined: Sequence[str]) -> np.ndarray:
@@ -502,7 +508,10 @@ def _usable(listing: ingest.Listing, plan: SplitPlan, metas: audit.MetaTable, p:
     if len(labels) < (1 if multi else 2):
         raise artifacts.StageError(f"need at least {'1 label' if multi else '2 classes'} with usable images; "
                                    f"found {list(labels)} in {data}")
-    return Usable(good, labels, metas, {i: s for s in SPLITS for i in plan.by_split[s]}, multi)
+    split_of = np.zeros(len(listing.items), np.int8)
+    for k, s in enumerate(SPLITS):
+        split_of[np.asarray(plan.by_split[s], np.int64)] = k
+    return Usable(good, labels, metas, split_of, multi)
 
 
 def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams, cfg: PreprocessParams,
@@ -513,7 +522,7 @@ def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams
     items = [listing.items[i] for i in d.good]
     paths = [it.path for it in items]
     good_metas = d.metas.take(d.good)
-    splits = np.array([d.split_of[i] for i in d.good], dtype=object)
+    splits = np.array(SPLITS, dtype=object)[d.split_of[np.asarray(d.good, np.int64)]]
     duplicates, conflicts = audit.duplicate_groups(paths, [it.label for it in items], good_metas)
     leaks = audit.find_leakage(splits, good_metas)
     leakage = [{"path": paths[a], "split": str(splits[a]), "same_as": paths[b]} for a, b in leaks]
@@ -540,29 +549,31 @@ class _Facts:
 
     @classmethod
     def of(cls, listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int]) -> "_Facts":
-        code = {s: k for k, s in enumerate(SPLITS)}
         items = np.array([i for i in d.good if i not in dropped], np.int64)
         labels = [listing.items[i].label for i in items.tolist()]
         y = np.unique(labels, return_inverse=True)[1].astype(np.int64) if d.multi else d.y(labels)
         return cls(items, [listing.items[i].path for i in items.tolist()], labels, y,
-                   np.array([code[d.split_of[i]] for i in items.tolist()], np.int8), d.y(labels) if d.multi else None)
+                   d.split_of[items], d.y(labels) if d.multi else None)
 
 
 def _row_reader(plan: SplitPlan, tmp_files: dict[str, Path], items: np.ndarray, n: int) -> Any:
-    """``read(positions)``: the prepared images of ``items[positions]``, read from the split files."""
+    """``read(positions)``: the prepared images of ``items[positions]``, read from the split files with plain
+    reads (the pages read are not mapped here: this process's memory does not grow with the files)."""
     split_of, row_of = np.zeros(n, np.int8), np.zeros(n, np.int64)
     for k, s in enumerate(SPLITS):
         idx = np.asarray(plan.by_split[s], np.int64)
         split_of[idx], row_of[idx] = k, np.arange(len(idx))
-    arrays = [np.load(tmp_files[s], mmap_mode="r", allow_pickle=False) for s in SPLITS]
+    arrays = [artifacts.NpyRows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False)) for s in SPLITS]
 
     def read(positions: np.ndarray) -> np.ndarray:
         wanted = items[positions]
         out = np.empty((len(wanted),) + arrays[0].shape[1:], np.float32)
         for k in range(len(SPLITS)):
-            sel = split_of[wanted] == k
-            if sel.any():
-                out[sel] = arrays[k][row_of[wanted[sel]]]
+            sel = np.flatnonzero(split_of[wanted] == k)
+            if len(sel):
+                rows = row_of[wanted[sel]]
+                order = np.argsort(rows, kind="stable")  # front to back
+                out[sel[order]] = arrays[k].take(rows[order])
         return out
 
     return read
@@ -581,15 +592,15 @@ def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tm
     decoding workers, meanwhile: they read their class's thumbnails from a file, so that nothing queued
     for them grows with the data)."""
     m = d.metas
-    seen = similar.as_seen(m.thumb[f.items], m.negative[f.items])
+    thumbs = similar.Taken(m.thumb, f.items)  # no copy: read a block at a time
     thumbs_file = tmp_files["train"].with_name(f".thumbs.npy{artifacts.TMP_TAG}{os.getpid()}") if pool else None
     try:
         if thumbs_file is not None:
-            with open(thumbs_file, "wb") as fh:  # a handle: np.save would add ".npy" to the temp name
-                np.save(fh, seen)
+            _save_seen(thumbs_file, thumbs, m.negative[f.items])
         group = f.y if f.multi is None else np.zeros(len(f.y), np.int64)  # multi-label: unlike all the rest
+        seen = None if thumbs_file else similar.as_seen(thumbs[:], m.negative[f.items])
         jobs = similar.outlier_jobs(seen, group, submit=_submit(pool), path=str(thumbs_file) if thumbs_file else None)
-        found = _copies(f, d, plan, cfg, tmp_files, seconds)
+        found = _copies(f, d, plan, cfg, tmp_files, thumbs, seconds)
         t0 = time.perf_counter()
         scores = similar.gather(jobs, len(f.y))
     finally:
@@ -600,14 +611,23 @@ def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tm
     return {**found, "outliers": odd, "outlier_rows": odd_rows}
 
 
+def _save_seen(path: Path, thumbs: similar.Taken, negative: np.ndarray, block: int = 65536) -> None:
+    """``np.save(path, similar.as_seen(thumbs, negative))`` a block at a time (no second copy of them all)."""
+    with open(path, "wb") as fh:  # a handle: np.save would add ".npy" to the temp name
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(thumbs.dtype),
+                                                  "fortran_order": False, "shape": thumbs.shape})
+        for i in range(0, len(thumbs), block):
+            fh.write(np.ascontiguousarray(similar.as_seen(thumbs[i:i + block], negative[i:i + block])).tobytes())
+
+
 def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
-            seconds: dict[str, float]) -> dict[str, Any]:
+            thumbs: similar.Taken, seconds: dict[str, float]) -> dict[str, Any]:
     """Copies and look-alikes: dataset.json's findings and similar.csv's groups."""
     t0 = time.perf_counter()
     m = d.metas
     read = _row_reader(plan, tmp_files, f.items, len(m.filled))
     pitches = similar.pitch(m.width[f.items], m.height[f.items], cfg.size, cfg.resize, cfg.normalize)
-    pairs = similar.classify_pairs(m.phash[f.items], m.thumb[f.items], m.sha1[f.items], f.y, f.split, read, pitches)
+    pairs = similar.classify_pairs(m.phash[f.items], thumbs, m.sha1[f.items], f.y, f.split, read, pitches)
     near = similar.near_duplicates(pairs, f.paths, f.labels, [SPLITS[k] for k in f.split.tolist()])
     seconds["copies and look-alikes"] = time.perf_counter() - t0
     return {"near_duplicates": near, "groups": similar.groups(pairs)}
@@ -643,7 +663,7 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
             artifacts.fsync_path(tmp_files[s])
             os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
         else:
-            _copy_rows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False), np.array(keep, np.int64), final)
+            _copy_rows(tmp_files[s], np.array(keep, np.int64), final)
         kept = [listing.items[plan.by_split[s][r]] for r in keep]
         y = d.y([it.label for it in kept])
         artifacts.save_npy(run / rf.y_file(s), y)
