@@ -223,3 +223,32 @@ def test_prepare_with_workers_gives_the_same_audit_as_without(tmp_path):
     for name in ("similar.csv", "outliers.csv", "quality.csv", "samples.png"):
         assert (tmp_path / "run1" / name).read_bytes() == (tmp_path / "run2" / name).read_bytes(), name
     assert not list((tmp_path / "run2").glob(".*tmp*"))  # the workers' thumbnails file is gone
+
+
+def test_the_copy_test_gives_the_same_scores_in_a_pool_as_here(tmp_path):
+    """Blocks of pairs run as jobs (the decoding workers') score exactly as in this process, in order."""
+    from multiprocessing.pool import ThreadPool
+
+    rng = np.random.default_rng(3)
+    parts = [rng.random((n, 12, 12, 1), dtype=np.float32) for n in (40, 25)]
+    files = []
+    for k, arr in enumerate(parts):
+        files.append(str(tmp_path / f"x{k}.npy"))
+        np.save(files[-1], arr)
+    file_of = np.r_[np.zeros(40, np.int8), np.ones(25, np.int8)]
+    row_of = np.r_[np.arange(40), np.arange(25)].astype(np.int64)
+    source = similar.Source(tuple(files), file_of, row_of)
+    pairs = np.sort(rng.integers(0, 65, (300, 2)), axis=1)
+    pitches = np.ones((65, 2), np.float32)
+    old_block = similar.PAIR_BLOCK
+    try:
+        similar.PAIR_BLOCK = 32  # ten blocks, more than IN_FLIGHT
+        here = similar._verify(pairs, source, pitches)
+        with ThreadPool(2) as pool:
+            pooled = similar._verify(pairs, source, pitches, lambda fn, *args: pool.apply_async(fn, args))
+    finally:
+        similar.PAIR_BLOCK = old_block
+    x = np.concatenate(parts)[..., 0]
+    direct = similar.copy_similarity(x[pairs[:, 0]], x[pairs[:, 1]], pitches[pairs[:, 0]], pitches[pairs[:, 1]])
+    assert np.array_equal(here, pooled)
+    np.testing.assert_allclose(here, direct, atol=1e-5)

@@ -43,7 +43,9 @@ array operations on the images the workers have already decoded, a chunk at a ti
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -440,23 +442,67 @@ def copy_similarity(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarr
 TRAIN = 0  # split code of the training split (``splits`` arrays hold 0 train, 1 val, 2 test)
 
 
-def _verify(pairs: np.ndarray, read: Callable[[np.ndarray], np.ndarray], pitches: np.ndarray) -> np.ndarray:
-    """:func:`copy_similarity` of each pair, a block of pairs at a time (``read(items)``: their prepared
-    images, (k, H, W, C) float32)."""
+@dataclass(frozen=True)
+class Source:
+    """Where the prepared images (float32 rows) of the audited images are: the .npy ``files``, and for
+    image i its file ``file_of[i]`` and row ``row_of[i]``. The copy test reads a block's images from them
+    with plain reads, in whichever process runs the block."""
+
+    files: tuple[str, ...]
+    file_of: np.ndarray
+    row_of: np.ndarray
+
+
+def read_rows(files: Sequence[str], file_of: np.ndarray, row_of: np.ndarray) -> np.ndarray:
+    """Row ``row_of[j]`` of the .npy file ``files[file_of[j]]`` for each j, as one float32 array (pread: no
+    page of the files stays mapped in this process)."""
+    out: np.ndarray | None = None
+    for k in np.unique(file_of).tolist():
+        sel = np.flatnonzero(file_of == k)
+        reader = NpyRows(np.load(files[k], mmap_mode="r", allow_pickle=False))
+        if out is None:
+            out = np.empty((len(file_of),) + reader.shape[1:], np.float32)
+        order = np.argsort(row_of[sel], kind="stable")  # front to back
+        out[sel[order]] = reader.take(row_of[sel][order])
+    return out if out is not None else np.zeros((0,), np.float32)
+
+
+def verify_block(files: Sequence[str], file_of: np.ndarray, row_of: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """:func:`copy_similarity` of one block of pairs (a decoding worker's job): pair j is images ``a[j]`` and
+    ``b[j]`` of the block's images, read from ``files`` (see :func:`read_rows`); ``pa``, ``pb``: their pitches."""
+    x = read_rows(files, file_of, row_of)
+    gray = x.mean(axis=3) if x.ndim == 4 else x
+    return copy_similarity(gray[a], gray[b], pa, pb)
+
+
+IN_FLIGHT = 8  # blocks of the copy test given out and not yet collected (bounded memory)
+
+
+def _verify(pairs: np.ndarray, source: Source, pitches: np.ndarray, submit: Callable | None = None) -> np.ndarray:
+    """:func:`copy_similarity` of each pair, a block of PAIR_BLOCK pairs at a time, each block a job given to
+    ``submit(fn, *args)`` (a pool's: the blocks run in parallel; default: here). A block's pairs are the same
+    however it runs, and a pair's result does not depend on the rest of its block."""
+    submit = submit or here
     out = np.zeros(len(pairs), np.float32)
+    pending: deque = deque()
     for start in range(0, len(pairs), PAIR_BLOCK):
         block = pairs[start:start + PAIR_BLOCK]
         items, inverse = np.unique(block, return_inverse=True)
-        x = read(items)
-        gray = x.mean(axis=3) if x.ndim == 4 else x
         a, b = inverse.reshape(-1, 2).T
-        out[start:start + len(block)] = copy_similarity(gray[a], gray[b], pitches[block[:, 0]],
-                                                        pitches[block[:, 1]])
+        job = submit(verify_block, source.files, source.file_of[items], source.row_of[items], a, b,
+                     pitches[block[:, 0]], pitches[block[:, 1]])
+        pending.append((start, len(block), job))
+        if len(pending) >= IN_FLIGHT:
+            done_at, n, finished = pending.popleft()
+            out[done_at:done_at + n] = finished.get()
+    for done_at, n, finished in pending:
+        out[done_at:done_at + n] = finished.get()
     return out
 
 
 def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, y: np.ndarray, splits: np.ndarray,
-                   read: Callable[[np.ndarray], np.ndarray], pitches: np.ndarray) -> dict[str, Any]:
+                   source: Source, pitches: np.ndarray, submit: Callable | None = None) -> dict[str, Any]:
     """Candidate pairs sorted into copies and look-alikes: ``pairs`` (p, 2), ``kind`` ("copy" or
     "look-alike"), ``similarity`` (the strict test's for copies, the thumbnails' for look-alikes),
     ``across_classes``, ``across_splits`` and ``with_train`` (one of the two is a training image);
@@ -464,7 +510,8 @@ def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndar
 
     Only pairs that span labels or splits take the strict test: a copy matters there (a label
     conflict, leakage); elsewhere a pair is a look-alike when its thumbnails correlate at least
-    :data:`LOOK_ALIKE_CORR`.
+    :data:`LOOK_ALIKE_CORR`. The strict test reads the images from ``source``, a block of pairs per job
+    given to ``submit`` (see :func:`_verify`).
     """
     pairs, corr, truncated = candidate_pairs(hashes, thumbs, sha1)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -472,7 +519,7 @@ def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndar
     across_splits = splits[a] != splits[b]
     strict = np.zeros(len(pairs), np.float32)
     check = across_classes | across_splits
-    strict[check] = _verify(pairs[check], read, pitches)
+    strict[check] = _verify(pairs[check], source, pitches, submit)
     copy = check & (strict >= COPY_CORR)
     keep = copy | (corr >= LOOK_ALIKE_CORR)
     return {"pairs": pairs[keep], "kind": np.where(copy, "copy", "look-alike")[keep],

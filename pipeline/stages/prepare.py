@@ -556,27 +556,13 @@ class _Facts:
                    d.split_of[items], d.y(labels) if d.multi else None)
 
 
-def _row_reader(plan: SplitPlan, tmp_files: dict[str, Path], items: np.ndarray, n: int) -> Any:
-    """``read(positions)``: the prepared images of ``items[positions]``, read from the split files with plain
-    reads (the pages read are not mapped here: this process's memory does not grow with the files)."""
+def _source(plan: SplitPlan, tmp_files: dict[str, Path], items: np.ndarray, n: int) -> similar.Source:
+    """Where the prepared image of each of ``items`` is: its split's file and its row there."""
     split_of, row_of = np.zeros(n, np.int8), np.zeros(n, np.int64)
     for k, s in enumerate(SPLITS):
         idx = np.asarray(plan.by_split[s], np.int64)
         split_of[idx], row_of[idx] = k, np.arange(len(idx))
-    arrays = [artifacts.NpyRows(np.load(tmp_files[s], mmap_mode="r", allow_pickle=False)) for s in SPLITS]
-
-    def read(positions: np.ndarray) -> np.ndarray:
-        wanted = items[positions]
-        out = np.empty((len(wanted),) + arrays[0].shape[1:], np.float32)
-        for k in range(len(SPLITS)):
-            sel = np.flatnonzero(split_of[wanted] == k)
-            if len(sel):
-                rows = row_of[wanted[sel]]
-                order = np.argsort(rows, kind="stable")  # front to back
-                out[sel[order]] = arrays[k].take(rows[order])
-        return out
-
-    return read
+    return similar.Source(tuple(str(tmp_files[s]) for s in SPLITS), split_of[items], row_of[items])
 
 
 def _submit(pool: Any) -> Any:
@@ -600,7 +586,7 @@ def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tm
         group = f.y if f.multi is None else np.zeros(len(f.y), np.int64)  # multi-label: unlike all the rest
         seen = None if thumbs_file else similar.as_seen(thumbs[:], m.negative[f.items])
         jobs = similar.outlier_jobs(seen, group, submit=_submit(pool), path=str(thumbs_file) if thumbs_file else None)
-        found = _copies(f, d, plan, cfg, tmp_files, thumbs, seconds)
+        found = _copies(f, d, plan, cfg, tmp_files, thumbs, pool, seconds)
         t0 = time.perf_counter()
         scores = similar.gather(jobs, len(f.y))
     finally:
@@ -621,13 +607,15 @@ def _save_seen(path: Path, thumbs: similar.Taken, negative: np.ndarray, block: i
 
 
 def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
-            thumbs: similar.Taken, seconds: dict[str, float]) -> dict[str, Any]:
-    """Copies and look-alikes: dataset.json's findings and similar.csv's groups."""
+            thumbs: similar.Taken, pool: Any, seconds: dict[str, float]) -> dict[str, Any]:
+    """Copies and look-alikes: dataset.json's findings and similar.csv's groups (the strict copy test's
+    blocks of pairs in the decoding workers, in parallel)."""
     t0 = time.perf_counter()
     m = d.metas
-    read = _row_reader(plan, tmp_files, f.items, len(m.filled))
+    source = _source(plan, tmp_files, f.items, len(m.filled))
     pitches = similar.pitch(m.width[f.items], m.height[f.items], cfg.size, cfg.resize, cfg.normalize)
-    pairs = similar.classify_pairs(m.phash[f.items], thumbs, m.sha1[f.items], f.y, f.split, read, pitches)
+    pairs = similar.classify_pairs(m.phash[f.items], thumbs, m.sha1[f.items], f.y, f.split, source, pitches,
+                                   _submit(pool))
     near = similar.near_duplicates(pairs, f.paths, f.labels, [SPLITS[k] for k in f.split.tolist()])
     seconds["copies and look-alikes"] = time.perf_counter() - t0
     return {"near_duplicates": near, "groups": similar.groups(pairs)}
