@@ -87,7 +87,7 @@ class Chunk(Sequence):
     """
 
     def __init__(self, reasons: list[str], metas: list[Meta], arrays: list[np.ndarray],
-                 file_stats: Sequence[tuple[int, int] | None] = ()) -> None:
+                 file_stats: Sequence[tuple[int, int] | None]) -> None:
         self.reasons = reasons
         self.good = np.array([not r for r in reasons], bool)
         self.width = np.array([m.width for m in metas], np.int32)
@@ -99,8 +99,7 @@ class Chunk(Sequence):
         grays = [a if a.ndim == 2 else _gray(a) for a in arrays]
         self.phash, self.thumb, self.negative = similar.signatures(grays)
         self.stats = quality.image_stats(arrays, grays)
-        self.file_stat = np.array([st or (-1, -1) for st in file_stats] if file_stats else [(-1, -1)] * len(metas),
-                                  np.int64).reshape(-1, 2)
+        self.file_stat = np.array([st or (-1, -1) for st in file_stats], np.int64).reshape(-1, 2)
         self._pos = np.cumsum(self.good) - 1
 
     def __len__(self) -> int:

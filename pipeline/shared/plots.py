@@ -88,15 +88,14 @@ def sample_grid(images: np.ndarray, y: np.ndarray, labels: Sequence[str], per_cl
 
     shown = labels[:20]
     y = np.asarray(y)
-    gap, font = 6, _font(14)
+    gap, font, title_font = 6, _font(14), _font(15)
     names = [_short(name) for name in shown]
     left = 16 + max([int(font.getlength(n)) for n in names] or [0])
     top = 34
-    width = left + per_class * (CELL + gap) + 10
-    canvas = Image.new("RGB", (max(width, int(_font(15).getlength(TITLE)) + 20), top + len(shown) * (CELL + gap) + 4),
-                       "white")
+    width = max(left + per_class * (CELL + gap) + 10, int(title_font.getlength(TITLE)) + 20)
+    canvas = Image.new("RGB", (width, top + len(shown) * (CELL + gap) + 4), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((canvas.width // 2, 8), TITLE, fill="black", font=_font(15), anchor="ma")
+    draw.text((canvas.width // 2, 8), TITLE, fill="black", font=title_font, anchor="ma")
     for row, name in enumerate(names):
         y0 = top + row * (CELL + gap)
         draw.text((left - 10, y0 + CELL // 2), name, fill="black", font=font, anchor="rm")

@@ -556,13 +556,13 @@ class _Facts:
                    d.split_of[items], d.y(labels) if d.multi else None)
 
 
-def _source(plan: SplitPlan, tmp_files: dict[str, Path], items: np.ndarray, n: int) -> similar.Source:
+def _source(plan: SplitPlan, d: Usable, tmp_files: dict[str, Path], items: np.ndarray) -> similar.Source:
     """Where the prepared image of each of ``items`` is: its split's file and its row there."""
-    split_of, row_of = np.zeros(n, np.int8), np.zeros(n, np.int64)
-    for k, s in enumerate(SPLITS):
+    row_of = np.zeros(len(d.split_of), np.int64)
+    for s in SPLITS:
         idx = np.asarray(plan.by_split[s], np.int64)
-        split_of[idx], row_of[idx] = k, np.arange(len(idx))
-    return similar.Source(tuple(str(tmp_files[s]) for s in SPLITS), split_of[items], row_of[items])
+        row_of[idx] = np.arange(len(idx))
+    return similar.Source(tuple(str(tmp_files[s]) for s in SPLITS), d.split_of[items], row_of[items])
 
 
 def _submit(pool: Any) -> Any:
@@ -612,7 +612,7 @@ def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_fi
     blocks of pairs in the decoding workers, in parallel)."""
     t0 = time.perf_counter()
     m = d.metas
-    source = _source(plan, tmp_files, f.items, len(m.filled))
+    source = _source(plan, d, tmp_files, f.items)
     pitches = similar.pitch(m.width[f.items], m.height[f.items], cfg.size, cfg.resize, cfg.normalize)
     pairs = similar.classify_pairs(m.phash[f.items], thumbs, m.sha1[f.items], f.y, f.split, source, pitches,
                                    _submit(pool))
@@ -680,10 +680,10 @@ def _beside_audit(pool: Any, plan: SplitPlan, d: Usable, listing: ingest.Listing
     shown = range(min(20, len(d.labels)))
     rows = np.unique(np.concatenate([np.flatnonzero(y[:, c] if y.ndim == 2 else y == c)[:SAMPLES_PER_CLASS]
                                      for c in shown] or [np.zeros(0, np.int64)]))
-    x = np.load(tmp_files["train"], mmap_mode="r", allow_pickle=False)[rows]  # all the grid shows
+    x = artifacts.NpyRows(np.load(tmp_files["train"], mmap_mode="r", allow_pickle=False)).take(rows)  # all it shows
     symmetry = submit(census.symmetry_of, str(tmp_files["train"]), str(y_file), list(d.labels))
     return {"symmetry": symmetry,
-            "samples": submit(plots.sample_grid, np.asarray(x), y[rows], list(d.labels), SAMPLES_PER_CLASS)}
+            "samples": submit(plots.sample_grid, x, y[rows], list(d.labels), SAMPLES_PER_CLASS)}
 
 
 SAMPLES_PER_CLASS = 8
