@@ -730,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-clients", default="1,8",
                         help="concurrent clients for the serve load check, e.g. 1,8 (empty: skip) (default: %(default)s)")
     parser.add_argument("--serve-seconds", type=float, default=10, help="seconds per load level (default: %(default)s)")
+    parser.add_argument("--serve-repeat", type=int, default=3,
+                        help="runs of each serve configuration, interleaved: the table shows the first, the "
+                             "ratios their mean +- sd (default: %(default)s)")
     parser.add_argument("--runtime", default="auto", choices=("auto", "tensorflow", "onnx"),
                         help="what runs the model in the predict and evaluate steps (default: %(default)s)")
     parser.add_argument("--install-size", action=argparse.BooleanOptionalAction, default=True,
@@ -773,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
                 if step not in results or res["seconds"] < results[step]["seconds"]:
                     results[step] = res
         clients = [int(n) for n in args.serve_clients.split(",") if n.strip()]
-        serve = runtime_bench.serve_all(data, Path(work), clients, args.serve_seconds) if clients else []
+        serve = runtime_bench.serve_all(data, Path(work), clients, args.serve_seconds,
+                                         args.serve_repeat) if clients else []
         if args.install_size:
             print("install size: a fresh venv with pip install '.[runtime]' ...", file=sys.stderr, flush=True)
             install = runtime_bench.install_size(Path.cwd(), Path(sys.prefix), runtime_bench.bench_model(Path(work)),

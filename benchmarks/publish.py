@@ -31,8 +31,9 @@ PARTS = {
     "runtime": ("The light runtime (ONNX Runtime) against TensorFlow, one run",
                 "The runtime steps of the stages benchmark alone (they are also in its full run): a cold `pipeline "
                 "predict` of one PNG, the 10,000 MNIST test PNGs from the shell, start-up included, `pipeline serve` "
-                "with 1 and 8 concurrent clients (the clients run on the same cores), and the install size of the "
-                "runtime-only venv.",
+                "with 1 and 8 concurrent clients (the clients run on the same cores; each configuration 3 times, "
+                "interleaved: the tables show the first run, the `ratio:` lines the mean +- sd of all three), and "
+                "the install size of the runtime-only venv.",
                 "python -m benchmarks.bench --steps cold_onnx,cold_tf,folder_onnx,folder_tf --out bench-results/runtime"),
     "audit": ("Prepare and its audit against one Keras pass",
               "A fresh prepare of the 70,000 MNIST PNGs (decode, audit, split, write) and one "

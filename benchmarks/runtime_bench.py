@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,10 +136,22 @@ def serve_load(data: Path, model: Path, runtime: str, extra: tuple[str, ...], cl
         server.wait(timeout=30)
 
 
-def serve_all(data: Path, work: Path, clients: list[int], seconds: float) -> list[dict[str, Any]]:
+def serve_all(data: Path, work: Path, clients: list[int], seconds: float, repeat: int = 1) -> list[dict[str, Any]]:
+    """Each serve configuration, ``repeat`` times, interleaved (the runs see the same machine states): per
+    configuration, the first run (``rows``, the table) and every run's rows (``runs``)."""
     model = bench_model(work)
-    return [{"label": label, **serve_load(data, model, runtime, extra, clients, seconds)}
-            for label, runtime, extra in SERVE]
+    runs = [[serve_load(data, model, runtime, extra, clients, seconds) for _, runtime, extra in SERVE]
+            for _ in range(max(1, repeat))]
+    return [{"label": label, **runs[0][i], "runs": [run[i]["rows"] for run in runs]}
+            for i, (label, _, _) in enumerate(SERVE)]
+
+
+def _spread(onnx: dict[str, Any], other: dict[str, Any], i: int) -> str:
+    """The ratio of requests/s over the runs: mean +- sd (with one run, that run's)."""
+    ratios = [o[i]["requests_per_s"] / t[i]["requests_per_s"] for o, t in zip(onnx.get("runs", [onnx["rows"]]),
+                                                                               other.get("runs", [other["rows"]]))]
+    sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+    return f"{statistics.mean(ratios):.2f}x +- {sd:.2f} over {len(ratios)} run(s)"
 
 
 def format_serve(configs: list[dict[str, Any]]) -> str:
@@ -217,11 +230,11 @@ def format_comparison(results: dict[str, dict[str, Any]], serve: list[dict[str, 
     if onnx and tf:
         for i, (ro, rt) in enumerate(zip(onnx["rows"], tf["rows"])):
             goal = ">= 3x" if ro["clients"] == 8 else ""
-            if goal and before:
-                goal += f" (against one request per call, as before: {_ratio(ro['requests_per_s'], before['rows'][i]['requests_per_s'])})"
             lines.append(f"{'serve, ' + str(ro['clients']) + ' client(s), req/s':<46} {ro['requests_per_s']:>10.0f} "
                          f"{rt['requests_per_s']:>11.0f} {_ratio(ro['requests_per_s'], rt['requests_per_s']):>7}  {goal}")
             lines.append(f"{'  p50 / p99 ms':<46} {_pair(ro):>10} {_pair(rt):>11}")
+            lines.append(f"  ratio: {_spread(onnx, tf, i)}" + (f"; against one request per call, as before: "
+                                                                 f"{_spread(onnx, before, i)}" if before else ""))
         lines.append(f"{'serve peak RSS, MB':<46} {onnx['peak_rss_mb']:>10.0f} {tf['peak_rss_mb']:>11.0f} "
                      f"{_ratio(onnx['peak_rss_mb'], tf['peak_rss_mb']):>7}  <= 300 MB")
     if install and "error" not in install:

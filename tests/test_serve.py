@@ -80,6 +80,20 @@ def test_predict_one_and_many_images(client):
     assert results[2]["error"].startswith("not an image")
 
 
+def test_the_short_path_answers_as_the_framework_does(client):
+    """A plain upload is answered without the framework's form parsing; one with another field (or another
+    query) goes through FastAPI: the same results."""
+    rng = np.random.default_rng(9)
+    files = [(f"{lab}.png", _png(shade_image(lab, rng))) for lab in SHADES]
+    short = _post(client, *files, params={"top_k": 1}).json()
+    full = _post(client, *files, params={"top_k": 1, "explain": "false"}, data={"note": "x"}).json()
+    assert short == full and len(short["results"]) == 3 and all(len(r["top_k"]) == 1 for r in short["results"])
+    assert _post(client, ("a.txt", b"text")).json() == _post(client, ("a.txt", b"text"), data={"n": "1"}).json()
+    # explain: the occlusion maps' forward passes come from a worker thread, and run on the loop's batcher
+    explained = _post(client, files[0], params={"explain": "true"}).json()["results"][0]
+    assert explained["label"] == short["results"][0]["label"] and explained["saliency_png"].startswith("data:image/png")
+
+
 def test_serve_labels_images_as_predict_does(shade_bundle, tmp_path):
     """The same images, with a confidence cut and unfamiliar = "unknown": the web API and `pipeline predict`
     give every image the same label (one rule, one row)."""
@@ -179,8 +193,9 @@ def _concurrently(url, requests):
     start = threading.Barrier(len(requests))
 
     def send(i):
-        start.wait()
-        answers[i] = httpx.post(f"{url}/predict", files=[("files", f) for f in requests[i]], timeout=60)
+        with httpx.Client(timeout=60) as client:  # made first: a new client loads CA certificates (ms of CPU)
+            start.wait()
+            answers[i] = client.post(f"{url}/predict", files=[("files", f) for f in requests[i]])
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -191,8 +206,8 @@ def _concurrently(url, requests):
 
 
 def test_concurrent_requests_each_get_their_own_answer(shade_bundle):
-    """Requests from 24 clients at once share model calls (the batcher), and each gets the rows of its own
-    images, in order: no mix-ups."""
+    """Requests from 24 clients at once share model calls (the batcher; a slow model makes sure that they
+    do), and each gets the rows of its own images, in order: no mix-ups."""
     rng = np.random.default_rng(21)
     labels = list(SHADES)
     requests, truth = [], []
@@ -201,6 +216,9 @@ def test_concurrent_requests_each_get_their_own_answer(shade_bundle):
         requests.append([(f"r{i}-{j}-{name}.png", _png(shade_image(name, rng))) for j, name in enumerate(names)])
         truth.append(names)
     app = create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), PredictParams(), wait_ms=20)
+    batcher = app.state.service.batcher
+    model = batcher.model
+    batcher.model = lambda x: (time.sleep(0.05), model(x))[1]  # the others arrive while a call runs
     with _Server(app) as url:
         answers = _concurrently(url, requests)
         batching = httpx_get(f"{url}/health")["batching"]

@@ -1,25 +1,22 @@
-"""Micro-batching for ``serve``: concurrent requests share one model call.
+"""Micro-batching for ``serve``: concurrent requests share one model call, on the event loop.
 
-Each request hands its images (already decoded and preprocessed, an array) to :meth:`MicroBatcher.submit`
-and gets a future. One background thread takes the first waiting request, gathers the others that
-arrive within ``wait_s`` (a few milliseconds) or until ``max_images`` are gathered, runs the model once
-on all of them, and gives each request its own rows of the answer (:meth:`pipeline.model.infer.Output.take`).
-It waits only for requests that are on their way: a request announces itself (:meth:`~MicroBatcher.announce`)
-when it arrives, before its images are decoded, so a lone request (one client) runs at once, and the
-requests of concurrent clients share a call. Requests that queue while the model runs share the next
-call anyway. A request larger than ``max_images`` runs alone (the predictor splits it into batches).
-The thread is the only caller of the model, so no lock is needed around it; a failing call fails only
-the requests in that batch.
+Each request decodes its images and hands them (an array) to :meth:`MicroBatcher.run` on the server's
+event loop. The first request of a turn of the loop schedules one model call at the end of that turn, so
+every request whose images were ready in the same turn shares it; requests that arrive while the model
+runs wait in their sockets and share the next call. The model thus runs as often as it can keep up, and
+no request waits for a timer. A request whose images are decoded in a thread (a large upload) announces
+itself first (:meth:`~MicroBatcher.announce`): a call waits up to ``wait_s`` for it. A request larger
+than ``max_images`` runs alone (the predictor splits it into batches). Everything happens in the loop's
+thread: no lock, no hand-over between threads (on a small CPU those cost more than a LeNet's forward
+pass), and the model has one caller. A failing call fails only the requests in that batch.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,15 +25,14 @@ from pipeline.model.infer import Output
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 64   # images per model call at most (a LeNet-size call of 64 costs about what one of 8 does)
-WAIT_S = 0.002    # how long the first request of a batch waits for others (those on their way)
-POLL_S = 0.0005   # while waiting, how often it looks whether they are still on their way
+WAIT_S = 0.002    # how long a call waits for announced requests (images still being decoded in a thread)
+POLL_S = 0.0005   # while waiting, how often it looks whether they have come
 
 
 @dataclass
 class _Request:
     x: np.ndarray
-    future: Future = field(default_factory=Future)
-
+    future: asyncio.Future
 
 @dataclass
 class Stats:
@@ -53,7 +49,15 @@ class Stats:
 
 
 class MicroBatcher:
-    """Runs ``model`` (images -> :class:`Output`) on the requests of a few milliseconds at once."""
+    """Runs ``model`` (images -> :class:`Output`) on the event loop, for the requests of one turn of it at once.
+
+    Requests hand their images to :meth:`run` (a coroutine) on the loop. The first one of a turn schedules
+    one call at the end of that turn, so every request whose images were ready in the same turn shares it;
+    requests that arrive while the model runs wait in the sockets and share the next call. Announced
+    requests (:meth:`announce`, their images still being decoded in a thread) are waited for up to ``wait_s``.
+    One thread does it all: no lock, no hand-over between threads, and the model has a single caller.
+    From another thread (the occlusion maps' forward passes), call the batcher: it runs on the loop.
+    """
 
     def __init__(self, model: Callable[[np.ndarray], Output], max_images: int = MAX_IMAGES,
                  wait_s: float = WAIT_S) -> None:
@@ -61,74 +65,64 @@ class MicroBatcher:
             raise ValueError(f"max_images must be >= 1 and wait_s >= 0. Received: {max_images}, {wait_s}")
         self.model, self.max_images, self.wait_s = model, max_images, wait_s
         self.stats = Stats()
-        self._coming = 0  # requests announced and not yet submitted
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
-        self._thread.start()
+        self._pending: list[_Request] = []
+        self._coming = 0       # announced requests whose images are not ready yet
+        self._scheduled = False
+        self._since = 0.0      # when the oldest pending request came
+        self._last = 1         # requests in the last call: as many clients are likely to send again
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def announce(self) -> None:
-        """A request is on its way (being decoded): a batch being gathered may wait for it. Every announce
-        is followed by one :meth:`submit` with ``announced=True`` or one :meth:`withdraw`."""
-        with self._lock:
-            self._coming += 1
+        """A request is on its way (its images being decoded): a call may wait for it. Every announce is
+        followed by one :meth:`run` with ``announced=True`` or one :meth:`withdraw`."""
+        self._coming += 1
 
     def withdraw(self) -> None:
         """An announced request will not come (it failed before its images were ready)."""
-        with self._lock:
-            self._coming -= 1
+        self._coming -= 1
 
-    def submit(self, x: np.ndarray, announced: bool = False) -> Future:
-        """A future of ``x``'s :class:`Output` (its own rows, in order)."""
-        request = _Request(np.asarray(x, np.float32))
+    async def run(self, x: np.ndarray, announced: bool = False) -> Output:
+        """``x``'s :class:`Output` (its own rows, in order)."""
+        loop = self._loop = asyncio.get_running_loop()
         if announced:
             self.withdraw()
-        self._queue.put(request)
-        return request.future
+        request = _Request(np.asarray(x, np.float32), loop.create_future())
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append(request)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await request.future
 
     def __call__(self, x: np.ndarray) -> Output:
-        """The same, waited for (from a worker thread; e.g. the occlusion map's forward passes)."""
-        return self.submit(x).result()
+        """The same, from a thread other than the loop's, waited for."""
+        if self._loop is None:
+            raise RuntimeError("the batcher has not run on an event loop yet")
+        return asyncio.run_coroutine_threadsafe(self.run(x), self._loop).result()
 
-    def close(self) -> None:
-        """Stop the thread after the requests already submitted."""
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _gather(self, first: _Request) -> tuple[list[_Request], _Request | None, bool]:
-        """The batch that ``first`` starts: (requests, one that did not fit and starts the next, stop)."""
-        batch, n = [first], len(first.x)
-        deadline = time.monotonic() + self.wait_s
-        while n < self.max_images:
-            left = deadline - time.monotonic()
-            try:  # those already queued; then, while others are on their way and time is left, wait a little
-                nxt = self._queue.get_nowait() if self._coming <= 0 or left <= 0 else \
-                    self._queue.get(timeout=min(left, POLL_S))
-            except queue.Empty:
-                if self._coming <= 0 or left <= 0:
-                    break
-                continue
-            if nxt is None:
-                return batch, None, True
-            if n + len(nxt.x) > self.max_images:
-                return batch, nxt, False
-            batch.append(nxt)
-            n += len(nxt.x)
-        return batch, None, False
-
-    def _loop(self) -> None:
-        carry: _Request | None = None
-        stop = False
-        while not stop:
-            first = carry if carry is not None else self._queue.get()
-            if first is None:
-                break
-            batch, carry, stop = self._gather(first)
-            self._run(batch)
+    def _flush(self) -> None:
+        """One model call for the pending requests (as many as fit), then again while more are pending."""
+        loop = self._loop
+        left = self._since + self.wait_s - time.monotonic()
+        expected = max(self._last, 1) if self._coming <= 0 else len(self._pending) + self._coming
+        if left > 0 and len(self._pending) < min(expected, self.max_images):  # others are on their way
+            loop.call_later(min(left, POLL_S), self._flush)
+            return
+        batch, n = [], 0
+        while self._pending and (not batch or n + len(self._pending[0].x) <= self.max_images):
+            batch.append(self._pending.pop(0))
+            n += len(batch[-1].x)
+        self._run(batch)
+        self._since = time.monotonic()
+        if self._pending:
+            loop.call_soon(self._flush)
+        else:
+            self._scheduled = False
 
     def _run(self, batch: list[_Request]) -> None:
         """One model call for ``batch``; each request gets its rows (or the call's exception)."""
-        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        live = [r for r in batch if not r.future.done()]  # not those whose client went away
         if not live:
             return
         try:
@@ -145,3 +139,4 @@ class MicroBatcher:
         s = self.stats
         s.batches, s.requests, s.images = s.batches + 1, s.requests + len(live), s.images + start
         s.largest = max(s.largest, len(live))
+        self._last = len(live)

@@ -11,14 +11,16 @@ works offline too). Images are decoded in memory with the same code as
 framework's own temp files. Binds to 127.0.0.1 unless ``--host`` says otherwise.
 
 The model runs in the bundle's runtime (``--runtime``: ONNX Runtime without TensorFlow when the
-bundle has its ``model.onnx``); concurrent requests share model calls
-(:mod:`pipeline.faces.batching`); ``/health`` says which runtime, the memory and the batching.
+bundle has its ``model.onnx``); concurrent requests share model calls on the event loop
+(:mod:`pipeline.faces.batching`); a plain upload skips the framework's form parsing
+(:mod:`pipeline.faces.multipart`); ``/health`` says which runtime, the memory and the batching.
 """
 # No `from __future__ import annotations` here: FastAPI reads the endpoint signatures'
 # types at run time, and they are imported inside create_app (the CLI starts faster).
 import argparse
 import asyncio
 import base64
+import json
 import logging
 import dataclasses
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import numpy as np
 
 from pipeline.data.preprocess import inspect_image
 from pipeline.faces.batching import MAX_IMAGES, WAIT_S, MicroBatcher
+from pipeline.faces.multipart import files_of
 from pipeline.model.explain import occlusion
 from pipeline.model.infer import Output, Predictor
 from pipeline.model.rows import make_rows, rules_for
@@ -41,7 +44,7 @@ from pipeline.shared.plots import overlay_png
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("web") / "index.html"
-INLINE_BYTES = 64 * 1024  # a lone request up to this size is decoded on the event loop, others in a worker thread
+INLINE_BYTES = 64 * 1024  # a request up to this size is decoded on the event loop, a larger one in a worker thread
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,8 @@ class Service:
         self.rules = rules_for(p, self.labels, self.bundle.calibration)
         runner = Predictor(self.bundle, max_batch)
         runner.warm_up()  # TensorFlow traces its graph now (one fixed batch shape), not on the first request
-        # Concurrent requests share one model call; the batcher's thread is the only caller of the model.
+        # Concurrent requests share one model call, on the event loop: the model's only caller.
         self.batcher = MicroBatcher(runner, max_batch, wait_ms / 1000)
-        self._active = 0  # requests between arrival and the batcher's answer (on the event loop: no lock)
 
     @property
     def top_k(self) -> int:
@@ -150,21 +152,21 @@ class Service:
 
     async def predict(self, files: list[tuple[str, bytes]], top_k: int | None = None,
                       explain: bool = False) -> list[dict[str, Any]]:
-        """Decode (a worker thread), wait for the batcher's answer, then the results."""
-        self.batcher.announce()  # a batch being gathered now waits for this request's images
-        self._active += 1
-        try:
-            # Alone, a small upload (a few PNGs) decodes faster than a hop to a worker thread and back (half
-            # the CPU per request, one client); with others in flight, threads decode beside the event loop.
-            inline = self._active == 1 and sum(len(data) for _, data in files) <= INLINE_BYTES
+        """Decode, wait for the batcher's answer, then the results. A small upload (a few PNGs) is decoded
+        on the event loop: faster than a hop to a worker thread and back, and the images are then ready
+        for the model call at the end of this turn of the loop. A large one is decoded in a worker thread,
+        and the batcher waits a little for it."""
+        if sum(len(data) for _, data in files) <= INLINE_BYTES:
+            x, reasons = self.decode(files)
+            out = await self.batcher.run(x)
+        else:
+            self.batcher.announce()
             try:
-                x, reasons = self.decode(files) if inline else await asyncio.to_thread(self.decode, files)
+                x, reasons = await asyncio.to_thread(self.decode, files)
             except BaseException:
                 self.batcher.withdraw()
                 raise
-            out = await asyncio.wrap_future(self.batcher.submit(x, announced=True))
-        finally:
-            self._active -= 1
+            out = await self.batcher.run(x, announced=True)
         if explain:  # the occlusion maps: many forward passes, through the batcher, from a worker thread
             return await asyncio.to_thread(self.answer, files, x, reasons, out, top_k, True)
         return self.answer(files, x, reasons, out, top_k)
@@ -290,20 +292,84 @@ def _add_predict(app: Any, predictor: Service) -> None:
                       ) -> Any:
         """Label, confidence, top-k and the model's view per image. Unreadable files get an
         ``error`` (the others are still predicted); 422 when none can be read."""
-        if len(files) > limits.max_files:
-            return _error(413, f"too many files: {len(files)} (at most {limits.max_files} per request)")
-        k = min(top_k or predictor.top_k, len(predictor.labels))
-        batch = []
-        for f in files:
-            data = await f.read(limits.max_bytes + 1)
-            if len(data) > limits.max_bytes:
-                return _error(413, f"{f.filename}: larger than {limits.max_bytes // 2**20} MB")
-            batch.append((Path(f.filename or "upload").name, data))
-        results = await predictor.predict(batch, k, explain)
-        if all(r["error"] for r in results):
-            return _error(422, "no readable image: " + "; ".join(f"{r['file']}: {r['error']}" for r in results),
-                          results=results)
-        return JSONResponse({"results": results})  # plain JSON values already: no encoder pass
+        batch = [(Path(f.filename or "upload").name, await f.read(limits.max_bytes + 1)) for f in files]
+        status, answer = await _answer(predictor, batch, top_k, explain)
+        return JSONResponse(answer, status_code=status)  # plain JSON values already: no encoder pass
+
+
+async def _answer(predictor: Service, batch: list[tuple[str, bytes]], top_k: int | None,
+                  explain: bool) -> tuple[int, dict[str, Any]]:
+    """``POST /predict``'s status and JSON for the uploaded ``(file name, bytes)``, on either path."""
+    limits = predictor.limits
+    if len(batch) > limits.max_files:
+        return 413, {"error": f"too many files: {len(batch)} (at most {limits.max_files} per request)"}
+    for name, data in batch:
+        if len(data) > limits.max_bytes:
+            return 413, {"error": f"{name}: larger than {limits.max_bytes // 2**20} MB"}
+    results = await predictor.predict(batch, min(top_k or predictor.top_k, len(predictor.labels)), explain)
+    if all(r["error"] for r in results):
+        return 422, {"error": "no readable image: " + "; ".join(f"{r['file']}: {r['error']}" for r in results),
+                     "results": results}
+    return 200, {"results": results}
+
+
+class _PlainPredict:
+    """``POST /predict`` with a plain upload (:mod:`pipeline.faces.multipart`) and at most ``top_k`` in the
+    query, answered without the framework's form parsing, validation and routing: the same
+    :func:`_answer`, for about half the CPU of a request. Anything else goes on to the FastAPI route (its
+    body replayed), which answers it in full, with the same checks and messages."""
+
+    def __init__(self, app: Any, predictor: Service) -> None:
+        self.app, self.predictor = app, predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        top_k = _top_k(scope["query_string"])
+        files = files_of(dict(scope["headers"]).get(b"content-type", b""), body) if top_k is not None else None
+        if files is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            status, answer = await _answer(self.predictor, [(Path(n).name or "upload", d) for n, d in files],
+                                           top_k or None, False)
+        except Exception as exc:  # noqa: BLE001 - as the app's own handler: a JSON 500, never a bare page
+            log.exception("serve: request failed")
+            status, answer = 500, {"error": f"internal error: {type(exc).__name__}"}
+        data = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _top_k(query: bytes) -> int | None:
+    """``top_k`` of a query that has nothing else (0 when absent), None for anything the route must check."""
+    if not query:
+        return 0
+    key, _, value = query.partition(b"=")
+    return int(value) if key == b"top_k" and value.isdigit() and 0 < int(value) < 10**6 else None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that gives ``body`` again, then waits on the connection (for its disconnect)."""
+    sent = False
+
+    async def again() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return again
 
 
 def create_app(model_dir: str | Path, limits: Limits | None = None, p: PredictParams | None = None,
@@ -319,7 +385,8 @@ def create_app(model_dir: str | Path, limits: Limits | None = None, p: PredictPa
                   description=f"Predictions of the model bundle `{model_dir}` ({info.get('model', '?')}, "
                               f"{len(predictor.labels)} labels). Up to {limits.max_files} images of "
                               f"{limits.max_bytes // 2**20} MB per request.")
-    _add_error_handlers(app, limits)
+    app.add_middleware(_PlainPredict, predictor=predictor)
+    _add_error_handlers(app, limits)  # its size limit wraps the plain path too
     _add_pages(app, predictor, model_dir)
     _add_predict(app, predictor)
     app.state.service = predictor
@@ -339,8 +406,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-mb", type=float, default=10, help="MB per image (default: %(default)s)")
     cli.add_runtime_option(parser)
     parser.add_argument("--batch-wait-ms", type=float, default=WAIT_S * 1000,
-                        help="how long a request waits for others on their way, to share its model call "
-                             "(default: %(default)s)")
+                        help="how long a model call waits for requests on their way (uploads being decoded, "
+                             "and as many requests as the last call had), to share it (default: %(default)s)")
     parser.add_argument("--max-batch", type=int, default=MAX_IMAGES,
                         help="images per model call at most (1: one request per call) (default: %(default)s)")
     return parser

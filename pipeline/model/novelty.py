@@ -46,6 +46,9 @@ HEAD_EPOCHS = 10
 # resumed `predict` writes the rows an uninterrupted one does, a served image gets the same answer alone or
 # batched. 16 rows cost what one product over a batch of 512 does, and a quarter of a 64-row block for one image.
 BLOCK = 16
+ROWS = 1024        # images per nearest-neighbour product (bounded memory)
+NEAR = 1e-4        # a reference row this close to an image's best float32 similarity is a candidate ...
+CANDIDATES = 8     # ... of at most this many, scored again in float64
 
 
 def _histogram8(flat: np.ndarray) -> np.ndarray:
@@ -103,18 +106,43 @@ def _by_blocks(a: np.ndarray, f: Callable[[int, np.ndarray], np.ndarray]) -> np.
     return np.concatenate([f(i, padded[i:i + BLOCK]) for i in range(0, len(padded), BLOCK)])[:n]
 
 
-def _nearest(features: np.ndarray, reference_t: np.ndarray, skip_self: bool = False) -> np.ndarray:
-    """Cosine distance to the nearest reference feature vector (``reference_t``: the unit rows transposed,
-    (d, R); ``skip_self``: the features are the reference's own rows, and each one's nearest other row
-    counts: leave-one-out)."""
-    def block(i: int, rows: np.ndarray) -> np.ndarray:
-        sim = rows @ reference_t
+def _nearest(features: np.ndarray, spec: NoveltySpec, skip_self: bool = False) -> np.ndarray:
+    """Cosine distance to the nearest reference feature vector (``skip_self``: the features are the
+    reference's own rows, and each one's nearest other row counts: leave-one-out).
+
+    The search is one float32 product per :data:`ROWS` images, whose rounding may depend on a row's
+    place in the batch; the answer is not: each image's candidates (the rows within :data:`NEAR` of its
+    best, at most :data:`CANDIDATES`) are scored again in float64, one contiguous row at a time, and the
+    best of those is the distance. A served image gets the same answer alone or batched, a resumed
+    `predict` writes the rows an uninterrupted one does, and one image costs a vector product, not a block.
+    """
+    q = _unit(features)
+    out = np.empty(len(q), np.float64)
+    for i in range(0, len(q), ROWS):
+        sim = q[i:i + ROWS] @ spec.reference_t
         if skip_self:
-            own = np.arange(i, i + len(rows))
+            own = np.arange(i, i + len(sim))
             inside = own < sim.shape[1]
             sim[np.flatnonzero(inside), own[inside]] = -np.inf
-        return 1.0 - sim.max(axis=1)
-    return _by_blocks(_unit(features), block)
+        out[i:i + len(sim)] = 1.0 - _exact_best(q[i:i + len(sim)], spec.reference, sim)
+    return out
+
+
+def _exact_best(q: np.ndarray, reference: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """Each row's largest similarity in float64 among its candidates in ``sim`` (float32 products)."""
+    best = sim.max(axis=1, keepdims=True)
+    near = sim >= best - NEAR
+    crowded = np.flatnonzero(near.sum(axis=1) > CANDIDATES)
+    if len(crowded):  # ties (e.g. a blank image's zero features): the CANDIDATES best, by index among equals
+        top = np.argsort(-sim[crowded], axis=1, kind="stable")[:, :CANDIDATES]
+        near[crowded] = False
+        near[crowded[:, None], top] = True
+    r, c = np.nonzero(near)
+    # elementwise, then each contiguous row summed on its own: the same additions for a row wherever it is
+    exact = (q[r].astype(np.float64) * reference[c].astype(np.float64)).sum(axis=1)
+    out = np.full(len(q), -np.inf)
+    np.maximum.at(out, r, exact)
+    return out
 
 
 def raw_scores(spec: NoveltySpec, stats: np.ndarray, features: np.ndarray, skip_self: bool = False,
@@ -124,7 +152,7 @@ def raw_scores(spec: NoveltySpec, stats: np.ndarray, features: np.ndarray, skip_
     the reference, when the caller has it already."""
     typical = _mahalanobis(stats, spec.stats_mean, spec.stats_precision)
     if nearest is None:
-        nearest = _nearest(features, spec.reference_t, skip_self)
+        nearest = _nearest(features, spec, skip_self)
     cols = [typical, nearest]
     if spec.uses_strokes:
         if strokes is None:
