@@ -106,7 +106,8 @@ class MicroBatcher:
         loop = self._loop
         left = self._since + self.wait_s - time.monotonic()
         expected = max(self._last, 1) if self._coming <= 0 else len(self._pending) + self._coming
-        if left > 0 and len(self._pending) < min(expected, self.max_images):  # others are on their way
+        room = sum(len(r.x) for r in self._pending) < self.max_images
+        if left > 0 and room and len(self._pending) < expected:  # others are on their way
             loop.call_later(min(left, POLL_S), self._flush)
             return
         batch, n = [], 0
