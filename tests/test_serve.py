@@ -142,6 +142,8 @@ def test_bad_input_is_a_clear_4xx_never_a_500(client):
         assert text in r.json()["error"], (what, r.json())
     r = client.post("/predict", data={"x": "1"})
     assert r.status_code == 422 and "no images" in r.json()["error"]
+    r = client.post("/predict", data={"files": "x"})  # a text value, not a file
+    assert r.status_code == 422 and "must hold files" in r.json()["error"]
     r = _post(client, ("g.png", good), params={"top_k": 0})
     assert r.status_code == 422 and "top_k" in r.json()["error"]
     r = client.post("/predict", content=b"x" * 10, headers={"content-length": str(10**9),
@@ -154,7 +156,11 @@ def test_nothing_from_a_request_is_written(client, shade_bundle, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in Path(shade_bundle).iterdir())
     rng = np.random.default_rng(2)
-    assert _post(client, *[(f"../../x{i}.png", _png(shade_image("light", rng))) for i in range(3)]).status_code == 200
+    names = [f"../../x{i}.png" for i in range(3)] + ["..\\..\\w.png", "C:\\Users\\me\\c.png"]
+    r = _post(client, *[(name, _png(shade_image("light", rng))) for name in names[:4]])
+    assert [x["file"] for x in r.json()["results"]] == ["x0.png", "x1.png", "x2.png", "w.png"]  # never a folder
+    r = _post(client, (names[4], _png(shade_image("light", rng))), data={"n": "1"})  # the framework's path too
+    assert r.json()["results"][0]["file"] == "c.png"
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in Path(shade_bundle).iterdir()) == before
 
 

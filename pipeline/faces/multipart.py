@@ -1,16 +1,19 @@
 """The plain multipart uploads of ``POST /predict``, read in one pass over the body.
 
 ``serve`` answers most requests on this short path: what a browser, ``curl -F``, ``requests`` or
-``httpx`` send for ``files=...``, one part per file, each with a quoted file name. Anything else
-(another field, an encoded file name, a transfer encoding, a preamble, a body cut short) is left to the
-web framework's full parser: :func:`files_of` then answers ``None``, never a guess.
+``httpx`` send for ``files=...``, one part per file, each with a quoted file name (or one in UTF-8,
+``filename*=UTF-8''...``). Anything else (another field, another encoding, a transfer encoding, a
+preamble, a body cut short) is left to the web framework's full parser: :func:`files_of` then answers
+``None``, never a guess.
 """
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 _BOUNDARY = re.compile(rb'boundary=(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))', re.IGNORECASE)
-_DISPOSITION = re.compile(rb'form-data; *name="([^"\\]*)"; *filename="([^"\\]*)"\Z', re.IGNORECASE)
+_DISPOSITION = re.compile(rb'form-data; *name="([^"\\]*)"; *(?:filename="([^"\\]*)"|filename\*=UTF-8\'\'([^\s;"]+))\Z',
+                          re.IGNORECASE)
 
 
 def boundary_of(content_type: bytes) -> bytes | None:
@@ -31,9 +34,9 @@ def _file_name(head: bytes, field: bytes) -> str | None:
             return None
         if key == b"content-disposition":
             m = _DISPOSITION.match(value.strip())
-            if not m or m.group(1) != field or not m.group(2):
+            if not m or m.group(1) != field or not (m.group(2) or m.group(3)):
                 return None
-            name = m.group(2)
+            name = m.group(2) or unquote_to_bytes(m.group(3))  # RFC 5987: filename*=UTF-8''%C3%BC.png
         elif key != b"content-type":  # e.g. Content-Transfer-Encoding: the full parser's business
             return None
     try:

@@ -24,7 +24,7 @@ import json
 import logging
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -196,6 +196,8 @@ def _add_error_handlers(app: Any, limits: Limits) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         if where == "body.files" and first.get("type") == "missing":
             return _error(422, "no images: send them as multipart field 'files'")
+        if where.startswith("body.files"):  # a text value, or a part without a file name
+            return _error(422, "the field 'files' must hold files: multipart parts, each with a file name")
         return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
@@ -292,9 +294,14 @@ def _add_predict(app: Any, predictor: Service) -> None:
                       ) -> Any:
         """Label, confidence, top-k and the model's view per image. Unreadable files get an
         ``error`` (the others are still predicted); 422 when none can be read."""
-        batch = [(Path(f.filename or "upload").name, await f.read(limits.max_bytes + 1)) for f in files]
+        batch = [(_base_name(f.filename), await f.read(limits.max_bytes + 1)) for f in files]
         status, answer = await _answer(predictor, batch, top_k, explain)
         return JSONResponse(answer, status_code=status)  # plain JSON values already: no encoder pass
+
+
+def _base_name(name: str | None) -> str:
+    """An upload's file name without any folder (``/`` or ``\\``, as a Windows browser may send it)."""
+    return PureWindowsPath(name or "").name or "upload"
 
 
 async def _answer(predictor: Service, batch: list[tuple[str, bytes]], top_k: int | None,
@@ -340,7 +347,7 @@ class _PlainPredict:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
-            status, answer = await _answer(self.predictor, [(Path(n).name or "upload", d) for n, d in files],
+            status, answer = await _answer(self.predictor, [(_base_name(n), d) for n, d in files],
                                            top_k or None, False)
         except Exception as exc:  # noqa: BLE001 - as the app's own handler: a JSON 500, never a bare page
             log.exception("serve: request failed")
