@@ -121,3 +121,22 @@ def test_bad_settings_are_refused():
         MicroBatcher(Model(), max_images=0)
     with pytest.raises(RuntimeError, match="has not run on an event loop"):
         MicroBatcher(Model())(_images([1]))
+
+
+def test_a_broken_answer_fails_its_requests_and_the_batcher_goes_on():
+    """An answer that cannot be split per request (a bug) fails that batch's requests; nothing hangs."""
+    class Broken:
+        def take(self, start, stop):
+            raise ValueError("cannot split")
+
+    model = Model()
+    batcher = MicroBatcher(model, max_images=8, wait_s=0.0)
+    batcher.model = lambda x: Broken() if len(x) == 3 else model(x)
+
+    async def main():
+        broken = await asyncio.gather(batcher.run(_images([1, 2])), batcher.run(_images([3])), return_exceptions=True)
+        return broken, await batcher.run(_images([4]))
+
+    broken, after = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [type(b) for b in broken] == [ValueError, ValueError]
+    assert after.probs[:, 0].tolist() == [4]

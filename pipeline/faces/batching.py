@@ -126,17 +126,18 @@ class MicroBatcher:
         live = [r for r in batch if not r.future.done()]  # not those whose client went away
         if not live:
             return
+        start = 0
         try:
             out = self.model(np.concatenate([r.x for r in live]) if len(live) > 1 else live[0].x)
+            for r in live:
+                r.future.set_result(out.take(start, start + len(r.x)))
+                start += len(r.x)
         except Exception as exc:  # noqa: BLE001 - handed to the requests that were in this batch
             log.exception("serve: a model call failed")
             for r in live:
-                r.future.set_exception(exc)
+                if not r.future.done():
+                    r.future.set_exception(exc)
             return
-        start = 0
-        for r in live:
-            r.future.set_result(out.take(start, start + len(r.x)))
-            start += len(r.x)
         s = self.stats
         s.batches, s.requests, s.images = s.batches + 1, s.requests + len(live), s.images + start
         s.largest = max(s.largest, len(live))
