@@ -53,8 +53,10 @@ class MicroBatcher:
 
     Requests hand their images to :meth:`run` (a coroutine) on the loop. The first one of a turn schedules
     one call at the end of that turn, so every request whose images were ready in the same turn shares it;
-    requests that arrive while the model runs wait in the sockets and share the next call. Announced
-    requests (:meth:`announce`, their images still being decoded in a thread) are waited for up to ``wait_s``.
+    requests that arrive while the model runs wait in the sockets and share the next call. A call waits up
+    to ``wait_s`` for announced requests (:meth:`announce`, their images still being decoded in a thread)
+    and for as many requests as the last call had (the clients that will send again), never beyond
+    ``max_images`` images.
     One thread does it all: no lock, no hand-over between threads, and the model has a single caller.
     From another thread (the occlusion maps' forward passes), call the batcher: it runs on the loop.
     """
