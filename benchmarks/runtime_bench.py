@@ -147,9 +147,8 @@ def serve_all(data: Path, work: Path, clients: list[int], seconds: float, repeat
 
 
 def _spread(onnx: dict[str, Any], other: dict[str, Any], i: int) -> str:
-    """The ratio of requests/s over the runs: mean +- sd (with one run, that run's)."""
-    ratios = [o[i]["requests_per_s"] / t[i]["requests_per_s"] for o, t in zip(onnx.get("runs", [onnx["rows"]]),
-                                                                               other.get("runs", [other["rows"]]))]
+    """The ratio of requests/s over the runs (:func:`serve_all`'s ``runs``): mean +- sd."""
+    ratios = [o[i]["requests_per_s"] / t[i]["requests_per_s"] for o, t in zip(onnx["runs"], other["runs"])]
     sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
     return f"{statistics.mean(ratios):.2f}x +- {sd:.2f} over {len(ratios)} run(s)"
 

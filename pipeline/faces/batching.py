@@ -5,7 +5,8 @@ event loop. The first request of a turn of the loop schedules one model call at 
 every request whose images were ready in the same turn shares it; requests that arrive while the model
 runs wait in their sockets and share the next call. The model thus runs as often as it can keep up, and
 no request waits for a timer. A request whose images are decoded in a thread (a large upload) announces
-itself first (:meth:`~MicroBatcher.announce`): a call waits up to ``wait_s`` for it. A request larger
+itself first (:meth:`~MicroBatcher.announce`): a call waits up to ``wait_s`` for it, and for as many
+requests as the last call had (the clients that will send again; a lone client never waits). A request larger
 than ``max_images`` runs alone (the predictor splits it into batches). Everything happens in the loop's
 thread: no lock, no hand-over between threads (on a small CPU those cost more than a LeNet's forward
 pass), and the model has one caller. A failing call fails only the requests in that batch.
@@ -25,7 +26,7 @@ from pipeline.model.infer import Output
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 64   # images per model call at most (a LeNet-size call of 64 costs about what one of 8 does)
-WAIT_S = 0.002    # how long a call waits for announced requests (images still being decoded in a thread)
+WAIT_S = 0.002    # how long a call waits for requests on their way (announced ones, as many as the last call had)
 POLL_S = 0.0005   # while waiting, how often it looks whether they have come
 
 
@@ -33,6 +34,7 @@ POLL_S = 0.0005   # while waiting, how often it looks whether they have come
 class _Request:
     x: np.ndarray
     future: asyncio.Future
+
 
 @dataclass
 class Stats:

@@ -333,20 +333,16 @@ class _PlainPredict:
         self.app, self.predictor = app, predictor
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"]) if scope["type"] == "http" else {}
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict" \
-                or int(dict(scope["headers"]).get(b"content-length", b"0") or 0) > SHORT_BYTES:
+                or int(headers.get(b"content-length", b"0") or 0) > SHORT_BYTES:
             await self.app(scope, receive, send)  # (the size limit has checked the Content-Length)
             return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await _read_body(receive)
+        if body is None:  # the client went away
+            return
         top_k = _top_k(scope["query_string"])
-        files = files_of(dict(scope["headers"]).get(b"content-type", b""), body) if top_k is not None else None
+        files = files_of(headers.get(b"content-type", b""), body) if top_k is not None else None
         if files is None:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -360,6 +356,18 @@ class _PlainPredict:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """A request's whole body (None when the client goes away first)."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def _top_k(query: bytes) -> int | None:

@@ -41,10 +41,10 @@ DETECTORS = ("statistics", "features", "strokes")  # the last reads the strokes 
 TAIL_LEVELS = 16     # points of each detector's quantile table
 HEAD_HIDDEN = 64     # the strokes classifier's hidden units
 HEAD_EPOCHS = 10
-# Rows per matrix product when scoring. BLAS picks its kernel (and so its order of additions) by the shapes,
-# so products of a fixed number of rows give an image the same arithmetic whatever batch it is in: a
-# resumed `predict` writes the rows an uninterrupted one does, a served image gets the same answer alone or
-# batched. 16 rows cost what one product over a batch of 512 does, and a quarter of a 64-row block for one image.
+# Rows per matrix product of the strokes classifier. BLAS picks its kernel (and so its order of additions) by
+# the shapes, so products of a fixed number of rows give an image the same arithmetic whatever batch it is in:
+# a resumed `predict` writes the rows an uninterrupted one does, a served image gets the same answer alone or
+# batched. (The nearest-neighbour search gets the same from its float64 re-check: see _nearest.)
 BLOCK = 16
 ROWS = 1024        # images per nearest-neighbour product (bounded memory)
 NEAR = 1e-4        # a reference row this close to an image's best float32 similarity is a candidate ...
