@@ -128,7 +128,10 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> np.ndarray:
     """Mean image of each class, or of each label's positives when ``y`` is multi-hot (a chunk at a time:
-    ``x`` may be memory-mapped and large). Rows labelled -1 (or with no label set) are left out."""
+    ``x`` may be memory-mapped and large). Rows labelled -1 (or with no label set) are left out.
+
+    Each chunk's sums are one float32 matrix product of its class indicators with its rows (a seventh of
+    the time of float64 sums by class), added up over the chunks in float64."""
     sums = np.zeros((n_classes, int(np.prod(x.shape[1:]))), np.float64)
     counts = np.zeros(n_classes, np.int64)
     for i in range(0, len(x), chunk):
@@ -136,17 +139,13 @@ def class_means(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192)
         if not len(yb):
             continue
         if yb.ndim == 2:
-            sums += yb.T.astype(np.float64) @ np.asarray(x[i:i + chunk], np.float64).reshape(len(yb), -1)
-            counts += yb.sum(axis=0).astype(np.int64)
-            continue
-        order = np.argsort(yb, kind="stable")
-        order = order[yb[order] >= 0]
-        if not len(order):
-            continue
-        xb = np.asarray(x[i:i + chunk], np.float32).reshape(len(yb), -1)[order]
-        present, starts = np.unique(yb[order], return_index=True)
-        sums[present] += np.add.reduceat(xb, starts, axis=0, dtype=np.float64)  # one run per class
-        counts += np.bincount(yb[yb >= 0], minlength=n_classes)
+            member = yb.T.astype(np.float32)
+        else:
+            ok = np.flatnonzero(yb >= 0)
+            member = np.zeros((n_classes, len(yb)), np.float32)
+            member[yb[ok], ok] = 1
+        sums += member @ np.asarray(x[i:i + chunk], np.float32).reshape(len(yb), -1)
+        counts += member.sum(axis=1).astype(np.int64)
     return (sums / np.maximum(counts, 1)[:, None]).reshape(n_classes, *x.shape[1:])
 
 
