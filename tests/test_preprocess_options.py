@@ -92,6 +92,64 @@ def test_normalize_digit_crops_scales_and_centres_on_mass():
     assert (normalize_digit(np.full((50, 50), 200, np.uint8)) == 0).all()  # blank page: no crash
 
 
+def _normalize_digit_as_written(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The recipe as first written (np.nonzero, np.clip, np.roll): the faster one must give the same bytes."""
+    import cv2
+
+    if is_dark_on_light(gray):
+        gray = 255 - gray
+    h, w = size
+    t, mask = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0 or t == 0 and mask.all():
+        return np.zeros((h, w), np.uint8)
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    rest = gray[mask == 0]
+    paper = float(np.partition(rest, len(rest) // 2)[len(rest) // 2]) if rest.size else 0.0
+    crop = np.clip((crop - paper) * (255.0 / max(1.0, crop.max() - paper)), 0, 255)
+    box = max(1, round(min(h, w) * 20 / 28))
+    ch, cw = crop.shape
+    scale = box / max(ch, cw)
+    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    inter = cv2.INTER_AREA if nh * nw < ch * cw else cv2.INTER_LINEAR
+    small = cv2.resize(crop, (nw, nh), interpolation=inter)
+    canvas = np.zeros((h, w), np.float32)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    canvas[top:top + nh, left:left + nw] = small
+    m = cv2.moments(canvas)
+    if m["m00"] > 0:
+        cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+        dy = int(np.clip(round((h - 1) / 2 - cy), -top, h - nh - top))
+        dx = int(np.clip(round((w - 1) / 2 - cx), -left, w - nw - left))
+        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (20, 36)])
+def test_normalize_digit_gives_the_bytes_of_the_recipe_as_written(size):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    images = []
+    for k in range(300):
+        h, w = (int(v) for v in rng.integers(8, 90, 2))
+        if k % 4 == 0:
+            img = rng.integers(0, 256, (h, w), dtype=np.uint8)  # noise
+        elif k % 4 == 1:
+            img = np.full((h, w), 230, np.uint8)  # dark ink on paper, anywhere
+            cv2.putText(img, str(k % 10), (int(rng.integers(0, w // 2 + 1)), int(rng.integers(h // 3, h))),
+                        cv2.FONT_HERSHEY_SIMPLEX, max(h, w) / 60, int(rng.integers(0, 80)), max(1, max(h, w) // 20))
+        elif k % 4 == 2:
+            img = cv2.GaussianBlur(rng.integers(0, 256, (h, w), dtype=np.uint8), (5, 5), 2)
+        else:
+            img = np.zeros((h, w), np.uint8)  # a corner block or a dot
+            img[int(rng.integers(0, h)):, int(rng.integers(0, w)):] = int(rng.integers(1, 256))
+        images.append(img)
+    images += [np.full((12, 12), 200, np.uint8), np.zeros((9, 9), np.uint8)]  # blank pages
+    for img in images:
+        assert np.array_equal(normalize_digit(img, size), _normalize_digit_as_written(img, size))
+
+
 def test_normalized_rerendered_digit_matches_normalized_original(mnist_dir):
     """A digit printed dark on white at 200x200, JPEG-compressed, normalizes back to the original."""
     from pipeline.data import mnist

@@ -357,30 +357,41 @@ def normalize_digit(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.nd
         gray = 255 - gray
     h, w = size
     t, mask = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0 or t == 0 and mask.all():
+    x0, y0, bw, bh = cv2.boundingRect(mask)  # the ink's box
+    if bw == 0 or t == 0 and mask.all():
         return np.zeros((h, w), np.uint8)  # blank: nothing to centre
-    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+    crop = gray[y0:y0 + bh, x0:x0 + bw].astype(np.float32)
     # paper -> 0 and the strongest ink -> 255, keeping the anti-aliased edges
     rest = gray[mask == 0]
     paper = float(np.partition(rest, len(rest) // 2)[len(rest) // 2]) if rest.size else 0.0
-    crop = np.clip((crop - paper) * (255.0 / max(1.0, crop.max() - paper)), 0, 255)
+    top_ink = float(crop.max())
+    crop -= paper
+    crop *= 255.0 / max(1.0, top_ink - paper)
+    _clip(crop, 0, 255)
     box = max(1, round(min(h, w) * 20 / 28))
-    ch, cw = crop.shape
-    scale = box / max(ch, cw)
-    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
-    small = cv2.resize(crop, (nw, nh), interpolation=_interpolation((ch, cw), (nh, nw)))
+    scale = box / max(bh, bw)
+    nh, nw = max(1, round(bh * scale)), max(1, round(bw * scale))
+    small = cv2.resize(crop, (nw, nh), interpolation=_interpolation((bh, bw), (nh, nw)))
     canvas = np.zeros((h, w), np.float32)
     top, left = (h - nh) // 2, (w - nw) // 2
     canvas[top:top + nh, left:left + nw] = small
     m = cv2.moments(canvas)
     if m["m00"] > 0:
         cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
-        # shift the centre of mass to the frame's centre, keeping the digit inside the frame
-        dy = int(np.clip(round((h - 1) / 2 - cy), -top, h - nh - top))
-        dx = int(np.clip(round((w - 1) / 2 - cx), -left, w - nw - left))
-        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        # shift the centre of mass to the frame's centre, keeping the digit inside the frame (so a shift
+        # of the box, with nothing but zeros around it, is the roll it once was)
+        dy = min(max(round((h - 1) / 2 - cy), -top), h - nh - top)
+        dx = min(max(round((w - 1) / 2 - cx), -left), w - nw - left)
+        if dy or dx:
+            canvas[top:top + nh, left:left + nw] = 0
+            canvas[top + dy:top + dy + nh, left + dx:left + dx + nw] = small
+    return _clip(np.rint(canvas, out=canvas), 0, 255).astype(np.uint8)
+
+
+def _clip(a: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``np.clip(a, low, high)`` in place, without np.clip's checks (a tenth of its time on a small array)."""
+    np.maximum(a, low, out=a)
+    return np.minimum(a, high, out=a)
 
 
 def preprocess(img: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
