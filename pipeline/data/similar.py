@@ -269,33 +269,66 @@ def _small_bucket_pairs(order: np.ndarray, key: np.ndarray, hashes: np.ndarray) 
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
-def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Pairs (i < j) whose 64-bit hashes are within NEAR_BITS bits (pairs within 3 bits are certain
-    to share one of the four 16-bit bands; 4-bit pairs nearly always do), and whether the search
-    stopped at MAX_PAIRS."""
-    found, total = [np.zeros((0, 2), np.int64)], 0
-    for band in range(4):
-        key = ((hashes >> np.uint64(16 * band)) & np.uint64(0xFFFF)).astype(np.int64)
-        order = np.argsort(key, kind="stable")
-        found.append(_small_bucket_pairs(order, key, hashes))
-        total += len(found[-1])
-        _, starts, counts = np.unique(key[order], return_index=True, return_counts=True)
-        stopped = total > MAX_PAIRS
-        for start, count in zip(starts[counts > SMALL_BUCKET].tolist(), counts[counts > SMALL_BUCKET].tolist()):
-            if stopped:
-                break
-            new, stopped = _bucket_pairs(order[start:start + count], hashes, MAX_PAIRS - total)
-            found += new
-            total += sum(len(x) for x in new)
+def band_pairs(hashes: np.ndarray, band: int, budget: int) -> tuple[np.ndarray, bool]:
+    """Pairs (rows of 2, either order) of images whose 16-bit band ``band`` of the hash is equal and whose
+    hashes are within NEAR_BITS bits, at most about ``budget`` of them, and whether the search stopped there."""
+    key = ((hashes >> np.uint64(16 * band)) & np.uint64(0xFFFF)).astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    found = [np.zeros((0, 2), np.int64), _small_bucket_pairs(order, key, hashes)]
+    total = len(found[-1])
+    _, starts, counts = np.unique(key[order], return_index=True, return_counts=True)
+    stopped = total > budget
+    for start, count in zip(starts[counts > SMALL_BUCKET].tolist(), counts[counts > SMALL_BUCKET].tolist()):
         if stopped:
             break
-    pairs = np.concatenate(found)
-    pairs.sort(axis=1)
-    if len(pairs):  # each pair once: as one sorted int64 key per pair (far faster than unique rows)
-        key = np.sort(pairs[:, 0].astype(np.int64) * len(hashes) + pairs[:, 1])
-        key = key[np.r_[True, key[1:] != key[:-1]]]
-        pairs = np.stack([key // len(hashes), key % len(hashes)], axis=1)
-    return pairs, stopped
+        new, stopped = _bucket_pairs(order[start:start + count], hashes, budget - total)
+        found += new
+        total += sum(len(x) for x in new)
+    return np.concatenate(found), stopped
+
+
+BANDS = 4
+
+
+def hash_pairs(hashes: np.ndarray, submit: Callable | None = None) -> tuple[np.ndarray, bool]:
+    """Pairs (i < j) whose 64-bit hashes are within NEAR_BITS bits (pairs within 3 bits are certain
+    to share one of the four 16-bit bands; 4-bit pairs nearly always do), and whether the search
+    stopped at MAX_PAIRS. With ``submit`` (a pool's), the bands are searched in parallel jobs
+    (:func:`hash_pair_jobs`); else here, one after the other, until MAX_PAIRS."""
+    if submit is not None:
+        return gather_hash_pairs(hash_pair_jobs(hashes, submit), len(hashes))
+    found, total, stopped = [], 0, False
+    for band in range(BANDS):
+        pairs, stopped = band_pairs(hashes, band, MAX_PAIRS - total)
+        found.append(pairs)
+        total += len(pairs)
+        if stopped:
+            break
+    return _unique_pairs(np.concatenate(found), len(hashes)), stopped
+
+
+def hash_pair_jobs(hashes: np.ndarray, submit: Callable) -> list[Any]:
+    """The search of :func:`hash_pairs`, a job per band given to ``submit(fn, *args)`` (each up to MAX_PAIRS
+    pairs); read them with :func:`gather_hash_pairs`."""
+    return [submit(band_pairs, hashes, band, MAX_PAIRS) for band in range(BANDS)]
+
+
+def gather_hash_pairs(jobs: list[Any], n: int) -> tuple[np.ndarray, bool]:
+    """The pairs of :func:`hash_pair_jobs`' jobs, each once (i < j, in order), at most MAX_PAIRS of them."""
+    found = [job.get() for job in jobs]
+    pairs = _unique_pairs(np.concatenate([p for p, _ in found]), n)
+    stopped = any(s for _, s in found) or len(pairs) > MAX_PAIRS
+    return pairs[:MAX_PAIRS], stopped
+
+
+def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Each pair once, as (i < j), in order: as one sorted int64 key per pair (far faster than unique rows)."""
+    pairs = np.sort(pairs, axis=1)
+    if not len(pairs):
+        return pairs
+    key = np.sort(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    return np.stack([key // n, key % n], axis=1)
 
 
 def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray | Taken) -> np.ndarray:
@@ -318,11 +351,12 @@ def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray | Taken) -> np.ndarray:
     return out
 
 
-def candidate_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, cut: float = CANDIDATE_CORR
-                    ) -> tuple[np.ndarray, np.ndarray, bool]:
+def candidate_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, cut: float = CANDIDATE_CORR,
+                    near: tuple[np.ndarray, bool] | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
     """(pairs (p, 2), thumbnail correlations (p,), truncated): images whose hashes are within NEAR_BITS
-    bits and thumbnails correlate at least ``cut``, byte-identical files left out (reported apart)."""
-    pairs, truncated = hash_pairs(hashes)
+    bits and thumbnails correlate at least ``cut``, byte-identical files left out (reported apart).
+    ``near``: :func:`hash_pairs` of ``hashes`` when the caller has it already."""
+    pairs, truncated = near if near is not None else hash_pairs(hashes)
     corr = _pair_corr(pairs, thumbs)
     keep = (corr >= cut) & ~(sha1[pairs[:, 0]] == sha1[pairs[:, 1]]).all(axis=1)
     return pairs[keep], corr[keep], truncated
@@ -502,7 +536,8 @@ def _verify(pairs: np.ndarray, source: Source, pitches: np.ndarray, submit: Call
 
 
 def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndarray, y: np.ndarray, splits: np.ndarray,
-                   source: Source, pitches: np.ndarray, submit: Callable | None = None) -> dict[str, Any]:
+                   source: Source, pitches: np.ndarray, submit: Callable | None = None,
+                   near: tuple[np.ndarray, bool] | None = None) -> dict[str, Any]:
     """Candidate pairs sorted into copies and look-alikes: ``pairs`` (p, 2), ``kind`` ("copy" or
     "look-alike"), ``similarity`` (the strict test's for copies, the thumbnails' for look-alikes),
     ``across_classes``, ``across_splits`` and ``with_train`` (one of the two is a training image);
@@ -513,7 +548,7 @@ def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndar
     :data:`LOOK_ALIKE_CORR`. The strict test reads the images from ``source``, a block of pairs per job
     given to ``submit`` (see :func:`_verify`).
     """
-    pairs, corr, truncated = candidate_pairs(hashes, thumbs, sha1)
+    pairs, corr, truncated = candidate_pairs(hashes, thumbs, sha1, near=near)
     a, b = pairs[:, 0], pairs[:, 1]
     across_classes = y[a] != y[b]
     across_splits = splits[a] != splits[b]

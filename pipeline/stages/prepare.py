@@ -379,8 +379,9 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         if plan.rejected:
             log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
+        bands = _hash_band_jobs(pool, decoded)  # first in the idle workers: the copy search waits for them
         later = _beside_audit(pool, plan, decoded, listing, tmp_files)
-        audited = _audit(listing, plan, decoded, ip, cfg, tmp_files, pool)
+        audited = _audit(listing, plan, decoded, ip, cfg, tmp_files, pool, bands)
         symmetry = later["symmetry"].get()  # it reads the training file: done before that file moves
         kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
     finally:
@@ -515,9 +516,10 @@ def _usable(listing: ingest.Listing, plan: SplitPlan, metas: audit.MetaTable, p:
 
 
 def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams, cfg: PreprocessParams,
-           tmp_files: dict[str, Path], pool: Any) -> dict[str, Any]:
+           tmp_files: dict[str, Path], pool: Any, bands: list[Any] | None = None) -> dict[str, Any]:
     """The audit of the usable items: duplicates, conflicts and leakage (and which val/test items to
-    drop), then, on the items kept, copies and look-alikes, outliers, image quality and shortcuts."""
+    drop), then, on the items kept, copies and look-alikes, outliers, image quality and shortcuts
+    (``bands``: :func:`_hash_band_jobs`, the hash search of the copies, when it runs in the workers)."""
     t0 = time.perf_counter()
     items = [listing.items[i] for i in d.good]
     paths = [it.path for it in items]
@@ -529,7 +531,7 @@ def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams
     dropped = {d.good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
     seconds = {"duplicates and leakage": time.perf_counter() - t0}
     facts = _Facts.of(listing, plan, d, dropped)
-    found = _similarity(facts, d, plan, cfg, tmp_files, pool, seconds)
+    found = _similarity(facts, d, plan, cfg, tmp_files, pool, seconds, bands)
     found.update(_image_quality(facts, d, seconds))
     return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
             "leakage": leakage, "dropped": dropped, "facts": facts, "seconds": seconds, **found}
@@ -573,7 +575,7 @@ def _submit(pool: Any) -> Any:
 
 
 def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
-                pool: Any, seconds: dict[str, float]) -> dict[str, Any]:
+                pool: Any, seconds: dict[str, float], bands: list[Any] | None = None) -> dict[str, Any]:
     """Copies and look-alikes (dataset.json's findings, similar.csv's groups) and outliers (in the idle
     decoding workers, meanwhile: they read their class's thumbnails from a file, so that nothing queued
     for them grows with the data)."""
@@ -586,7 +588,7 @@ def _similarity(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tm
         group = f.y if f.multi is None else np.zeros(len(f.y), np.int64)  # multi-label: unlike all the rest
         seen = None if thumbs_file else similar.as_seen(thumbs[:], m.negative[f.items])
         jobs = similar.outlier_jobs(seen, group, submit=_submit(pool), path=str(thumbs_file) if thumbs_file else None)
-        found = _copies(f, d, plan, cfg, tmp_files, thumbs, pool, seconds)
+        found = _copies(f, d, plan, cfg, tmp_files, thumbs, pool, seconds, bands)
         t0 = time.perf_counter()
         scores = similar.gather(jobs, len(f.y))
     finally:
@@ -607,15 +609,23 @@ def _save_seen(path: Path, thumbs: similar.Taken, negative: np.ndarray, block: i
 
 
 def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
-            thumbs: similar.Taken, pool: Any, seconds: dict[str, float]) -> dict[str, Any]:
+            thumbs: similar.Taken, pool: Any, seconds: dict[str, float], bands: list[Any] | None = None
+            ) -> dict[str, Any]:
     """Copies and look-alikes: dataset.json's findings and similar.csv's groups (the strict copy test's
-    blocks of pairs in the decoding workers, in parallel)."""
+    blocks of pairs in the decoding workers, in parallel; and the hash search's bands, when ``bands``)."""
     t0 = time.perf_counter()
     m = d.metas
+    hashed = None
+    if bands is not None:  # pairs among all the usable items: those among the items kept, renumbered
+        pairs, stopped = similar.gather_hash_pairs(bands, len(d.good))
+        at = np.full(len(d.good), -1, np.int64)
+        at[np.isin(np.asarray(d.good, np.int64), f.items)] = np.arange(len(f.items))
+        pairs = at[pairs]
+        hashed = (pairs[(pairs >= 0).all(axis=1)], stopped)
     source = _source(plan, d, tmp_files, f.items)
     pitches = similar.pitch(m.width[f.items], m.height[f.items], cfg.size, cfg.resize, cfg.normalize)
     pairs = similar.classify_pairs(m.phash[f.items], thumbs, m.sha1[f.items], f.y, f.split, source, pitches,
-                                   _submit(pool))
+                                   _submit(pool), hashed)
     near = similar.near_duplicates(pairs, f.paths, f.labels, [SPLITS[k] for k in f.split.tolist()])
     seconds["copies and look-alikes"] = time.perf_counter() - t0
     return {"near_duplicates": near, "groups": similar.groups(pairs)}
@@ -660,6 +670,14 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
             Counter(it.label for it in kept)
         counts[s] = {name: int(per.get(name, 0)) for name in d.labels}
     return kept_items, counts
+
+
+def _hash_band_jobs(pool: Any, d: Usable) -> list[Any] | None:
+    """The copy search's hash pairs among the usable items, a job per band in the idle decoding workers
+    (None without workers: then the search runs in this process)."""
+    if pool is None:
+        return None
+    return similar.hash_pair_jobs(d.metas.phash[np.asarray(d.good, np.int64)], _submit(pool))
 
 
 def _beside_audit(pool: Any, plan: SplitPlan, d: Usable, listing: ingest.Listing,
