@@ -55,3 +55,12 @@ def test_replace_dir_and_stale_temps(tmp_path):
     (tmp_path / f".x.json{artifacts.TMP_TAG}abc").write_text("junk")
     artifacts.remove_stale_temps(tmp_path)
     assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_fsync_started_waits_and_raises_what_the_flush_raised(tmp_path):
+    done = tmp_path / "done.npy"
+    done.write_bytes(b"x" * 4096)
+    artifacts.fsync_started([done])()  # flushed: no error
+    wait = artifacts.fsync_started([done, tmp_path / "gone.npy"])
+    with pytest.raises(FileNotFoundError):
+        wait()

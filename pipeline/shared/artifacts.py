@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,28 @@ def fsync_path(path: Path) -> None:
     """Flush a file's data to disk (before it is renamed into place)."""
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
+
+
+def fsync_started(paths: Sequence[Path]) -> Callable[[], None]:
+    """Start flushing finished files to disk in a thread (fsync lets other threads run meanwhile); the
+    function returned waits for it, and raises what it raised. For files that are not written again."""
+    failed: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            for path in paths:
+                fsync_path(path)
+        except BaseException as exc:  # noqa: BLE001 - raised by the waiter, in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=flush, name="fsync", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+    return wait
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -24,11 +24,12 @@ import argparse
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,10 @@ def _input_fingerprint(listing: ingest.Listing, read: np.ndarray | None = None) 
         st = os.stat(listing.source)
         return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
     h = hashlib.sha256()
-    for item, (size, mtime) in zip(listing.items, _file_stats(listing, read)):
-        h.update(f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    lines = (f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n"
+             for item, (size, mtime) in zip(listing.items, _file_stats(listing, read)))
+    while block := "".join(itertools.islice(lines, 65536)):  # the same bytes, a block of lines at a time
+        h.update(block.encode("utf-8", "surrogateescape"))
     return artifacts.fingerprint(h.hexdigest(), listing.rejected)
 
 
@@ -380,10 +383,11 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
             log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
         bands = _hash_band_jobs(pool, decoded)  # first in the idle workers: the copy search waits for them
+        flushed = artifacts.fsync_started([tmp_files[s] for s in SPLITS])  # complete: to disk while we audit
         later = _beside_audit(pool, plan, decoded, listing, tmp_files)
         audited = _audit(listing, plan, decoded, ip, cfg, tmp_files, pool, bands)
         symmetry = later["symmetry"].get()  # it reads the training file: done before that file moves
-        kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run)
+        kept, counts = _write_arrays(listing, plan, decoded, audited["dropped"], tmp_files, run, flushed)
     finally:
         for f in tmp_files.values():
             f.unlink(missing_ok=True)
@@ -649,8 +653,10 @@ def _image_quality(f: _Facts, d: Usable, seconds: dict[str, float]) -> dict[str,
 
 
 def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int], tmp_files: dict[str, Path],
-                  run: Path) -> tuple[dict[str, list[ingest.Item]], dict[str, dict[str, int]]]:
-    """Move each split's decoded array into place (compacted when rows were dropped), write its labels."""
+                  run: Path, flushed: Callable[[], None]) -> tuple[dict[str, list[ingest.Item]], dict[str, dict[str, int]]]:
+    """Move each split's decoded array into place (compacted when rows were dropped), write its labels.
+    ``flushed()`` waits until the decoded arrays are on disk (:func:`artifacts.fsync_started`)."""
+    flushed()
     kept_items: dict[str, list[ingest.Item]] = {}
     counts: dict[str, dict[str, int]] = {}
     for s in SPLITS:
@@ -658,8 +664,7 @@ def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: 
         keep = [r for r, i in enumerate(plan.by_split[s]) if ok[r] and i not in dropped]
         final = run / rf.x_file(s)
         if len(keep) == len(plan.by_split[s]):
-            artifacts.fsync_path(tmp_files[s])
-            os.replace(tmp_files[s], final)  # every row was written: the file is final as it is
+            os.replace(tmp_files[s], final)  # every row was written (and is on disk): the file is final as it is
         else:
             _copy_rows(tmp_files[s], np.array(keep, np.int64), final)
         kept = [listing.items[plan.by_split[s][r]] for r in keep]
