@@ -14,7 +14,8 @@ PARAMS    ?= params.toml
 # else the last one `make prepare` wrote (the stage says which). The rule itself is in Python
 # (pipeline/shared/runfolder.py), written once.
 RUN       ?=
-RUN_OPT    = $(if $(RUN),--run "$(RUN)",$(if $(filter command line environment,$(origin DATA)),--data "$(DATA)"))
+DATA_GIVEN = $(filter command line environment,$(origin DATA))
+RUN_OPT    = $(if $(RUN),--run "$(RUN)",$(if $(DATA_GIVEN),--data "$(DATA)"))
 MODEL_OPT  = $(if $(MODEL),--model "$(MODEL)",$(RUN_OPT))
 MNIST_DIR ?=
 IMAGES    ?=
@@ -28,8 +29,9 @@ comma     := ,
 EXTRAS    := train$(comma)dev$(comma)export$(comma)ray$(if $(filter 1,$(GPU)),$(comma)gpu)
 
 MNIST_OUT := datasets/mnist
-# `make prepare` on the reference dataset exports it first.
-PREP_DEPS := $(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist)
+# `make prepare` on the reference dataset exports it first. Without DATA=, prepare takes the data of the
+# run (RUN=, else the last prepared one), and the reference dataset only when no run was prepared yet.
+PREP_DEPS := $(if $(DATA_GIVEN),$(if $(filter $(MNIST_OUT) $(MNIST_OUT)/,$(DATA)),mnist),$(if $(RUN)$(wildcard runs/.last-run),,mnist))
 
 .PHONY: all setup mnist prepare train evaluate suspects review predict explain export serve preview report compare test test-fast bench clean help
 # Stages run in the order given, even under -j.
@@ -59,7 +61,7 @@ mnist: $(STAMP)
 	$(PY) -m pipeline mnist --out $(MNIST_OUT) $(if $(MNIST_DIR),--source $(MNIST_DIR))
 
 prepare: $(STAMP) $(PREP_DEPS)
-	$(PY) -m pipeline prepare --data "$(DATA)" --layout $(LAYOUT) $(if $(RUN),--run "$(RUN)") --params $(PARAMS) $(if $(CORRECTIONS),--corrections $(CORRECTIONS))
+	$(PY) -m pipeline prepare $(if $(DATA_GIVEN),--data "$(DATA)") --layout $(LAYOUT) $(if $(RUN),--run "$(RUN)") --params $(PARAMS) $(if $(CORRECTIONS),--corrections $(CORRECTIONS))
 
 train: $(STAMP)
 	$(PY) -m pipeline train $(RUN_OPT) --params $(PARAMS) $(if $(FRESH),--fresh) $(ARGS)

@@ -168,3 +168,27 @@ def test_cli_prints_table_and_defaults_run_folder(tmp_path, monkeypatch, capsys)
     assert (tmp_path / "runs" / "mydata" / prepare.MARKER).is_file()
     assert (tmp_path / "runs" / "mydata" / "logs" / "prepare.log").is_file()
     assert cli.main(["prepare", "--data", "missing", "--params", os.devnull]) == 2
+
+
+def test_cli_without_data_prepares_the_run_again_and_keeps_other_data_out(tmp_path, monkeypatch, capsys):
+    """`make prepare` after a review (no DATA=) prepares the run's own data again, never MNIST into it; other
+    data given for a run that holds a preparation of existing data is refused."""
+    from pipeline import __main__ as cli
+
+    make_tree(tmp_path / "mydata", {"a": 4, "b": 4})
+    make_tree(tmp_path / "other", {"c": 4, "d": 4})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--data", "mydata", "--params", os.devnull]) == 0
+    marker = tmp_path / "runs" / "mydata" / prepare.MARKER
+    first = json.loads(marker.read_text())
+    for k, args in enumerate(([], ["--run", "runs/mydata"])):  # the last prepared run, or the one given
+        write_image(tmp_path / "mydata" / "a" / f"new{k}.png", np.full((16, 16), 40 * k, np.uint8))
+        assert cli.main(["prepare", *args, "--params", os.devnull]) == 0
+        again = json.loads(marker.read_text())
+        assert again["data"] == first["data"] == str((tmp_path / "mydata").resolve())
+        assert sum(sum(c.values()) for c in again["counts"].values()) == 9 + k
+    capsys.readouterr()
+    assert cli.main(["prepare", "--data", "other", "--run", "runs/mydata", "--params", os.devnull]) == 2
+    assert "holds a preparation of" in capsys.readouterr().err
+    assert json.loads(marker.read_text())["data"] == first["data"]  # untouched
+    assert cli.main(["prepare", "--run", "runs/nothing", "--params", os.devnull]) == 2

@@ -45,6 +45,7 @@ MIRRORS: tuple[str, ...] = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 DEFAULT_RAW = Path("datasets/raw/mnist")
+DEFAULT_OUT = Path("datasets/mnist")  # the exported folders: the reference dataset, the default DATA
 MARKER = ".mnist-export.json"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -204,7 +205,7 @@ def export(source: Path, out: Path, workers: int = 0, chunk: int = 1000, check: 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--source", help="folder with the four IDX .gz files (default: $MNIST_DIR, "
                         f"then {DEFAULT_RAW}/, else download)")
-    parser.add_argument("--out", default="datasets/mnist", help="export folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="export folder (default: %(default)s)")
     parser.add_argument("--raw-dir", default=str(DEFAULT_RAW), help="where downloads go (default: %(default)s)")
     parser.add_argument("--mirror", action="append", help="download base URL (repeatable; default: public mirrors)")
     parser.add_argument("--workers", type=int, default=0, help="PNG writer processes (0 = one per core)")

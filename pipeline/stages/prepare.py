@@ -14,9 +14,10 @@ column) are honoured; otherwise a stratified, seeded shuffle split (scikit-learn
 ``train_test_split``, reimplemented: :func:`shuffle_split`) makes them. Every file is
 decoded once, and the workers take each image's audit facts while they have it;
 bad files are reported, never fatal; the user's files are only read. After
-decoding, the idle workers compute the outliers, the flip symmetry and the samples
-grid while this process looks for copies. Nothing is redone when files, params and
-code are unchanged.
+decoding, the idle workers search the hash bands for candidate copies, then compute the
+outliers, the flip symmetry and the samples grid, while this process finds duplicates and
+leakage and sorts the candidates; the decoded arrays go to disk meanwhile. Nothing is
+redone when files, params and code are unchanged.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.data import audit, census, corrections, ingest, quality, similar, split as splitting
+from pipeline.data import audit, census, corrections, ingest, mnist, quality, similar, split as splitting
 from pipeline.data.decoding import census as census_of
 from pipeline.data.decoding import decode_into, keep_freed_memory, start_pool
 from pipeline.data.preprocess import Meta, preprocess
@@ -786,7 +787,8 @@ def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, 
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--data", required=True, help="dataset folder, or a .csv/.tsv file")
+    parser.add_argument("--data", help="dataset folder, or a .csv/.tsv file (default: the data of --run, else of the "
+                        f"last prepared run, else {mnist.DEFAULT_OUT})")
     parser.add_argument("--layout", default="auto", choices=ingest.LAYOUTS,
                         help="auto | folders | filenames | csv | pixels (default: %(default)s)")
     parser.add_argument("--run", help="run folder (default: runs/<name of DATA>; for a mapping file, the name of "
@@ -799,14 +801,45 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> None:
-    """The run folder: ``--run``, else the dataset's (the one default-run rule)."""
+    """The run folder: ``--run``, else the dataset's (the one default-run rule). Without ``--data``, the
+    data that the run (given, else the last prepared one) was prepared from, in its layout unless one is
+    given; with no run yet, MNIST."""
+    if args.data is None:
+        data, layout = _data_of(args.run)
+        args.data, args.layout = str(data), layout if args.layout == "auto" else args.layout
+        log.info("prepare: DATA not given: preparing %s again (DATA=... prepares another)", args.data)
     args.run = str(rf.resolve_run(args.run, args.data))
+
+
+def _data_of(run: str | None) -> tuple[Path, str]:
+    """The data a run folder was prepared from and its layout (``run``, else the last prepared run), else the
+    reference set."""
+    if run is None and not rf.LAST_RUN.is_file():
+        return mnist.DEFAULT_OUT, "auto"
+    folder = rf.resolve_run(run, None, "prepare")
+    done = rf.read_marker(folder / rf.PREPARE)
+    if not done.get("data"):
+        raise UserError(f"{folder} has no finished preparation to repeat: give DATA=<your images> (or --data)")
+    return Path(done["data"]), str(done.get("layout") or "auto")
+
+
+def _check_same_data(data: Path, run: Path) -> None:
+    """Refuse to prepare other data into a run folder that holds a preparation of data that still exists
+    (``make prepare RUN=runs/mine DATA=datasets/mnist`` would replace it, and leave its decisions stranded)."""
+    marker = run / rf.PREPARE
+    if not marker.is_file():
+        return
+    before = Path(rf.read_marker(marker).get("data") or "")
+    if before != data.resolve() and before.exists():
+        raise UserError(f"{run} holds a preparation of {before}, not of {data}: leave DATA out (or give that "
+                        f"folder) to prepare it again, or give another RUN= for {data}")
 
 
 def main(args: argparse.Namespace) -> int:
     """CLI: read params, run prepare, print the dataset table; the run becomes the default of later stages."""
     data = Path(args.data)
     run = Path(args.run)
+    _check_same_data(data, run)
     p = params_mod.load(args.params, "prepare", run.name)
     cfg = params_mod.load(args.params, "preprocess", run.name)
     ip = params_mod.load(args.params, "ingest", run.name)
