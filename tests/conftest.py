@@ -25,6 +25,22 @@ def mnist_source() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _keep_the_last_run():
+    """Tests that run `pipeline prepare` in a subprocess from this folder record their temp runs as the last
+    prepared run (runs/.last-run); put back what was there, so that `make train` after `make test` still
+    means the user's run."""
+    from pipeline.shared import runfolder
+
+    last = Path(runfolder.LAST_RUN).resolve()
+    before = last.read_bytes() if last.is_file() else None
+    yield
+    if before is not None:
+        last.write_bytes(before)
+    else:
+        last.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     src = mnist_source()
