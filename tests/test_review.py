@@ -100,6 +100,14 @@ def test_a_new_class_must_be_asked_for(review):
     assert client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": "zebra",
                                             "new_class": True}).status_code == 200
     assert {r["label"] for r in csv.DictReader(open(run / rf.CORRECTIONS))} == {"new:zebra"}
+    for label, words in (("../evil", "folder"), ("a\nb", "control"), ("..", "folder"), ("x" * 101, "1-100")):
+        r = client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": label, "new_class": True})
+        assert r.status_code == 422 and words in r.json()["error"], (label, r.json())
+    r = client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": "yak", "new_class": "yes"})
+    assert r.status_code == 422 and "true or false" in r.json()["error"]
+    assert client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": "new:okapi",
+                                            "new_class": True}).status_code == 200  # the prefix is kept once
+    assert [r["label"] for r in csv.DictReader(open(run / rf.CORRECTIONS))] == ["new:okapi"]
 
 
 @pytest.mark.parametrize("body, status, words", [

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.corrections import EXCLUDE, NEW
+from pipeline.shared.errors import UserError
 from pipeline.shared import artifacts
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
@@ -170,6 +171,17 @@ def _csv(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return buf.getvalue()
 
 
+MAX_NAME = 100  # characters of a new class's name
+
+
 def new_class(label: str) -> str:
-    """How a label the data does not have yet is written in corrections.csv."""
-    return f"{NEW}{label}"
+    """How a label the data does not have yet is written in corrections.csv (``new:<name>``; a name given
+    with the prefix already keeps one). A name must read as one folder name: no slash, no control
+    character, not ``.`` or ``..``, at most MAX_NAME characters (UserError otherwise)."""
+    name = label.strip()
+    name = name[len(NEW):].strip() if name.startswith(NEW) else name
+    if not name or name in (".", "..") or len(name) > MAX_NAME or any(c in name for c in "/\\") \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"a new class needs a name of 1-{MAX_NAME} characters that could name a folder (no slash, "
+                        f"no control characters, not . or ..). Received: {label!r}")
+    return f"{NEW}{name}"

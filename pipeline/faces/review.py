@@ -145,7 +145,10 @@ async def _decision_body(request: Any, review: Review) -> tuple[list[str], str, 
         raise _Bad(422, f'"action" must be relabel, exclude or keep. Received: {action!r}')
     if action == "relabel" and (not isinstance(label, str) or not label.strip()):
         raise _Bad(422, 'relabel needs a "label"')
-    return ids, action, label.strip() if isinstance(label, str) else "", bool(body.get("new_class"))
+    add = body.get("new_class", False)
+    if not isinstance(add, bool):
+        raise _Bad(422, f'"new_class" must be true or false. Received: {add!r}')
+    return ids, action, label.strip() if isinstance(label, str) else "", add
 
 
 class _Bad(Exception):
