@@ -111,3 +111,26 @@ def test_bad_rows_are_named_by_line(tmp_path, text, match):
         prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), CFG, corrections=tmp_path / "c.csv")
     with pytest.raises(ValueError, match="corrections file not found"):
         prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), CFG, corrections=tmp_path / "none.csv")
+
+
+def test_the_accuracy_before_a_review_stays_the_one_before_its_first_round(tmp_path):
+    """The report counts every decision so far, so its "before" is the evaluation before the first of them;
+    a later round keeps it (and says what the accuracy was before that round)."""
+    from pipeline.shared import artifacts
+    from pipeline.shared import runfolder as rf
+    from pipeline.stages.report.sections import review_section
+
+    data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    run = tmp_path / "run"
+    prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    artifacts.write_json(run / rf.METRICS, {"accuracy": 0.80})  # an evaluation before any review
+    (run / "corrections.csv").write_text("path,label\na/000.png,b\n")
+    first = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["review"]
+    assert first["accuracy_before"] == 0.80 and first["rounds"] == 1
+    artifacts.write_json(run / rf.METRICS, {"accuracy": 0.90})  # retrained after the first round
+    (run / "corrections.csv").write_text("path,label\na/000.png,b\na/001.png,exclude\n")
+    second = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset
+    assert second["review"]["accuracy_before"] == 0.80 and second["review"]["rounds"] == 2
+    assert second["review"]["accuracy_last_round"] == 0.90
+    html = review_section(second, {"accuracy": 0.95})
+    assert "before: <b>80.00%</b>" in html and "after: <b>95.00%</b>" in html and "2 rounds" in html and "90.00%" in html

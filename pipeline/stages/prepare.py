@@ -410,8 +410,9 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
 
 
 def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The test accuracy before the decisions now applied (the run's last evaluation, taken when these
-    decisions were first applied), for the report's before/after."""
+    """The test accuracy before any of the decisions now applied, for the report's before/after (it counts
+    all of them): the run's last evaluation when decisions were first applied, kept through later rounds
+    of review (``rounds``; ``accuracy_last_round``: the evaluation before the latest round)."""
     if not fixed and not labeled:
         return None
     key = artifacts.fingerprint(fixed and fixed["sha256"], labeled)
@@ -419,7 +420,11 @@ def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, A
            .get("review") or {})
     if old.get("decisions") == key:
         return old
-    return {"decisions": key, "accuracy_before": rf.read_marker(run / rf.METRICS).get("accuracy")}
+    now = rf.read_marker(run / rf.METRICS).get("accuracy")
+    if not old:  # the first round of decisions
+        return {"decisions": key, "accuracy_before": now, "rounds": 1}
+    return {"decisions": key, "accuracy_before": old.get("accuracy_before"), "rounds": old.get("rounds", 1) + 1,
+            "accuracy_last_round": now}
 
 
 def _presplit(listing: ingest.Listing, p: PrepareParams) -> ingest.Listing:

@@ -350,9 +350,11 @@ def review_section(dataset: dict[str, Any] | None, metrics: dict[str, Any]) -> s
             rows.append(["decided on images no longer in the data (not applied)", fixed["gone_count"]])
     if labeled:
         rows.append(["new images labeled and added to train", labeled["added"]])
-    before = review.get("accuracy_before")
+    before, last = review.get("accuracy_before"), review.get("accuracy_last_round")
+    rounds = (f" That is over {review['rounds']} rounds of review; before the latest, {last:.2%}."
+              if review.get("rounds", 1) > 1 and last is not None else "")
     acc = (f"Test accuracy before: <b>{before:.2%}</b>, after: <b>{metrics['accuracy']:.2%}</b> (the test split "
            "is the same images: a review changes labels, not the split; relabeled test images are scored by "
-           "their new labels)." if before is not None else "No evaluation before the review to compare with.")
+           f"their new labels).{rounds}" if before is not None else "No evaluation before the review to compare with.")
     return (f'<section id="review"><h2>What the review changed</h2>{_table(["decision", "images"], rows)}'
             f"<p>{acc}</p></section>")
