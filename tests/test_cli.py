@@ -52,3 +52,25 @@ def test_a_command_that_needs_the_training_stack_says_so(monkeypatch, capsys):
     assert "Traceback" not in err
     _fail_with(monkeypatch, ModuleNotFoundError("No module named 'pipelin'", name="pipelin"))
     assert cli.main(["compare", "runs/x"]) == 1
+
+
+def test_a_taken_port_is_one_clear_error_before_anything_loads(tmp_path, capsys):
+    import socket
+
+    from pipeline import __main__ as main
+    from pipeline.shared import cli
+    from pipeline.shared.errors import UserError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is in use"):
+            cli.listen("127.0.0.1", port)
+        capsys.readouterr()
+        assert main.main(["review", "--run", str(tmp_path / "run"), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert "is in use" in err and "Traceback" not in err and "open http" not in err
+    free = cli.listen("127.0.0.1", 0)  # a free one: bound, ready for the server
+    assert free.getsockname()[1] > 0
+    free.close()

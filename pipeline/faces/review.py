@@ -32,6 +32,7 @@ from pipeline.data.preprocess import for_display
 from pipeline.faces import review_catalog
 from pipeline.faces.review_catalog import TITLES, Catalog
 from pipeline.shared import cli, plots
+from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -241,12 +242,12 @@ def resolve_args(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: build the queues, serve the page until Ctrl-C."""
-    import uvicorn
-
     if args.images is not None and not args.images.is_dir():
         raise UserError(f"--images must be a folder of images. Received: {args.images}")
+    sock = cli.listen(args.host, args.port)  # a taken port is said before the queues are built
     app = create_app(Path(args.run), args.images)
-    log.info("review: open http://%s:%d/ ; decisions go to %s; Ctrl-C stops", args.host, args.port,
-             Path(args.run) / "corrections.csv")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    log.info("review: open http://%s:%d/ ; decisions go to %s%s; Ctrl-C stops", args.host, sock.getsockname()[1],
+             Path(args.run) / rf.CORRECTIONS,
+             f", labels of new images to {Path(args.run) / rf.LABELED}" if args.images is not None else "")
+    cli.run_server(app, sock)
     return 0

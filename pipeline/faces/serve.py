@@ -440,16 +440,15 @@ def resolve_args(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: load the bundle, serve until Ctrl-C."""
-    import uvicorn
-
     limits = Limits(args.max_files, int(args.max_mb * 2**20))
     p = cli.predict_params(args, Path(args.run).name if args.run else None)
     if args.batch_wait_ms < 0 or args.max_batch < 1:
         raise UserError(f"--batch-wait-ms must be >= 0 and --max-batch >= 1. Received: {args.batch_wait_ms}, "
                         f"{args.max_batch}")
+    sock = cli.listen(args.host, args.port)  # a taken port is said before the model loads
     app = create_app(args.model, limits, p, args.batch_wait_ms, args.max_batch)
     service = app.state.service
     log.info("serve: read %s; the model runs in %s (%.0f MB resident); open http://%s:%d/ (API docs: /docs); "
-             "Ctrl-C stops", args.model, service.runtime, memory_mb().get("rss_mb", 0), args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+             "Ctrl-C stops", args.model, service.runtime, memory_mb().get("rss_mb", 0), args.host, sock.getsockname()[1])
+    cli.run_server(app, sock)
     return 0

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -197,3 +198,31 @@ def resolve_model(args: argparse.Namespace, stage: str) -> None:
     else:
         args.model = bundle.locate(args.model)
         args.run = str(args.model.parent) if runfolder.is_prepared(args.model.parent) else None
+
+
+# ---------------------------------------------------------------- local web servers
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for a web server (serve, review); a clear UserError when the port is
+    taken or the address cannot be used (not uvicorn's traceback after the page's address was printed)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use (another server?): give another --port "
+                            "(PORT=... with make)") from None
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def run_server(app: object, sock: socket.socket) -> None:
+    """Serve ``app`` with uvicorn on the socket from :func:`listen` until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
