@@ -52,6 +52,7 @@ class _QuietLoader(importlib.abc.Loader):
             try:
                 self.loader.exec_module(module)
             finally:
+                _imported()
                 os.dup2(saved, 2)
                 os.close(saved)
                 captured.seek(0)
@@ -62,18 +63,31 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` like the other finders do, and wraps its loader (once)."""
+    """Finds ``tensorflow`` like the other finders do, and wraps its loader. It stays until the import
+    itself has run: a check whether TensorFlow is installed (``importlib.util.find_spec``) also asks it,
+    and the import that follows must be quieted too."""
+
+    def __init__(self) -> None:
+        self._asking = False
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if name != "tensorflow":
+        if name != "tensorflow" or self._asking:
             return None
-        sys.meta_path.remove(self)
         from importlib.util import find_spec
 
-        spec = find_spec(name)
-        if spec is not None and spec.loader is not None:
+        self._asking = True  # the other finders answer the question asked here
+        try:
+            spec = find_spec(name)
+        finally:
+            self._asking = False
+        if spec is not None and spec.loader is not None and not isinstance(spec.loader, _QuietLoader):
             spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+def _imported() -> None:
+    """TensorFlow is imported: the finder has done its job."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietFinder)]
 
 
 def install() -> None:
