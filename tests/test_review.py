@@ -150,8 +150,12 @@ def test_new_images_come_most_uncertain_first_unfamiliar_apart_and_copies_once(s
     write_image(new / "between.png", blend)
     write_image(new / "between_copy.png", blend)  # the same image twice: one card
     write_image(new / "noise.png", (rng.random((20, 20)) * 255).astype(np.uint8))
+    outside = write_image(tmp_path / "outside" / "o.png", shade_image("mid", rng))
+    (new / "link_out.png").symlink_to(outside)  # a link out of the folder: never a card (it is never served)
+    (new / "notes.png").write_text("not an image")
     client = TestClient(create_app(run, new))
     items = client.get("/api/queue/unlabeled").json()["items"]
+    assert not any("link_out" in i["path"] or "notes" in i["path"] for i in items)
     names = [i["path"].rsplit("/", 1)[-1] for i in items]
     familiar = [i for i in items if i["familiar"]]
     assert len(items) == 3 and items == familiar + [i for i in items if not i["familiar"]]  # unfamiliar ones apart

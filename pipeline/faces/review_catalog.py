@@ -126,16 +126,25 @@ def _new_images(cat: Catalog, images: Path, model_dir: Path) -> None:
     """The queue of new images: read once, predicted with the run's model, near-duplicates grouped."""
     b = bundle.load(model_dir)
     inputs = list_inputs(images)
-    paths, arrays, metas = [], [], []
+    root = os.path.realpath(images)
+    paths, arrays, metas, left_out = [], [], [], []
     for rel in tqdm(inputs.paths, desc="review: new images", unit="img"):
         full = str(Path(images).resolve() / rel)  # absolute: labeled.csv names the files where they are
-        x, _, decoded = inspect_image(full, b.preprocess)
+        if not os.path.realpath(full).startswith(root + os.sep):  # a link out of the folder: never served
+            left_out.append((rel, "a link to a file outside the folder"))
+            continue
+        x, reason, decoded = inspect_image(full, b.preprocess)
         if x is None:
+            left_out.append((rel, reason))
             continue
         phash, thumb = perceptual(decoded.array)
         paths.append(full)
         arrays.append(x)
         metas.append((phash, thumb, bytes.fromhex(decoded.meta.sha1)))
+    left_out += inputs.rejected
+    if left_out:
+        log.warning("review: %d file(s) under %s left out of the new images: %s", len(left_out), images,
+                    "; ".join(f"{p}: {why}" for p, why in left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
     if not paths:
         return
     x = np.stack(arrays)
