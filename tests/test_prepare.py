@@ -192,3 +192,16 @@ def test_cli_without_data_prepares_the_run_again_and_keeps_other_data_out(tmp_pa
     assert "holds a preparation of" in capsys.readouterr().err
     assert json.loads(marker.read_text())["data"] == first["data"]  # untouched
     assert cli.main(["prepare", "--run", "runs/nothing", "--params", os.devnull]) == 2
+
+
+def test_cli_outside_the_project_uses_the_built_in_params(tmp_path, monkeypatch, capsys):
+    """No params.toml in the working folder: the built-in defaults, said once; a params file named but
+    missing is still an error."""
+    from pipeline import __main__ as cli
+
+    make_tree(tmp_path / "mydata", {"a": 4, "b": 4})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--data", "mydata"]) == 0
+    assert "the built-in defaults" in capsys.readouterr().err
+    assert cli.main(["prepare", "--data", "mydata", "--params", "mine.toml"]) == 2
+    assert "params file not found: mine.toml" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
     (2: yours, 1: a bug)."""
     _console_logging(args.verbose)
     quiet.install()
+    _default_params(args)
     try:
         if resolve is not None:
             resolve(args)
@@ -118,6 +119,22 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
         return 130
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: show where it happened
         return _bug(exc, args.verbose)
+
+
+# ---------------------------------------------------------------- the params file
+def add_params_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--params``: the params file a command reads (``what``: the sections it reads, for the help)."""
+    parser.add_argument("--params", default=params_mod.FILE,
+                        help=f"params file{what} (default: {params_mod.FILE} when there is one here, else the "
+                             "built-in defaults)")
+
+
+def _default_params(args: argparse.Namespace) -> None:
+    """No params file in the working folder (a command run outside the project): the built-in defaults,
+    said once. A file given by another name must exist (params.load says so)."""
+    if getattr(args, "params", None) == params_mod.FILE and not Path(params_mod.FILE).is_file():
+        log.info("no %s in %s: the built-in defaults (--params FILE gives others)", params_mod.FILE, Path.cwd())
+        args.params = None
 
 
 # ---------------------------------------------------------------- the [predict] rules on the command line
@@ -153,7 +170,7 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
 
 def cluster_params(args: argparse.Namespace, run_name: str | None) -> ClusterParams:
     """``[cluster]`` of the params file, then ``--engine`` when given."""
-    cp = params_mod.load(args.params, "cluster", run_name) if Path(args.params).is_file() else ClusterParams()
+    cp = params_mod.load(args.params, "cluster", run_name) if args.params else ClusterParams()
     return dataclasses.replace(cp, engine=args.engine) if getattr(args, "engine", None) else cp
 
 
@@ -169,8 +186,7 @@ def predict_params(args: argparse.Namespace, run_name: str | None, extra: dict[s
                    ) -> PredictParams:
     """``[predict]`` (with the run's overrides; the defaults when the default params file is absent: a
     bundle can be applied anywhere), then the options given on the command line."""
-    path = args.params if args.params != "params.toml" or Path(args.params).is_file() else None
-    p = params_mod.load(path, "predict", run_name)
+    p = params_mod.load(args.params, "predict", run_name)
     given = {"top_k": args.top_k, "threshold": args.threshold, "target_precision": args.target_precision,
              "unfamiliar": args.unfamiliar, "unknown_label": args.unknown_label,
              "runtime": getattr(args, "runtime", None), **(extra or {})}

@@ -22,6 +22,7 @@ OUTPUT_FORMATS = ("csv", "jsonl")
 # What runs the model (docs/predict.md#runtimes): "auto" takes the bundle's light ONNX model when it has one and
 # ONNX Runtime is installed, else TensorFlow. (The word "engine" is kept for where the work runs.)
 RUNTIMES = ("auto", "tensorflow", "onnx")
+FILE = "params.toml"  # the params file the commands read by default (absent: the built-in defaults)
 
 
 def _choice(section: str, key: str, value: Any, allowed: tuple[Any, ...]) -> None:

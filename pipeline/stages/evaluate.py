@@ -140,7 +140,7 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cli.add_run_options(parser)
-    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    cli.add_params_option(parser)
     cli.add_runtime_option(parser)
     return parser
 

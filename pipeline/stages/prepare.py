@@ -798,7 +798,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto | folders | filenames | csv | pixels (default: %(default)s)")
     parser.add_argument("--run", help="run folder (default: runs/<name of DATA>; for a mapping file, the name of "
                         "the folder holding it)")
-    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    cli.add_params_option(parser)
     parser.add_argument("--corrections", type=Path, help="path,label rows that relabel (or exclude) images "
                         "(default: corrections.csv in the run folder, when there is one)")
     cli.add_engine_option(parser)

@@ -110,7 +110,7 @@ def preview(run: Path, aug: AugmentParams, per_class: int = 2, n_aug: int = 4, s
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cli.add_run_options(parser)
-    parser.add_argument("--params", default="params.toml", help="params file, for [augment] (default: %(default)s)")
+    cli.add_params_option(parser, ", for [augment]")
     parser.add_argument("--per-class", type=int, default=2, help="images per class (default: %(default)s)")
     parser.add_argument("--augmented", type=int, default=4, help="augmented versions per image (default: %(default)s)")
     parser.add_argument("--out", help="output PNG (default: <run>/preview.png)")

@@ -360,7 +360,7 @@ def write_corrections(run: Path, force: bool = False) -> Path:
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cli.add_run_options(parser)
-    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    cli.add_params_option(parser)
     parser.add_argument("--folds", type=int, help="cross-validation folds (default: [suspects] folds)")
     parser.add_argument("--write-corrections", action="store_true",
                         help="pre-fill corrections.csv with the suggested labels, for review")

@@ -327,7 +327,7 @@ def _reset_or_resume(run: Path, fp: str, fresh: bool) -> None:
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cli.add_run_options(parser)
-    parser.add_argument("--params", default="params.toml", help="params file (default: %(default)s)")
+    cli.add_params_option(parser)
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run and start over")
     parser.add_argument("--epochs", type=_epochs_arg, metavar="N",
                         help='passes over the training images; overrides [train] epochs (default "auto": a step '

@@ -287,8 +287,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--link", action="store_true", help="with --sort-into: symlink instead of copying")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run: skip files already in --out")
-    parser.add_argument("--params", default="params.toml",
-                        help="params file, [predict] section (default: %(default)s)")
+    cli.add_params_option(parser, ", [predict] section")
     cli.add_engine_option(parser)
     return parser
 
