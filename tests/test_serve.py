@@ -224,7 +224,14 @@ def test_concurrent_requests_each_get_their_own_answer(shade_bundle):
     app = create_app(shade_bundle, Limits(max_files=4, max_bytes=64 * 1024), PredictParams(), wait_ms=20)
     batcher = app.state.service.batcher
     model = batcher.model
-    batcher.model = lambda x: (time.sleep(0.05), model(x))[1]  # the others arrive while a call runs
+    calls = []
+
+    def slow(x):  # the others arrive while a call runs: the first one waits long enough for a loaded machine
+        time.sleep(1.0 if not calls else 0.05)
+        calls.append(len(x))
+        return model(x)
+
+    batcher.model = slow
     with _Server(app) as url:
         answers = _concurrently(url, requests)
         batching = httpx_get(f"{url}/health")["batching"]
