@@ -454,8 +454,8 @@ def _correct(listing: ingest.Listing, path: Path, given: bool) -> tuple[ingest.L
             raise artifacts.StageError(f"corrections file not found: {path}")
         return listing, None
     listing, summary = corrections.apply(listing, corrections.read(path, listing))
-    log.info("prepare: %s: %d relabeled, %d excluded%s (the files under DATA are untouched)", path,
-             summary["relabeled"], summary["excluded"],
+    log.info("prepare: %s: %d relabeled, %d excluded, %d kept as they are%s (the files under DATA are untouched)",
+             path, summary["relabeled"], summary["excluded"], summary.get("kept", 0),
              f", new classes {summary['new_labels']}" if summary["new_labels"] else "")
     if summary["gone_count"]:
         log.warning("prepare: %s: %d decision(s) about images no longer in the data, not applied: %s", path,
@@ -759,7 +759,7 @@ def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None
         return where_s + f.paths[k], f.labels[k], SPLITS[int(f.split[k])]
 
     _write_rows(run / rf.QUALITY, ("path", "label", "split", "issue", "score"),
-                ((*who(k), issue, sc) for issue, (idx, scores) in a["quality"].items()
+                ((*who(k), issue, round(sc, 4)) for issue, (idx, scores) in a["quality"].items()
                  for k, sc in zip(idx.tolist(), scores.tolist())))
     _write_rows(run / rf.SIMILAR, ("group", "path", "label", "split", "kind", "similarity"),
                 ((group, *who(k), kind, sim) for group, k, kind, sim in a["groups"]))
