@@ -175,3 +175,14 @@ def test_prepared_open_refuses_an_unfinished_run(tmp_path):
     with pytest.raises(StageError, match="make prepare"):
         rf.Prepared.open(tmp_path)
     assert not rf.is_prepared(tmp_path)
+
+
+def test_suspects_of_an_earlier_preparation_are_stale(tmp_path):
+    rf.write_marker(tmp_path / rf.PREPARE, "prep-2")
+    assert not rf.stale_suspects(tmp_path)  # none yet
+    rf.write_marker(tmp_path / rf.SUSPECTS_MARKER, "s")  # a marker from before it recorded the preparation
+    assert not rf.stale_suspects(tmp_path)
+    rf.write_marker(tmp_path / rf.SUSPECTS_MARKER, "s", prepared="prep-2")
+    assert not rf.stale_suspects(tmp_path)
+    rf.write_marker(tmp_path / rf.SUSPECTS_MARKER, "s", prepared="prep-1")
+    assert rf.stale_suspects(tmp_path)

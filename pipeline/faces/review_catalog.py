@@ -81,7 +81,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def _run_queues(cat: Catalog, prep: rf.Prepared) -> None:
     """The queues of the run's own images (each from the file its stage wrote, when there is one)."""
     run = prep.run
-    cat.add("suspects", queues.suspects(_rows(run / rf.SUSPECTS_RANKED)))
+    suspects = queues.suspects(_rows(run / rf.SUSPECTS_RANKED))
+    if suspects and rf.stale_suspects(run):
+        log.warning("review: %s checked an earlier preparation of %s (labels may have changed since): "
+                    "`make suspects` checks the data as it is now", rf.SUSPECTS, run)
+        for c in suspects:
+            c["reason"] = "checked before the last prepare: " + c["reason"]
+    cat.add("suspects", suspects)
     cat.add("duplicates", queues.duplicates(_rows(run / rf.SIMILAR)))
     cat.add("outliers", queues.outliers(_rows(run / rf.OUTLIERS)))
     if (run / rf.PROBS).is_file() and (run / rf.METRICS).is_file():

@@ -159,6 +159,13 @@ def remember_run(run: Path) -> None:
         log.debug("cannot record the last run in %s: %s", LAST_RUN, exc)
 
 
+def stale_suspects(run: Path) -> bool:
+    """Whether ``suspects.csv`` checked an earlier preparation of the run (its labels may have changed since:
+    a review's decisions, new data). Unknown (a marker from before it recorded this): False."""
+    checked = read_marker(run / SUSPECTS_MARKER).get("prepared")
+    return bool(checked) and checked != read_marker(run / PREPARE).get("fingerprint")
+
+
 def resolve_run(run: str | os.PathLike | None, data: str | os.PathLike | None = None,
                 stage: str = "") -> Path:
     """The one default-run rule: ``--run`` when given; else the run of ``--data``; else the last run

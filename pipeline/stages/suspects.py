@@ -250,7 +250,8 @@ def _marker(run: Path, fp: str, c: Checked, rows: list[dict[str, Any]], sp: Susp
     confident learning ``found``."""
     by_split = {s: c.splits.count(s) for s in ("train", "val", "test")}
     return rf.write_marker(
-        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__, images=len(c.y), checked=by_split,
+        run / rf.SUSPECTS_MARKER, fp, stage="suspects", version=__version__,
+        prepared=rf.read_marker(run / rf.PREPARE).get("fingerprint"), images=len(c.y), checked=by_split,
         test_checked=by_split["test"] > 0, flagged=len(rows),
         flagged_by_split={s: sum(r["split"] == s for r in rows) for s in by_split}, folds=sp.folds,
         step_budget=sp.step_budget, fold_steps=steps, seconds=round(seconds, 1),

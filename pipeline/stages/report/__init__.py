@@ -194,6 +194,8 @@ def _figures(d: RunData) -> Figures:
     cut = calibrate.threshold_for(cal["risk_coverage"], 0.99)[0] if cal.get("risk_coverage") else None
     pngs["risk"] = plots.risk_coverage(table, cut) if table else None
     record = _json_or_none(d.run / rf.SUSPECTS_MARKER, "suspects marker")
+    if record is not None:
+        record["stale"] = rf.stale_suspects(d.run)
     if (d.run / rf.SUSPECTS_PNG).is_file():
         pngs["suspects"] = (d.run / rf.SUSPECTS_PNG).read_bytes()
     return Figures(pngs, gallery, calib, record)

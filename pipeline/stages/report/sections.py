@@ -315,6 +315,9 @@ def suspects_section(record: dict[str, Any] | None, pngs: dict[str, bytes | None
     what = ", ".join(f"{n} {split}" for split, n in checked.items() if n)
     test_note = ("" if record.get("test_checked", True) else
                  " The test split was not checked: it needs a model trained on this preparation (make train).")
+    if record.get("stale"):
+        test_note += (" <b>These were found on an earlier preparation of this run</b> (labels may have changed "
+                      "since, e.g. by a review): <code>make suspects</code> checks the data as it is now.")
     how = (f"Train and val images: models trained on the other {record['folds'] - 1} of {record['folds']} folds "
            f"(out-of-fold accuracy {record['out_of_fold_accuracy']:.2%}); test images: the trained model, which "
            f"never saw them. {esc(record['method'])}.{test_note}")
