@@ -35,6 +35,8 @@ def test_prepare_then_train_then_evaluate_without_data_again(tmp_path):
         assert res.returncode == 0, (target, res.stderr[-3000:])
         assert f"using {run.relative_to(tmp_path)}, the last prepared run" in res.stderr, target
     assert (run / "metrics.json").is_file() and (run / "report.html").is_file()
+    res = make(tmp_path, "prepare", PARAMS="p.toml")  # the retrain after a review: the run's own data again
+    assert res.returncode == 0 and "my photos again" in res.stderr and "up to date" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "runs" / "mnist").exists()
     # a mapping file called labels.csv names its run after its folder
     (tmp_path / "shop").mkdir()
