@@ -252,3 +252,18 @@ def test_the_copy_test_gives_the_same_scores_in_a_pool_as_here(tmp_path):
     direct = similar.copy_similarity(x[pairs[:, 0]], x[pairs[:, 1]], pitches[pairs[:, 0]], pitches[pairs[:, 1]])
     assert np.array_equal(here, pooled)
     np.testing.assert_allclose(here, direct, atol=1e-5)
+
+
+def test_identical_files_across_labels_or_splits_join_the_copies_of_similar_csv():
+    """Byte-identical files are reported apart (duplicates, conflicts, leakage), and similar.csv, the review
+    page's source, shows those that span labels or splits with the other copies."""
+    sha1 = np.zeros((6, 20), np.uint8)
+    sha1[:, 0] = [1, 2, 1, 3, 3, 4]  # images 0 and 2 identical, 3 and 4 identical
+    y, splits = np.array([0, 0, 1, 2, 2, 0]), np.array([0, 0, 0, 0, 0, 1])
+    found = {"pairs": np.array([[1, 5]]), "kind": np.array(["copy"]), "similarity": np.array([0.995], np.float32),
+             "across_classes": np.array([False]), "across_splits": np.array([True]), "with_train": np.array([True])}
+    rows = similar.groups(similar.with_identical(found, sha1, y, splits))
+    assert {(i, kind, round(sim, 3)) for _, i, kind, sim in rows} == {(0, "copy", 1.0), (2, "copy", 1.0),
+                                                                       (1, "copy", 0.995), (5, "copy", 0.995)}
+    assert rows[0][1:3] == (0, "copy") and rows[1][1] == 2  # the identical pair first: the most similar group
+    assert similar.with_identical(found, np.arange(120, dtype=np.uint8).reshape(6, 20), y, splits) is found

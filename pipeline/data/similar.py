@@ -609,6 +609,29 @@ def _components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         comp = new
 
 
+def with_identical(found: dict[str, Any], sha1: np.ndarray, y: np.ndarray, splits: np.ndarray) -> dict[str, Any]:
+    """``found`` (:func:`classify_pairs`') with the byte-identical files that span labels or splits added as
+    copies (similarity 1), each paired with the first of its bytes: the candidate search leaves them out (the
+    audit reports them apart, as duplicates, conflicts and leakage), but similar.csv, the review page's
+    source, shows them with the other copies."""
+    key = np.ascontiguousarray(sha1).view(np.dtype((np.void, sha1.shape[1]))).ravel()
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse] > 1)
+    order = shared[np.argsort(inverse[shared], kind="stable")]
+    start = np.r_[True, inverse[order][1:] != inverse[order][:-1]] if len(order) else np.zeros(0, bool)
+    head = order[start][np.cumsum(start) - 1]
+    a, b = head[~start], order[~start]
+    across_classes, across_splits = y[a] != y[b], splits[a] != splits[b]
+    span = across_classes | across_splits
+    if not span.any():
+        return found
+    new = {"pairs": np.stack([a[span], b[span]], axis=1), "kind": np.full(int(span.sum()), "copy"),
+           "similarity": np.ones(int(span.sum()), np.float32), "across_classes": across_classes[span],
+           "across_splits": across_splits[span],
+           "with_train": ((splits[a] == TRAIN) | (splits[b] == TRAIN))[span]}
+    return {**found, **{k: np.concatenate([found[k], v]) for k, v in new.items()}}
+
+
 def groups(found: dict[str, Any]) -> list[tuple[int, int, str, float]]:
     """similar.csv's rows as (group, item, kind, similarity): groups of copies that span labels or splits,
     then groups of look-alikes that span labels; most similar group first; an item's similarity is

@@ -638,7 +638,8 @@ def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_fi
                                    _submit(pool), hashed)
     near = similar.near_duplicates(pairs, f.paths, f.labels, [SPLITS[k] for k in f.split.tolist()])
     seconds["copies and look-alikes"] = time.perf_counter() - t0
-    return {"near_duplicates": near, "groups": similar.groups(pairs)}
+    return {"near_duplicates": near,
+            "groups": similar.groups(similar.with_identical(pairs, m.sha1[f.items], f.y, f.split))}
 
 
 def _image_quality(f: _Facts, d: Usable, seconds: dict[str, float]) -> dict[str, Any]:
