@@ -104,7 +104,8 @@ def _checks(dataset: dict[str, Any], files: dict[str, bytes | None], unseen: dic
     near, odd = dataset.get("near_duplicates"), dataset.get("outliers")
     checks = [
         ["duplicate files (identical bytes)", dup["extra_copies"], f"{dup['groups']} groups"],
-        ["same bytes under different labels", conf["groups"], "kept; listed in dataset.json"],
+        ["same bytes under different labels", conf["groups"],
+         "kept, unless a copy in val/test is dropped as leakage (below); to review (similar.csv)"],
         ["leakage (train image also in val/test)", leak["images"], leak["action"]],
         ["extension does not match content", dataset.get("extension_mismatch", {}).get("files", 0),
          "read by content"]]
