@@ -370,7 +370,9 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     run.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(run)
     (run / rf.PREPARE).unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
-    log.info("prepare: %s layout, %d candidate(s) under %s", listing.layout, len(listing.items), data)
+    added = labeled["added"] if labeled else 0
+    log.info("prepare: %s layout, %d candidate(s) under %s%s", listing.layout, len(listing.items) - added, data,
+             f", and {added} labeled in review ({rf.LABELED})" if added else "")
     plan = _plan(listing, p, data)
     asked = cfg  # the fingerprint's: as given, "auto" and all
     cfg, choices = _resolve(listing, plan, cfg, pool, p.seed)
