@@ -96,10 +96,13 @@ def test_predict_example_gives_pipeline_predicts_labels(export_run, exports, tin
     folder = tmp_path / "shipped"
     shutil.copytree(exports[(fmt, quantize)], folder)
     images = sorted((tiny_mnist / "test").glob("*/*.png"))[::30]
-    res = subprocess.run([sys.executable, str(folder / "predict_example.py"), *map(str, images)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    res = subprocess.run([sys.executable, str(folder / "predict_example.py"), *map(str, images[:1]), str(broken),
+                          *map(str, images[1:])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 1 and f"{broken}\terror:" in res.stderr, res.stderr[-2000:]  # said, and the rest go on
     theirs = {line.split("\t")[0]: line.split("\t")[1] for line in res.stdout.splitlines()}
+    assert set(theirs) == {str(p) for p in images}
     assert cli("predict", tiny_mnist / "test", "--model", export_run / "model", "--out", tmp_path / "p.csv",
                "--params", "/dev/null").returncode == 0
     ours = {str(tiny_mnist / "test" / r["path"]): r["label"] for r in csv.DictReader(open(tmp_path / "p.csv"))}

@@ -164,7 +164,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="model bundle folder, or a run folder holding one (default: the "
                         "model of the last prepared run)")
     cli.add_run_options(parser)
-    parser.add_argument("--format", required=True, choices=FORMATS, help=" | ".join(FORMATS))
+    parser.add_argument("--format", default="tflite", choices=FORMATS,
+                        help=" | ".join(FORMATS) + " (default: %(default)s, as make export)")
     parser.add_argument("--quantize", default="none", choices=QUANTIZE,
                         help="tflite only: dynamic (8-bit weights), float16, int8 (full integer, calibrated on the "
                              "run's training images) (default: %(default)s)")
