@@ -80,6 +80,13 @@ def _view_png(arr: np.ndarray) -> str:
     return _data_url(buf.tobytes())
 
 
+def _temperature(calibration: dict[str, Any]) -> dict[str, Any]:
+    """/health's calibration: the temperature, or a multi-label model's one per label."""
+    if calibration.get("temperatures"):
+        return {"temperatures": calibration["temperatures"]}
+    return {"temperature": calibration.get("temperature", 1.0)}
+
+
 def memory_mb() -> dict[str, float]:
     """This process's resident memory now and at its peak (VmRSS, VmHWM), in MB."""
     out = {}
@@ -255,7 +262,7 @@ def _add_pages(app: Any, predictor: Service, model_dir: str | Path) -> None:
         return {"status": "ok", "model": str(model_dir), "model_sha256": info.get("model_sha256"),
                 **predictor.health(), "architecture": info.get("model"), "labels": len(predictor.labels),
                 "novelty": predictor.bundle.novelty is not None,
-                "temperature": (predictor.bundle.calibration or {}).get("temperature", 1.0),
+                **_temperature(predictor.bundle.calibration or {}),
                 "input_shape": list(predictor.cfg.input_shape), "top_k": predictor.top_k,
                 "rules": {"threshold": predictor.rules.threshold, "unknown_label": predictor.rules.unknown,
                           "unfamiliar": predictor.rules.unfamiliar},

@@ -213,7 +213,11 @@ def _plan(info: dict[str, Any], calibration: dict[str, Any] | None) -> str:
             ["early stopping patience", plan["patience"], "epochs without a better val_loss"],
             ["horizontal flips", "on" if plan["hflip"] else "off", plan["hflip_why"]],
             ["class weights", "balanced" if weights else "none", plan["class_weights_why"]]]
-    if calibration:
+    if calibration and calibration.get("temperatures"):  # several labels: one temperature (and cut) each
+        t = calibration["temperatures"]
+        rows.append(["temperatures", f"one per label, {min(t):.3g} to {max(t):.3g}",
+                     f"fitted on the {calibration.get('fitted_on')} (model/calibration.json)"])
+    elif calibration:
         rows.append(["temperature", calibration.get("temperature"), f"fitted on the {calibration.get('fitted_on')}"])
     return "<h3>Chosen from the data</h3>" + _table(["setting", "value", "why"], rows, "kv")
 
