@@ -216,3 +216,15 @@ def test_the_audit_reads_a_meta_table_like_a_list_of_metas():
     assert audit.extension_mismatches(paths, view) == audit.extension_mismatches(paths, metas)
     assert audit._census(view) == audit._census(metas)
     assert list(view) == [Meta(m.width, m.height, m.mode, m.format, m.sha1, alpha=m.alpha) for m in metas]
+
+
+def test_labels_alike_but_for_case_or_spacing_are_warned_about(tmp_path):
+    """`Cat` and `cat` are two classes to the model, and most likely one to whoever wrote them."""
+    from pipeline.data import audit
+
+    assert audit.look_alike_labels(["Cat", "cat", "dog", "Hot Dog", "hotdog", "bird"]) == [["Cat", "cat"],
+                                                                                          ["Hot Dog", "hotdog"]]
+    assert audit.look_alike_labels(["cat", "dog"]) == []
+    data = make_tree(tmp_path / "data", {"cat": 6, "Cat": 6, "dog": 6})
+    s = prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), PreprocessParams(size=(16, 16)))
+    assert any("letter case or spacing" in w and "'Cat' / 'cat'" in w for w in s.dataset["warnings"])

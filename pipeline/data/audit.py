@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -196,6 +196,15 @@ def _census(metas: Sequence[Meta]) -> tuple[Counter, Counter, Counter, int, tupl
     return sizes, modes, formats, sum(m.alpha for m in metas), bounds
 
 
+def look_alike_labels(labels: Iterable[str]) -> list[list[str]]:
+    """Groups of labels that are one word but for letter case or spacing (``Circle``, ``circle``,
+    ``cir cle``): different classes to the model, most likely one to the person who wrote them."""
+    groups: dict[str, list[str]] = {}
+    for name in labels:
+        groups.setdefault("".join(name.split()).casefold(), []).append(name)
+    return [sorted(group) for group in groups.values() if len(group) > 1]
+
+
 def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: Sequence[str],
               metas: Sequence[Meta], rejected: Sequence[tuple[str, str]], duplicates: list, conflicts: list,
               leakage: list[dict[str, str]], leakage_action: str, imbalance_ratio: float, few_below: int = 10
@@ -214,6 +223,11 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     few = [name for name, n in totals.items() if n < few_below]
     if few:
         warnings.append(f"few images (< {few_below}) in class(es): {few[:10]}")
+    alike = look_alike_labels(labels)
+    if alike:
+        warnings.append("labels that differ only in letter case or spacing are different classes: "
+                        + "; ".join(" / ".join(repr(name) for name in group) for group in alike[:5])
+                        + " (one class? relabel them in corrections.csv, or rename their folders)")
     if conflicts:
         warnings.append(f"{len(conflicts)} image(s) appear under more than one label")
     if leakage:
