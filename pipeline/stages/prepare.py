@@ -352,16 +352,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
              ip: IngestParams, pool: Any, corrections_file: Path | None) -> Summary:
     t0 = time.perf_counter()
     done_before = (run / rf.PREPARE).is_file() and all((run / n).is_file() for n in artifact_names())
-    # Sizes and mtimes are needed up front only to tell whether a finished run is up
-    # to date; otherwise the workers take them as they read each file.
-    listing = ingest.scan(data, layout, ip, stat=done_before)
-    log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
-    listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
-    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
-    listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)
-    if labeled:
-        log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
-                 f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
+    listing, fixed, labeled = _listed(data, run, layout, ip, p, corrections_file, done_before)
     if done_before and rf.is_current(run / rf.PREPARE, _fingerprint(listing, p, cfg, ip, fixed)):
         log.info("prepare: %s is up to date with %s; skipped", run, data)
         old = rf.read_marker(run / rf.PREPARE)
@@ -409,6 +400,23 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
                              audit_seconds={k: round(v, 3) for k, v in audited["seconds"].items()})
     _log_done(listing, data, run, marker)
     return Summary(counts, len(plan.rejected), dataset)
+
+
+def _listed(data: Path, run: Path, layout: str, ip: IngestParams, p: PrepareParams, corrections_file: Path | None,
+            stat: bool) -> tuple[ingest.Listing, dict[str, Any] | None, dict[str, Any] | None]:
+    """The files to prepare, split, with the review's decisions applied and its labeled images added; and
+    what the corrections and labeled.csv did. Sizes and mtimes (``stat``) are taken up front only to tell
+    whether a finished run is up to date; otherwise the workers take them as they read each file."""
+    t0 = time.perf_counter()
+    listing = ingest.scan(data, layout, ip, stat=stat)
+    log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
+    listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
+    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
+    listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)
+    if labeled:
+        log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
+                 f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
+    return listing, fixed, labeled
 
 
 def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None) -> dict[str, Any] | None:
