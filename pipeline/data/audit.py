@@ -283,7 +283,7 @@ def quality_findings(issues: dict[str, tuple[np.ndarray, np.ndarray]], shortcuts
     warning for the issues found and one per shortcut go into ``warnings``."""
     counts = {issue: int(len(idx)) for issue, (idx, _) in issues.items()}
     flagged = np.unique(np.concatenate([idx for idx, _ in issues.values()])) if issues else np.zeros(0)
-    examples = {issue: [{"path": paths[i], "label": labels[i], "split": splits[i], "score": round(float(sc), 4)}
+    examples = {issue: [{"path": paths[i], "label": labels[i], "split": splits[i], "score": float(sc)}
                         for i, sc in zip(idx[:quality.EXAMPLES].tolist(), scores[:quality.EXAMPLES].tolist())]
                 for issue, (idx, scores) in issues.items() if len(idx)}
     least = max(1, quality.WARN_SHARE * len(paths))

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.corrections import EXCLUDE, NEW
-from pipeline.shared.errors import UserError
 from pipeline.shared import artifacts
 from pipeline.shared import runfolder as rf
 from pipeline.shared.errors import UserError

@@ -161,7 +161,7 @@ def _flag(v: np.ndarray, issue: str) -> tuple[np.ndarray, np.ndarray]:
             hit, severity = (np.abs(z) > Z) & (np.abs(v - med) >= gap), np.abs(z)
     idx = np.flatnonzero(hit)
     idx = idx[np.argsort(-severity[idx], kind="stable")]
-    return idx, np.round(severity[idx], 2)
+    return idx, np.round(severity[idx].astype(np.float64), 2)  # float64: 11.63 stays 11.63 in the files
 
 
 def _grayscale(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +175,7 @@ def _grayscale(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z, _ = robust_z(np.where(rgb, colour, np.nan).astype(np.float64), 1.0)
     idx = np.flatnonzero(gray)
     idx = idx[np.argsort(z[idx], kind="stable")]
-    return idx, np.round(-z[idx], 2)
+    return idx, np.round(-z[idx].astype(np.float64), 2)
 
 
 def issues(stats: np.ndarray, width: np.ndarray, height: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

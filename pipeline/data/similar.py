@@ -290,13 +290,11 @@ def band_pairs(hashes: np.ndarray, band: int, budget: int) -> tuple[np.ndarray, 
 BANDS = 4
 
 
-def hash_pairs(hashes: np.ndarray, submit: Callable | None = None) -> tuple[np.ndarray, bool]:
+def hash_pairs(hashes: np.ndarray) -> tuple[np.ndarray, bool]:
     """Pairs (i < j) whose 64-bit hashes are within NEAR_BITS bits (pairs within 3 bits are certain
     to share one of the four 16-bit bands; 4-bit pairs nearly always do), and whether the search
-    stopped at MAX_PAIRS. With ``submit`` (a pool's), the bands are searched in parallel jobs
-    (:func:`hash_pair_jobs`); else here, one after the other, until MAX_PAIRS."""
-    if submit is not None:
-        return gather_hash_pairs(hash_pair_jobs(hashes, submit), len(hashes))
+    stopped at MAX_PAIRS: the bands one after the other, here (:func:`hash_pair_jobs` searches them in
+    parallel jobs)."""
     found, total, stopped = [], 0, False
     for band in range(BANDS):
         pairs, stopped = band_pairs(hashes, band, MAX_PAIRS - total)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.inputs import list_inputs
+from pipeline.data.inputs import inside, list_inputs
 from pipeline.data.preprocess import inspect_image, perceptual
 from pipeline.model import queues
 from pipeline.model.infer import Predictor
@@ -132,11 +132,10 @@ def _new_images(cat: Catalog, images: Path, model_dir: Path) -> None:
     """The queue of new images: read once, predicted with the run's model, near-duplicates grouped."""
     b = bundle.load(model_dir)
     inputs = list_inputs(images)
-    root = os.path.realpath(images)
     paths, arrays, metas, left_out = [], [], [], []
     for rel in tqdm(inputs.paths, desc="review: new images", unit="img"):
         full = str(Path(images).resolve() / rel)  # absolute: labeled.csv names the files where they are
-        if not os.path.realpath(full).startswith(root + os.sep):  # a link out of the folder: never served
+        if inside(Path(full), images) is None:  # a link out of the folder: never served
             left_out.append((rel, "a link to a file outside the folder"))
             continue
         x, reason, decoded = inspect_image(full, b.preprocess)

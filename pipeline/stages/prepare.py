@@ -770,7 +770,7 @@ def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None
         return where_s + f.paths[k], f.labels[k], SPLITS[int(f.split[k])]
 
     _write_rows(run / rf.QUALITY, ("path", "label", "split", "issue", "score"),
-                ((*who(k), issue, round(sc, 4)) for issue, (idx, scores) in a["quality"].items()
+                ((*who(k), issue, sc) for issue, (idx, scores) in a["quality"].items()
                  for k, sc in zip(idx.tolist(), scores.tolist())))
     _write_rows(run / rf.SIMILAR, ("group", "path", "label", "split", "kind", "similarity"),
                 ((group, *who(k), kind, sim) for group, k, kind, sim in a["groups"]))
