@@ -32,3 +32,23 @@ def test_leave_one_out_skips_each_rows_own_match():
     sim = spec.reference.astype(np.float64) @ spec.reference.astype(np.float64).T
     np.fill_diagonal(sim, -np.inf)
     np.testing.assert_allclose(loo, 1.0 - sim.max(axis=1), atol=1e-12)
+
+
+def test_histogram8_counts_each_bin_as_comparing_against_it():
+    """The binned count (one bincount) against the count it replaced (each bin compared in turn)."""
+    rng = np.random.default_rng(2)
+    flat = np.concatenate([rng.random((50, 784), np.float32), rng.normal(0.5, 0.6, (50, 784)).astype(np.float32),
+                           np.zeros((1, 784), np.float32), np.ones((1, 784), np.float32)])
+    codes = np.where(flat < 0, 255, np.minimum(np.floor(flat * 8), 7)).astype(np.uint8)
+    oracle = np.stack([np.count_nonzero(codes == b, axis=1) for b in range(8)], axis=1) / flat.shape[1]
+    np.testing.assert_array_equal(novelty._histogram8(flat), oracle)
+
+
+def test_image_statistics_of_an_image_are_the_same_in_any_batch():
+    rng = np.random.default_rng(3)
+    for channels in (1, 3):
+        x = rng.random((20, 28, 28, channels), np.float32) ** 2
+        whole = novelty.image_stats(x)
+        alone = np.concatenate([novelty.image_stats(x[i:i + 1]) for i in range(len(x))])
+        np.testing.assert_array_equal(alone, whole)
+        assert whole.shape == (20, 16 if channels == 1 else 20) and np.isfinite(whole).all()

@@ -151,6 +151,25 @@ def test_bad_input_is_a_clear_4xx_never_a_500(client):
     assert r.status_code == 413 and "request too large" in r.json()["error"]
 
 
+def test_an_upload_without_its_length_is_refused_with_411(client):
+    """The short path takes only uploads whose length it knows; the others get the size limit's answer."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"--b--", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 411
+
+
 def test_nothing_from_a_request_is_written(client, shade_bundle, tmp_path, monkeypatch):
     """Uploads are decoded in memory: the working folder and the bundle stay as they were."""
     monkeypatch.chdir(tmp_path)

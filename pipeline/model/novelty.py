@@ -27,6 +27,7 @@ The fitted detector is a :class:`~pipeline.shared.novelty_spec.NoveltySpec`, sto
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -55,28 +56,40 @@ def _histogram8(flat: np.ndarray) -> np.ndarray:
     """Share of each row's values in 8 bins of width 1/8 over [0, 1) (values >= 1 in the last bin,
     negative ones in none). Binned once to uint8 codes, then counted: half the time of comparing the
     float array against every edge, with the same result."""
-    codes = np.where(flat < 0, 255, np.minimum(np.floor(flat * 8), 7)).astype(np.uint8)
-    return np.stack([np.count_nonzero(codes == b, axis=1) for b in range(8)], axis=1) / flat.shape[1]
+    codes = np.where(flat < 0, 8, np.minimum(np.floor(flat * 8), 7)).astype(np.intp)
+    n = len(flat)
+    counts = np.bincount((codes + 9 * np.arange(n)[:, None]).ravel(), minlength=9 * n).reshape(n, 9)
+    return counts[:, :8] / flat.shape[1]  # (bin 8: the negative values)
+
+
+@functools.cache
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column coordinates of an h x w image, over its longer side (float32), and their squares."""
+    yy, xx = (np.mgrid[0:h, 0:w] / max(h, w)).astype(np.float32)
+    grid = yy, xx, yy ** 2, xx ** 2
+    for a in grid:
+        a.setflags(write=False)  # shared by every call
+    return grid
 
 
 def image_stats(x: np.ndarray) -> np.ndarray:
     """Per-image statistics of model inputs (N, H, W, C) in [0, 1]: (N, 16), or (N, 20) for colour."""
     x = np.asarray(x, np.float32)
-    g = x.mean(axis=3)
+    g = x[..., 0] if x.shape[3] == 1 else x.mean(axis=3)  # (the mean of one channel is that channel)
     n, h, w = g.shape
     flat = g.reshape(n, -1)
     q = np.sort(flat, axis=1)[:, [int(0.1 * (h * w - 1)), int(0.5 * (h * w - 1)), int(0.9 * (h * w - 1))]]
     gx, gy = np.abs(np.diff(g, axis=2)).mean(axis=(1, 2)), np.abs(np.diff(g, axis=1)).mean(axis=(1, 2))
     lap = np.abs(4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]).mean(axis=(1, 2))
     mass = g.sum(axis=(1, 2)) + 1e-6
-    yy, xx = (np.mgrid[0:h, 0:w] / max(h, w)).astype(np.float32)
+    yy, xx, yy2, xx2 = _grid(h, w)
     cy, cx = (g * yy).sum(axis=(1, 2)) / mass, (g * xx).sum(axis=(1, 2)) / mass
-    sy = np.sqrt(np.maximum((g * yy ** 2).sum(axis=(1, 2)) / mass - cy ** 2, 0))
-    sx = np.sqrt(np.maximum((g * xx ** 2).sum(axis=(1, 2)) / mass - cx ** 2, 0))
+    sy = np.sqrt(np.maximum((g * yy2).sum(axis=(1, 2)) / mass - cy ** 2, 0))
+    sx = np.sqrt(np.maximum((g * xx2).sum(axis=(1, 2)) / mass - cx ** 2, 0))
     hist = _histogram8(flat)
     entropy = -(hist * np.log(hist + 1e-6)).sum(axis=1)
     feats = [flat.mean(1), flat.std(1), *q.T, gx, gy, lap, cx, cy, sx, sy,
-             *((flat > t).mean(axis=1) for t in (0.1, 0.5, 0.9)), entropy]
+             *(np.count_nonzero(flat > t, axis=1) / (h * w) for t in (0.1, 0.5, 0.9)), entropy]
     if x.shape[3] == 3:
         feats += [x[..., c].mean(axis=(1, 2)) for c in range(3)] + [(x.max(axis=3) - x.min(axis=3)).mean(axis=(1, 2))]
     return np.stack(feats, axis=1)
@@ -130,16 +143,22 @@ def _nearest(features: np.ndarray, spec: NoveltySpec, skip_self: bool = False) -
 
 def _exact_best(q: np.ndarray, reference: np.ndarray, sim: np.ndarray) -> np.ndarray:
     """Each row's largest similarity in float64 among its candidates in ``sim`` (float32 products)."""
-    best = sim.max(axis=1, keepdims=True)
-    near = sim >= best - NEAR
-    crowded = np.flatnonzero(near.sum(axis=1) > CANDIDATES)
-    if len(crowded):  # ties (e.g. a blank image's zero features): the CANDIDATES best, by index among equals
-        top = np.argsort(-sim[crowded], axis=1, kind="stable")[:, :CANDIDATES]
-        near[crowded] = False
-        near[crowded[:, None], top] = True
-    r, c = np.nonzero(near)
+    rows, top1 = np.arange(len(sim)), sim.argmax(axis=1)
+    near = sim >= sim[rows, top1][:, None] - NEAR
+    counts = np.count_nonzero(near, axis=1)
+    if len(q) and bool(np.all(counts == 1)):  # the usual case: the best is the only candidate (no search)
+        r, c = rows, top1
+    else:
+        crowded = np.flatnonzero(counts > CANDIDATES)
+        if len(crowded):  # ties (e.g. a blank image's zero features): the CANDIDATES best, by index among equals
+            top = np.argsort(-sim[crowded], axis=1, kind="stable")[:, :CANDIDATES]
+            near[crowded] = False
+            near[crowded[:, None], top] = True
+        r, c = np.nonzero(near)
     # elementwise, then each contiguous row summed on its own: the same additions for a row wherever it is
     exact = (q[r].astype(np.float64) * reference[c].astype(np.float64)).sum(axis=1)
+    if r is rows:
+        return exact
     out = np.full(len(q), -np.inf)
     np.maximum.at(out, r, exact)
     return out

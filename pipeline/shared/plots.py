@@ -8,6 +8,8 @@ Figures are made with ``matplotlib.figure.Figure`` (no pyplot global state).
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -315,6 +317,21 @@ def explanation(x: np.ndarray, heat: np.ndarray, top: Sequence[tuple[str, float]
     right.set_title("top-k")
     fig.suptitle(title, fontsize=11)
     return _png(fig)
+
+
+def png_bytes(img: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit grayscale (H, W) or RGB (H, W, 3) image as PNG: the chunks written here with zlib (no
+    filters). For a small image, about half the time of OpenCV's encoder (whose set-up dominates)."""
+    img = np.ascontiguousarray(img, np.uint8)
+    h, w = img.shape[:2]
+    rows = np.zeros((h, 1 + img[0].size), np.uint8)  # each row: filter type 0, then its bytes
+    rows[:, 1:] = img.reshape(h, -1)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if img.ndim == 2 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+            + chunk(b"IEND", b""))
 
 
 def overlay_png(x: np.ndarray, heat: np.ndarray, scale: int = 4) -> bytes:

@@ -1,0 +1,19 @@
+"""Plots and images for the pages: the PNG writer."""
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pipeline.shared.plots import png_bytes
+
+
+def test_png_bytes_is_a_png_that_readers_decode_to_the_same_pixels():
+    rng = np.random.default_rng(0)
+    for shape in [(28, 28), (1, 1), (5, 7, 3), (64, 33, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        data = png_bytes(img)
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), img)  # Pillow checks the CRCs
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(back if back.ndim == 2 else back[..., ::-1], img)
