@@ -96,8 +96,9 @@ class Review:
 
 
 def _png(arr: np.ndarray) -> bytes:
-    img = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8) if arr.dtype != np.uint8 else arr
-    return plots.thumbnail_png(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img, side=112)
+    if arr.dtype != np.uint8:
+        return plots.thumbnail_png(plots.view_u8(arr), side=112)
+    return plots.thumbnail_png(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr, side=112)
 
 
 def _error(status: int, message: str) -> Any:

@@ -39,7 +39,7 @@ from pipeline.shared import bundle as bundle_mod
 from pipeline.shared import cli
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import PredictParams
-from pipeline.shared.plots import overlay_png, png_bytes
+from pipeline.shared.plots import overlay_png, png_bytes, view_u8
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def _data_url(png: bytes) -> str:
 
 def _view_png(arr: np.ndarray) -> str:
     """The model's input as a PNG data URL (what the page shows as "model saw")."""
-    img = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return _data_url(png_bytes(img[..., 0] if img.shape[-1] == 1 else img))
+    return _data_url(png_bytes(view_u8(arr)))
 
 
 def _temperature(calibration: dict[str, Any]) -> dict[str, Any]:

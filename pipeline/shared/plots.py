@@ -69,13 +69,17 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def view_u8(img: np.ndarray) -> np.ndarray:
+    """A model input (H, W, 1|3) in [0, 1] as the image a person sees: uint8 (H, W) or (H, W, 3), rounded."""
+    img = np.clip(np.asarray(img, np.float32), 0, 1)
+    return ((img[..., 0] if img.shape[-1] == 1 else img) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
 def _cell(img: np.ndarray) -> Any:
     """One model-input image (H, W, 1|3) in [0, 1] as a CELL x CELL PIL image (pixels kept sharp)."""
     from PIL import Image
 
-    img = np.clip(np.asarray(img, np.float32), 0, 1)
-    arr = (img[..., 0] if img.shape[-1] == 1 else img) * np.float32(255) + np.float32(0.5)
-    tile = Image.fromarray(arr.astype(np.uint8))
+    tile = Image.fromarray(view_u8(img))
     h, w = img.shape[:2]
     fit = CELL / max(h, w)
     size = (max(1, round(w * fit)), max(1, round(h * fit)))
