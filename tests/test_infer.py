@@ -78,3 +78,20 @@ def test_the_runtimes_agree_on_the_mnist_test_split(trained_run, mnist_dir):
     a = agreement(ort, tf)
     assert a["images"] == 10000 and a["top1"] >= 0.9995 and a["familiar"] >= 0.995, a
     assert a["max_abs_prob_diff"] < 1e-4, a
+
+
+def test_pinning_blas_to_one_thread_holds_for_the_process_and_the_model_calls_skip_the_limit():
+    """serve pins numpy's BLAS once; each model call then sets no limit of its own (a fresh process: the
+    pin lasts as long as it does)."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, threadpoolctl\n"
+            "from pipeline.model import infer\n"
+            "infer.pin_blas_thread(); infer.pin_blas_thread()\n"
+            "blas = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']\n"
+            "assert blas and all(i['num_threads'] == 1 for i in blas), blas\n"
+            "assert isinstance(infer._one_blas_thread(), contextlib.nullcontext)\n"
+            "assert len(infer._PINNED) == 1\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

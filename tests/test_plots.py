@@ -17,3 +17,11 @@ def test_png_bytes_is_a_png_that_readers_decode_to_the_same_pixels():
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), img)  # Pillow checks the CRCs
         back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(back if back.ndim == 2 else back[..., ::-1], img)
+
+
+def test_png_bytes_stores_a_small_image_and_compresses_a_large_one():
+    small, large = np.zeros((28, 28), np.uint8), np.zeros((200, 200), np.uint8)
+    assert len(png_bytes(small)) > 28 * 29  # stored as it is: deflate's set-up costs more than it saves
+    assert len(png_bytes(large)) < 1000     # 40 kB of zeros, compressed
+    for img in (small, large):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(img)))), img)

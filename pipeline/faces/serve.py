@@ -33,7 +33,7 @@ from pipeline.data.preprocess import inspect_image
 from pipeline.faces.batching import MAX_IMAGES, WAIT_S, MicroBatcher
 from pipeline.faces.multipart import files_of
 from pipeline.model.explain import occlusion
-from pipeline.model.infer import Output, Predictor
+from pipeline.model.infer import Output, Predictor, pin_blas_thread
 from pipeline.model.rows import make_rows, rules_for
 from pipeline.shared import bundle as bundle_mod
 from pipeline.shared import cli
@@ -110,6 +110,7 @@ class Service:
         self.cfg = self.bundle.preprocess
         self.limits = limits
         self.rules = rules_for(p, self.labels, self.bundle.calibration)
+        pin_blas_thread()  # the model calls' novelty on one BLAS thread, set once (the loop is its only caller)
         runner = Predictor(self.bundle, max_batch)
         runner.warm_up()  # TensorFlow traces its graph now (one fixed batch shape), not on the first request
         # Concurrent requests share one model call, on the event loop: the model's only caller.
@@ -139,7 +140,8 @@ class Service:
         ``pipeline predict`` labels it), the model's view (and, with ``explain``, its occlusion map), or an
         error."""
         maps = [occlusion(self.batcher, x[j], int(out.probs[j].argmax())) for j in range(len(x))] if explain else []
-        rules = dataclasses.replace(self.rules, k=min(top_k, len(self.labels))) if top_k else self.rules
+        k = min(top_k, len(self.labels)) if top_k else self.rules.k
+        rules = self.rules if k == self.rules.k else dataclasses.replace(self.rules, k=k)
         rows = make_rows([name for name, _ in files], reasons, out.probs, self.labels, rules, out.novelty,
                          out.familiar)
         results, j = [], 0

@@ -117,11 +117,22 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
+_PINNED: list[Any] = []  # pin_blas_thread's limit, held for the life of the process
+
+
+def pin_blas_thread() -> None:
+    """numpy's BLAS on one thread from now on, in this process (a server that only scores novelty): each
+    model call then skips setting and restoring the limit (:func:`_one_blas_thread`)."""
+    controller = _blas_controller()
+    if controller is not None and not _PINNED:
+        _PINNED.append(controller.limit(limits=1, user_api="blas"))
+
+
 def _one_blas_thread() -> Any:
     """numpy's BLAS on one thread while it scores novelty: the matrices of a batch are small, and the other
     cores decode images (predict's workers, serve's requests). Measured on a busy 2-core CPU: one image's
     nearest-neighbour distance 0.05 ms on one thread, 2 ms on two; a batch of 512, 8 ms against 22 ms."""
-    controller = _blas_controller()
+    controller = None if _PINNED else _blas_controller()
     return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
 
 

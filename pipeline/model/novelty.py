@@ -47,6 +47,7 @@ HEAD_EPOCHS = 10
 # a resumed `predict` writes the rows an uninterrupted one does, a served image gets the same answer alone or
 # batched. (The nearest-neighbour search gets the same from its float64 re-check: see _nearest.)
 BLOCK = 16
+INK_LEVELS = np.array([0.1, 0.5, 0.9], np.float32)  # image_stats' shares of ink above these levels
 ROWS = 1024        # images per nearest-neighbour product (bounded memory)
 NEAR = 1e-4        # a reference row this close to an image's best float32 similarity is a candidate ...
 CANDIDATES = 8     # ... of at most this many, scored again in float64
@@ -54,11 +55,15 @@ CANDIDATES = 8     # ... of at most this many, scored again in float64
 
 def _histogram8(flat: np.ndarray) -> np.ndarray:
     """Share of each row's values in 8 bins of width 1/8 over [0, 1) (values >= 1 in the last bin,
-    negative ones in none). Binned once to codes (8: negative), then counted in one bincount: a fraction
-    of the time of comparing the array against every edge, with the same result."""
-    codes = np.where(flat < 0, 8, np.minimum(np.floor(flat * 8), 7)).astype(np.intp)
+    negative ones in none). Binned once to codes (a non-negative value's truncation is its floor; 8:
+    negative), then counted in one bincount: a fraction of the time of comparing the array against every
+    edge, with the same result."""
+    codes = np.minimum(flat * 8, 7).astype(np.intp)
+    if flat.min(initial=0) < 0:
+        codes[flat < 0] = 8
     n = len(flat)
-    counts = np.bincount((codes + 9 * np.arange(n)[:, None]).ravel(), minlength=9 * n).reshape(n, 9)
+    codes += 9 * np.arange(n)[:, None]
+    counts = np.bincount(codes.ravel(), minlength=9 * n).reshape(n, 9)
     return counts[:, :8] / flat.shape[1]  # (bin 8: the negative values)
 
 
@@ -88,8 +93,8 @@ def image_stats(x: np.ndarray) -> np.ndarray:
     sx = np.sqrt(np.maximum((g * xx2).sum(axis=(1, 2)) / mass - cx ** 2, 0))
     hist = _histogram8(flat)
     entropy = -(hist * np.log(hist + 1e-6)).sum(axis=1)
-    feats = [flat.mean(1), flat.std(1), *q.T, gx, gy, lap, cx, cy, sx, sy,
-             *(np.count_nonzero(flat > t, axis=1) / (h * w) for t in (0.1, 0.5, 0.9)), entropy]
+    ink = np.count_nonzero(flat[:, None] > INK_LEVELS[:, None], axis=2) / (h * w)  # (N, 3): the share above each
+    feats = [flat.mean(1), flat.std(1), *q.T, gx, gy, lap, cx, cy, sx, sy, *ink.T, entropy]
     if x.shape[3] == 3:
         feats += [x[..., c].mean(axis=(1, 2)) for c in range(3)] + [(x.max(axis=3) - x.min(axis=3)).mean(axis=(1, 2))]
     return np.stack(feats, axis=1)
