@@ -124,20 +124,23 @@ def make_rows(paths: list[str], reasons: list[str], probs: np.ndarray, labels: l
     """One row per path; ``probs`` (and ``novelty``/``familiar``, None when the model has no novelty
     score) have one row per path without a reason, in order."""
     k = rules.k
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k] if len(probs) else np.zeros((0, k), int)
+    top = (np.argsort(-probs, axis=1, kind="stable")[:, :k] if len(probs) else np.zeros((0, k), int)).tolist()
+    # plain Python numbers from here on (the same values: float32 -> float, as float() converts them)
+    values = np.asarray(probs).tolist()
+    scores = None if novelty is None else np.asarray(novelty).tolist()
+    known_ones = None if familiar is None else np.asarray(familiar, bool).tolist()
     rows, j = [], 0
     for path, reason in zip(paths, reasons):
         if reason:
             rows.append(Row(path, error=reason))
             continue
-        p, order = probs[j], top[j]
-        conf = float(p[order[0]])
-        known = familiar is None or bool(familiar[j])
+        p, order = values[j], top[j]
+        conf = p[order[0]]
+        known = known_ones is None or known_ones[j]
         sure = conf >= rules.threshold and (known or rules.unfamiliar == "flag")
-        label = labels[order[0]] if rules.cuts is None else _label_set(p, labels, rules.cuts)
-        rows.append(Row(path, label if sure else rules.unknown, conf,
-                        tuple((labels[c], float(p[c])) for c in order),
-                        None if novelty is None else float(novelty[j]), None if familiar is None else known,
+        label = labels[order[0]] if rules.cuts is None else _label_set(probs[j], labels, rules.cuts)
+        rows.append(Row(path, label if sure else rules.unknown, conf, tuple((labels[c], p[c]) for c in order),
+                        None if scores is None else scores[j], None if known_ones is None else known,
                         multi=rules.cuts is not None))
         j += 1
     return rows
