@@ -47,3 +47,19 @@ def test_a_model_for_another_input_shape_is_refused(shade_bundle, tmp_path):
     (run / "test_probs.npy").write_bytes(b"")
     with pytest.raises(StageError, match="takes images of shape"):
         build_report(run)
+
+
+def test_a_class_without_test_images_has_no_figures_and_stays_out_of_the_macro_f1():
+    from pipeline.shared import runfolder as rf
+    from pipeline.stages.evaluate import compute_metrics, format_table
+
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])  # nothing of class 2 in the test split
+    m = compute_metrics(y_true, y_pred, ["a", "b", "star"])
+    assert m["per_class"]["star"]["support"] == 0
+    assert m["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)  # a and b only (with star counted as 0: 0.56)
+    assert rf.macro_f1(m["per_class"]) == m["macro_f1"]
+    text = format_table(m)
+    star = next(line for line in text.splitlines() if line.startswith("star"))
+    assert star.split()[1:4] == ["n/a"] * 3
+    assert "left out of the macro F1" in text and f"macro F1: {m['macro_f1']:.4f}" in text
+    assert rf.macro_f1({"star": {"f1": 0.0, "support": 0}}) is None

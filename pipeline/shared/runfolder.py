@@ -92,6 +92,14 @@ def prepared_arrays() -> list[str]:
 
 
 # ---------------------------------------------------------------- markers and freshness
+def macro_f1(per_class: dict[str, dict[str, Any]]) -> float | None:
+    """The macro F1 of ``metrics.json``'s per-class (or per-label) figures: the mean F1 of the classes with
+    test images (a class without any has no F1: counted as 0 it would pull the mean down for nothing);
+    None when no class has any."""
+    f1 = [m["f1"] for m in per_class.values() if m.get("support", 1) > 0]
+    return sum(f1) / len(f1) if f1 else None
+
+
 def read_marker(path: Path) -> dict[str, Any]:
     """A marker's content; {} when it is missing or unreadable (then nothing is current)."""
     if not path.is_file():

@@ -30,22 +30,25 @@ def summarize_run(run: Path) -> dict[str, Any]:
     if (run / rf.HISTORY).is_file():
         with open(run / rf.HISTORY, newline="", encoding="utf-8") as fh:
             seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
-    f1 = {name: m["f1"] for name, m in (metrics.get("per_class") or metrics.get("per_label") or {}).items()}
+    per = metrics.get("per_class") or metrics.get("per_label") or {}
+    f1 = {name: m["f1"] if m.get("support", 1) > 0 else None for name, m in per.items()}  # None: no test images
     return {"run": str(run), "model": info.get("model", "?"), "parameters": info.get("parameters"),
             # (multi-label: the subset accuracy, every label right)
             "accuracy": metrics.get("accuracy", metrics.get("subset_accuracy")),
-            "macro_f1": sum(f1.values()) / max(len(f1), 1),
+            "macro_f1": rf.macro_f1(per),
             "epochs": info.get("epochs_run", len(seconds)), "best_epoch": info.get("best_epoch"),
             "train_seconds": info.get("fit_seconds", sum(seconds)),
             "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
             "test_images": metrics["n"], "f1": f1}
 
 
-def _fmt(value: Any, spec: str = "") -> str:
+def _fmt(value: Any, spec: str = "", plain: bool = False) -> str:
+    """A figure for people (thousands separated, "–" for none), or ``plain`` for a CSV file (as numbers)."""
     if value is None:
-        return "–"
+        return "" if plain else "–"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format(value, spec or (",d" if isinstance(value, int) else ".4f"))
+        spec = spec or (",d" if isinstance(value, int) else ".4f")
+        return format(value, spec.replace(",", "") if plain else spec)
     return str(value)
 
 
@@ -55,14 +58,14 @@ ROWS = (("model", "model", ""), ("parameters", "parameters", ",d"), ("accuracy",
         ("test_images", "test images", ",d"))
 
 
-def table(runs: list[dict[str, Any]]) -> list[list[str]]:
-    """Rows of the side-by-side table: a header row, then one row per figure."""
+def table(runs: list[dict[str, Any]], plain: bool = False) -> list[list[str]]:
+    """Rows of the side-by-side table: a header row, then one row per figure (``plain``: for a CSV file)."""
     rows = [["", *(r["run"] for r in runs)]]
     for key, label, spec in ROWS:
-        rows.append([label, *(_fmt(r[key], spec) for r in runs)])
+        rows.append([label, *(_fmt(r[key], spec, plain) for r in runs)])
     labels = list(dict.fromkeys(name for r in runs for name in r["f1"]))
     for name in labels:
-        rows.append([f"F1 {name}", *(_fmt(r["f1"].get(name), ".4f") for r in runs)])
+        rows.append([f"F1 {name}", *(_fmt(r["f1"].get(name), ".4f", plain) for r in runs)])
     return rows
 
 
@@ -94,9 +97,10 @@ def main(args: argparse.Namespace) -> int:
     """CLI: print and write the table."""
     if len(args.runs) < 1:
         raise UserError("give at least one run folder")
-    rows = table([summarize_run(run) for run in args.runs])
+    runs = [summarize_run(run) for run in args.runs]
+    rows = table(runs)
     out = args.out or args.runs[0].parent / "compare.csv"
-    artifacts.write_text(out, format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(rows))
+    artifacts.write_text(out, format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(table(runs, plain=True)))
     cli.result(format_text(rows))
     log.info("compare: %d runs -> %s", len(args.runs), out)
     return 0

@@ -40,12 +40,14 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -
     idx = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=idx, zero_division=0)
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                        "support": int(support[i])} for i, name in enumerate(labels)}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "n": int(len(y_true)),
         "labels": labels,
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                             "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(labels)},
+        "per_class": per_class,
+        "macro_f1": rf.macro_f1(per_class),  # over the classes with test images
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
     }
 
@@ -57,8 +59,15 @@ def format_table(metrics: dict[str, Any]) -> str:
     width = max(5, *(len(k) for k in metrics["per_class"]))
     lines = [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name, m in metrics["per_class"].items():
-        lines.append(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8d}")
-    lines.append(f"accuracy: {metrics['accuracy']:.4f} on {metrics['n']} test images")
+        figures = (f"{m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f}" if m["support"] else
+                   f"{'n/a':>9} {'n/a':>9} {'n/a':>9}")  # no test images of it
+        lines.append(f"{name:<{width}} {figures} {m['support']:>8d}")
+    f1 = rf.macro_f1(metrics["per_class"])
+    lines.append(f"accuracy: {metrics['accuracy']:.4f}, macro F1: {'n/a' if f1 is None else f'{f1:.4f}'} "
+                 f"on {metrics['n']} test images")
+    empty = [name for name, m in metrics["per_class"].items() if not m["support"]]
+    if empty:
+        lines.append(f"no test images of {', '.join(empty)}: left out of the macro F1")
     return "\n".join(lines)
 
 

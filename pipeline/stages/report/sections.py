@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.quality import WORDS
+from pipeline.shared import runfolder as rf
 
 REJECTED_SHOWN = 12  # rejected files shown as thumbnails (the table lists more)
 REJECTED_TABLE = 50
@@ -249,11 +250,12 @@ def training_section(history: list[dict[str, float]], info: dict[str, Any], pngs
 
 def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], gallery: list[list[Any]],
                      calib: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
-    per_class = [[name, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+    per_class = [[name, *((f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}") if m["support"]
+                          else ("n/a",) * 3), m["support"]]  # no test images of it: no figures
                  for name, m in metrics["per_class"].items()]
-    macro_f1 = float(np.mean([m["f1"] for m in metrics["per_class"].values()]))
+    macro_f1 = rf.macro_f1(metrics["per_class"])
     n_wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
-    kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"), ("macro F1", f"{macro_f1:.4f}"),
+    kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"), ("macro F1", "n/a" if macro_f1 is None else f"{macro_f1:.4f}"),
             ("test images", metrics["n"]), ("misclassified", n_wrong)]
     if calib:
         kpis.append(("calibration error (ECE)", f"{calib['ece']:.3f}"
