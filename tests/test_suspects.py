@@ -100,3 +100,17 @@ def test_a_killed_run_resumes_from_its_finished_folds(flipped):
     assert (run / "suspects.csv").is_file() and "suspects of" in res.stdout
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert "up to date" in again.stderr
+
+
+def test_a_class_smaller_than_the_folds_means_fewer_folds_said_once():
+    import warnings
+
+    from pipeline.stages.suspects import effective_folds, folds
+
+    y = np.array([0] * 20 + [1] * 20 + [2])  # one image of class 2
+    assert effective_folds(y, 5) == 2 and effective_folds(np.array([0] * 9 + [1] * 9), 5) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's own warning about it is not passed on
+        held = folds(y, 5, seed=0)
+    assert len(held) == 2 and sorted(np.concatenate(held).tolist()) == list(range(len(y)))
+    assert effective_folds(np.zeros((6, 3)), 5) == 5  # multi-label: as asked

@@ -26,6 +26,7 @@ import io
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,19 @@ def folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     if np.ndim(y) == 2:
         return [held for _, held in KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)))]
 
+    splitter = StratifiedKFold(n_splits=effective_folds(y, k), shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class smaller than the folds: said once, by the stage
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        return [held for _, held in splitter.split(np.zeros(len(y)), y)]
+
+
+def effective_folds(y: np.ndarray, k: int) -> int:
+    """The folds ``k`` asked for, fewer (at least 2) when the smallest class has fewer images than that (each
+    fold holds out some of every class it can); multi-label data: ``k``."""
+    if np.ndim(y) == 2 or not len(y):
+        return k
     counts = np.bincount(y)
-    k_eff = int(min(k, max(2, counts[counts > 0].min()))) if len(counts) else k
-    if k_eff < k:
-        log.warning("suspects: the smallest class has %d images: %d folds instead of %d", counts[counts > 0].min(),
-                    k_eff, k)
-    splitter = StratifiedKFold(n_splits=k_eff, shuffle=True, random_state=seed)
-    return [held for _, held in splitter.split(np.zeros(len(y)), y)]
+    return int(min(k, max(2, counts[counts > 0].min())))
 
 
 def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, aug: AugmentParams,
@@ -327,9 +334,14 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams,
         log.info("suspects: %s is up to date; skipped", run / rf.SUSPECTS)
         return rf.read_marker(run / rf.SUSPECTS_MARKER)
     t0 = time.perf_counter()
+    c = _load(prep)
+    k = effective_folds(c.y, sp.folds)
+    if k < sp.folds:
+        log.warning("suspects: the smallest class has %d images: %d folds instead of %d",
+                    np.unique(c.y, return_counts=True)[1].min(), k, sp.folds)
+        sp = dataclasses.replace(sp, folds=k)  # what runs, what the marker and the report say
     steps = fold_steps(p, aug, prep, sp)
     log.info("suspects: %d folds of %d optimizer steps each", sp.folds, steps)
-    c = _load(prep)
     c.probs = _probabilities(prep, c, fp, sp, dataclasses.replace(p, epochs=params_mod.AUTO, step_budget=steps), aug,
                              cp)
     c = _with_test(prep, c, model_dir)
