@@ -289,10 +289,11 @@ def test_cli_single_image_pixel_csv_and_exit_codes(shade_bundle, tmp_path, capsy
     rows = read_csv(tmp_path / "px.csv")
     assert [r["path"] for r in rows] == ["test.csv#0", "test.csv#1", "test.csv#2"]
     assert [r["label"] for r in rows[:2]] == ["dark", "light"] and "row has 3 values" in rows[2]["error"]
-    # nothing readable -> exit 1; nothing there, or bad options -> exit 2
+    # nothing readable, nothing there, or bad options -> exit 2 (bad input; 1 is a bug); the rows still say why
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.png").write_bytes(b"")
-    assert run(tmp_path / "junk", "--model", shade_bundle, "--out", tmp_path / "j.csv") == 1
+    assert run(tmp_path / "junk", "--model", shade_bundle, "--out", tmp_path / "j.csv") == 2
+    assert read_csv(tmp_path / "j.csv")[0]["error"] == "empty file (0 bytes)"
     (tmp_path / "empty").mkdir()
     assert run(tmp_path / "empty", "--model", shade_bundle, "--out", tmp_path / "e.csv") == 2
     assert run(tmp_path / "imgs", "--model", shade_bundle, "--link") == 2

@@ -317,5 +317,5 @@ def main(args: argparse.Namespace) -> int:
     cli.result(format_one(s["rows_list"][0]) if single and out is None else format_summary(s, out))
     if s["rows"] and not s["predicted"]:
         log.error("predict: none of the %d files could be read as an image", s["rows"])
-        return 1
+        return 2  # bad input, as the README's exit codes say (1 is a bug); each row holds its file's reason
     return 0
