@@ -98,3 +98,10 @@ def test_class_means_and_symmetry_of_the_training_files(tmp_path):
     np.save(tmp_path / "y.npy", y)
     labels = ["a", "b", "c", "d"]
     assert census.symmetry_of(str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), labels) == census.symmetry(x, y, labels)
+
+
+def test_with_no_image_to_look_at_the_choices_say_so_and_stay_valid():
+    cfg, choices = census.resolve(PreprocessParams(invert="false"), [])
+    assert cfg.resolved and choices["census"]["images"] == 0
+    assert choices["color"]["why"] == choices["size"]["why"] == "no image could be looked at: the default"
+    assert choices["invert"]["why"] == "set in params"

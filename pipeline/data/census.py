@@ -106,16 +106,17 @@ def _background(cfg: PreprocessParams, facts: list[Facts]) -> tuple[int, str]:
 
 def resolve(cfg: PreprocessParams, facts: list[Facts]) -> tuple[PreprocessParams, dict[str, dict[str, Any]]]:
     """The settings ``"auto"`` stands for, and for each the value and the reason (for the record)."""
-    if not facts:  # nothing decodable: the stage reports that itself; keep a valid config
-        facts = [Facts(28, 28, True, 0)]
-    color, why_color = _color(cfg, facts)
-    size, why_size = _size(cfg, facts)
-    invert, why_invert = _invert(cfg, color, facts)
-    background, why_background = _background(cfg, facts)
-    choices = {"color": {"value": color, "why": why_color},
-               "size": {"value": list(size), "why": why_size},
-               "invert": {"value": invert, "why": why_invert},
-               "background": {"value": background, "why": why_background},
+    looked = facts or [Facts(28, 28, True, 0)]  # nothing decodable: the stage reports that; keep a valid config
+    color, why_color = _color(cfg, looked)
+    size, why_size = _size(cfg, looked)
+    invert, why_invert = _invert(cfg, color, looked)
+    background, why_background = _background(cfg, looked)
+    whys = {"color": why_color, "size": why_size, "invert": why_invert, "background": why_background}
+    if not facts:  # not a census of an image that is not there
+        whys = {key: why if why == "set in params" else "no image could be looked at: the default"
+                for key, why in whys.items()}
+    values = {"color": color, "size": list(size), "invert": invert, "background": background}
+    choices = {**{key: {"value": values[key], "why": whys[key]} for key in values},
                "census": {"images": len(facts), "transparent": sum(f.ink is not None for f in facts)}}
     return replace(cfg, color=color, size=size, invert=invert, background=background), choices
 
