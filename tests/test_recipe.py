@@ -51,6 +51,10 @@ def test_small_data_groups_its_passes_into_epochs_of_enough_steps(n_train):
     assert plan.total_steps == plan.epochs * plan.steps_per_epoch
     if pass_steps >= recipe.MIN_EPOCH_STEPS:
         assert plan.passes_per_epoch == 1 and plan.epochs == passes  # MNIST-size data: as before
+        assert recipe.passes_in_words(plan) == f"{passes} epoch(s), one pass over the training images each"
+    else:  # the log leads with the passes (what `epochs` in params counts), then the epochs they make
+        assert recipe.passes_in_words(plan) == (f"{plan.passes} passes over the training images, in {plan.epochs} "
+                                                f"epochs of {plan.passes_per_epoch}")
 
 
 # Validation accuracy per epoch of two real 28-epoch runs of the default recipe (6,000 steps): MNIST, and

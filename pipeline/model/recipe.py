@@ -77,6 +77,14 @@ def group_passes(passes: int, pass_steps: int) -> tuple[int, int]:
     return math.ceil(passes / per_epoch), per_epoch
 
 
+def passes_in_words(plan: Plan) -> str:
+    """The training's length as the log says it: passes over the training images (what ``epochs`` in params
+    counts) and, when the recipe grouped them, the epochs they make."""
+    if plan.passes_per_epoch > 1:
+        return f"{plan.passes} passes over the training images, in {plan.epochs} epochs of {plan.passes_per_epoch}"
+    return f"{plan.epochs} epoch(s), one pass over the training images each"
+
+
 def _too_short(p: TrainParams, passes: int, pass_steps: int) -> tuple[str, ...]:
     """A warning when the passes set in params give far fewer steps than the recipe's budget would."""
     if p.epochs == AUTO:

@@ -150,7 +150,7 @@ def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, clu
     if data.multi:  # the class weights weigh each label's positives against its negatives
         weights, why = multilabel.positive_weights(counts, len(y), p.class_weights, prep.imbalance_ratio)
         plan = dataclasses.replace(plan, class_weights=weights, class_weights_why=why)
-    log.info("train: %d epoch(s) (%s)", plan.epochs, plan.epochs_why)
+    log.info("train: %s (%s)", recipe.passes_in_words(plan), plan.epochs_why)
     for warning in plan.warnings:
         log.warning("train: %s", warning)
     log.info("train: horizontal flips %s (%s)", "on" if plan.hflip else "off", plan.hflip_why)
