@@ -123,7 +123,7 @@ def test_the_accuracy_before_a_review_stays_the_one_before_its_first_round(tmp_p
     data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
     run = tmp_path / "run"
     prepare.prepare(data, run, PrepareParams(workers=1), CFG)
-    artifacts.write_json(run / rf.METRICS, {"accuracy": 0.80})  # an evaluation before any review
+    artifacts.write_json(run / rf.METRICS, {"accuracy": 0.80, "n": 10})  # an evaluation before any review
     (run / "corrections.csv").write_text("path,label\na/000.png,b\n")
     first = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["review"]
     assert first["accuracy_before"] == 0.80 and first["rounds"] == 1
@@ -134,3 +134,6 @@ def test_the_accuracy_before_a_review_stays_the_one_before_its_first_round(tmp_p
     assert second["review"]["accuracy_last_round"] == 0.90
     html = review_section(second, {"accuracy": 0.95})
     assert "before: <b>80.00%</b>" in html and "after: <b>95.00%</b>" in html and "2 rounds" in html and "90.00%" in html
+    assert "(the same test split:" in html
+    fewer = review_section(second, {"accuracy": 0.95, "n": 9})  # a test image excluded by the review
+    assert "the same test split less the 1 image(s) the review excluded (10 then, 9 now)" in fewer

@@ -430,11 +430,12 @@ def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, A
            .get("review") or {})
     if old.get("decisions") == key:
         return old
-    now = rf.read_marker(run / rf.METRICS).get("accuracy")
+    metrics = rf.read_marker(run / rf.METRICS)
+    now, tested = metrics.get("accuracy"), metrics.get("n")
     if not old:  # the first round of decisions
-        return {"decisions": key, "accuracy_before": now, "rounds": 1}
-    return {"decisions": key, "accuracy_before": old.get("accuracy_before"), "rounds": old.get("rounds", 1) + 1,
-            "accuracy_last_round": now}
+        return {"decisions": key, "accuracy_before": now, "tested_before": tested, "rounds": 1}
+    return {"decisions": key, "accuracy_before": old.get("accuracy_before"), "tested_before": old.get("tested_before"),
+            "rounds": old.get("rounds", 1) + 1, "accuracy_last_round": now}
 
 
 def _presplit(listing: ingest.Listing, p: PrepareParams) -> ingest.Listing:

@@ -363,8 +363,12 @@ def review_section(dataset: dict[str, Any] | None, metrics: dict[str, Any]) -> s
     before, last = review.get("accuracy_before"), review.get("accuracy_last_round")
     rounds = (f" That is over {review['rounds']} rounds of review; before the latest, {last:.2%}."
               if review.get("rounds", 1) > 1 and last is not None else "")
-    acc = (f"Test accuracy before: <b>{before:.2%}</b>, after: <b>{metrics['accuracy']:.2%}</b> (the test split "
-           "is the same images: a review changes labels, not the split; relabeled test images are scored by "
-           f"their new labels).{rounds}" if before is not None else "No evaluation before the review to compare with.")
+    tested, now = review.get("tested_before"), metrics.get("n")
+    same = ("the same test split" if None in (tested, now) or tested == now else
+            f"the same test split less the {tested - now} image(s) the review excluded ({tested} then, {now} now)")
+    acc = (f"Test accuracy before: <b>{before:.2%}</b>, after: <b>{metrics['accuracy']:.2%}</b> ({same}: a review "
+           "changes labels, not the split; relabeled test images are scored by their new labels; a model trained "
+           f"again also differs by chance).{rounds}" if before is not None else
+           "No evaluation before the review to compare with.")
     return (f'<section id="review"><h2>What the review changed</h2>{_table(["decision", "images"], rows)}'
             f"<p>{acc}</p></section>")
