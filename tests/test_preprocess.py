@@ -106,6 +106,7 @@ def test_gif_first_frame_and_content_not_extension(tmp_path):
     (b"", "empty file"),
     (b"hello, not an image", "not an image"),
     (png_bytes(Image.new("L", (64, 64), 9))[:80], "truncated image: the file ends"),
+    (png_bytes(Image.new("RGB", (64, 64), (9, 90, 200)), "JPEG")[:200], "truncated image: the file ends"),
 ])
 def test_bad_files_raise_image_error_with_reason(data, reason):
     with pytest.raises(ImageError, match=reason):

@@ -172,7 +172,7 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
             ZeroDivisionError) as exc:
         # Pillow's plugins raise any of these on malformed data.
-        if "truncated" in str(exc) or isinstance(exc, EOFError):
+        if "truncated" in str(exc).lower() or isinstance(exc, EOFError):
             raise ImageError("truncated image: the file ends before its pixels do (an interrupted copy or "
                              "download?)") from None
         raise ImageError(f"corrupt image: {exc}") from None
