@@ -45,8 +45,9 @@ def test_bad_params_raise_clear_value_errors(tmp_path, text, match):
     f = tmp_path / "p.toml"
     f.write_text(text)
     section = text.split("]")[0].strip("[")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as err:
         params.load(f, section if section in params.SECTIONS else "train")
+    assert str(f) in str(err.value)  # which file to fix
 
 
 def test_missing_params_file(tmp_path):

@@ -444,7 +444,8 @@ def load(path: str | Path | None, section: str, name: str | None = None) -> Any:
     try:
         return from_dict(SECTIONS[section], section, merged)
     except ValueError as exc:
-        raise UserError(f"{exc} (from [{where}])" if extra else str(exc)) from None
+        source = f"params file {path}: " if path is not None else ""  # which file to open and fix
+        raise UserError(source + (f"{exc} (from [{where}])" if extra else str(exc))) from None
 
 
 def to_dict(params: Any) -> dict[str, Any]:
