@@ -354,12 +354,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{background['value']} ({background['why']})")
     for reason, n in rej["by_reason"].items():
         lines.append(f"  rejected {n:>6}  {reason}")
-    lines.append(f"duplicates: {summary['duplicates']['extra_copies']} extra copies in "
-                 f"{summary['duplicates']['groups']} groups; label conflicts: {summary['conflicts']['groups']}; "
+    lines.append(f"identical files: {summary['duplicates']['extra_copies']} extra copies in "
+                 f"{summary['duplicates']['groups']} groups under one label, {summary['conflicts']['groups']} "
+                 f"groups under different labels (label conflicts); "
                  f"leakage: {summary['leakage']['images']} ({summary['leakage']['action']})")
     near, odd = summary.get("near_duplicates"), summary.get("outliers", {})
     if near:
-        lines.append(f"copies: {near['across_splits'].get('copies', 0)} pairs across splits, "
+        lines.append(f"other copies: {near['across_splits'].get('copies', 0)} pairs across splits, "
                      f"{near['across_classes'].get('copies', 0)} across classes; look-alikes: "
                      f"{near['within_class']['pairs']} pairs within a class, {near['across_classes']['pairs']} "
                      f"across classes; outliers: {odd.get('images', 0)} ({odd.get('far', 0)} far)")
