@@ -54,6 +54,18 @@ def test_filenames_layout_detected_and_unmatched_reported(tmp_path):
     assert listing.rejected[0][0] == "mystery.png" and "gives no label" in listing.rejected[0][1]
 
 
+def test_files_named_by_label_beside_one_sub_folder_are_the_filenames_layout(tmp_path):
+    """One sub-folder would be one class (no classifier): the files beside it carry the labels."""
+    for name in ("circle_0.png", "circle_1.png", "square_0.png", "square_1.png"):
+        img(tmp_path / name)
+    img(tmp_path / "sub" / "square_2.png")
+    (tmp_path / "notes.txt").write_text("not counted")
+    layout, why = ingest.detect_layout(tmp_path)
+    assert layout == "filenames" and "beside one sub-folder (sub)" in why
+    img(tmp_path / "other" / "x.png")  # two sub-folders: label folders, as before
+    assert ingest.detect_layout(tmp_path)[0] == "folders"
+
+
 def test_filenames_with_split_folders(tmp_path):
     img(tmp_path / "train" / "cat.1.png")
     img(tmp_path / "train" / "dog.2.png")

@@ -491,7 +491,11 @@ def detect_layout(data: Path, p: IngestParams | None = None) -> tuple[str, str]:
     if mappings:
         return "csv", f"{mappings[0].name} maps files to labels{note}"
     for base, _ in _split_groups(data):
-        dirs, _ = _children(base)
+        dirs, files = _children(base)
+        loose = [f for f in files if f.suffix.lower() not in NOT_IMAGES]
+        if len(dirs) == 1 and loose:  # one class is no classifier: the files beside it carry their labels
+            return "filenames", (f"{len(loose)} file(s) beside one sub-folder ({dirs[0].name}): labels from the file "
+                                 f"names{note}")
         if dirs:
             return "folders", f"sub-folders ({', '.join(d.name for d in dirs[:3])}{', ...' if len(dirs) > 3 else ''}) " \
                               f"are the labels{note}"
