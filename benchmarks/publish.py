@@ -4,7 +4,8 @@ Every part of ``make bench`` prints a table and keeps it as ``bench-results/<nam
 ``.json``). This script puts each table into its section of ``docs/benchmarks.md`` (between
 ``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->``), with the date, the CPU and the command
 that made it. A part that did not run this time (``BENCH=`` picks parts) keeps its last published
-table. Only this script writes the tables: the docs link to the file, they do not repeat it.
+table, and what the file says between the sections stays. Only this script writes the tables: the docs link to
+the file, they do not repeat it.
 
     python -m benchmarks.publish [--results bench-results] [--doc docs/benchmarks.md]
 """
@@ -111,27 +112,22 @@ def section(name: str, table: str, when: str) -> str:
             f"<!-- /bench:{name} -->\n")
 
 
-def _sections(text: str) -> dict[str, str]:
-    """The published sections of an existing file, by part."""
-    return {m.group(1): m.group(0) + "\n" for m in re.finditer(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", text,
-                                                                 re.S)}
-
-
 def publish(results: Path, doc: Path) -> list[str]:
-    """Rewrite ``doc`` with every part's newest table (dated by when its result was written); return the
-    parts found in ``results``."""
-    old = _sections(doc.read_text(encoding="utf-8")) if doc.is_file() else {}
-    parts, updated = [], []
+    """Replace each part's section of ``doc`` with its newest table (dated by when its result was written),
+    in place: what the file says between the sections (notes written by hand) stays. A part the file does
+    not have yet is added at the end. Returns the parts found in ``results``."""
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else HEADER + "\n"
+    updated = []
     for name in PARTS:
         txt = results / f"{name}.txt"
-        if txt.is_file():
-            when = datetime.date.fromtimestamp(txt.stat().st_mtime).isoformat()
-            parts.append(section(name, txt.read_text(encoding="utf-8"), when))
-            updated.append(name)
-        elif name in old:
-            parts.append(old[name])
+        if not txt.is_file():
+            continue
+        new = section(name, txt.read_text(encoding="utf-8"), datetime.date.fromtimestamp(txt.stat().st_mtime).isoformat())
+        old = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->\n?", re.S)
+        text = old.sub(lambda _: new, text, count=1) if old.search(text) else text.rstrip("\n") + "\n\n" + new
+        updated.append(name)
     tmp = doc.with_name(f".{doc.name}.tmp")
-    tmp.write_text(HEADER + "\n" + "\n".join(parts), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(doc)
     return updated
 
