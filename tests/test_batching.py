@@ -114,6 +114,8 @@ def test_another_thread_calls_the_model_on_the_loop():
 
     out, loop_thread = asyncio.run(main())
     assert out.probs[:, 0].tolist() == [2, 3] and threads == [loop_thread, loop_thread]
+    stats = batcher.stats.as_dict()  # the server's own calls are counted apart from the clients' requests
+    assert (stats["requests"], stats["images"], stats["occlusion_images"]) == (1, 1, 2)
 
 
 def test_bad_settings_are_refused():

@@ -34,6 +34,7 @@ POLL_S = 0.0005   # while waiting, how often it looks whether they have come
 class _Request:
     x: np.ndarray
     future: asyncio.Future
+    internal: bool = False  # the server's own (the occlusion maps' forward passes), not a client's
 
 
 @dataclass
@@ -44,10 +45,12 @@ class Stats:
     requests: int = 0
     images: int = 0
     largest: int = 0  # the most requests answered by one model call
+    occlusion_images: int = 0  # images of the server's own calls (explain's occlusion maps), not in the above
 
     def as_dict(self) -> dict[str, float]:
         return {"batches": self.batches, "requests": self.requests, "images": self.images, "largest": self.largest,
-                "requests_per_batch": round(self.requests / self.batches, 2) if self.batches else 0.0}
+                "requests_per_batch": round(self.requests / self.batches, 2) if self.batches else 0.0,
+                "occlusion_images": self.occlusion_images}
 
 
 class MicroBatcher:
@@ -85,12 +88,13 @@ class MicroBatcher:
         """An announced request will not come (it failed before its images were ready)."""
         self._coming -= 1
 
-    async def run(self, x: np.ndarray, announced: bool = False) -> Output:
-        """``x``'s :class:`Output` (its own rows, in order)."""
+    async def run(self, x: np.ndarray, announced: bool = False, internal: bool = False) -> Output:
+        """``x``'s :class:`Output` (its own rows, in order); ``internal``: the server's own call (counted
+        apart from the clients' requests)."""
         loop = self._loop = asyncio.get_running_loop()
         if announced:
             self.withdraw()
-        request = _Request(np.asarray(x, np.float32), loop.create_future())
+        request = _Request(np.asarray(x, np.float32), loop.create_future(), internal)
         if not self._pending:
             self._since = time.monotonic()
         self._pending.append(request)
@@ -103,7 +107,7 @@ class MicroBatcher:
         """The same, from a thread other than the loop's, waited for."""
         if self._loop is None:
             raise RuntimeError("the batcher has not run on an event loop yet")
-        return asyncio.run_coroutine_threadsafe(self.run(x), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(self.run(x, internal=True), self._loop).result()
 
     def _flush(self) -> None:
         """One model call for the pending requests (as many as fit), then again while more are pending."""
@@ -142,7 +146,10 @@ class MicroBatcher:
                 if not r.future.done():
                     r.future.set_exception(exc)
             return
-        s = self.stats
-        s.batches, s.requests, s.images = s.batches + 1, s.requests + len(live), s.images + start
-        s.largest = max(s.largest, len(live))
+        s, clients = self.stats, [r for r in live if not r.internal]
+        images = sum(len(r.x) for r in clients)
+        s.occlusion_images += start - images
+        if clients:
+            s.batches, s.requests, s.images = s.batches + 1, s.requests + len(clients), s.images + images
+            s.largest = max(s.largest, len(clients))
         self._last = len(live)

@@ -374,7 +374,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
         artifacts.write_text(run / rf.REJECTED, _csv_text(("path", "reason"), plan.rejected))
         if plan.rejected:
-            log.warning("rejected %d file(s), see %s", len(plan.rejected), run / rf.REJECTED)
+            log.warning("rejected %d file(s) or folder(s), see %s", len(plan.rejected), run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
         bands = _hash_band_jobs(pool, decoded)  # first in the idle workers: the copy search waits for them
         flushed = artifacts.fsync_started([tmp_files[s] for s in SPLITS])  # complete: to disk while we audit
@@ -522,7 +522,7 @@ def _usable(listing: ingest.Listing, plan: SplitPlan, metas: audit.MetaTable, p:
     order = np.asarray(plan.order, np.int64)
     good = order[metas.filled[order]].tolist()
     if not good:
-        raise artifacts.StageError(f"no usable image in {data} ({len(plan.rejected)} file(s) rejected, "
+        raise artifacts.StageError(f"no usable image in {data} ({len(plan.rejected)} file(s) or folder(s) rejected, "
                                    f"see {run / rf.REJECTED})")
     found = [listing.items[i].label for i in good]
     multi = listing.task == "multi"
