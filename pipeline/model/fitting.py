@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,9 @@ def epoch_bar(epochs: int, desc: str) -> Any:
     """A Keras callback showing a tqdm bar over the epochs, with its ETA."""
     import keras
 
-    bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
+    # an inner bar (under the folds' bar, say): not drawn into a log or a pipe, where its cursor moves
+    # (ESC[A) would be junk; the outer bar still counts
+    bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, disable=not sys.stderr.isatty())
 
     class EpochBar(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
