@@ -218,7 +218,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     warnings = []
     if ratio >= imbalance_ratio:
         big, small = max(totals, key=totals.get), min(totals, key=totals.get)
-        warnings.append(f"class imbalance: {big!r} has {totals[big]} images, {small!r} only {totals[small]} "
+        warnings.append(f"class imbalance: {big!r} has {totals[big]} images, {small!r} only {totals[small]} in all "
                         f"({ratio:.1f}x)")
     few = [name for name, n in totals.items() if n < few_below]
     if few:

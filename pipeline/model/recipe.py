@@ -113,9 +113,10 @@ def resolve_class_weights(p: TrainParams, counts: list[int], threshold: float) -
         return None, "off (set in params)"
     if p.class_weights == "balanced":
         return balanced_weights(counts), "balanced (set in params)"
+    where = f"imbalance {ratio:.1f}x in the training split"
     if ratio > threshold:
-        return balanced_weights(counts), f"balanced: imbalance {ratio:.1f}x exceeds the audit's {threshold:g}x"
-    return None, f"none: imbalance {ratio:.1f}x is within the audit's {threshold:g}x"
+        return balanced_weights(counts), f"balanced: {where} exceeds the audit's {threshold:g}x"
+    return None, f"none: {where} is within the audit's {threshold:g}x"
 
 
 def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], symmetry: dict[str, Any] | None,
