@@ -147,3 +147,19 @@ def test_onnx_export_is_the_bundles_runtime_model_and_adds_it_to_an_older_bundle
     x = np.load(export_run / "X_test.npy")
     a = agreement(Predictor(b, 256)(x), Predictor(bundle.load(model, bundle.ONNX), 256)(x))
     assert a["top1"] == 1.0 and a["familiar"] == 1.0 and a["max_abs_prob_diff"] < 1e-5
+
+
+def test_an_export_of_the_same_model_and_options_is_up_to_date(export_run, tmp_path, caplog):
+    import logging
+
+    from pipeline.faces.commands import main
+
+    args = ["export", "--model", str(export_run / "model"), "--format", "onnx", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    marker = tmp_path / "o" / "export.json"
+    first = marker.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert "up to date" in caplog.text and marker.stat().st_mtime_ns == first
+    assert main(args + ["--no-check"]) == 0  # checked on other images (none): made again
+    assert marker.stat().st_mtime_ns != first and "agreement" not in json.loads(marker.read_text())

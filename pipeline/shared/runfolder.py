@@ -73,6 +73,7 @@ SUSPECTS_RANKED = "suspects_ranked.csv"  # every checked image, most doubtful fi
 PREDICTIONS = "predictions"        # + .csv / .jsonl
 PREVIEW = "preview.png"
 EXPORT = "export"
+EXPORT_MARKER = "export.json"   # marker, in each export folder
 LOGS = "logs"
 
 

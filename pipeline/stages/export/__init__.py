@@ -20,6 +20,7 @@ model, copied when the bundle has it); a bundle from before it gains it here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import logging
 import shutil
@@ -119,12 +120,24 @@ def _measure(b: bundle_mod.Bundle, fmt: Format, target: Path, check: np.ndarray 
     return out
 
 
+def _fingerprint(b: bundle_mod.Bundle, fmt: str, quantize: str, io_type: str, check: np.ndarray | None,
+                 y: np.ndarray | None) -> str:
+    """What an export folder is made from: the bundle's model, the options, and the images it was checked on."""
+    checked = [None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in (check, y)]
+    return rf.fingerprint("export", upstream=[b.info.get("model_sha256")], params=[fmt, quantize, io_type],
+                          extra=checked)
+
+
 def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: np.ndarray | None = None,
            y: np.ndarray | None = None, io_type: str = "int8") -> dict[str, Any]:
     """Write the export folder ``out``; return what ``export.json`` records."""
     form = _check_options(fmt, quantize, io_type)
     b = bundle_mod.load(model_dir)
     model_dir = b.path
+    fp = _fingerprint(b, fmt, quantize, io_type, check, y)
+    if rf.is_current(out / rf.EXPORT_MARKER, fp, [out / form.file, out / "predict_example.py"]):
+        log.info("export: %s is up to date with %s; skipped", out, model_dir)
+        return rf.read_marker(out / rf.EXPORT_MARKER)
     t0 = time.perf_counter()
     tmp = artifacts.temp_dir_for(out)
     try:
@@ -149,7 +162,7 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
         info.update(_measure(b, form, target, check, y))
         info["seconds"] = round(time.perf_counter() - t0, 2)
         info["added_to_bundle"] = form.bundle_runtime and quantize == "none" and b.runtime_model is None
-        artifacts.write_json(tmp / "export.json", info)
+        artifacts.write_json(tmp / rf.EXPORT_MARKER, {**info, "fingerprint": fp})
         artifacts.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
