@@ -137,3 +137,18 @@ def test_the_accuracy_before_a_review_stays_the_one_before_its_first_round(tmp_p
     assert "(the same test split:" in html
     fewer = review_section(second, {"accuracy": 0.95, "n": 9})  # a test image excluded by the review
     assert "the same test split less the 1 image(s) the review excluded (10 then, 9 now)" in fewer
+
+
+def test_decisions_on_relative_paths_apply_when_the_data_is_prepared_again_without_data(tmp_path, monkeypatch):
+    """The review writes manifest paths (relative to where make runs); preparing the run again without DATA
+    keeps DATA's form and applies them, and they also apply against DATA given as an absolute path."""
+    monkeypatch.chdir(tmp_path)
+    make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    run = tmp_path / "run"
+    prepare.prepare(Path("data"), run, PrepareParams(workers=1), CFG)
+    (run / "corrections.csv").write_text("path,label\ndata/a/000.png,b\ndata/a/001.png,exclude\n")
+    again, _ = prepare._data_of(str(run))
+    assert again == Path("data")  # as given, not /abs/path/data: the manifest's paths stay as they were
+    for data in (again, tmp_path / "data"):
+        fixed = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"]
+        assert (fixed["relabeled"], fixed["excluded"], fixed.get("gone_count", 0)) == (1, 1, 0), data

@@ -44,10 +44,10 @@ def _relative(path: str, root: Path) -> str:
     if not p or "#" in p:  # a pixel CSV row: <file>#<row>, as given
         return p
     cand = Path(os.path.normpath(p))
+    # as written, then absolute (a path relative to the working directory, as the review writes it, against
+    # a root given as an absolute path, say)
     for base in (Path(os.path.normpath(root)), root.resolve()):
-        for form in (cand, cand.resolve() if cand.is_absolute() else None):
-            if form is None:
-                continue
+        for form in (cand, cand.resolve()):
             try:
                 return form.relative_to(base).as_posix()
             except ValueError:

@@ -393,7 +393,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     _write_outputs(run, listing, kept, decoded.labels, dataset, audited, later["samples"])
     marker = rf.write_marker(run / rf.PREPARE, _fingerprint(listing, p, asked, ip, fixed, metas.file_stat),
                              stage="prepare", version=__version__,
-                             data=str(data.resolve()), layout=listing.layout, task=listing.task,
+                             data=str(data.resolve()), data_given=str(data), layout=listing.layout, task=listing.task,
                              params=params_mod.to_dict(p),
                              ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
                              preprocess_choices=choices, counts=counts, rejected=len(plan.rejected),
@@ -837,7 +837,11 @@ def _data_of(run: str | None) -> tuple[Path, str]:
     done = rf.read_marker(folder / rf.PREPARE)
     if not done.get("data"):
         raise UserError(f"{folder} has no finished preparation to repeat: give DATA=<your images> (or --data)")
-    return Path(done["data"]), str(done.get("layout") or "auto")
+    given = Path(done.get("data_given") or done["data"])
+    # DATA as it was given (relative, say), when it still names the same data from here: the manifest's paths,
+    # and the decisions made on them, stay as they were
+    data = given if given.resolve() == Path(done["data"]) else Path(done["data"])
+    return data, str(done.get("layout") or "auto")
 
 
 def _check_same_data(data: Path, run: Path) -> None:
