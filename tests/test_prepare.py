@@ -205,3 +205,17 @@ def test_cli_outside_the_project_uses_the_built_in_params(tmp_path, monkeypatch,
     assert "the built-in defaults" in capsys.readouterr().err
     assert cli.main(["prepare", "--data", "mydata", "--params", "mine.toml"]) == 2
     assert "params file not found: mine.toml" in capsys.readouterr().err
+
+
+def test_rows_without_a_split_beside_rows_with_one_go_to_train_and_the_log_says_so(caplog):
+    import logging
+
+    y = np.array([0, 1] * 10)
+    given = ["test", "test", "val", "val"] + [None] * 16
+    with caplog.at_level(logging.INFO):
+        out = prepare.assign_splits(y, given, PrepareParams())
+    assert out[:4].tolist() == ["test", "test", "val", "val"] and set(out[4:].tolist()) == {"train"}
+    assert "16 item(s) without a split go to train" in caplog.text
+    caplog.clear()
+    assert set(prepare.assign_splits(y, [None] * 20, PrepareParams()).tolist()) == {"train", "val", "test"}
+    assert "without a split" not in caplog.text  # none named: prepare splits them all

@@ -190,6 +190,10 @@ def assign_splits(y: np.ndarray, given: Sequence[str | None], p: PrepareParams) 
     """Split name per item: given splits are kept; missing test/val are carved from train."""
     given_arr = np.array([g or "train" for g in given], dtype=object)
     has = set(given_arr.tolist()) if any(given) else set()
+    unnamed = sum(not g for g in given)
+    if has and unnamed:
+        log.info("prepare: %d item(s) without a split go to train, as other rows name theirs (test and val are "
+                 "carved from train only when no row names them)", unnamed)
     out = given_arr.copy()
     train_idx = np.flatnonzero(given_arr == "train")
     if "test" not in has:
