@@ -53,6 +53,14 @@ def test_per_label_temperatures_undo_an_overconfident_scale():
     assert t[0] == pytest.approx(5.0, rel=0.15) and t[1] == pytest.approx(1.0, rel=0.15)
 
 
+def test_a_label_right_on_every_validation_image_keeps_temperature_one():
+    """No minimum to fit (the loss falls as T goes to 0): the model's own probabilities, not 0s and 1s."""
+    z = np.array([[4.0, 3.0], [3.5, -2.0], [-3.0, 1.0], [-4.0, -1.5], [2.0, 0.5], [-2.5, -3.0]])
+    y = np.array([[1, 1], [1, 0], [0, 0], [0, 0], [1, 1], [0, 0]], bool)  # label 1: image 2 wrong at 0.5
+    t = multilabel.fit_temperatures(z, y)
+    assert t[0] == 1.0 and t[1] != 1.0
+
+
 def test_metrics_by_hand():
     y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], bool)
     p = np.array([[0.9, 0.2, 0.8], [0.1, 0.7, 0.6], [0.8, 0.4, 0.1], [0.3, 0.1, 0.2]])

@@ -67,13 +67,15 @@ def thresholds(y: np.ndarray, probs: np.ndarray, target_precision: float | None 
 
 def fit_temperatures(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """A temperature per label: the scale of its logits that minimises the validation binary cross-entropy
-    (1.0 for a label with only one value in validation)."""
+    (1.0 for a label with only one value in validation). A label the model gets all right in validation
+    gives no minimum (the loss falls as T goes to 0, and every probability would become 0 or 1: seen on 6
+    validation images, thresholds then at 1.0): 1.0 too, as for a single-label model."""
     from scipy.optimize import minimize_scalar
 
     out = np.ones(logits.shape[1])
     for j in range(logits.shape[1]):
         z, t = np.asarray(logits[:, j], np.float64), np.asarray(y[:, j], np.float64)
-        if len(t) == 0 or t.min() == t.max():
+        if len(t) == 0 or t.min() == t.max() or ((z > 0) == (t > 0.5)).all():
             continue
 
         def bce(log_t: float, z: np.ndarray = z, t: np.ndarray = t) -> float:
