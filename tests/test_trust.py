@@ -226,3 +226,21 @@ def test_explain_writes_an_overlay_png(shade_bundle, tmp_path, method):
     with Image.open(tmp_path / "o.png") as png:
         width, height = (round(inches * plots.DPI) for inches in plots.EXPLANATION_INCHES)
         assert png.format == "PNG" and png.size == (width, height)  # the three panels
+
+
+def test_a_cut_set_on_few_validation_images_says_so_and_a_multi_label_model_says_its_threshold_is_unused(caplog):
+    import logging
+
+    from pipeline.model.rows import rules_for
+
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]] * 2)
+    table = calibrate.risk_coverage(probs, np.array([0, 0, 1, 0] * 2))
+    with caplog.at_level(logging.INFO):
+        few = rules_for(PredictParams(threshold="auto"), ["a", "b"], {"risk_coverage": table, "val_images": 8})
+        many = rules_for(PredictParams(threshold="auto"), ["a", "b"], {"risk_coverage": table, "val_images": 5000})
+    assert "on 8 validation images only" in few.how["how"] and "only" not in many.how["how"]
+    assert "cut was set on 8 validation images only" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        rules_for(PredictParams(threshold=0.5), ["a", "b"], {"thresholds": [0.4, 0.6]})
+    assert "threshold 0.5 not used: a multi-label model" in caplog.text

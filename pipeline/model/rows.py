@@ -24,6 +24,8 @@ from pipeline.shared.params import AUTO, PredictParams
 
 log = logging.getLogger(__name__)
 
+FEW_VAL = 100  # a confidence cut set on fewer validation images than this is said to be a rough estimate
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -48,6 +50,11 @@ def resolve_threshold(p: PredictParams, calibration: dict[str, Any] | None) -> t
     cut, facts = calibrate.threshold_for(table, p.target_precision)
     how = (f"auto: {facts['precision']:.2%} precision on validation keeping {facts['coverage']:.1%} of the images"
            + ("" if facts["reached"] else f" (the target {p.target_precision:.2%} is out of reach: the best cut)"))
+    seen = (calibration or {}).get("val_images")
+    if seen is not None and seen < FEW_VAL:
+        how += f"; measured on {seen} validation images only: a rough estimate"
+        log.warning("threshold: the cut was set on %d validation images only; its precision is a rough estimate "
+                    "(more validation images: a larger val_size)", seen)
     log.info("threshold %.4f (%s)", cut, how)
     return cut, {"how": how, **facts}
 
@@ -57,6 +64,9 @@ def rules_for(p: PredictParams, labels: list[str], calibration: dict[str, Any] |
     multi-label model's rows take every label above its own threshold (chosen on validation by train)."""
     cuts = (calibration or {}).get("thresholds")
     if cuts is not None:
+        if p.threshold != PredictParams.threshold:
+            log.info("threshold %s not used: a multi-label model gives each label by its own threshold, chosen on "
+                     "validation (calibration.json)", p.threshold)
         if p.unfamiliar == "unknown" and p.unknown_label in labels:
             raise UserError(f"unknown_label {p.unknown_label!r} is also a label of the model; choose another name")
         return Rules(min(p.top_k, len(labels)), 0.0, p.unknown_label, p.unfamiliar,

@@ -49,7 +49,7 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     t = calibrate.fit_temperature(logits, y)
     set_temperature(model, t)
     after = calibrate.softmax(logits / t)
-    calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)",
+    calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)", "val_images": len(y),
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
              "risk_coverage": calibrate.risk_coverage(after, y)}
     log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"], calib["ece_val"])
