@@ -122,7 +122,8 @@ def publish(results: Path, doc: Path) -> list[str]:
         txt = results / f"{name}.txt"
         if not txt.is_file():
             continue
-        new = section(name, txt.read_text(encoding="utf-8"), datetime.date.fromtimestamp(txt.stat().st_mtime).isoformat())
+        when = datetime.date.fromtimestamp(txt.stat().st_mtime).isoformat()
+        new = section(name, txt.read_text(encoding="utf-8"), when)
         old = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->\n?", re.S)
         text = old.sub(lambda _: new, text, count=1) if old.search(text) else text.rstrip("\n") + "\n\n" + new
         updated.append(name)

@@ -336,7 +336,8 @@ def png_bytes(img: np.ndarray, level: int = 1) -> bytes:
     rows[:, 1:] = img.reshape(h, -1)
     raw = rows.tobytes()
     if len(raw) <= STORED_BYTES:  # zlib header (no compression), one final stored block, Adler-32
-        data = b"\x78\x01\x01" + struct.pack("<HH", len(raw), 0xFFFF ^ len(raw)) + raw + struct.pack(">I", zlib.adler32(raw))
+        data = (b"\x78\x01\x01" + struct.pack("<HH", len(raw), 0xFFFF ^ len(raw)) + raw
+                + struct.pack(">I", zlib.adler32(raw)))
     else:
         data = zlib.compress(raw, level)
 

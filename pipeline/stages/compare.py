@@ -100,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
     runs = [summarize_run(run) for run in args.runs]
     rows = table(runs)
     out = args.out or args.runs[0].parent / "compare.csv"
-    artifacts.write_text(out, format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(table(runs, plain=True)))
+    text = format_markdown(rows) if out.suffix.lower() == ".md" else format_csv(table(runs, plain=True))
+    artifacts.write_text(out, text)
     cli.result(format_text(rows))
     log.info("compare: %d runs -> %s", len(args.runs), out)
     return 0

@@ -255,7 +255,8 @@ def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], galler
                  for name, m in metrics["per_class"].items()]
     macro_f1 = rf.macro_f1(metrics["per_class"])
     n_wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
-    kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"), ("macro F1", "n/a" if macro_f1 is None else f"{macro_f1:.4f}"),
+    kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"),
+            ("macro F1", "n/a" if macro_f1 is None else f"{macro_f1:.4f}"),
             ("test images", metrics["n"]), ("misclassified", n_wrong)]
     if calib:
         kpis.append(("calibration error (ECE)", f"{calib['ece']:.3f}"
