@@ -22,8 +22,11 @@ def test_thresholds_maximize_each_labels_f1_or_reach_a_precision():
     y = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]], bool)
     p = np.array([[0.9, 0.1], [0.6, 0.2], [0.55, 0.7], [0.2, 0.4], [0.8, 0.9], [0.1, 0.05]])
     cuts = multilabel.thresholds(y, p)
-    assert cuts[0] == 0.6 and cuts[1] == 0.7  # the F1-best cuts (every positive, no negative)
-    assert multilabel.threshold(y[:, 0], p[:, 0], target_precision=1.0) == 0.6
+    # the F1-best cuts (every positive, no negative): the middle of the gap below the weakest positive
+    assert cuts[0] == pytest.approx((0.55 + 0.6) / 2) and cuts[1] == pytest.approx((0.4 + 0.7) / 2)
+    assert ((p >= cuts) == y).all()  # the same validation decisions as the gap's top
+    assert multilabel.threshold(y[:, 0], p[:, 0], target_precision=1.0) == 0.6  # a precision target: its lowest cut
+    assert multilabel.threshold(np.array([1, 1], bool), np.array([0.3, 0.8])) == 0.3  # nothing below: that cut
     assert multilabel.threshold(np.zeros(4, bool), np.arange(4.0)) == multilabel.DEFAULT_THRESHOLD
 
 
@@ -43,6 +46,20 @@ def test_calibration_picks_thresholds_by_the_rule_in_params(monkeypatch):
     cut = np.array(strict["thresholds"])
     precision = ((probs >= cut) & y).sum(axis=0) / (probs >= cut).sum(axis=0)
     assert (precision >= 0.95).all() and (cut >= np.array(f1["thresholds"])).all()
+    assert f1["val_positives"] == y.sum(axis=0).tolist()
+
+
+def test_a_label_with_few_validation_positives_is_warned_about(monkeypatch, caplog):
+    from pipeline.model import trust
+
+    monkeypatch.setattr(trust, "scale_logits", lambda model, temps: None)
+    y = np.zeros((60, 2), bool)
+    y[:30, 0], y[:3, 1] = True, True
+    logits = np.where(y, 2.0, -2.0) + np.random.default_rng(0).normal(0, 0.5, y.shape)
+    with caplog.at_level("WARNING"):
+        calib = trust._calibrate_multi(None, logits, y, labels=["plus", "minus"])
+    assert calib["val_positives"] == [30, 3]
+    assert "1 label(s) rest on fewer than 10 validation positives each (minus 3)" in caplog.text
 
 
 def test_per_label_temperatures_undo_an_overconfident_scale():

@@ -17,6 +17,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
 T_BOUNDS = (0.05, 20.0)
+FEW_POSITIVES = 10  # a label's threshold set on fewer validation positives than this is a rough estimate
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -40,7 +41,12 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
 
 def threshold(y: np.ndarray, p: np.ndarray, target_precision: float | None = None) -> float:
     """One label's threshold from validation: the best F1 (or the lowest cut reaching ``target_precision``);
-    0.5 without a positive."""
+    0.5 without a positive.
+
+    The best F1 is reached by every cut between the lowest probability given the label and the highest one
+    below it: the same validation decisions. The middle of that gap is taken, not its top (the weakest
+    positive, exactly: a new image a little less sure than it would lose the label; seen on a small
+    validation split, where the gap is wide, as recall 0.55 at a cut of 0.90 that 0.5 would have at 0.97)."""
     y = np.asarray(y, bool)
     if not y.any() or not len(y):
         return DEFAULT_THRESHOLD
@@ -57,7 +63,10 @@ def threshold(y: np.ndarray, p: np.ndarray, target_precision: float | None = Non
         f1 = 2 * precision * recall / max(precision + recall, 1e-12)
         if f1 > best:
             best, best_cut = f1, float(cut)
-    return best_cut if target_precision is None else float(cuts[-1])
+    if target_precision is not None:
+        return float(cuts[-1])
+    below = cuts[cuts < best_cut]
+    return (float(below[-1]) + best_cut) / 2 if len(below) else best_cut
 
 
 def thresholds(y: np.ndarray, probs: np.ndarray, target_precision: float | None = None) -> np.ndarray:

@@ -56,7 +56,8 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     return calib
 
 
-def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | float = "f1") -> dict[str, Any]:
+def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | float = "f1",
+                     labels: list[str] | None = None) -> dict[str, Any]:
     """Multi-label: a temperature per label fitted on validation and folded into the model's logits, then
     each label's threshold chosen on the calibrated validation probabilities (``rule``: its best F1, or the
     lowest reaching a target precision); the record."""
@@ -70,7 +71,20 @@ def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | 
              "f1_macro_val": float(multilabel.label_scores(y, probs >= cuts[None, :])[-1].mean())}
     log.info("train: a temperature (%.2f..%.2f) and a threshold (%.2f..%.2f) per label fitted on val "
              "(macro F1 %.4f)", temps.min(), temps.max(), cuts.min(), cuts.max(), calib["f1_macro_val"])
+    names = labels or [str(j) for j in range(y.shape[1])]
+    calib["val_positives"] = _warn_few_positives(np.asarray(y, bool).sum(axis=0), names)
     return calib
+
+
+def _warn_few_positives(positives: np.ndarray, labels: list[str]) -> list[int]:
+    """Each label's positives in validation (calibration.json's ``val_positives``); a warning naming the labels
+    whose threshold and temperature rest on fewer than FEW_POSITIVES of them."""
+    few = [f"{name} {n}" for name, n in zip(labels, positives.tolist()) if n < multilabel.FEW_POSITIVES]
+    if few:
+        log.warning("train: the thresholds of %d label(s) rest on fewer than %d validation positives each (%s): "
+                    "rough estimates; a larger [prepare] val_size, or more images of them, makes them surer",
+                    len(few), multilabel.FEW_POSITIVES, ", ".join(few[:10]) + (", ..." if len(few) > 10 else ""))
+    return positives.tolist()
 
 
 def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,
@@ -82,7 +96,7 @@ def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarra
     predictor = Predictor(bundle.Bundle(model, labels, cfg, {}), 1024, conv=True)
     logits, f_val, s_val, c_val = _outputs(predictor, x_val)
     y_val = np.asarray(y_val)
-    calib = (_calibrate_multi(model, logits, y_val, label_thresholds) if y_val.ndim == 2
+    calib = (_calibrate_multi(model, logits, y_val, label_thresholds, labels) if y_val.ndim == 2
              else _calibrate(model, logits, y_val))
     if f_val.shape[1] == 0:
         return calib, None
