@@ -43,7 +43,7 @@ def test_colour_images_are_rgb_and_sizes_follow_the_census(tmp_path):
     cfg, choices = prepared(tmp_path, make)
     assert cfg["color"] == "rgb" and cfg["size"] == [40, 48] and cfg["invert"] == "false"
     big, _ = prepared(tmp_path / "big", lambda l, i, rng: np.zeros((120, 200, 3), np.uint8) + i)
-    assert big["size"] == [64, 64]
+    assert big["size"] == [38, 64]  # 120x200: the longer side to 64, the aspect kept
 
 
 def test_mixed_polarity_is_normalised_per_image_and_explicit_values_win(tmp_path):
@@ -105,3 +105,12 @@ def test_with_no_image_to_look_at_the_choices_say_so_and_stay_valid():
     assert cfg.resolved and choices["census"]["images"] == 0
     assert choices["color"]["why"] == choices["size"]["why"] == "no image could be looked at: the default"
     assert choices["invert"]["why"] == "set in params"
+
+
+def test_auto_size_keeps_the_median_aspect():
+    """A wide median image gives a wide input, within the bounds; a square one a square; tiny ones grow."""
+    from pipeline.data.census import fit_size
+
+    assert fit_size(300, 600) == (32, 64) and fit_size(1000, 1000) == (64, 64)
+    assert fit_size(12, 12) == (28, 28) and fit_size(40, 50) == (40, 50)
+    assert fit_size(20, 200) == (28, 64)  # an aspect beyond 64:28 is cut at the bounds

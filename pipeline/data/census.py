@@ -58,11 +58,22 @@ def _color(cfg: PreprocessParams, facts: list[Facts]) -> tuple[str, str]:
 def _size(cfg: PreprocessParams, facts: list[Facts]) -> tuple[tuple[int, int], str]:
     if cfg.size != AUTO:
         return (int(cfg.size[0]), int(cfg.size[1])), "set in params"
-    lo, hi = SIZE_BOUNDS
     h = int(np.median([f.height for f in facts]))
     w = int(np.median([f.width for f in facts]))
-    size = (int(np.clip(h, lo, hi)), int(np.clip(w, lo, hi)))
-    return size, f"median image {w}x{h} px, kept within {lo}..{hi} px a side"
+    size = fit_size(h, w)
+    lo, hi = SIZE_BOUNDS
+    return size, f"median image {w}x{h} px, scaled to within {lo}..{hi} px a side, its aspect kept"
+
+
+def fit_size(h: int, w: int) -> tuple[int, int]:
+    """(height, width) of an h x w image scaled as a whole so that its sides lie within SIZE_BOUNDS: its
+    longer side down to the upper bound, its shorter one up to the lower bound (so a 600x300 median image
+    gives 32x64, not a 64x64 squeezed to a square); only an aspect beyond the bounds' ratio is cut."""
+    lo, hi = SIZE_BOUNDS
+    h, w = max(h, 1), max(w, 1)
+    f = min(1.0, hi / max(h, w))
+    f = max(f, lo / min(h, w))
+    return int(np.clip(round(h * f), lo, hi)), int(np.clip(round(w * f), lo, hi))
 
 
 def _invert(cfg: PreprocessParams, color: str, facts: list[Facts]) -> tuple[str, str]:
