@@ -102,15 +102,17 @@ def test_a_killed_run_resumes_from_its_finished_folds(flipped):
     assert "up to date" in again.stderr
 
 
-def test_a_class_smaller_than_the_folds_means_fewer_folds_said_once():
+def test_a_class_smaller_than_the_folds_keeps_the_folds_and_is_named():
     import warnings
 
-    from pipeline.stages.suspects import effective_folds, folds
+    from pipeline.stages.suspects import effective_folds, folds, small_classes
 
-    y = np.array([0] * 20 + [1] * 20 + [2])  # one image of class 2
-    assert effective_folds(y, 5) == 2 and effective_folds(np.array([0] * 9 + [1] * 9), 5) == 5
+    y = np.array([0] * 20 + [1] * 20 + [2])  # one image of class 2: the other checks keep their 5 folds
+    assert effective_folds(y, 5) == 5 and small_classes(y, 5) == {2: 1}
+    assert effective_folds(np.array([0] * 3 + [1] * 2), 5) == 3  # no class fills 5 folds: as many as the largest
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scikit-learn's own warning about it is not passed on
         held = folds(y, 5, seed=0)
-    assert len(held) == 2 and sorted(np.concatenate(held).tolist()) == list(range(len(y)))
-    assert effective_folds(np.zeros((6, 3)), 5) == 5  # multi-label: as asked
+    assert len(held) == 5 and sorted(np.concatenate(held).tolist()) == list(range(len(y)))
+    assert sum(2 in y[h] for h in held) == 1  # the only image of class 2: held out once
+    assert effective_folds(np.zeros((6, 3)), 5) == 5 and small_classes(np.zeros((6, 3)), 5) == {}  # multi-label

@@ -70,12 +70,23 @@ def folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 
 def effective_folds(y: np.ndarray, k: int) -> int:
-    """The folds ``k`` asked for, fewer (at least 2) when the smallest class has fewer images than that (each
-    fold holds out some of every class it can); multi-label data: ``k``."""
+    """The folds ``k`` asked for; fewer (at least 2) only when even the largest class has fewer images than
+    that (scikit-learn's stratified folds need one class that fills them); multi-label data: ``k``.
+
+    A class smaller than ``k`` does not lower the folds: fewer folds hold it out, and whichever fold holds
+    one of its images, the fold's model saw the same share of the rest of its class (fewer folds would only
+    train every other check on less data: one single-image class made it 2 folds of half the data)."""
     if np.ndim(y) == 2 or not len(y):
         return k
+    return int(min(k, max(2, np.bincount(y).max())))
+
+
+def small_classes(y: np.ndarray, k: int) -> dict[int, int]:
+    """The classes (index: images) with fewer images than the ``k`` folds (single-label data)."""
+    if np.ndim(y) == 2 or not len(y):
+        return {}
     counts = np.bincount(y)
-    return int(min(k, max(2, counts[counts > 0].min())))
+    return {c: int(n) for c, n in enumerate(counts.tolist()) if 0 < n < k}
 
 
 def fold_probs(x: np.ndarray, y: np.ndarray, held: np.ndarray, p: TrainParams, aug: AugmentParams,
@@ -336,9 +347,14 @@ def suspects(run: Path, sp: SuspectsParams, p: TrainParams, aug: AugmentParams,
     t0 = time.perf_counter()
     c = _load(prep)
     k = effective_folds(c.y, sp.folds)
+    small = small_classes(c.y, k)
+    if small:
+        log.warning("suspects: %d class(es) with fewer images than the %d folds (%s): a model that checks one of "
+                    "their images saw few or none of the rest (an only image cannot be checked: it comes out as "
+                    "a suspect)", len(small), k, ", ".join(f"{prep.labels[i]} {n}" for i, n in list(small.items())[:10]))
     if k < sp.folds:
-        log.warning("suspects: the smallest class has %d images: %d folds instead of %d",
-                    np.unique(c.y, return_counts=True)[1].min(), k, sp.folds)
+        log.warning("suspects: the largest class has %d images: %d folds instead of %d", np.bincount(c.y).max(), k,
+                    sp.folds)
         sp = dataclasses.replace(sp, folds=k)  # what runs, what the marker and the report say
     steps = fold_steps(p, aug, prep, sp)
     log.info("suspects: %d folds of %d optimizer steps each", sp.folds, steps)
