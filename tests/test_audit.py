@@ -50,7 +50,7 @@ def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp
     r = reasons(run)
     assert r["a/zero.png"] == "empty file (0 bytes)"
     assert r["a/truncated.png"].startswith(("truncated image", "corrupt image"))
-    assert r["a/text.txt"] == "not an image (content not recognised)"
+    assert r["a/text.txt"] == "not an image (a .txt file)"  # as the file-name layout says of it
     assert r["a/fake.jpg"] == "not an image: the content does not match its .jpg extension"
     assert r["a/icon.ico"] == "unsupported image format: ICO"
     assert r["a/tiny.png"] == "too small: 4x4 px (min_side 8)"
@@ -228,3 +228,12 @@ def test_labels_alike_but_for_case_or_spacing_are_warned_about(tmp_path):
     data = make_tree(tmp_path / "data", {"cat": 6, "Cat": 6, "dog": 6})
     s = prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), PreprocessParams(size=(16, 16)))
     assert any("letter case or spacing" in w and "'Cat' / 'cat'" in w for w in s.dataset["warnings"])
+
+
+def test_classes_without_held_out_images_are_warned_about(tmp_path):
+    """A class only in train/ of a given split: the test figures say nothing about it; prepare says so."""
+    data = make_tree(tmp_path / "data", {"a": 12, "b": 12, "c": 12}, split="train")
+    make_tree(data, {"a": 4, "b": 4}, split="test", seed=1)
+    ds = run_prepare(data, tmp_path / "run").dataset
+    assert "no test images of class(es) ['c']: the test figures say nothing about them" in ds["warnings"]
+    assert not any(w.startswith("no val images") for w in ds["warnings"])  # val: drawn from train, every class

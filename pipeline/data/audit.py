@@ -205,6 +205,21 @@ def look_alike_labels(labels: Iterable[str]) -> list[list[str]]:
     return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
+HELD_OUT = {"test": "the test figures say nothing about them", "val": "calibration and the confidence cut never see them"}
+
+
+def _unheld(counts: dict[str, dict[str, int]], totals: dict[str, int]) -> list[str]:
+    """Warnings about the classes with images but none in a held-out split that has images of other classes."""
+    out = []
+    for split, meaning in HELD_OUT.items():
+        part = counts.get(split, {})
+        missing = [name for name, n in part.items() if not n and totals[name]]
+        if missing and any(part.values()):
+            out.append(f"no {split} images of class(es) {missing[:10]}{' ...' if len(missing) > 10 else ''}: "
+                       f"{meaning}")
+    return out
+
+
 def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: Sequence[str],
               metas: Sequence[Meta], rejected: Sequence[tuple[str, str]], duplicates: list, conflicts: list,
               leakage: list[dict[str, str]], leakage_action: str, imbalance_ratio: float, few_below: int = 10
@@ -223,6 +238,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     few = [name for name, n in totals.items() if n < few_below]
     if few:
         warnings.append(f"few images (< {few_below}) in class(es): {few[:10]}")
+    warnings += _unheld(counts, totals)
     alike = look_alike_labels(labels)
     if alike:
         warnings.append("labels that differ only in letter case or spacing are different classes: "

@@ -168,7 +168,7 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
         ext = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
         if ext in EXTENSIONS:
             raise ImageError(f"not an image: the content does not match its {ext} extension") from None
-        raise ImageError("not an image (content not recognised)") from None
+        raise ImageError(f"not an image (a {ext} file)" if ext else "not an image (content not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
             ZeroDivisionError) as exc:
         # Pillow's plugins raise any of these on malformed data.
