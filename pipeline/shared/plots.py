@@ -35,6 +35,15 @@ def _short(label: str, n: int = 12) -> str:
     return label if len(label) <= n else label[:n - 1] + "…"
 
 
+CHAR_INCHES = 0.075  # about the width of a tick label's character (the default 10 pt sans)
+
+
+def _crowded(ticks: Sequence[str], inches: float) -> bool:
+    """True when tick labels side by side would not fit along an axis of ``inches`` (they run together:
+    seven labels of eight letters on a confusion matrix)."""
+    return len(ticks) * (max((len(t) for t in ticks), default=0) + 1) * CHAR_INCHES > inches
+
+
 def class_counts(counts: dict[str, dict[str, int]]) -> bytes:
     """Stacked bars: images per class and split (``{label: {split: n, ..., "total": n}}``)."""
     labels = list(counts)
@@ -46,8 +55,9 @@ def class_counts(counts: dict[str, dict[str, int]]) -> bytes:
         values = np.array([counts[c].get(split, 0) for c in labels], float)
         ax.bar(range(len(labels)), values, bottom=bottom, color=color, label=split)
         bottom += values
-    ax.set_xticks(range(len(labels)), [_short(c) for c in labels], rotation=45 if len(labels) > 12 else 0,
-                  ha="right" if len(labels) > 12 else "center")
+    ticks = [_short(c) for c in labels]
+    turn = len(labels) > 12 or _crowded(ticks, 0.8 * fig.get_figwidth())
+    ax.set_xticks(range(len(labels)), ticks, rotation=45 if turn else 0, ha="right" if turn else "center")
     ax.set_xlabel("class")
     ax.set_ylabel("images")
     ax.set_title("Images per class and split")
@@ -165,7 +175,7 @@ def confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
                                     ("d", ".2f")):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if fmt == "d" else 1)
         ticks = [_short(c, 8) for c in labels]
-        ax.set_xticks(range(n), ticks, rotation=90 if n > 10 else 0)
+        ax.set_xticks(range(n), ticks, rotation=90 if n > 10 or _crowded(ticks, 0.8 * side) else 0)
         ax.set_yticks(range(n), ticks)
         ax.set_xlabel("predicted label")
         ax.set_ylabel("true label")
