@@ -143,3 +143,25 @@ def test_report_cli_and_compare_refuse_unevaluated_runs(tmp_path):
     assert res.returncode == 2 and "make evaluate" in res.stderr
     res = cli("compare", tmp_path)
     assert res.returncode == 2 and "make evaluate" in res.stderr
+
+
+def test_the_report_shows_no_file_from_outside_the_dataset(tmp_path):
+    """rejected.csv keeps a mapping file's ``../`` row and absolute paths as given: the report (which people share)
+    shows a thumbnail of none of them, nor of a symlink out; files inside the dataset are shown."""
+    from types import SimpleNamespace
+
+    from conftest import write_image
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    for name in ("data/in.png", "secret.png", "data/img/ok.png"):
+        write_image(tmp_path / name, np.full((12, 12), 90, np.uint8))
+    (data / "link.png").symlink_to(tmp_path / "secret.png")
+    run.mkdir()
+    (run / "rejected.csv").write_text(f"path,reason\nin.png,x\n../secret.png,x\n{tmp_path / 'secret.png'},x\n"
+                                      "link.png,x\nimg/../../secret.png,x\nimg/ok.png,x\n", encoding="utf-8")
+    d = SimpleNamespace(dataset={"root": str(data)}, run=run,
+                        prep=SimpleNamespace(preprocess=SimpleNamespace(background=0)))
+    files, why = report._file_thumbnails(d)
+    assert files["in.png"] and files["img/ok.png"]
+    outside = ["../secret.png", str(tmp_path / "secret.png"), "link.png", "img/../../secret.png"]
+    assert all(files[p] is None and why[p] == "outside the dataset folder: not shown" for p in outside)

@@ -227,11 +227,24 @@ def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str
     files: dict[str, bytes | None] = {}
     why: dict[str, str] = {}
     for path in dict.fromkeys(shown):
-        arr, reason = for_display(root / path, d.prep.preprocess.background) if "#" not in path else (None, "a table row")
+        inside = _inside(root, path)
+        arr, reason = ((None, "a table row") if "#" in path else
+                       (None, "outside the dataset folder: not shown") if inside is None else
+                       for_display(inside, d.prep.preprocess.background))
         files[path] = plots.thumbnail_png(arr) if arr is not None else None
         if arr is None:
             why[path] = reason
     return files, why
+
+
+def _inside(root: Path, path: str) -> Path | None:
+    """``root / path`` when it stays inside ``root`` once resolved (symlinks too), else None: a report is
+    shared, so it shows no file from outside the dataset (a mapping file's ``../`` row, an absolute path)."""
+    try:
+        real, base = (root / path).resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+    return real if real.is_relative_to(base) else None
 
 
 def render(d: RunData, figs: Figures) -> str:
