@@ -155,8 +155,11 @@ def test_temperature_scaling_reduces_the_calibration_error_of_an_overconfident_m
     p = calibrate.softmax(overconfident / t)
     np.testing.assert_allclose(calibrate.uncalibrated(p, t), calibrate.softmax(overconfident), atol=1e-6)
     right = logits[:18].copy()
-    right[np.arange(18), y[:18]] += 10  # a tiny validation split the model gets all right: no minimum to find
-    assert calibrate.fit_temperature(right, y[:18]) == 1.0
+    right[np.arange(18), y[:18]] += 3  # a tiny validation split the model gets all right: no minimum to find
+    for scale in (0.3, 1.0, 5.0):  # under- or over-confident: the mean confidence set to (n+1)/(n+2)
+        t = calibrate.fit_temperature(right * scale, y[:18])
+        conf = calibrate.softmax(right * scale / t).max(axis=1).mean()
+        assert conf == pytest.approx(19 / 20, abs=1e-4) and calibrate.T_BOUNDS[0] < t < calibrate.T_BOUNDS[1]
 
 
 def test_trained_bundle_carries_calibration_and_novelty(shade_bundle):

@@ -49,10 +49,19 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     t = calibrate.fit_temperature(logits, y)
     set_temperature(model, t)
     after = calibrate.softmax(logits / t)
+    perfect = calibrate.all_right(logits, y)
     calib = {"temperature": round(t, 5), "fitted_on": f"validation split ({len(y)} images)", "val_images": len(y),
+             "temperature_rule": (f"every validation image right: the mean confidence set to (n+1)/(n+2) = "
+                                  f"{calibrate.succession(len(y)):.4f}" if perfect else "the least validation NLL"),
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
              "risk_coverage": calibrate.risk_coverage(after, y)}
-    log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"], calib["ece_val"])
+    if perfect:
+        log.info("train: the model gets all %d validation images right: no error to fit a temperature on; "
+                 "temperature %.3f sets the mean confidence to %.4f, the accuracy to expect ((n+1)/(n+2))",
+                 len(y), t, calibrate.succession(len(y)))
+    else:
+        log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"],
+                 calib["ece_val"])
     return calib
 
 
