@@ -67,3 +67,17 @@ def test_add_runtime_model_gives_an_older_bundle_the_light_runtime(shade_bundle,
     b = bundle.load(old, bundle.AUTO)
     assert b.runtime == bundle.ONNX and b.info["model_sha256"] == json.loads(
         (shade_bundle / bundle.MARKER).read_text())["model_sha256"]
+
+
+def test_a_step_that_needs_the_keras_model_does_not_suggest_another_runtime(monkeypatch, tmp_path):
+    """Without TensorFlow: predict (a --runtime option) is told to use onnx; export, suspects... (none) are not."""
+    from pipeline.shared import bundle as bundle_mod
+    from pipeline.shared.errors import UserError
+
+    monkeypatch.setattr(bundle_mod, "_installed", lambda module: module == "onnxruntime")
+    info = {bundle_mod.RUNTIME_SHA: "0" * 64}
+    with pytest.raises(UserError, match="or use --runtime onnx"):
+        bundle_mod.resolve_runtime("tensorflow", info, tmp_path)
+    with pytest.raises(UserError, match="this step needs the Keras model itself") as caught:
+        bundle_mod.resolve_runtime("tensorflow", info, tmp_path, chosen=False)
+    assert "--runtime" not in str(caught.value)

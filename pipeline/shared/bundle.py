@@ -143,10 +143,11 @@ def _installed(module: str) -> bool:
         return False
 
 
-def resolve_runtime(requested: str, info: dict[str, Any], path: Path) -> str:
+def resolve_runtime(requested: str, info: dict[str, Any], path: Path, chosen: bool = True) -> str:
     """The runtime that runs this bundle: ``onnx`` or ``tensorflow``. ``auto`` takes ONNX Runtime when the
     bundle has its model (:data:`RUNTIME_MODEL`) and ``onnxruntime`` is installed; a runtime that cannot
-    run here is a clear error, saying what to install or do."""
+    run here is a clear error, saying what to install or do (``chosen``: the user chose it, with a
+    ``--runtime`` option that could choose the other; else the caller needs the Keras model itself)."""
     if requested not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}. Received: {requested!r}")
     has_onnx = RUNTIME_SHA in info
@@ -158,7 +159,8 @@ def resolve_runtime(requested: str, info: dict[str, Any], path: Path) -> str:
     if requested == ONNX and not _installed("onnxruntime"):
         raise UserError("--runtime onnx needs ONNX Runtime: pip install onnxruntime")
     if requested == TENSORFLOW and not (_installed("keras") and _installed("tensorflow")):
-        hint = (f"this bundle has no {RUNTIME_MODEL} for the light runtime: add it on a full install with "
+        hint = ("this step needs the Keras model itself" if not chosen else
+                f"this bundle has no {RUNTIME_MODEL} for the light runtime: add it on a full install with "
                 f"`pipeline export --model {path} --format onnx`" if not has_onnx else "or use --runtime onnx")
         raise UserError(f"the TensorFlow runtime needs the full install: {FULL_INSTALL}; {hint}")
     return requested
@@ -186,14 +188,15 @@ def _check_model(path: Path, model: Any, labels: list[str], cfg: PreprocessParam
                          "retrain it (make train FRESH=1)")
 
 
-def load(path: str | Path, runtime: str = TENSORFLOW) -> Bundle:
-    """Load and verify a bundle folder for ``runtime`` (:func:`resolve_runtime`): the hashes, label map,
-    preprocessing config and, for TensorFlow, the Keras model (safe_mode) against them."""
+def load(path: str | Path, runtime: str | None = None) -> Bundle:
+    """Load and verify a bundle folder for ``runtime`` (:func:`resolve_runtime`; None: TensorFlow, which the
+    caller needs): the hashes, label map, preprocessing config and, for TensorFlow, the Keras model
+    (safe_mode) against them."""
     path = locate(path)
     info = read_info(path)
     labels = read_labels(path)
     cfg = read_preprocess_of(path)
-    runtime = resolve_runtime(runtime, info, path)
+    runtime = resolve_runtime(runtime or TENSORFLOW, info, path, chosen=runtime is not None)
     model = runtime_model = None
     if RUNTIME_SHA in info:
         _check_hash(path, RUNTIME_MODEL, info[RUNTIME_SHA])
