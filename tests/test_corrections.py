@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,31 @@ def test_decisions_on_relative_paths_apply_when_the_data_is_prepared_again_witho
     for data in (again, tmp_path / "data"):
         fixed = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"]
         assert (fixed["relabeled"], fixed["excluded"], fixed.get("gone_count", 0)) == (1, 1, 0), data
+
+
+def test_the_model_before_the_review_is_also_scored_by_the_reviewed_test_labels(tmp_path):
+    """A review that relabels a test image changes the test figures without any model change: the report says how
+    the model before the review scores on the reviewed labels, so that the before/after is not all credited to it."""
+    import csv
+
+    import numpy as np
+
+    from pipeline.shared import artifacts
+    from pipeline.shared import runfolder as rf
+    from pipeline.stages.report.sections import review_section
+
+    data = make_tree(tmp_path / "data", {"a": 10, "b": 10})
+    run = tmp_path / "run"
+    prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    with open(run / "manifest.csv", newline="") as fh:
+        test = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    wrong = next(r for r in test if r["label"] == "a")  # the old model says b: the review agrees
+    said = ["b" if r is wrong else r["label"] for r in test]
+    np.save(run / rf.PROBS, np.array([[1.0, 0.0] if s == "a" else [0.0, 1.0] for s in said], np.float32))
+    artifacts.write_json(run / rf.METRICS, {"accuracy": 1 - 1 / len(test), "n": len(test)})
+    relative = os.path.relpath(wrong["path"], data)
+    (run / "corrections.csv").write_text(f"path,label\n{relative},b\n")
+    ds = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset
+    assert ds["review"]["accuracy_before_relabeled"] == 1.0
+    html = review_section(ds, {"accuracy": 1.0, "n": len(test)})
+    assert "scored by the reviewed test labels: <b>100.00%</b>" in html

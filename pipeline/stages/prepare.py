@@ -393,7 +393,8 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, symmetry, run)
     dataset["corrections"] = fixed
     dataset["labeled"] = labeled
-    dataset["review"] = _review_before(run, fixed, labeled)
+    dataset["review"] = _review_before(run, fixed, labeled, _where(listing),
+                                       kept["test"] if listing.task != "multi" else ())  # one label each: scored
     _write_outputs(run, listing, kept, decoded.labels, dataset, audited, later["samples"])
     marker = rf.write_marker(run / rf.PREPARE, _fingerprint(listing, p, asked, ip, fixed, metas.file_stat),
                              stage="prepare", version=__version__,
@@ -423,10 +424,13 @@ def _listed(data: Path, run: Path, layout: str, ip: IngestParams, p: PreparePara
     return listing, fixed, labeled
 
 
-def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None) -> dict[str, Any] | None:
+def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None, where: str = "",
+                   test: Sequence[ingest.Item] = ()) -> dict[str, Any] | None:
     """The test accuracy before any of the decisions now applied, for the report's before/after (it counts
     all of them): the run's last evaluation when decisions were first applied, kept through later rounds
-    of review (``rounds``; ``accuracy_last_round``: the evaluation before the latest round)."""
+    of review (``rounds``; ``accuracy_last_round``: the evaluation before the latest round); and
+    ``accuracy_before_relabeled``, that model's answers scored by the labels the decisions give the ``test``
+    images now (how much of the difference is the test labels, not the model)."""
     if not fixed and not labeled:
         return None
     key = artifacts.fingerprint(fixed and fixed["sha256"], labeled)
@@ -437,9 +441,29 @@ def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, A
     metrics = rf.read_marker(run / rf.METRICS)
     now, tested = metrics.get("accuracy"), metrics.get("n")
     if not old:  # the first round of decisions
-        return {"decisions": key, "accuracy_before": now, "tested_before": tested, "rounds": 1}
+        return {"decisions": key, "accuracy_before": now, "tested_before": tested, "rounds": 1,
+                "accuracy_before_relabeled": _before_relabeled(run, where, test) if now is not None else None}
     return {"decisions": key, "accuracy_before": old.get("accuracy_before"), "tested_before": old.get("tested_before"),
             "rounds": old.get("rounds", 1) + 1, "accuracy_last_round": now}
+
+
+def _before_relabeled(run: Path, where: str, test: Sequence[ingest.Item]) -> float | None:
+    """The last evaluation's test answers (``test_probs.npy``, in the previous manifest's test order) scored by
+    the labels of the ``test`` items now (None: no evaluation of this manifest, or no items: multi-label)."""
+    try:
+        probs = np.load(run / rf.PROBS, allow_pickle=False)
+        index = artifacts.read_json(run / rf.LABELS, "label map")
+        with open(run / rf.MANIFEST, newline="", encoding="utf-8") as fh:
+            paths = [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"]
+    except (OSError, ValueError, KeyError, artifacts.StageError):
+        return None
+    names = sorted(index, key=index.get)
+    if probs.ndim != 2 or probs.shape != (len(paths), len(names)):
+        return None
+    now = {where + it.path: it.label for it in test}
+    said = [names[k] for k in probs.argmax(axis=1).tolist()]
+    scored = [label == now[path] for path, label in zip(paths, said) if path in now]
+    return round(sum(scored) / len(scored), 6) if scored else None
 
 
 def _presplit(listing: ingest.Listing, p: PrepareParams) -> ingest.Listing:

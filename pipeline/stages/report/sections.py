@@ -346,6 +346,15 @@ into a <code>corrections.csv</code> to review.</p>
 </details></section>"""
 
 
+def _relabeled(review: dict[str, Any], before: float) -> str:
+    """How much of the before/after the test labels make: the model before the review on the labels now."""
+    again = review.get("accuracy_before_relabeled")
+    if again is None or abs(again - before) < 5e-5:
+        return ""
+    return (f" The model before the review, scored by the reviewed test labels: <b>{again:.2%}</b> (the difference "
+            f"from {before:.2%} is the test labels the review changed, not the model).")
+
+
 def review_section(dataset: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
     """What the review (corrections.csv, labeled.csv) changed, and the test accuracy before and after."""
     dataset = dataset or {}
@@ -369,7 +378,7 @@ def review_section(dataset: dict[str, Any] | None, metrics: dict[str, Any]) -> s
             f"the same test split less the {tested - now} image(s) the review excluded ({tested} then, {now} now)")
     acc = (f"Test accuracy before: <b>{before:.2%}</b>, after: <b>{metrics['accuracy']:.2%}</b> ({same}: a review "
            "changes labels, not the split; relabeled test images are scored by their new labels; a model trained "
-           f"again also differs by chance).{rounds}" if before is not None else
+           f"again also differs by chance).{rounds}{_relabeled(review, before)}" if before is not None else
            "No evaluation before the review to compare with.")
     return (f'<section id="review"><h2>What the review changed</h2>{_table(["decision", "images"], rows)}'
             f"<p>{acc}</p></section>")
