@@ -64,7 +64,7 @@ def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp
     assert json.loads((run / "dataset.json").read_text())["images"] == 18
 
 
-def test_duplicates_conflicts_and_leakage(tmp_path):
+def test_duplicates_conflicts_and_leakage(tmp_path, caplog):
     data = tmp_path / "data"
     make_tree(data, {"a": 6, "b": 6}, split="train")
     make_tree(data, {"a": 2, "b": 2}, split="test", seed=5)
@@ -73,8 +73,11 @@ def test_duplicates_conflicts_and_leakage(tmp_path):
     (data / "train" / "b" / "wrong.png").write_bytes(same.read_bytes())  # same image, other label
     (data / "test" / "a" / "leak.png").write_bytes(same.read_bytes())    # also in test: leakage
     run = tmp_path / "run"
-    summary = run_prepare(data, run, val_size=0.0)
+    with caplog.at_level("INFO"):
+        summary = run_prepare(data, run, val_size=0.0)
     ds = summary.dataset
+    # every file read is accounted for: usable, rejected, or left out as leakage
+    assert "0 rejected; 1 val/test copy of training images left out (leakage: dataset.json)" in caplog.text
     assert ds["conflicts"]["groups"] == 1
     group = ds["conflicts"]["examples"][0]
     assert sorted(group["labels"]) == ["a", "a", "a", "b"]

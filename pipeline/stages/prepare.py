@@ -402,6 +402,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
                              params=params_mod.to_dict(p),
                              ingest=params_mod.to_dict(ip), preprocess=params_mod.to_dict(cfg),
                              preprocess_choices=choices, counts=counts, rejected=len(plan.rejected),
+                             dropped=len(audited["dropped"]),
                              audit_seconds={k: round(v, 3) for k, v in audited["seconds"].items()})
     _log_done(listing, data, run, marker)
     return Summary(counts, len(plan.rejected), dataset)
@@ -825,10 +826,12 @@ def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, 
     totals = {s: len(np.load(run / rf.y_file(s), mmap_mode="r")) for s in SPLITS}
     log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
     log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
-    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected",
+    dropped = marker.get("dropped", 0)
+    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected%s",
              sum(totals.values()), len(marker["counts"]["train"]),
              "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
-             marker["rejected"])
+             marker["rejected"], f"; {dropped} val/test cop{'y' if dropped == 1 else 'ies'} of training images left "
+             "out (leakage: dataset.json)" if dropped else "")
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
