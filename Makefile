@@ -5,7 +5,9 @@
 PYTHON_SYS ?= python3
 VENV       := .venv
 PY         := $(VENV)/bin/python
-STAMP      := $(VENV)/.installed
+# The install is redone when pyproject.toml's content (or the extras) changes, not its time: a fresh clone
+# or a checkout touches the file without changing what it asks for.
+STAMP      := $(VENV)/.installed-$(shell (cat pyproject.toml; echo "$(GPU)") | cksum | cut -d' ' -f1)
 
 DATA      ?= datasets/mnist
 LAYOUT    ?= auto
@@ -47,9 +49,10 @@ help:
 
 setup: $(STAMP)
 
-# Rebuilt only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+# Rebuilt only when pyproject.toml's content changes (or the venv is missing).
+$(STAMP):
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 ifeq ($(GPU),1)
