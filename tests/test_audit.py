@@ -240,3 +240,12 @@ def test_classes_without_held_out_images_are_warned_about(tmp_path):
     ds = run_prepare(data, tmp_path / "run").dataset
     assert "no test images of class(es) ['c']: the test figures say nothing about them" in ds["warnings"]
     assert not any(w.startswith("no val images") for w in ds["warnings"])  # val: drawn from train, every class
+
+
+def test_rejected_reasons_are_counted_without_their_per_file_details():
+    from pipeline.data.audit import reason_category
+
+    assert reason_category("line 4: file not found") == "file not found"
+    assert reason_category("excluded by corrections.csv line 6") == reason_category(
+        "excluded by corrections.csv line 7") == "excluded by corrections.csv"
+    assert reason_category("not an image (a .txt file)") == "not an image"

@@ -151,6 +151,7 @@ def find_leakage(splits: np.ndarray, metas: Sequence[Meta]) -> list[tuple[int, i
 def reason_category(reason: str) -> str:
     """A reason without its per-file details, for counting (``line 4: file not found`` -> ``file not found``)."""
     reason = re.sub(r"^line \d+: ", "", reason)
+    reason = re.sub(r" line \d+$", "", reason)  # "excluded by corrections.csv line 6": one count for them all
     return reason.split(":", 1)[0].split(" (", 1)[0].strip()
 
 
