@@ -156,3 +156,37 @@ def test_bundle_preprocessing_reproduces_prepared_arrays_bit_for_bit(trained_run
     for row, expected in list(zip(rows, x))[:100]:
         got = load_image(row["path"], cfg)
         assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_a_run_interrupted_after_fitting_writes_its_bundle_without_fitting_again(tmp_path, monkeypatch, caplog):
+    """Ctrl-C while the temperature, novelty detector or bundle is written: the backup is still there (Keras would
+    delete it when fit ends), and the re-run writes the bundle from the finished fit. A FRESH run interrupted so is
+    continued too, not skipped as "up to date" beside the older bundle."""
+    from pipeline.shared.params import PrepareParams, PreprocessParams, TrainParams
+    from pipeline.stages.prepare import prepare
+
+    data = make_tree(tmp_path / "d", {"a": 20, "b": 20})
+    run = tmp_path / "run"
+    prepare(data, run, PrepareParams(workers=1), PreprocessParams())
+    p = TrainParams(epochs=2, batch_size=8, patience=5)
+    write_bundle = train._write_bundle
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for fresh in (False, True):
+        monkeypatch.setattr(train, "_write_bundle", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(run, p, fresh=fresh, verbose=0)
+        assert (run / train.BACKUP_DIR / train.FIT_DONE).is_file()
+        history = (run / "history.csv").read_text()
+        monkeypatch.setattr(train, "_write_bundle", write_bundle)
+        monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("fitted again"))
+        with caplog.at_level("INFO"):
+            assert train.train(run, p, verbose=0) is True  # not "up to date", also after FRESH
+        assert "had finished fitting" in caplog.text and "up to date" not in caplog.text
+        assert (run / "history.csv").read_text() == history and len(history.splitlines()) == 3
+        assert json.loads((run / "model" / "bundle.json").read_text())["epochs_run"] == 2
+        assert not (run / train.BACKUP_DIR).exists()
+        monkeypatch.undo()
+        caplog.clear()

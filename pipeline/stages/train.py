@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 BACKUP_DIR = rf.BACKUP
 CHECKPOINT = rf.CHECKPOINT
 HISTORY = rf.HISTORY
+FIT_DONE = "fit_done.json"  # in the backup: the fit's result, once fitting is over (the bundle is next)
 BUNDLE_DIR = rf.BUNDLE
 RUNTIME_PROBE = 256        # validation images the light runtime's model is checked on
 RUNTIME_TOLERANCE = 1e-4   # a larger difference of a probability from Keras' is warned about
@@ -69,7 +70,9 @@ def _callbacks(run: Path, plan: recipe.Plan, monitor: str, cluster: Cluster, ext
                                             initial_value_threshold=best_so_far(run / HISTORY, monitor)),
             *callbacks, history_callback(run / HISTORY), *([extend] if extend is not None else []),
             keras.callbacks.TensorBoard(str(run / rf.TENSORBOARD), write_graph=False, profile_batch=0),
-            keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True)]
+            # kept when fit ends (train removes it once the bundle is written): a kill while the temperature,
+            # novelty detector or bundle is written would otherwise lose the whole run
+            keras.callbacks.BackupAndRestore(str(run / BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False)]
 
 
 def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int | str = "auto",
@@ -103,7 +106,7 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     extend = extension_callback(plan, len(data.y_val), run / HISTORY, schedule) if plan.max_epochs else None
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), _finished_epochs(run)
     model.fit(train_ds, validation_data=val_ds, epochs=_fit_epochs(run, plan, len(data.y_val)), verbose=verbose,
               shuffle=False, callbacks=_callbacks(run, plan, monitor, cluster, extend))  # train_ds reshuffles itself
     seconds = time.perf_counter() - t0
@@ -113,9 +116,20 @@ def fit(run: Path, p: TrainParams, plan: recipe.Plan, data: Data, verbose: int |
         model.save(run / CHECKPOINT)
     rows = _history_rows(run)
     best = min(rows, key=lambda r: float(r[monitor])) if rows else {}
-    return {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)), "parameters": model.count_params(),
-            "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")), "fit_seconds": seconds,
-            "epochs_planned": extend.planned if extend else plan.epochs, "extended": extend.notes if extend else []}
+    # a resumed run's time counts the epochs it resumed after, as history.csv and the report do
+    earlier = sum(float(r.get("seconds") or 0) for r in rows if int(r["epoch"]) <= before)
+    result = {"epochs_run": len(rows), "best_epoch": int(best.get("epoch", 0)), "parameters": model.count_params(),
+              "monitor": monitor, "best_" + monitor: float(best.get(monitor, "nan")),
+              "fit_seconds": seconds + earlier, "epochs_planned": extend.planned if extend else plan.epochs,
+              "extended": extend.notes if extend else []}
+    artifacts.write_json(run / BACKUP_DIR / FIT_DONE, result)  # a kill from here on resumes after the fit
+    return result
+
+
+def _finished_epochs(run: Path) -> int:
+    """The epochs an interrupted run's backup holds as finished (0: none)."""
+    meta = run / BACKUP_DIR / "training_metadata.json"
+    return int(artifacts.read_json(meta, "backup state").get("epoch", 0)) if meta.is_file() else 0
 
 
 def _fit_epochs(run: Path, plan: recipe.Plan, n_val: int) -> int:
@@ -123,8 +137,7 @@ def _fit_epochs(run: Path, plan: recipe.Plan, n_val: int) -> int:
     already finished its (replayed) plan: then no more."""
     if not plan.max_epochs:
         return plan.epochs
-    meta = run / BACKUP_DIR / "training_metadata.json"
-    finished = int(artifacts.read_json(meta, "backup state").get("epoch", 0)) if meta.is_file() else 0
+    finished = _finished_epochs(run)
     history = [float(r["val_accuracy"]) for r in _history_rows(run)[:finished] if r.get("val_accuracy")]
     planned = recipe.planned_after(history, plan.epochs, n_val, plan.max_epochs)
     return finished if finished >= planned else plan.max_epochs
@@ -254,7 +267,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     fp = rf.fingerprint("train", upstream=[prep.fingerprint], params=[p.learned(), aug, novelty],
                         extra=[cluster.replicas] if strategy is not None else [])
     dest = run / BUNDLE_DIR
-    if not fresh and rf.is_current(dest / bundle.MARKER, fp):
+    # an interrupted run (FRESH=1 too) is continued, as its message said, even beside an up-to-date bundle
+    if not fresh and not _resumable(run, fp) and rf.is_current(dest / bundle.MARKER, fp):
         log.info("train: %s is up to date; skipped (FRESH=1 / --fresh to retrain)", dest)
         return False
     if cluster.is_chief:
@@ -267,7 +281,11 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
         plan = dataclasses.replace(plan, max_epochs=0)
     log.info("train: %d train / %d val images, %d classes, model %s, strategy %s", len(data.x_train),
              len(data.x_val), len(prep.labels), p.model, p.strategy)
-    result = fit(run, p, plan, data, verbose, aug, strategy, cluster)
+    if strategy is None and (run / BACKUP_DIR / FIT_DONE).is_file():  # interrupted after fitting: the rest only
+        log.info("train: the interrupted run had finished fitting (%s); writing its bundle", run / CHECKPOINT)
+        result = artifacts.read_json(run / BACKUP_DIR / FIT_DONE, "finished fit")
+    else:
+        result = fit(run, p, plan, data, verbose, aug, strategy, cluster)
     if not cluster.is_chief:
         log.info("train: worker %d finished in %.1fs; the chief writes the bundle", cluster.index,
                  result["fit_seconds"])
@@ -308,10 +326,15 @@ def _ray_worker(config: dict[str, Any]) -> None:
     train(Path(config["run"]), config["p"], config["fresh"], 2, config["aug"], config["novelty"])
 
 
+def _resumable(run: Path, fp: str) -> bool:
+    """An interrupted run with these inputs and params left its backup (a finished run removes it)."""
+    return (run / BACKUP_DIR).is_dir() and rf.is_current(run / rf.BACKUP_STATE, fp)
+
+
 def _reset_or_resume(run: Path, fp: str, fresh: bool) -> None:
     """Keep the backup of an interrupted run with the same inputs and params; else start over."""
     artifacts.remove_stale_temps(run)
-    resumable = (run / BACKUP_DIR).is_dir() and rf.is_current(run / rf.BACKUP_STATE, fp)
+    resumable = _resumable(run, fp)
     if fresh or not resumable:
         if (run / BACKUP_DIR).exists() and not fresh:
             log.info("train: inputs or params changed since the interrupted run; starting over")
