@@ -63,3 +63,17 @@ def test_a_class_without_test_images_has_no_figures_and_stays_out_of_the_macro_f
     assert star.split()[1:4] == ["n/a"] * 3
     assert "left out of the macro F1" in text and f"macro F1: {m['macro_f1']:.4f}" in text
     assert rf.macro_f1({"star": {"f1": 0.0, "support": 0}}) is None
+
+
+def test_a_model_trained_on_an_earlier_preparation_is_said(caplog, tmp_path):
+    """Re-prepared (a review's decisions) but not retrained: evaluate says its figures are of the older model."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.evaluate import _prepared_earlier
+
+    prep = SimpleNamespace(fingerprint="now")
+    with caplog.at_level("WARNING"):
+        assert _prepared_earlier({"prepared": "before"}, prep, tmp_path) is True
+    assert "trained on an earlier preparation of this run" in caplog.text
+    assert _prepared_earlier({"prepared": "now"}, prep, tmp_path) is False
+    assert _prepared_earlier({}, prep, tmp_path) is False  # an older bundle that does not say

@@ -114,6 +114,10 @@ def test_warnings_repeat_the_audit_and_flag_low_accuracy():
     out = report.warnings_for(metrics, {"warnings": ["class imbalance: ..."]}, {"monitor": "loss"})
     assert out[0] == "class imbalance: ..." and any(w.startswith("low accuracy") for w in out)
     assert any("no test images for: b" in w for w in out) and any("no validation split" in w for w in out)
+    said = report.warnings_for({**metrics, "model_prepared_earlier": True},
+                               {"warnings": ["no test images of class(es) ['b']: ..."]}, {})
+    assert not any("no test images for" in w for w in said)  # prepare's warning says it already
+    assert any(w.startswith("the model was trained on an earlier preparation") for w in said)
 
 
 @pytest.mark.slow

@@ -133,6 +133,7 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     metrics["runtime"] = {"used": b.runtime, **({"agreement_with_tensorflow": _agreement(model_dir, x, got, p)}
                                                 if b.runtime == bundle.ONNX else {})}
     metrics.update({"model_sha256": info["model_sha256"], "model": info.get("model"),
+                    "model_prepared_earlier": _prepared_earlier(info, prep, model_dir),
                     "params": params_mod.to_dict(p), "environment": environment()})
     # Per-image probabilities, in X_test order: the report's gallery and calibration use them.
     artifacts.save_npy(run / rf.PROBS, probs.astype(np.float32))
@@ -145,6 +146,15 @@ def evaluate(run: Path, p: EvaluateParams) -> dict[str, Any]:
     else:
         log.info("evaluate: accuracy %.4f on %d test images -> %s", metrics["accuracy"], len(y), out)
     return metrics
+
+
+def _prepared_earlier(info: dict[str, Any], prep: rf.Prepared, model_dir: Path) -> bool:
+    """True (and said) when the model was trained on an earlier preparation of the run than the one evaluated."""
+    earlier = info.get("prepared") not in (None, prep.fingerprint)
+    if earlier:
+        log.warning("evaluate: %s was trained on an earlier preparation of this run (the data or the review's "
+                    "decisions changed since): these figures are of that model; make train to train on them", model_dir)
+    return earlier
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -92,8 +92,11 @@ def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: 
         out.append(f"low accuracy: {acc:.1%} on the test split (chance is {1 / n_labels:.1%}); "
                    "more data per class, other preprocessing or more epochs may help")
     empty = [name for name, m in metrics["per_class"].items() if m["support"] == 0]
-    if empty:
+    if empty and not any(w.startswith("no test images of") for w in out):  # prepare's own says it already
         out.append(f"no test images for: {', '.join(empty)} (their precision/recall mean nothing)")
+    if metrics.get("model_prepared_earlier"):
+        out.append("the model was trained on an earlier preparation of this run (the data or the review's decisions "
+                   "changed since): make train, then make evaluate")
     if info.get("monitor") == "loss":
         out.append("no validation split: early stopping and the best checkpoint followed the training loss")
     return out
