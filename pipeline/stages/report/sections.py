@@ -219,7 +219,10 @@ def _plan(info: dict[str, Any], calibration: dict[str, Any] | None) -> str:
         rows.append(["temperatures", f"one per label, {min(t):.3g} to {max(t):.3g}",
                      f"fitted on the {calibration.get('fitted_on')} (model/calibration.json)"])
     elif calibration:
-        rows.append(["temperature", calibration.get("temperature"), f"fitted on the {calibration.get('fitted_on')}"])
+        rule = calibration.get("temperature_rule", "")
+        how = f"set on the {calibration.get('fitted_on')}: {rule}" if rule.startswith("every") else \
+            f"fitted on the {calibration.get('fitted_on')}"
+        rows.append(["temperature", calibration.get("temperature"), how])
     return "<h3>Chosen from the data</h3>" + _table(["setting", "value", "why"], rows, "kv")
 
 
