@@ -94,7 +94,8 @@ export: $(STAMP)
 	$(PY) -m pipeline export $(MODEL_OPT) --format $(FORMAT) $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 # http://127.0.0.1:$(REVIEW_PORT)/ : review suspects, copies, outliers, ...; IMAGES= adds new images to label.
-REVIEW_PORT ?= 8001
+# REVIEW_PORT=, or PORT= as for serve, or 8001.
+REVIEW_PORT ?= $(if $(filter command line environment,$(origin PORT)),$(PORT),8001)
 review: $(STAMP)
 	$(PY) -m pipeline review $(RUN_OPT) --port $(REVIEW_PORT) $(if $(IMAGES),--images "$(IMAGES)") $(ARGS)
 
