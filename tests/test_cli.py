@@ -74,3 +74,15 @@ def test_a_taken_port_is_one_clear_error_before_anything_loads(tmp_path, capsys)
     free = cli.listen("127.0.0.1", 0)  # a free one: bound, ready for the server
     assert free.getsockname()[1] > 0
     free.close()
+
+
+def test_ctrl_c_is_exit_130_with_one_message(monkeypatch, capsys):
+    """The generic "re-run to continue", unless the stage already said how to go on (predict: with --resume)."""
+    from pipeline.shared.errors import Interrupted
+
+    _fail_with(monkeypatch, KeyboardInterrupt())
+    assert cli.main(["compare", "runs/x"]) == 130
+    assert "interrupted; finished artifacts are intact, re-run to continue" in capsys.readouterr().err
+    _fail_with(monkeypatch, Interrupted())
+    assert cli.main(["compare", "runs/x"]) == 130
+    assert "re-run to continue" not in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.shared import bundle
 from pipeline.shared import params as params_mod
 from pipeline.shared import quiet, runfolder
-from pipeline.shared.errors import UserError
+from pipeline.shared.errors import Interrupted, UserError
 from pipeline.shared.params import ENGINES, RUNTIMES, ClusterParams, PredictParams
 
 log = logging.getLogger("pipeline")
@@ -114,8 +114,9 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
         log.debug("details", exc_info=True)
         log.error("%s", describe_os_error(exc))
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted; finished artifacts are intact, re-run to continue")
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Interrupted):  # else the stage said what is kept and how to go on
+            log.error("interrupted; finished artifacts are intact, re-run to continue")
         return 130
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: show where it happened
         return _bug(exc, args.verbose)
@@ -243,4 +244,8 @@ def run_server(app: object, sock: socket.socket) -> None:
 
     # no proxy headers and no access log (warnings only): nothing here reads the client's address, and both cost
     # every request
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=False, access_log=False)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=False, access_log=False)).run(
+            sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped (uvicorn passes it on once it has shut down)
+        log.info("stopped")

@@ -16,3 +16,7 @@ class UserError(ValueError):
 
 class StageError(UserError):
     """A stage cannot run on this run folder; the message says why and what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C that the stage has already explained (what is kept, how to go on): the CLI adds nothing."""

@@ -41,7 +41,7 @@ from pipeline.model.rows import Row, Rules, columns, make_rows, rules_for
 from pipeline.shared import artifacts, bundle, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared.cluster import RayActorPool
-from pipeline.shared.errors import UserError
+from pipeline.shared.errors import Interrupted, UserError
 from pipeline.shared.params import OUTPUT_FORMATS, ClusterParams, PredictParams
 from pipeline.stages.predict import actors
 from pipeline.stages.predict.output import (
@@ -183,7 +183,7 @@ def _run(job: Job, pool: Any) -> tuple[int, float]:
         except KeyboardInterrupt:
             log.error("predict: interrupted after %d new rows%s", n_new,
                       f"; {job.out} holds every finished row, re-run with --resume to continue" if job.out else "")
-            raise
+            raise Interrupted from None
     return n_new, time.perf_counter() - t0
 
 
