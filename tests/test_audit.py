@@ -114,7 +114,7 @@ def test_summary_counts_imbalance_warning_and_sample_grid(tmp_path):
     assert 3 * cell < grid.size[1] < 4 * cell  # a row per class, under the title
 
 
-def pixel_csv(path, n=40, labelled=True):
+def pixel_csv(path, n=40, labelled=True, dark_on_light=()):
     rng = np.random.default_rng(1)
     header = (["label"] if labelled else []) + [f"pixel{i}" for i in range(784)]
     out = io.StringIO()
@@ -124,6 +124,7 @@ def pixel_csv(path, n=40, labelled=True):
         img = np.zeros((28, 28), int)
         img[4:24, 10 + 4 * digit:14 + 4 * digit] = 255
         img = np.clip(img + rng.integers(0, 30, (28, 28)), 0, 255)
+        img = 255 - img if i in dark_on_light else img
         out.write(",".join(map(str, ([digit] if labelled else []) + img.ravel().tolist())) + "\n")
     path.write_text(out.getvalue())
     return path
@@ -140,6 +141,17 @@ def test_prepare_from_a_pixel_csv(tmp_path):
     with open(run / "manifest.csv") as fh:
         first = list(csv.DictReader(fh))[0]
     assert first["path"].startswith(str(tmp_path / "train.csv#"))
+
+
+def test_the_census_of_a_pixel_csv_looks_at_its_rows(tmp_path):
+    """Settings "auto" are chosen from a sample of the rows, as of files: rows of both polarities -> per-image."""
+    plain = prepare.prepare(pixel_csv(tmp_path / "a.csv"), tmp_path / "a", PrepareParams(workers=1), PreprocessParams())
+    assert plain.dataset["choices"]["invert"]["value"] == "false"
+    assert "40 light on dark" in plain.dataset["choices"]["invert"]["why"]
+    mixed = pixel_csv(tmp_path / "b.csv", dark_on_light=range(0, 40, 3))
+    summary = prepare.prepare(mixed, tmp_path / "b", PrepareParams(workers=1), PreprocessParams())
+    assert summary.dataset["choices"]["invert"]["value"] == "per-image"
+    assert summary.dataset["choices"]["color"]["value"] == "grayscale"
 
 
 def test_unlabelled_pixel_csv_cannot_be_prepared(tmp_path):

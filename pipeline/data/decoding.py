@@ -295,11 +295,14 @@ def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str,
         except MemoryError:
             out.append(("image too large to decode in memory", None))
             continue
-        gray = d.array if d.array.ndim == 2 else np.asarray(
-            d.array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
-        out.append(("", (d.meta.width, d.meta.height, is_gray_content(d.array), polarity(gray), border_level(gray),
-                         d.ink)))
+        out.append(("", facts_of(d.array, d.ink)))
     return out
+
+
+def facts_of(array: np.ndarray, ink: int | None = None) -> Facts:
+    """The census's facts of one decoded image (uint8 HxW or HxWx3; ``ink``: a transparent image's)."""
+    gray = array if array.ndim == 2 else np.asarray(array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
+    return array.shape[1], array.shape[0], is_gray_content(array), polarity(gray), border_level(gray), ink
 
 
 def census(paths: Sequence[str], cfg: PreprocessParams,

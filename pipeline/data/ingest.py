@@ -457,18 +457,42 @@ def iter_pixel_images(path: Path) -> Iterator[tuple[np.ndarray | None, str]]:
     with fh:  # type: ignore[attr-defined]
         _, pix, shape = _pixel_columns(header, path)
         for row in reader:
-            if len(row) != len(header):
-                yield None, f"row has {len(row)} values, header has {len(header)}"
-                continue
-            try:
-                values = np.array([float(row[i]) for i in pix])
-            except ValueError:
-                yield None, "non-numeric pixel value"
-                continue
-            if values.min() < 0 or values.max() > 255 or not np.all(values == np.round(values)):
-                yield None, "pixel values must be integers in 0..255"
-                continue
-            yield values.astype(np.uint8).reshape(shape), ""
+            yield _row_image(row, len(header), pix, shape)
+
+
+def _row_image(row: list[str], width: int, pix: Sequence[int], shape: tuple[int, int]
+               ) -> tuple[np.ndarray | None, str]:
+    """One data row of a pixel CSV as a uint8 image, or (None, reason)."""
+    if len(row) != width:
+        return None, f"row has {len(row)} values, header has {width}"
+    try:
+        values = np.array([float(row[i]) for i in pix])
+    except ValueError:
+        return None, "non-numeric pixel value"
+    if values.min() < 0 or values.max() > 255 or not np.all(values == np.round(values)):
+        return None, "pixel values must be integers in 0..255"
+    return values.astype(np.uint8).reshape(shape), ""
+
+
+def pixel_rows(path: Path, wanted: Iterable[int]) -> dict[int, np.ndarray]:
+    """The uint8 images of the data rows ``wanted`` (0-based) of a pixel CSV, those that are good: the rest of
+    the file is only split into fields (a census of a few hundred rows, a page's few images)."""
+    want = set(wanted)
+    out: dict[int, np.ndarray] = {}
+    if not want:
+        return out
+    header, reader, fh = open_csv(path)
+    with fh:  # type: ignore[attr-defined]
+        _, pix, shape = _pixel_columns(header, path)
+        last = max(want)
+        for k, row in enumerate(reader):
+            if k in want:
+                img, _ = _row_image(row, len(header), pix, shape)
+                if img is not None:
+                    out[k] = img
+            if k >= last:
+                break
+    return out
 
 
 # ---------------------------------------------------------------- entry point

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.data import audit, census, corrections, ingest, mnist, quality, similar, split as splitting
 from pipeline.data.decoding import census as census_of
-from pipeline.data.decoding import decode_into, keep_freed_memory, start_pool
+from pipeline.data.decoding import decode_into, facts_of, keep_freed_memory, start_pool
 from pipeline.data.preprocess import Meta, preprocess
 from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
@@ -529,9 +529,9 @@ def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, po
     """Settle ``"auto"`` preprocessing from a census of (a sample of) the files; log each choice."""
     needs = params_mod.AUTO in (cfg.color, cfg.size, cfg.invert, cfg.background)
     facts: list[census.Facts] = []
-    if needs and listing.layout == "pixels":
-        side = listing.pixel_shape or (28, 28)
-        facts = [census.Facts(side[1], side[0], True, 1)]  # pixel rows are gray; polarity left as it is
+    if needs and listing.layout == "pixels" and listing.source is not None:  # a sample of the rows, as of files
+        rows = ingest.pixel_rows(listing.source, census.sample(len(listing.items), seed).tolist())
+        facts = [census.Facts(*facts_of(img)) for img in rows.values()]
     elif needs:
         order = plan.order
         picked = [order[k] for k in census.sample(len(order), seed)]
