@@ -26,3 +26,33 @@ def test_preview_grid_original_preprocessed_augmented(tmp_path):
 def test_preview_needs_a_prepared_run(tmp_path):
     with pytest.raises(artifacts.StageError, match="make prepare"):
         preview(tmp_path, AugmentParams())
+
+
+def test_a_pixel_csv_run_is_previewed_from_its_rows(tmp_path, caplog):
+    """A pixel CSV's images are rows, not files: the preview (and the review page and report, through
+    inputs.original) read them from the CSV instead of showing placeholders."""
+    import numpy as np
+
+    from pipeline.data import ingest
+    from pipeline.data.inputs import original
+
+    rng = np.random.default_rng(0)
+    rows = ["label," + ",".join(f"pixel{i}" for i in range(784))]
+    images = []
+    for i in range(12):
+        img = np.zeros((28, 28), np.uint8)
+        img[6:22, 8 + 8 * (i % 2):12 + 8 * (i % 2)] = 200 + rng.integers(0, 50)
+        images.append(img)
+        rows.append(f"{i % 2}," + ",".join(map(str, img.ravel().tolist())))
+    rows.append("1," + ",".join(["x"] * 784))  # a bad row
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    shown, why = original(f"{csv_file}#5")
+    assert why == "" and np.array_equal(shown, images[5])
+    assert original(f"{csv_file}#12") == (None, "non-numeric pixel value")
+    assert original(f"{csv_file}#99")[0] is None and ingest.pixel_row_of(tmp_path / "a.png") is None
+    run = tmp_path / "run"
+    prepare.prepare(csv_file, run, PrepareParams(workers=1), PreprocessParams())
+    with caplog.at_level("WARNING"):
+        preview(run, AugmentParams(enabled=False), per_class=2)
+    assert "preview:" not in caplog.text  # every tile read

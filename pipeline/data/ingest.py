@@ -29,6 +29,7 @@ Ingest only lists; decoding (and rejecting bad files) happens once, in prepare.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import os
@@ -493,6 +494,54 @@ def pixel_rows(path: Path, wanted: Iterable[int]) -> dict[int, np.ndarray]:
             if k >= last:
                 break
     return out
+
+
+class PixelRows:
+    """Random access to the data rows of a pixel CSV: each row's byte offset read in one pass, a row parsed
+    when asked (a review page shows a few of 42,000 rows)."""
+
+    def __init__(self, path: Path) -> None:
+        header, reader, fh = open_csv(path)
+        with fh:  # type: ignore[attr-defined]
+            self.delimiter = reader.dialect.delimiter  # type: ignore[attr-defined]
+        self.path, self.width = path, len(header)
+        _, self.pix, self.shape = _pixel_columns(header, path)
+        self.offsets: list[int] = []
+        with open(path, "rb") as raw:
+            raw.readline()  # the header (a UTF-8 BOM in it is left to the header alone)
+            while True:
+                at = raw.tell()
+                if not raw.readline():
+                    break
+                self.offsets.append(at)
+
+    def get(self, k: int) -> tuple[np.ndarray | None, str]:
+        """Data row ``k`` (0-based) as a uint8 image, or (None, reason)."""
+        if not 0 <= k < len(self.offsets):
+            return None, f"no row {k} in {self.path.name}"
+        with open(self.path, "rb") as raw:
+            raw.seek(self.offsets[k])
+            line = raw.readline().decode("utf-8")
+        row = next(csv.reader([line], delimiter=self.delimiter), [])
+        return _row_image(row, self.width, self.pix, self.shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_index(path: str, stamp: tuple[int, int]) -> PixelRows:
+    return PixelRows(Path(path))
+
+
+def pixel_row_of(ref: str | os.PathLike) -> tuple[np.ndarray | None, str] | None:
+    """The image of a pixel CSV's row named as manifest.csv names it, ``<file>#<row>``: (uint8 image, "") or
+    (None, why); None when ``ref`` names no such row (a plain file)."""
+    file, sep, row = os.fspath(ref).rpartition("#")
+    if not sep or not row.isdigit() or not file.lower().endswith(CSV_SUFFIXES):
+        return None
+    try:
+        st = os.stat(file)
+        return _pixel_index(file, (st.st_size, st.st_mtime_ns)).get(int(row))
+    except (OSError, UserError) as exc:
+        return None, str(exc)
 
 
 # ---------------------------------------------------------------- entry point

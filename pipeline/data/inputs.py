@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import decoding, ingest
-from pipeline.data.preprocess import preprocess
+from pipeline.data.preprocess import for_display, preprocess
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import PreprocessParams
 
@@ -104,3 +104,10 @@ def chunks(inputs: Inputs, todo: list[str], cfg: PreprocessParams, size: int, po
     if inputs.kind == "pixels":
         return pixel_chunks(inputs.source, cfg, size, done)
     return file_chunks(inputs, todo, cfg, size, pool)
+
+
+def original(path: str | Path, background: int | str = "auto") -> tuple[np.ndarray | None, str]:
+    """An image as a person sees it, named as manifest.csv names it: a file (colour, any size, transparent parts on
+    ``background``) or a pixel CSV's row ``<file>#<row>``; ``(uint8 array, "")`` or ``(None, why it cannot be shown)``."""
+    row = ingest.pixel_row_of(path)
+    return row if row is not None else for_display(path, background)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.decisions import Decisions, new_class
-from pipeline.data.preprocess import for_display
+from pipeline.data.inputs import original
 from pipeline.faces import review_catalog
 from pipeline.faces.review_catalog import TITLES, Catalog
 from pipeline.shared import cli, plots
@@ -199,7 +199,7 @@ def _add_api(app: Any, review: Review) -> None:
         path = review.catalog.file(card_id)
         if path is None:
             return _error(404, "no such image")
-        arr, why = await asyncio.to_thread(for_display, path)
+        arr, why = await asyncio.to_thread(original, path)
         return Response(_png(arr), media_type="image/png") if arr is not None else _error(422, why)
 
     @app.get("/api/view/{card_id}", include_in_schema=False)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.data.preprocess import ImageError, decode_file, load_image
+from pipeline.data import ingest
+from pipeline.data.inputs import original
+from pipeline.data.preprocess import ImageError, load_image, preprocess
 from pipeline.shared import artifacts, cli
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
@@ -60,6 +62,20 @@ def augmented_versions(x: np.ndarray, aug: AugmentParams, n: int, seed: int) -> 
     return list(np.asarray(out))
 
 
+def _read(path: str, cfg: PreprocessParams) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the image as a person sees it, its model input) of a manifest path (a file, or a pixel CSV's row);
+    None for what cannot be read (said in the log)."""
+    shown, why = original(path)
+    if shown is None:
+        log.warning("preview: %s: %s", path, why)
+        return None, None
+    try:
+        return shown, preprocess(shown, cfg) if ingest.pixel_row_of(path) is not None else load_image(path, cfg)
+    except (ImageError, OSError) as exc:
+        log.warning("preview: %s: %s", path, exc)
+        return shown, None
+
+
 def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: AugmentParams, n_aug: int,
                  seed: int) -> Image.Image:
     """The grid: one row per image, with its label, original, preprocessed and augmented tiles."""
@@ -76,14 +92,8 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
         for path in paths:
             top = head + r * (CELL + 4)
             draw.text((6, top + CELL // 2 - 6), label[:18], fill="black")
-            try:
-                original: np.ndarray | None = decode_file(path, PreprocessParams(color="rgb", min_side=1,
-                                                                                  max_side=cfg.max_side)).array
-                x = load_image(path, cfg)
-            except (ImageError, OSError) as exc:
-                log.warning("preview: %s: %s", path, exc)
-                original, x = None, None
-            tiles = [original, x] + (augmented_versions(x, aug, cols - 2, seed + r) if x is not None else [None] * (cols - 2))
+            shown, x = _read(path, cfg)
+            tiles = [shown, x] + (augmented_versions(x, aug, cols - 2, seed + r) if x is not None else [None] * (cols - 2))
             for c, arr in enumerate(tiles):
                 grid.paste(_tile(arr), (label_w + c * (CELL + 4), top))
             r += 1

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
-from pipeline.data.preprocess import for_display
+from pipeline.data.inputs import original
 from pipeline.model import calibrate
 from pipeline.model.explain import occlusion
 from pipeline.model.infer import Predictor
@@ -231,9 +231,8 @@ def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str
     why: dict[str, str] = {}
     for path in dict.fromkeys(shown):
         inside = _inside(root, path)
-        arr, reason = ((None, "a table row") if "#" in path else
-                       (None, "outside the dataset folder: not shown") if inside is None else
-                       for_display(inside, d.prep.preprocess.background))
+        arr, reason = ((None, "outside the dataset folder: not shown") if inside is None else
+                       original(inside, d.prep.preprocess.background))
         files[path] = plots.thumbnail_png(arr) if arr is not None else None
         if arr is None:
             why[path] = reason
