@@ -160,6 +160,7 @@ def test_unlabelled_pixel_csv_cannot_be_prepared(tmp_path):
 
     with pytest.raises(StageError, match="no label column"):
         prepare.prepare(f, tmp_path / "run", PrepareParams(workers=1), PreprocessParams())
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_prepare_from_csv_and_filenames_layouts(tmp_path):

@@ -362,13 +362,13 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         old = rf.read_marker(run / rf.PREPARE)
         return Summary(old["counts"], old["rejected"], artifacts.read_json(run / rf.DATASET, "dataset summary"),
                        skipped=True)
+    plan = _plan(listing, p, data)  # before the run folder is made: data without labels leaves none behind
     run.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(run)
     (run / rf.PREPARE).unlink(missing_ok=True)  # outputs are untrusted until the new marker is written
     added = labeled["added"] if labeled else 0
     log.info("prepare: %s layout, %d candidate(s) under %s%s", listing.layout, len(listing.items) - added, data,
              f", and {added} labeled in review ({rf.LABELED})" if added else "")
-    plan = _plan(listing, p, data)
     asked = cfg  # the fingerprint's: as given, "auto" and all
     cfg, choices = _resolve(listing, plan, cfg, pool, p.seed)
     tmp_files = {s: run / f".X_{s}.npy{artifacts.TMP_TAG}{os.getpid()}" for s in SPLITS}
