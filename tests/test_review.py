@@ -100,6 +100,11 @@ def test_a_new_class_must_be_asked_for(review):
     assert client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": "zebra",
                                             "new_class": True}).status_code == 200
     assert {r["label"] for r in csv.DictReader(open(run / rf.CORRECTIONS))} == {"new:zebra"}
+    listed = client.get("/api/queues").json()
+    assert listed["labels"][-1] == "zebra" and "zebra" in listed["keys"]  # a class now, before any prepare
+    other = client.get("/api/queue/suspects").json()["items"][1]
+    assert client.post("/api/decide", json={"id": other["id"], "action": "relabel", "label": "zebra"}).status_code == 200
+    client.post("/api/undo")
     for label, words in (("../evil", "folder"), ("a\nb", "control"), ("..", "folder"), ("x" * 101, "1-100")):
         r = client.post("/api/decide", json={"id": item["id"], "action": "relabel", "label": label, "new_class": True})
         assert r.status_code == 422 and words in r.json()["error"], (label, r.json())

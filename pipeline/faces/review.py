@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.corrections import NEW
 from pipeline.data.decisions import Decisions, new_class
 from pipeline.data.inputs import original
 from pipeline.faces import review_catalog
@@ -53,6 +54,11 @@ class Review:
     def decided(self) -> dict[str, dict[str, Any]]:
         return self.decisions.as_dict()
 
+    def labels(self) -> list[str]:
+        """The run's labels, then the new classes the decisions so far add (before a prepare makes them the run's)."""
+        added = {d["label"][len(NEW):] for d in self.decided().values() if d["label"].startswith(NEW)}
+        return self.catalog.labels + sorted(added - set(self.catalog.labels))
+
     def queues(self) -> list[dict[str, Any]]:
         done = self.decided()
         return [{"name": name, "title": TITLES[name], "count": len(cards),
@@ -74,7 +80,7 @@ class Review:
         """Record ``action`` for the cards ``ids`` (a new image's card: also for its near-duplicates)."""
         cards = [self.catalog.by_id[i] for i in ids]
         if action == "relabel" and label not in self.catalog.labels:
-            if not add_class:
+            if not add_class and label not in self.labels():  # a class a decision added already: as the run's
                 raise UserError(f"label {label!r} is not a label of this run (labels: {self.catalog.labels[:20]}); "
                                 'send "new_class": true to add a class')
             label = new_class(label)
@@ -167,7 +173,7 @@ def _add_api(app: Any, review: Review) -> None:
 
     @app.get("/api/queues", summary="The queues, their counts and how many are reviewed; the labels and their keys")
     async def queues() -> dict[str, Any]:
-        labels = review.catalog.labels
+        labels = review.labels()
         return {"queues": review.queues(), "labels": labels, "keys": dict(zip(labels, LABEL_KEYS))}
 
     @app.get("/api/queue/{name}", summary="A page of a queue's cards, each with its decision if any")
