@@ -22,6 +22,9 @@ def img(path, value=100, size=12):
     # labels holding delimiters: a numeric id at the start or the end, the rest is the label
     ("00123_T-shirt_top.png", "T-shirt_top"), ("Ankle_boot_00042.png", "Ankle_boot"),
     ("golden retriever 12.jpg", "golden retriever"), ("0001__bird.png", "bird"), ("00012_at sign.png", "at sign"),
+    # a file manager's copy of a file is named like it
+    ("0042_cat (1).png", "cat"), ("cat_12 - Copy.png", "cat"), ("cat_12 - Copy (2).jpg", "cat"),
+    ("cat_12 copy 2.png", "cat"), ("cat (1).png", None),
     # ambiguous: never guessed
     ("12_34.png", None), ("cat_dog.png", None), ("a_b_c.png", None), ("plain.png", None), ("12_cat_34.png", None),
     ("1_2_3.png", None), ("7.png", None)])

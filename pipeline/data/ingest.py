@@ -229,6 +229,8 @@ def label_from_name(name: str, p: IngestParams) -> str | None:
 
 
 _DELIMS = re.compile(r"[_.\- ]+")
+# what a file manager appends to a copy's name: "cat_12 (1)", "cat_12 - Copy", "cat_12 copy 2"
+_COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|\s+-\s+copy(?:\s*\(\d+\))?|\s+copy(?:\s+\d+)?)$", re.IGNORECASE)
 
 
 def _automatic_label(stem: str) -> str | None:
@@ -237,8 +239,10 @@ def _automatic_label(stem: str) -> str | None:
     ``00123_T-shirt_top`` -> ``T-shirt_top``, ``Ankle_boot_00042`` -> ``Ankle_boot``,
     ``golden retriever 12`` -> ``golden retriever``, ``cat.123`` -> ``cat``; two numbers
     (``5_00001``, ``00001_5``): the shorter. Ids at both ends (``12_cat_34``), equal-length
-    numbers (``12_34``) or no id (``cat_dog``) are ambiguous: None, never a guess.
+    numbers (``12_34``) or no id (``cat_dog``) are ambiguous: None, never a guess. A file manager's copy
+    suffix (``cat_12 (1)``, ``cat_12 - Copy``, ``cat_12 copy 2``) is not part of the name.
     """
+    stem = _COPY_SUFFIX.sub("", stem)  # a copy is named like its original: "0042_cat (1)" is a cat
     tokens = [t for t in _DELIMS.split(stem) if t]
     if len(tokens) < 2:
         return None
