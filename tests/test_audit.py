@@ -78,6 +78,11 @@ def test_duplicates_conflicts_and_leakage(tmp_path, caplog):
     ds = summary.dataset
     # every file read is accounted for: usable, rejected, or left out as leakage
     assert "0 rejected; 1 val/test copy of training images left out (leakage: dataset.json)" in caplog.text
+    # the conflict is in similar.csv with the copy left out of test, once, for the review page to settle
+    similar_rows = list(csv.DictReader(open(run / "similar.csv")))
+    assert sorted(r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1] for r in similar_rows) == [
+        "a/000.png", "a/copy.png", "a/leak.png", "b/wrong.png"]
+    assert {r["group"] for r in similar_rows} == {"0"} and {r["kind"] for r in similar_rows} == {"copy"}
     assert ds["conflicts"]["groups"] == 1
     group = ds["conflicts"]["examples"][0]
     assert sorted(group["labels"]) == ["a", "a", "a", "b"]

@@ -206,7 +206,8 @@ def look_alike_labels(labels: Iterable[str]) -> list[list[str]]:
     return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
-HELD_OUT = {"test": "the test figures say nothing about them", "val": "calibration and the confidence cut never see them"}
+HELD_OUT = {"test": "the test figures say nothing about them",
+            "val": "calibration and the confidence cut never see them"}
 
 
 def _unheld(counts: dict[str, dict[str, int]], totals: dict[str, int]) -> list[str]:

@@ -107,7 +107,8 @@ def chunks(inputs: Inputs, todo: list[str], cfg: PreprocessParams, size: int, po
 
 
 def original(path: str | Path, background: int | str = "auto") -> tuple[np.ndarray | None, str]:
-    """An image as a person sees it, named as manifest.csv names it: a file (colour, any size, transparent parts on
-    ``background``) or a pixel CSV's row ``<file>#<row>``; ``(uint8 array, "")`` or ``(None, why it cannot be shown)``."""
+    """An image as a person sees it, named as manifest.csv names it: a file (colour, any size, transparent parts
+    on ``background``) or a pixel CSV's row ``<file>#<row>``; ``(uint8 array, "")`` or ``(None, why it cannot be
+    shown)``."""
     row = ingest.pixel_row_of(path)
     return row if row is not None else for_display(path, background)

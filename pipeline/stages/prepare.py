@@ -583,8 +583,10 @@ def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams
     facts = _Facts.of(listing, plan, d, dropped)
     found = _similarity(facts, d, plan, cfg, tmp_files, pool, seconds, bands)
     found.update(_image_quality(facts, d, seconds))
+    in_conflict = {p for g in conflicts for p in g["paths"]}
     return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
-            "leakage": leakage, "dropped": dropped, "facts": facts, "seconds": seconds, **found}
+            "leakage": leakage, "dropped": dropped, "facts": facts, "seconds": seconds,
+            "split_of": {p: str(s) for p, s in zip(paths, splits) if p in in_conflict}, **found}
 
 
 @dataclass
@@ -802,10 +804,27 @@ def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None
     _write_rows(run / rf.QUALITY, ("path", "label", "split", "issue", "score"),
                 ((*who(k), issue, sc) for issue, (idx, scores) in a["quality"].items()
                  for k, sc in zip(idx.tolist(), scores.tolist())))
+    settle = _dropped_conflicts(a, where_s)
+    shown = {r[1] for r in settle}  # each image in one group
+    rest = [(group, *who(k), kind, sim) for group, k, kind, sim in a["groups"] if where_s + f.paths[k] not in shown]
+    sizes = Counter(r[0] for r in rest)
+    still = dict.fromkeys(r[0] for r in rest if sizes[r[0]] > 1)  # groups that keep two images or more
+    number = {g: n for n, g in enumerate(still, len({r[0] for r in settle}))}
     _write_rows(run / rf.SIMILAR, ("group", "path", "label", "split", "kind", "similarity"),
-                ((group, *who(k), kind, sim) for group, k, kind, sim in a["groups"]))
+                [*settle, *((number[r[0]], *r[1:]) for r in rest if r[0] in number)])
     _write_rows(run / rf.OUTLIERS, ("path", "label", "split", "score", "z"),
                 ((*who(k), score, z) for k, score, z in a["outlier_rows"]))
+
+
+def _dropped_conflicts(a: dict[str, Any], where_s: str) -> list[tuple[int, str, str, str, str, float]]:
+    """similar.csv's first groups: identical files under different labels of which the leakage check left a
+    val/test copy out (the groups among the images kept miss it), so that the review page can settle them."""
+    kept = set(a["facts"].paths)
+    out: list[tuple[int, str, str, str, str, float]] = []
+    for group in (g for g in a["conflicts"] if not set(g["paths"]) <= kept):
+        out += [(len({r[0] for r in out}), where_s + path, label, a["split_of"][path], "copy", 1.0)
+                for path, label in zip(group["paths"], group["labels"])]
+    return out
 
 
 def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[ingest.Item]], labels: dict[str, int],

@@ -93,7 +93,8 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
             top = head + r * (CELL + 4)
             draw.text((6, top + CELL // 2 - 6), label[:18], fill="black")
             shown, x = _read(path, cfg)
-            tiles = [shown, x] + (augmented_versions(x, aug, cols - 2, seed + r) if x is not None else [None] * (cols - 2))
+            tiles = [shown, x] + (augmented_versions(x, aug, cols - 2, seed + r) if x is not None
+                                  else [None] * (cols - 2))
             for c, arr in enumerate(tiles):
                 grid.paste(_tile(arr), (label_w + c * (CELL + 4), top))
             r += 1

@@ -168,7 +168,8 @@ def _run(job: Job, pool: Any) -> tuple[int, float]:
     walk_errors = [(x, reason) for x, reason in job.inputs.rejected if x not in job.done]
     total = len(todo) + len(walk_errors) if job.inputs.kind != "pixels" else None
     log.info("predict: %s (%s) with %s (%s): %s to predict%s", job.source, job.inputs.kind, job.record["model"],
-             job.predictor.runtime, f"{total} file{'' if total == 1 else 's'}" if total is not None else "the rows of a pixel CSV",
+             job.predictor.runtime,
+             f"{total} file{'' if total == 1 else 's'}" if total is not None else "the rows of a pixel CSV",
              f", {len(job.done)} done before" if job.done else "")
     if walk_errors:
         job.emit(make_rows([x for x, _ in walk_errors], [r for _, r in walk_errors], np.zeros((0, len(job.labels))),
