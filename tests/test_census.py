@@ -31,7 +31,7 @@ def prepared(tmp_path, make, n=12, labels=("a", "b"), cfg=None):
 def test_gray_images_stored_as_rgb_are_grayscale_and_small_images_go_to_28(tmp_path):
     cfg, choices = prepared(tmp_path, lambda l, i, rng: np.repeat(stroke(12, False, rng)[..., None], 3, axis=2))
     assert cfg["color"] == "grayscale" and "are gray" in choices["color"]["why"]
-    assert cfg["size"] == [28, 28] and "12x12" in choices["size"]["why"]  # kept within 28..64
+    assert cfg["size"] == [28, 28] and "12 px high, 12 wide" in choices["size"]["why"]  # grown to 28..64
     assert cfg["invert"] == "false" and "one polarity" in choices["invert"]["why"]
 
 

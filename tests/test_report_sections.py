@@ -184,3 +184,12 @@ def test_settings_section_escapes_params_and_environment():
 @pytest.mark.parametrize("value", ["<script>alert(1)</script>", "a\"b'c", "&amp;"])
 def test_esc_round_trips(value):
     assert html.unescape(sections.esc(value)) == value and "<" not in sections.esc(value)
+
+
+def test_the_multi_label_report_warns_about_thresholds_on_few_validation_positives():
+    from pipeline.stages.report import multi
+
+    said = multi.few_positives({"val_positives": [30, 2, 12]}, ["plus", "minus", "times"])
+    assert said == ["the thresholds of 1 label(s) rest on fewer than 10 validation positives each (minus 2): "
+                    "rough estimates"]
+    assert multi.few_positives({}, ["a"]) == [] and multi.few_positives(None, ["a"]) == []

@@ -62,7 +62,7 @@ def _size(cfg: PreprocessParams, facts: list[Facts]) -> tuple[tuple[int, int], s
     w = int(np.median([f.width for f in facts]))
     size = fit_size(h, w)
     lo, hi = SIZE_BOUNDS
-    return size, f"median image {w}x{h} px, scaled to within {lo}..{hi} px a side, its aspect kept"
+    return size, f"median image {h} px high, {w} wide, scaled to within {lo}..{hi} px a side, its aspect kept"
 
 
 def fit_size(h: int, w: int) -> tuple[int, int]:

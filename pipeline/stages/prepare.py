@@ -843,10 +843,11 @@ def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[inge
 def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, Any]) -> None:
     # images per split (a multi-label run's counts are of each label's positives)
     totals = {s: len(np.load(run / rf.y_file(s), mmap_mode="r")) for s in SPLITS}
-    log.info("prepare: read %d files (%s layout) under %s", len(listing.items), listing.layout, data)
+    log.info("prepare: read %d %s (%s layout) under %s", len(listing.items),
+             "rows" if listing.layout == "pixels" else "files", listing.layout, data)
     log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
     dropped = marker.get("dropped", 0)
-    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected%s",
+    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected (rejected.csv)%s",
              sum(totals.values()), len(marker["counts"]["train"]),
              "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
              marker["rejected"], f"; {dropped} val/test cop{'y' if dropped == 1 else 'ies'} of training images left "

@@ -255,6 +255,8 @@ def render(d: RunData, figs: Figures) -> str:
     warnings = (d.dataset or {}).get("warnings", []) if is_multi else warnings_for(d.metrics, d.dataset, d.info)
     params, envs = _settings(d)
     calibration = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration")
+    if is_multi:
+        warnings = warnings + multi.few_positives(calibration, d.labels)
     files, unseen = _file_thumbnails(d)
     results = (multi.results_section(d.metrics, d.dataset, figs.gallery, figs.pngs) if is_multi else
                results_section(d.metrics, confused_pairs(np.array(d.metrics["confusion_matrix"]), d.labels),

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.model import multilabel
 from pipeline.shared import plots
 from pipeline.stages.report.sections import _figure, _table
 
@@ -49,6 +50,16 @@ def top_pairs(matrix: list[list[int]] | None, labels: list[str], top: int = 10) 
     i, j = np.triu_indices(len(labels), 1)
     order = np.argsort(-m[i, j], kind="stable")[:top]
     return [[f"{labels[i[k]]} + {labels[j[k]]}", int(m[i[k], j[k]])] for k in order if m[i[k], j[k]] > 0]
+
+
+def few_positives(calibration: dict[str, Any] | None, labels: list[str]) -> list[str]:
+    """The train log's warning about thresholds set on few validation positives, for the report's warnings."""
+    counts = (calibration or {}).get("val_positives") or []
+    few = [f"{name} {n}" for name, n in zip(labels, counts) if n < multilabel.FEW_POSITIVES]
+    if not few:
+        return []
+    return [f"the thresholds of {len(few)} label(s) rest on fewer than {multilabel.FEW_POSITIVES} validation "
+            f"positives each ({', '.join(few[:10])}): rough estimates"]
 
 
 def results_section(metrics: dict[str, Any], dataset: dict[str, Any] | None, gallery: list[list[Any]],
