@@ -479,27 +479,6 @@ def _row_image(row: list[str], width: int, pix: Sequence[int], shape: tuple[int,
     return values.astype(np.uint8).reshape(shape), ""
 
 
-def pixel_rows(path: Path, wanted: Iterable[int]) -> dict[int, np.ndarray]:
-    """The uint8 images of the data rows ``wanted`` (0-based) of a pixel CSV, those that are good: the rest of
-    the file is only split into fields (a census of a few hundred rows, a page's few images)."""
-    want = set(wanted)
-    out: dict[int, np.ndarray] = {}
-    if not want:
-        return out
-    header, reader, fh = open_csv(path)
-    with fh:  # type: ignore[attr-defined]
-        _, pix, shape = _pixel_columns(header, path)
-        last = max(want)
-        for k, row in enumerate(reader):
-            if k in want:
-                img, _ = _row_image(row, len(header), pix, shape)
-                if img is not None:
-                    out[k] = img
-            if k >= last:
-                break
-    return out
-
-
 class PixelRows:
     """Random access to the data rows of a pixel CSV: each row's byte offset read in one pass, a row parsed
     when asked (a review page shows a few of 42,000 rows)."""

@@ -11,6 +11,7 @@ scikit-learn computes it).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,16 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.5
 T_BOUNDS = (0.05, 20.0)
 FEW_POSITIVES = 10  # a label's threshold set on fewer validation positives than this is a rough estimate
+
+
+def few_positives(positives: Sequence[int], labels: Sequence[str]) -> str:
+    """The labels whose threshold rests on fewer than FEW_POSITIVES validation positives, in words ("" when none):
+    said by train's log and the report."""
+    few = [f"{name} {n}" for name, n in zip(labels, positives) if n < FEW_POSITIVES]
+    if not few:
+        return ""
+    return (f"the thresholds of {len(few)} label(s) rest on fewer than {FEW_POSITIVES} validation positives each "
+            f"({', '.join(few[:10])}{', ...' if len(few) > 10 else ''}): rough estimates")
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -80,20 +80,11 @@ def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | 
              "f1_macro_val": float(multilabel.label_scores(y, probs >= cuts[None, :])[-1].mean())}
     log.info("train: a temperature (%.2f..%.2f) and a threshold (%.2f..%.2f) per label fitted on val "
              "(macro F1 %.4f)", temps.min(), temps.max(), cuts.min(), cuts.max(), calib["f1_macro_val"])
-    names = labels or [str(j) for j in range(y.shape[1])]
-    calib["val_positives"] = _warn_few_positives(np.asarray(y, bool).sum(axis=0), names)
-    return calib
-
-
-def _warn_few_positives(positives: np.ndarray, labels: list[str]) -> list[int]:
-    """Each label's positives in validation (calibration.json's ``val_positives``); a warning naming the labels
-    whose threshold and temperature rest on fewer than FEW_POSITIVES of them."""
-    few = [f"{name} {n}" for name, n in zip(labels, positives.tolist()) if n < multilabel.FEW_POSITIVES]
+    calib["val_positives"] = np.asarray(y, bool).sum(axis=0).tolist()
+    few = multilabel.few_positives(calib["val_positives"], labels or [str(j) for j in range(y.shape[1])])
     if few:
-        log.warning("train: the thresholds of %d label(s) rest on fewer than %d validation positives each (%s): "
-                    "rough estimates; a larger [prepare] val_size, or more images of them, makes them surer",
-                    len(few), multilabel.FEW_POSITIVES, ", ".join(few[:10]) + (", ..." if len(few) > 10 else ""))
-    return positives.tolist()
+        log.warning("train: %s; a larger [prepare] val_size, or more images of them, makes them surer", few)
+    return calib
 
 
 def fit(model: Any, labels: list[str], cfg: PreprocessParams, x_train: np.ndarray, x_val: np.ndarray,

@@ -453,12 +453,11 @@ def _before_relabeled(run: Path, where: str, test: Sequence[ingest.Item]) -> flo
     the labels of the ``test`` items now (None: no evaluation of this manifest, or no items: multi-label)."""
     try:
         probs = np.load(run / rf.PROBS, allow_pickle=False)
-        index = artifacts.read_json(run / rf.LABELS, "label map")
+        names = rf.labels_from_map(artifacts.read_json(run / rf.LABELS, "label map"), str(run / rf.LABELS))
         with open(run / rf.MANIFEST, newline="", encoding="utf-8") as fh:
             paths = [r["path"] for r in csv.DictReader(fh) if r["split"] == "test"]
     except (OSError, ValueError, KeyError, artifacts.StageError):
         return None
-    names = sorted(index, key=index.get)
     if probs.ndim != 2 or probs.shape != (len(paths), len(names)):
         return None
     now = {where + it.path: it.label for it in test}
@@ -530,8 +529,9 @@ def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, po
     needs = params_mod.AUTO in (cfg.color, cfg.size, cfg.invert, cfg.background)
     facts: list[census.Facts] = []
     if needs and listing.layout == "pixels" and listing.source is not None:  # a sample of the rows, as of files
-        rows = ingest.pixel_rows(listing.source, census.sample(len(listing.items), seed).tolist())
-        facts = [census.Facts(*facts_of(img)) for img in rows.values()]
+        rows = ingest.PixelRows(listing.source)
+        got = [rows.get(k)[0] for k in census.sample(len(listing.items), seed).tolist()]
+        facts = [census.Facts(*facts_of(img)) for img in got if img is not None]
     elif needs:
         order = plan.order
         picked = [order[k] for k in census.sample(len(order), seed)]

@@ -54,12 +54,8 @@ def top_pairs(matrix: list[list[int]] | None, labels: list[str], top: int = 10) 
 
 def few_positives(calibration: dict[str, Any] | None, labels: list[str]) -> list[str]:
     """The train log's warning about thresholds set on few validation positives, for the report's warnings."""
-    counts = (calibration or {}).get("val_positives") or []
-    few = [f"{name} {n}" for name, n in zip(labels, counts) if n < multilabel.FEW_POSITIVES]
-    if not few:
-        return []
-    return [f"the thresholds of {len(few)} label(s) rest on fewer than {multilabel.FEW_POSITIVES} validation "
-            f"positives each ({', '.join(few[:10])}): rough estimates"]
+    few = multilabel.few_positives((calibration or {}).get("val_positives") or [], labels)
+    return [few] if few else []
 
 
 def results_section(metrics: dict[str, Any], dataset: dict[str, Any] | None, gallery: list[list[Any]],
