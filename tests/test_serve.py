@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -290,14 +291,16 @@ def test_a_malformed_upload_while_the_batcher_is_busy_is_a_4xx_and_the_others_su
 
 def test_serve_runs_without_tensorflow(shade_bundle, tmp_path):
     """The light install: a server whose Python cannot import TensorFlow, Keras, scikit-learn, SciPy or
-    Matplotlib answers /health (runtime onnx, its memory) and predicts."""
+    Matplotlib answers /health (runtime onnx, its memory) and predicts. Started as a shell starts a
+    background job (SIGINT ignored), Ctrl-C's signal still stops it, saying so."""
     import httpx
 
     port = _free_port()
     env = without_training_stack(tmp_path / "light")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model", str(shade_bundle), "--port",
                              str(port), "--runtime", "onnx"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -313,6 +316,9 @@ def test_serve_runs_without_tensorflow(shade_bundle, tmp_path):
         r = httpx.post(f"http://127.0.0.1:{port}/predict", files=[("files", ("m.png", _png(shade_image("mid", rng))))],
                        timeout=30)
         assert r.status_code == 200 and r.json()["results"][0]["label"] == "mid"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -12,8 +12,10 @@ import argparse
 import dataclasses
 import errno
 import logging
+import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -238,10 +240,21 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_server(app: object, sock: socket.socket) -> None:
-    """Serve ``app`` with uvicorn on the socket from :func:`listen` until Ctrl-C."""
+    """Serve ``app`` with uvicorn on the socket from :func:`listen` until Ctrl-C or ``kill``.
+
+    Both end the same way, with "stopped": SIGINT also when the shell started the server in the
+    background (which ignores it), and SIGTERM (uvicorn raises each again once it has shut down).
+    """
     import uvicorn
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
     # no proxy headers and no access log (warnings only): nothing here reads the client's address, and both cost
     # every request
     try:
