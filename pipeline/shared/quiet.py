@@ -4,7 +4,7 @@
   oneDNN and CPU-feature notices), printed to the process's stderr while ``tensorflow`` is imported:
   that import runs with stderr captured, and every other line it printed is passed on.
 - TensorFlow's "triggered tf.function retracing" warnings (each new model traces its own graph, as
-  ``suspects`` does once per fold): dropped from its logger.
+  ``suspects`` does once per fold) and its "Assets written to" lines: dropped from its logger.
 - tf2onnx's progress lines ("Using opset", "Optimizing ONNX model") and its and its dependencies'
   ``FutureWarning``/``DeprecationWarning`` about their own internals.
 
@@ -27,9 +27,13 @@ NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_gu
                    r"appropriate compiler flags|To enable the following instructions")
 
 
-class _Retracing(logging.Filter):
+class _Chatter(logging.Filter):
+    """TensorFlow's retracing warnings, and the "Assets written to" line of a SavedModel it writes (a
+    temporary folder's name: the command says where its output went)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "retracing" not in record.getMessage()
+        message = record.getMessage()
+        return "retracing" not in message and not message.startswith("Assets written to")
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -95,8 +99,8 @@ def install() -> None:
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
     tf_log = logging.getLogger("tensorflow")
-    if not any(isinstance(f, _Retracing) for f in tf_log.filters):
-        tf_log.addFilter(_Retracing())
+    if not any(isinstance(f, _Chatter) for f in tf_log.filters):
+        tf_log.addFilter(_Chatter())
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     for module in ("tf2onnx", "onnx", "keras", "tensorflow", "google.protobuf"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
