@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.shared import artifacts
 from pipeline.shared import runfolder as rf
@@ -113,15 +114,36 @@ def test_one_sample_class_stays_in_train(tmp_path):
 
 def test_fails_clearly_without_usable_images_or_with_one_class(tmp_path):
     data = tmp_path / "data"
-    (data / "a").mkdir(parents=True)
-    (data / "a" / "x.png").write_bytes(b"junk")
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        (data / label / "x.png").write_bytes(b"junk")
     with pytest.raises(artifacts.StageError, match="no usable image"):
         run_prepare(data, tmp_path / "run")
     assert (tmp_path / "run" / "rejected.csv").is_file()  # the user can see why
     make_tree(data, {"a": 3})
+    (data / "b" / "x.png").unlink()
+    (data / "b").rmdir()
     with pytest.raises(artifacts.StageError, match="at least 2 classes"):
         run_prepare(data, tmp_path / "run")
     assert not (tmp_path / "run" / prepare.MARKER).exists()
+
+
+def test_one_label_is_refused_before_decoding_with_what_to_do(tmp_path, monkeypatch):
+    """Camera files in one flat folder (IMG_0001.jpg, DSC00001.JPG) read as the filenames layout give one
+    label, 'IMG': refused at once, naming the example and the files without a label, and how to lay
+    the images out, before a single file is decoded (and no run folder is left behind)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(data / f"IMG_{i:04d}.jpg")
+        Image.new("RGB", (20, 20), (0, i * 40, 0)).save(data / f"DSC{i:05d}.JPG")
+    monkeypatch.setattr(prepare, "_decode_to_splits", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(artifacts.StageError) as err:
+        run_prepare(data, tmp_path / "run")
+    message = str(err.value)
+    assert "need at least 2 classes, found 1 label ('IMG')" in message and "IMG_0000.jpg gives 'IMG'" in message
+    assert "4 file name(s) give none" in message and "folder of its own" in message and "CSV" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_skips_when_unchanged_and_redoes_when_data_or_params_change(tmp_path):

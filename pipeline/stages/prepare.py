@@ -518,9 +518,27 @@ def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> SplitPlan:
     rejected = list(listing.rejected)
     cand = [i for i, it in enumerate(listing.items) if it.label is not None]
     rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
+    names = sorted({listing.items[i].label for i in cand})
+    if listing.task != "multi" and len(names) < 2:
+        raise artifacts.StageError(_too_few_labels(listing, names, cand, data, len(rejected)))
     pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
     pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
     return SplitPlan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
+
+
+def _too_few_labels(listing: ingest.Listing, names: list[str], cand: list[int], data: Path, unlabeled: int) -> str:
+    """Why data with fewer than 2 labels cannot be learned from, said before anything is decoded, with what to do."""
+    found = f"{len(names)} label ({names[0]!r})" if names else "no label"
+    if listing.layout == "folders":
+        where = f"{found} folder with files in {data}"
+    elif listing.layout == "filenames":
+        example = f"; {listing.items[cand[0]].path} gives {names[0]!r}" if names else ""
+        where = (f"{found} in the file names under {data}{example}"
+                 + (f"; {unlabeled} file name(s) give none" if unlabeled else ""))
+    else:
+        where = f"{found} in {listing.source or data}"
+    return (f"need at least 2 classes, found {where}. Put each label's images in a folder of its own "
+            f"({data}/cat/..., {data}/dog/...) or list them in a CSV of path,label (README: Your own images)")
 
 
 def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, pool: Any,
