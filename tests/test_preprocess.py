@@ -150,11 +150,12 @@ def test_resize_modes_known_answers():
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 @pytest.mark.parametrize("color", ["grayscale", "rgb"])
-def test_fast_png_path_matches_pillow_exactly(mode, color):
+@pytest.mark.parametrize("size", [(37, 23), (701, 613)])  # the second: converted to gray a block of rows at a time
+def test_fast_png_path_matches_pillow_exactly(mode, color, size):
     from pipeline.data import preprocess as pp
 
     rng = np.random.default_rng(3)
-    shape = (37, 23) if mode == "L" else (37, 23, 3)
+    shape = size if mode == "L" else (*size, 3)
     data = png_bytes(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode))
     cfg = PreprocessParams(color=color, size=(28, 28), invert="false")
     fast = pp._fast_png(data, cfg)
