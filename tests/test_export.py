@@ -158,8 +158,26 @@ def test_an_export_of_the_same_model_and_options_is_up_to_date(export_run, tmp_p
     assert main(args) == 0
     marker = tmp_path / "o" / "export.json"
     first = marker.stat().st_mtime_ns
+    caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(args) == 0
     assert "up to date" in caplog.text and marker.stat().st_mtime_ns == first
+    assert "wrote" not in caplog.text  # it did not
     assert main(args + ["--no-check"]) == 0  # checked on other images (none): made again
     assert marker.stat().st_mtime_ns != first and "agreement" not in json.loads(marker.read_text())
+
+
+def test_a_bundle_outside_a_run_folder_exports_here_and_says_there_is_nothing_to_check_on(export_run, tmp_path):
+    """Never into the bundle itself: export/<format>/ in the current folder (as predict writes there), the
+    latency measured all the same, and one line on why there is no agreement (and how to get it)."""
+    import shutil
+
+    model = tmp_path / "deployed" / "model"
+    shutil.copytree(export_run / "model", model)
+    before = sorted(p.name for p in model.iterdir())
+    res = cli("export", "--model", model, "--format", "onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in model.iterdir()) == before
+    info = json.loads((tmp_path / "export" / "onnx" / "export.json").read_text())
+    assert info["latency_ms"] > 0 and "agreement" not in info
+    assert "no test split" in res.stderr and "--run" in res.stderr and "ms per image" in res.stdout

@@ -116,7 +116,9 @@ def _measure(b: bundle_mod.Bundle, fmt: Format, target: Path, check: np.ndarray 
         if y is not None and len(y) == len(check) and np.ndim(y) == 1:  # (multi-label: the agreement only)
             out["accuracy"] = float(np.mean(got.argmax(axis=1) == y))
             out["bundle_accuracy"] = float(np.mean(reference.argmax(axis=1) == y))
-        out["latency_ms"] = _latency(run, check)
+    # one image's latency needs no test split: an image of zeros in the bundle's input shape will do
+    out["latency_ms"] = _latency(run, check if check is not None and len(check) else
+                                 np.zeros((1, *b.preprocess.input_shape), np.float32))
     return out
 
 
@@ -137,7 +139,7 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
     fp = _fingerprint(b, fmt, quantize, io_type, check, y)
     if rf.is_current(out / rf.EXPORT_MARKER, fp, [out / form.file, out / "predict_example.py"]):
         log.info("export: %s is up to date with %s; skipped", out, model_dir)
-        return rf.read_marker(out / rf.EXPORT_MARKER)
+        return {**rf.read_marker(out / rf.EXPORT_MARKER), "skipped": True}
     t0 = time.perf_counter()
     tmp = artifacts.temp_dir_for(out)
     try:
@@ -184,7 +186,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "run's training images) (default: %(default)s)")
     parser.add_argument("--io", default="int8", choices=("int8", "uint8"),
                         help="--quantize int8: input and output type (default: %(default)s)")
-    parser.add_argument("--out", help="output folder (default: <run>/export/<format>[-<quantize>])")
+    parser.add_argument("--out", help="output folder (default: <run>/export/<format>[-<quantize>], or export/<format>[-<quantize>] here "
+                        "for a bundle outside a run folder)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing the export with the bundle on the run's test split")
     return parser
@@ -198,19 +201,25 @@ def main(args: argparse.Namespace) -> int:
     """CLI: export, compare on the test split when there is one, print the summary."""
     model_dir = Path(args.model)
     suffix = f"-{args.quantize}" if args.quantize != "none" else ""
-    out = Path(args.out) if args.out else (Path(args.run) if args.run else model_dir) / rf.EXPORT / f"{args.format}{suffix}"
+    # a bundle outside a run folder: here, as predict does (never inside the bundle)
+    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path()) / rf.EXPORT / f"{args.format}{suffix}"
     check = y = None
     if not args.no_check and args.run:
         prep = rf.Prepared.open(args.run)
         check, y = prep.x("test"), prep.y("test")
+    elif not args.no_check:
+        log.info("export: %s is not in a run folder, so there is no test split to compare the export with the "
+                 "bundle on; give --run RUN (the run it was trained in) for that", model_dir)
     info = export(model_dir, args.format, out, args.quantize, check, y, args.io)
-    log.info("export: read %s; wrote %s (%s, %.1f KB)", model_dir, out / info["file"], args.format,
-             info["bytes"] / 1024)
+    if not info.get("skipped"):
+        log.info("export: read %s; wrote %s (%s, %.1f KB)", model_dir, out / info["file"], args.format,
+                 info["bytes"] / 1024)
     line = f"{out / info['file']}: {info['bytes'] / 1024:.1f} KB ({bundle_mod.MODEL}: {info['source_bytes'] / 1024:.1f} KB)"
     if "agreement" in info:
         a = info["agreement"]
-        line += (f"; top-1 agreement with the bundle on {a['images']} test images: {a['top1_agreement']:.2%}; "
-                 f"{info['latency_ms']:.2f} ms per image in {info['runtime']}")
+        line += f"; top-1 agreement with the bundle on {a['images']} test images: {a['top1_agreement']:.2%}"
+    if "latency_ms" in info:
+        line += f"; {info['latency_ms']:.2f} ms per image in {info['runtime']}"
     cli.result(line)
     cli.result(f"try it: {sys.executable} {out / 'predict_example.py'} IMAGE  (elsewhere: pip install numpy pillow "
                f"{FORMATS[args.format].pip}, then python predict_example.py IMAGE)")
