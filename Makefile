@@ -111,7 +111,7 @@ report: $(STAMP)
 
 # RUNS: run folders to put side by side, e.g. RUNS="runs/lenet runs/mlp".
 compare: $(STAMP)
-	$(PY) -m pipeline compare $(if $(RUNS),$(RUNS),$(patsubst %/metrics.json,%,$(wildcard runs/*/metrics.json)))
+	$(PY) -m pipeline compare $(RUNS)
 
 # The full suite (what CI runs), and its quick lane: everything but the end-to-end, browser and
 # multi-process tests (marked slow). TEST_WORKERS: test processes (pytest-xdist; 1: one process). Many tests

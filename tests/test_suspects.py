@@ -116,3 +116,22 @@ def test_a_class_smaller_than_the_folds_keeps_the_folds_and_is_named():
     assert len(held) == 5 and sorted(np.concatenate(held).tolist()) == list(range(len(y)))
     assert sum(2 in y[h] for h in held) == 1  # the only image of class 2: held out once
     assert effective_folds(np.zeros((6, 3)), 5) == 5 and small_classes(np.zeros((6, 3)), 5) == {}  # multi-label
+
+
+def test_copies_of_one_image_are_held_out_together_whatever_their_labels():
+    """The same file under two labels: a fold's model that learned one copy would call the other copy's label
+    wrong, the right one included. Copies share a fold (the first copy's); the other images keep theirs."""
+    from pipeline.stages.suspects import folds, same_pixels
+
+    rng = np.random.default_rng(1)
+    x = rng.random((60, 8, 8, 1)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 20)
+    x[25], x[47], x[5] = x[3], x[3], x[40]  # image 3 (class 0) also filed under 1 and 2; 40 (class 2) under 0
+    copies = same_pixels(x)
+    assert copies[25] == copies[47] == copies[3] and copies[5] == copies[40] and len(set(copies.tolist())) == 57
+    plain, grouped = folds(y, 5, seed=0), folds(y, 5, seed=0, copies=copies)
+    fold_of = {i: f for f, h in enumerate(grouped) for i in h.tolist()}
+    assert fold_of[3] == fold_of[25] == fold_of[47] and fold_of[5] == fold_of[40]
+    assert sorted(fold_of) == list(range(60))
+    moved = {i for f, h in enumerate(plain) for i in h.tolist() if fold_of[i] != f}
+    assert moved <= {3, 25, 47, 5, 40}

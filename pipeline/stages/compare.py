@@ -87,7 +87,8 @@ def format_csv(rows: list[list[str]]) -> str:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("runs", nargs="+", type=Path, help="evaluated run folders")
+    parser.add_argument("runs", nargs="*", type=Path, help=f"evaluated run folders (default: every one under "
+                        f"{rf.RUNS}/)")
     parser.add_argument("--out", type=Path, help="where the table goes (.csv or .md; default: compare.csv "
                         "in the folder holding the first run)")
     return parser
@@ -95,8 +96,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """CLI: print and write the table."""
-    if len(args.runs) < 1:
-        raise UserError("give at least one run folder")
+    if not args.runs:  # every evaluated run (names with spaces too: no shell word-splitting on the way)
+        args.runs = sorted(m.parent for m in rf.RUNS.glob(f"*/{rf.METRICS}"))
+    if not args.runs:
+        raise UserError(f"no evaluated run under {rf.RUNS}/ (run `make evaluate` first), and none given")
     runs = [summarize_run(run) for run in args.runs]
     rows = table(runs)
     out = args.out or args.runs[0].parent / "compare.csv"

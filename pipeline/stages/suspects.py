@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import math
@@ -55,18 +56,34 @@ FOLD_MIN_STEPS = 100  # ... but each at least this many
 
 
 # ---------------------------------------------------------------- folds
-def folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+def folds(y: np.ndarray, k: int, seed: int, copies: np.ndarray | None = None) -> list[np.ndarray]:
     """Held-out indices of each of ``k`` stratified, seeded folds (a class smaller than k: fewer folds hold it;
-    multi-label data: shuffled, seeded folds)."""
+    multi-label data: shuffled, seeded folds). Images with the same ``copies`` id (the same pixels) are held
+    out together, in the fold of the first of them: a fold's model that learned one copy under one label
+    would otherwise "find" the other copy's label wrong, whichever label is right."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if np.ndim(y) == 2:
-        return [held for _, held in KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)))]
+        held = [h for _, h in KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)))]
+    else:
+        splitter = StratifiedKFold(n_splits=effective_folds(y, k), shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # a class smaller than the folds: said once, by the stage
+            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+            held = [h for _, h in splitter.split(np.zeros(len(y)), y)]
+    if copies is None:
+        return held
+    fold_of = np.empty(len(y), np.int64)
+    for f, h in enumerate(held):
+        fold_of[h] = f
+    _, first, which = np.unique(copies, return_index=True, return_inverse=True)
+    fold_of = fold_of[first[which]]
+    return [np.flatnonzero(fold_of == f) for f in range(len(held))]
 
-    splitter = StratifiedKFold(n_splits=effective_folds(y, k), shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # a class smaller than the folds: said once, by the stage
-        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-        return [held for _, held in splitter.split(np.zeros(len(y)), y)]
+
+def same_pixels(x: np.ndarray) -> np.ndarray:
+    """An id per image, shared by the images whose prepared arrays are identical (copies of one file)."""
+    ids: dict[bytes, int] = {}
+    return np.array([ids.setdefault(hashlib.sha1(row.tobytes()).digest(), len(ids)) for row in x], np.int64)
 
 
 def effective_folds(y: np.ndarray, k: int) -> int:
@@ -108,6 +125,7 @@ class Checked:
     y: np.ndarray
     paths: list[str]
     splits: list[str]
+    copies: np.ndarray  # an id per image, the same for identical ones (:func:`same_pixels`)
     probs: np.ndarray | None = None
 
 
@@ -121,7 +139,7 @@ def _load(prep: rf.Prepared) -> Checked:
     if len(np.unique(y)) < 2:
         raise UserError(f"{prep.run}: the train and val splits hold fewer than 2 classes; nothing to cross-check")
     splits = ["train"] * len(prep.y("train")) + ["val"] * len(prep.y("val"))
-    return Checked(x, y, paths, splits)
+    return Checked(x, y, paths, splits, same_pixels(x))
 
 
 def fold_steps(p: TrainParams, aug: AugmentParams, prep: rf.Prepared, sp: SuspectsParams) -> int:
@@ -156,7 +174,7 @@ def _fold_task(run: Path, k: int, fp: str, sp: SuspectsParams, p: TrainParams, a
     """One fold as a Ray task: the same arrays, folds and seeds as the local loop, read from the run folder."""
     prep = rf.Prepared.open(run)
     c = _load(prep)
-    return _train_fold(prep, c, folds(c.y, sp.folds, prep.seed), k, fp, p, aug)
+    return _train_fold(prep, c, folds(c.y, sp.folds, prep.seed, c.copies), k, fp, p, aug)
 
 
 def _probabilities(prep: rf.Prepared, c: Checked, fp: str, sp: SuspectsParams, p: TrainParams,
@@ -166,7 +184,7 @@ def _probabilities(prep: rf.Prepared, c: Checked, fp: str, sp: SuspectsParams, p
     work = prep.run / rf.SUSPECTS_WORK
     work.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_temps(work)
-    held_out = folds(c.y, sp.folds, prep.seed)
+    held_out = folds(c.y, sp.folds, prep.seed, c.copies)
     probs = np.zeros((len(c.y), len(prep.labels)), np.float32)
     todo = []
     for k, held in enumerate(held_out):
@@ -210,7 +228,8 @@ def _with_test(prep: rf.Prepared, c: Checked, model_dir: Path | None) -> Checked
     x_test, y_test = prep.x("test", mmap=False), prep.y("test")
     test_probs = predict_probs(bundle.load(model_dir), x_test, 1024)
     return Checked(np.concatenate([c.x, x_test]), np.concatenate([c.y, y_test]), c.paths + prep.paths("test"),
-                   c.splits + ["test"] * len(y_test), np.concatenate([c.probs, test_probs]))
+                   c.splits + ["test"] * len(y_test), np.concatenate([c.copies, -1 - np.arange(len(y_test))]),
+                   np.concatenate([c.probs, test_probs]))
 
 
 def rows_for(issues: confident.Issues, c: Checked, labels: list[str]) -> list[dict[str, Any]]:
