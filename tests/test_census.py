@@ -114,3 +114,17 @@ def test_auto_size_keeps_the_median_aspect():
     assert fit_size(300, 600) == (32, 64) and fit_size(1000, 1000) == (64, 64)
     assert fit_size(12, 12) == (28, 28) and fit_size(40, 50) == (40, 50)
     assert fit_size(20, 200) == (28, 64)  # an aspect beyond 64:28 is cut at the bounds
+
+
+def test_the_size_choice_says_when_stretch_distorts_many_images():
+    """Half the images 4:3, half square: the square median size stretches the others visibly, and the reason
+    says so with the way out; all square (or resize = pad) says nothing of it."""
+    def facts(shapes):
+        return [census.Facts(w, h, True, 1) for w, h in shapes]
+
+    _, mixed = census.resolve(PreprocessParams(), facts([(100, 100)] * 6 + [(640, 480)] * 4))
+    assert "40% of the images looked at have another aspect" in mixed["size"]["why"]
+    assert 'resize = "pad"' in mixed["size"]["why"]
+    _, square = census.resolve(PreprocessParams(), facts([(100, 100)] * 10 + [(640, 480)]))
+    _, padded = census.resolve(PreprocessParams(resize="pad"), facts([(100, 100)] * 6 + [(640, 480)] * 4))
+    assert "aspect, and" not in square["size"]["why"] and "aspect, and" not in padded["size"]["why"]

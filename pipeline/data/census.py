@@ -12,6 +12,7 @@ Pure functions: numbers in, choices out.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,6 +56,23 @@ def _color(cfg: PreprocessParams, facts: list[Facts]) -> tuple[str, str]:
     return "rgb", f"{colour} of {len(facts)} images looked at have colour"
 
 
+STRETCHED = 1.25  # an image whose aspect differs from the size's by more than this is visibly distorted by stretch
+STRETCHED_SHARE = 0.2  # ... and when this share of the images looked at are, the size's reason says so
+
+
+def _stretched(cfg: PreprocessParams, size: tuple[int, int], facts: list[Facts]) -> str:
+    """A note when ``resize = "stretch"`` distorts many images (their aspect far from the size's), else ""."""
+    if cfg.resize != "stretch" or not facts:
+        return ""
+    target = size[1] / size[0]
+    ratio = np.array([max(f.width, 1) / max(f.height, 1) / target for f in facts])
+    far = float(np.mean(np.maximum(ratio, 1 / ratio) > STRETCHED))
+    if far < STRETCHED_SHARE:
+        return ""
+    return (f"; {far:.0%} of the images looked at have another aspect, and resize = \"stretch\" distorts them: "
+            "resize = \"pad\" or \"crop\" keeps each image's aspect")
+
+
 def _size(cfg: PreprocessParams, facts: list[Facts]) -> tuple[tuple[int, int], str]:
     if cfg.size != AUTO:
         return (int(cfg.size[0]), int(cfg.size[1])), "set in params"
@@ -62,7 +80,8 @@ def _size(cfg: PreprocessParams, facts: list[Facts]) -> tuple[tuple[int, int], s
     w = int(np.median([f.width for f in facts]))
     size = fit_size(h, w)
     lo, hi = SIZE_BOUNDS
-    return size, f"median image {h} px high, {w} wide, scaled to within {lo}..{hi} px a side, its aspect kept"
+    return size, (f"median image {h} px high, {w} wide, scaled to within {lo}..{hi} px a side keeping the median's "
+                  "aspect" + _stretched(cfg, size, facts))
 
 
 def fit_size(h: int, w: int) -> tuple[int, int]:
@@ -219,10 +238,13 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
             turns_into[labels[c]] = labels[present[nearest]]
     n_sym = sum(v >= SYMMETRIC for v in per_class.values())
     share = n_sym / len(per_class)
+    need = 1.0 if y.ndim == 2 else SYMMETRIC_SHARE  # multi-label: one flip turns every label of an image
     if turns_into:
         why = "a mirrored class looks like another: " + ", ".join(f"{a} -> {b}" for a, b in turns_into.items())
-    else:
+    elif share >= need:
         why = f"{n_sym} of {len(per_class)} classes are mirror-symmetric"
-    need = 1.0 if y.ndim == 2 else SYMMETRIC_SHARE  # multi-label: one flip turns every label of an image
+    else:
+        why = (f"only {n_sym} of {len(per_class)} classes are mirror-symmetric; flips need "
+               f"{'all' if need == 1 else f'at least {math.ceil(need * len(per_class) - 1e-9)}'} of them")
     return {"hflip": bool(share >= need and not turns_into), "why": why,
             "symmetric_classes": n_sym, "per_class": per_class, "mirror_looks_like": turns_into}
