@@ -77,7 +77,8 @@ def test_duplicates_conflicts_and_leakage(tmp_path, caplog):
         summary = run_prepare(data, run, val_size=0.0)
     ds = summary.dataset
     # every file read is accounted for: usable, rejected, or left out as leakage
-    assert "0 rejected (rejected.csv); 1 val/test copy of training images left out (leakage: dataset.json)" in caplog.text
+    assert "; 0 of the " in caplog.text
+    assert " rejected (rejected.csv); 1 val/test copy of training images left out (leakage: dataset.json)" in caplog.text
     # the conflict is in similar.csv with the copy left out of test, once, for the review page to settle
     similar_rows = list(csv.DictReader(open(run / "similar.csv")))
     assert sorted(r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1] for r in similar_rows) == [

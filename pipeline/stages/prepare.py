@@ -865,10 +865,14 @@ def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, 
              "rows" if listing.layout == "pixels" else "files", listing.layout, data)
     log.info("prepare: wrote %s into %s", ", ".join([*artifact_names(), rf.PREPARE]), run)
     dropped = marker.get("dropped", 0)
-    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %d rejected (rejected.csv)%s",
+    # usable + rejected of the read + dropped = read; the rest of rejected.csv was never a candidate
+    others = min(len(listing.rejected), marker["rejected"])
+    rejected = f"{marker['rejected'] - others} of the {len(listing.items)} rejected" + (
+        f", and {others} other entr{'y' if others == 1 else 'ies'} never read" if others else "")
+    log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %s (rejected.csv)%s",
              sum(totals.values()), len(marker["counts"]["train"]),
              "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
-             marker["rejected"], f"; {dropped} val/test cop{'y' if dropped == 1 else 'ies'} of training images left "
+             rejected, f"; {dropped} val/test cop{'y' if dropped == 1 else 'ies'} of training images left "
              "out (leakage: dataset.json)" if dropped else "")
 
 
