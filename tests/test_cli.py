@@ -91,3 +91,16 @@ def test_ctrl_c_is_exit_130_with_one_message(monkeypatch, capsys):
     _fail_with(monkeypatch, Interrupted())
     assert cli.main(["compare", "runs/x"]) == 130
     assert "re-run to continue" not in capsys.readouterr().err
+
+
+def test_a_command_that_fails_on_its_input_leaves_no_run_folder_it_made(tmp_path, capsys):
+    """A mistyped DATA= made runs/<name>/logs/ and left it; a run folder that was there before stays."""
+    from pipeline import __main__ as main
+
+    run = tmp_path / "runs" / "nope"
+    assert main.main(["prepare", "--data", str(tmp_path / "nope"), "--run", str(run)]) == 2
+    assert "not found" in capsys.readouterr().err and not run.exists()
+    kept = tmp_path / "runs" / "kept"
+    (kept / "logs").mkdir(parents=True)
+    assert main.main(["prepare", "--data", str(tmp_path / "nope"), "--run", str(kept)]) == 2
+    assert (kept / "logs" / "prepare.log").is_file()

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import errno
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -96,11 +97,16 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
     _console_logging(args.verbose)
     quiet.install()
     _default_params(args)
+    made = None  # a run folder this command made (for its log): gone again if the command fails on input
     try:
         if resolve is not None:
             resolve(args)
-        file_logging(getattr(args, "log_name", None) or log_name, getattr(args, "run", None))
-        return main(args)
+        run_folder = getattr(args, "run", None)
+        made = Path(run_folder) if run_folder and not Path(run_folder).exists() else None
+        file_logging(getattr(args, "log_name", None) or log_name, run_folder)
+        code = main(args)
+        made = None
+        return code
     except UserError as exc:
         log.debug("details", exc_info=True)
         log.error("%s", exc)
@@ -122,6 +128,21 @@ def run(main: Callable[[argparse.Namespace], int], args: argparse.Namespace, log
         return 130
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: show where it happened
         return _bug(exc, args.verbose)
+    finally:
+        if made is not None:
+            _remove_if_only_logs(made)
+
+
+def _remove_if_only_logs(run: Path) -> None:
+    """A run folder that holds nothing but the failed command's log (a mistyped DATA=, data with one label):
+    removed, so runs/ does not fill with dead runs; anything else in it stays."""
+    if not run.is_dir() or any(p.name != runfolder.LOGS for p in run.iterdir()):
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_pipeline", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    shutil.rmtree(run, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the params file
