@@ -214,3 +214,12 @@ def test_a_readme_beside_named_images_is_not_a_mapping_file(tmp_path, caplog):
     assert listing.layout == "filenames" and sorted(i.label for i in listing.items) == ["A", "A", "B", "B"]
     assert dict(listing.rejected) == {"README.txt": "not an image (a .txt file)", "notes.txt": "not an image (a .txt file)"}
     assert "layout: filenames" in caplog.text and "LAYOUT=" in caplog.text and "README.txt" in caplog.text
+
+
+def test_the_csv_layout_forced_on_a_folder_without_a_mapping_file_says_so(tmp_path):
+    """A note (notes.txt) beside label folders is not taken for the mapping file."""
+    root = tmp_path / "photos"
+    (root / "cats").mkdir(parents=True)
+    (root / "notes.txt").write_text("hi\n")
+    with pytest.raises(ValueError, match=r"no mapping file in .*photos.*\(looked at: notes.txt\).*LAYOUT=folders"):
+        ingest.scan(root, "csv")

@@ -600,7 +600,13 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
         if data.is_dir():
             csvs = [f for f in _children(data)[1] if f.suffix.lower() in CSV_SUFFIXES]
             if layout == "csv":
-                csvs = [f for f in csvs if _is_mapping(f, p)] or csvs
+                # the mapping files; else any .csv/.tsv (its own error names the columns it lacks), never a .txt note
+                mappings = [f for f in csvs if _is_mapping(f, p)] or [f for f in csvs if f.suffix.lower() != ".txt"]
+                if not mappings:
+                    looked = f" (looked at: {', '.join(f.name for f in csvs[:5])})" if csvs else ""
+                    raise UserError(f"no mapping file in {data}: the csv layout needs a CSV with a path column and a "
+                                    f"label column{looked}; give the file itself as DATA, or LAYOUT=folders")
+                csvs = mappings
             if len(csvs) != 1:
                 raise UserError(f"the {layout} layout needs one CSV file; {data} holds {len(csvs)}: give the file "
                                 f"itself as DATA")
