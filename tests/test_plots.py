@@ -3,6 +3,7 @@ import io
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.shared.plots import png_bytes
@@ -25,3 +26,14 @@ def test_png_bytes_stores_a_small_image_and_compresses_a_large_one():
     assert len(png_bytes(large)) < 1000     # 40 kB of zeros, compressed
     for img in (small, large):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(img)))), img)
+
+
+def test_the_samples_grid_draws_accented_labels_with_the_figures_font():
+    """Pillow's own font has no 'é': the grid uses the DejaVu Sans that matplotlib ships (as the other figures do)."""
+    pytest.importorskip("matplotlib")
+    from pipeline.shared import plots
+
+    font = plots._font(14)
+    assert font.getname()[0] == "DejaVu Sans"
+    assert font.getmask("é").getbbox() != font.getmask("\ufffe").getbbox()  # a glyph, not the missing-glyph box
+    assert plots.short("circles", 6) == "circl…" and plots.short("circle", 6) == "circle"

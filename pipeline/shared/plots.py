@@ -31,7 +31,8 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _short(label: str, n: int = 12) -> str:
+def short(label: str, n: int = 12) -> str:
+    """A label cut to ``n`` characters, with an ellipsis when cut (never a shorter name that reads as another label)."""
     return label if len(label) <= n else label[:n - 1] + "…"
 
 
@@ -55,7 +56,7 @@ def class_counts(counts: dict[str, dict[str, int]]) -> bytes:
         values = np.array([counts[c].get(split, 0) for c in labels], float)
         ax.bar(range(len(labels)), values, bottom=bottom, color=color, label=split)
         bottom += values
-    ticks = [_short(c) for c in labels]
+    ticks = [short(c) for c in labels]
     turn = len(labels) > 12 or _crowded(ticks, 0.8 * fig.get_figwidth())
     ax.set_xticks(range(len(labels)), ticks, rotation=45 if turn else 0, ha="right" if turn else "center")
     ax.set_xlabel("class")
@@ -70,12 +71,27 @@ CELL = 84  # px a side of each image in the samples grid (a 28 px digit drawn 3x
 TITLE = "What the model sees: preprocessed training images per class"
 
 
+def _dejavu() -> str | None:
+    """The DejaVu Sans file that matplotlib ships (accents, Greek, Cyrillic; found without importing it), if any."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
+
+
 def _font(size: int) -> Any:
+    """The samples grid's font: DejaVu Sans where matplotlib is installed (the labels' accents drawn, as in the
+    other figures), else Pillow's own scalable font, else its small bitmap one (a Pillow without FreeType)."""
     from PIL import ImageFont
 
     try:
-        return ImageFont.load_default(size)  # Pillow's own scalable font (FreeType): nothing to find on the system
-    except (TypeError, OSError, ImportError):  # a Pillow without FreeType: its small bitmap font
+        dejavu = _dejavu()
+        return ImageFont.truetype(dejavu, size) if dejavu else ImageFont.load_default(size)
+    except (TypeError, OSError, ImportError):
         return ImageFont.load_default()
 
 
@@ -105,7 +121,7 @@ def sample_grid(images: np.ndarray, y: np.ndarray, labels: Sequence[str], per_cl
     shown = labels[:20]
     y = np.asarray(y)
     gap, font, title_font = 6, _font(14), _font(15)
-    names = [_short(name) for name in shown]
+    names = [short(name) for name in shown]
     left = 16 + max([int(font.getlength(n)) for n in names] or [0])
     top = 34
     width = max(left + per_class * (CELL + gap) + 10, int(title_font.getlength(TITLE)) + 20)
@@ -174,7 +190,7 @@ def confusion(cm: np.ndarray, labels: Sequence[str]) -> bytes:
     for ax, data, title, fmt in zip(fig.subplots(1, 2), (cm, norm), ("Counts", "Row-normalised (recall)"),
                                     ("d", ".2f")):
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if fmt == "d" else 1)
-        ticks = [_short(c, 8) for c in labels]
+        ticks = [short(c, 8) for c in labels]
         ax.set_xticks(range(n), ticks, rotation=90 if n > 10 or _crowded(ticks, 0.8 * side) else 0)
         ax.set_yticks(range(n), ticks)
         ax.set_xlabel("predicted label")
@@ -210,7 +226,7 @@ def gallery(images: np.ndarray, titles: Sequence[str], names: Sequence[str], sup
             ax.imshow(overlays[k], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear",
                       extent=(-0.5, images[k].shape[1] - 0.5, images[k].shape[0] - 0.5, -0.5))
         ax.set_title(titles[k], fontsize=9, color=BAD)
-        ax.set_xlabel(_short(names[k].rsplit("/", 1)[-1], 16), fontsize=7.5)
+        ax.set_xlabel(short(names[k].rsplit("/", 1)[-1], 16), fontsize=7.5)
     fig.suptitle(suptitle, fontsize=11)
     return _png(fig)
 
@@ -227,7 +243,7 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], cuts: Seq
         rank = np.argsort(-probs[:, j], kind="stable")
         hits = np.cumsum(y[rank, j])
         precision, recall = hits / np.arange(1, len(rank) + 1), hits / y[:, j].sum()
-        line, = ax.plot(recall, precision, lw=1.2, label=_short(labels[j]))
+        line, = ax.plot(recall, precision, lw=1.2, label=short(labels[j]))
         at = int(np.searchsorted(-probs[rank, j], -cuts[j], side="right")) - 1
         if at >= 0:
             ax.plot(recall[at], precision[at], "o", color=line.get_color(), ms=4)
@@ -243,7 +259,7 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], cuts: Seq
 def misclassified(images: np.ndarray, true: Sequence[str], pred: Sequence[str], conf: Sequence[float],
                   names: Sequence[str], cols: int = 8, overlays: Sequence[np.ndarray] | None = None) -> bytes:
     """A gallery of misclassified images (as the model saw them): true -> predicted (confidence)."""
-    titles = [f"{_short(t, 6)} → {_short(p, 6)}\n{c:.2f}" for t, p, c in zip(true, pred, conf)]
+    titles = [f"{short(t, 6)} → {short(p, 6)}\n{c:.2f}" for t, p, c in zip(true, pred, conf)]
     return gallery(images, titles, names, "Worst misclassified test images: true → predicted, confidence", cols,
                    overlays)
 
@@ -325,7 +341,7 @@ def explanation(x: np.ndarray, heat: np.ndarray, top: Sequence[tuple[str, float]
     fig.colorbar(im, ax=mid, shrink=0.8, label="saliency (relative)")
     left.set_title("what the model saw")
     mid.set_title("saliency")
-    names = [_short(label, 16) for label, _ in top][::-1]
+    names = [short(label, 16) for label, _ in top][::-1]
     right.barh(names, [p for _, p in top][::-1], color=TRAIN)
     right.set_xlim(0, 1)
     right.set_xlabel("probability")

@@ -32,7 +32,7 @@ def figures(x: np.ndarray, y: np.ndarray, probs: np.ndarray, labels: list[str], 
     """The PR curves and the gallery of wrong decisions (PNGs), and the gallery's table."""
     cuts = np.array([metrics["per_label"][name]["threshold"] for name in labels], float)
     wrong = wrong_decisions(y, probs, cuts)
-    titles = [f"{'+' if given else '−'}{plots._short(labels[j], 8)} {probs[i, j]:.2f}" for i, j, given in wrong]
+    titles = [f"{'+' if given else '−'}{plots.short(labels[j], 8)} {probs[i, j]:.2f}" for i, j, given in wrong]
     pngs = {"pr": plots.pr_curves(y, probs, labels, cuts) if len(y) else None,
             "errors": plots.gallery(np.asarray(x[[i for i, _, _ in wrong]]), titles, [names[i] for i, _, _ in wrong],
                                     "Surest wrong label decisions: + given but absent, − missed; probability")
