@@ -345,7 +345,7 @@ out-of-sample predictions contradict{f" ({esc(found)})" if found else ""}. {how}
 into a <code>corrections.csv</code> to review.</p>
 {_figure(pngs.get("suspects"), "suspected label errors", "The most suspicious images as the model sees them: "
          "given → suggested label, score (1 - the probability of the given label).")}
-<details><summary>The 20 most suspicious</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
+<details><summary>{"The " + str(len(rows)) + " most suspicious" if len(rows) > 1 else "The suspect"}</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
 </details></section>"""
 
 
