@@ -181,3 +181,5 @@ def test_a_bundle_outside_a_run_folder_exports_here_and_says_there_is_nothing_to
     info = json.loads((tmp_path / "export" / "onnx" / "export.json").read_text())
     assert info["latency_ms"] > 0 and "agreement" not in info
     assert "no test split" in res.stderr and "--run" in res.stderr and "ms per image" in res.stdout
+    res = cli("export", "--model", model, "--format", "tflite", "--quantize", "int8", cwd=tmp_path)
+    assert res.returncode == 2 and "--quantize int8 calibrates on the training images" in res.stderr

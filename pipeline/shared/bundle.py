@@ -113,7 +113,8 @@ def locate(path: str | Path) -> Path:
     if is_bundle(path / "model"):
         return path / "model"
     if not path.exists() or is_prepared(path):
-        raise StageError(f"model bundle not found: {path} (run `make train` first)")
+        raise StageError(f"model bundle not found: {path} (give --model the folder that holds {MARKER}, or train "
+                         "one: `make train`)")
     raise StageError(f"{path} is not a model bundle (no {MARKER}); give the bundle folder, e.g. runs/<name>/model, "
                      "or a run folder holding one")
 

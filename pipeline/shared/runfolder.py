@@ -189,7 +189,7 @@ def resolve_run(run: str | os.PathLike | None, data: str | os.PathLike | None = 
             log.info("%s: using %s, the last prepared run (RUN=... or DATA=... picks another)", stage or "run", last)
             return last
     raise UserError("which run? no run has been prepared here yet: run `make prepare DATA=<your images>` "
-                    "first (or give RUN=runs/<name>)")
+                    "first (or give RUN=runs/<name>; on the command line --run, or --model for a model bundle)")
 
 
 # ---------------------------------------------------------------- the prepared run, typed
