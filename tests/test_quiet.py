@@ -31,3 +31,4 @@ def test_tensorflow_log_lines_that_name_its_temporary_folders_are_dropped_and_th
         tf_log.warning("5 out of the last 5 calls triggered tf.function retracing")
         tf_log.warning("a warning a user should see")
     assert [r.getMessage() for r in caplog.records] == ["a warning a user should see"]
+    assert not logging.getLogger("python_multipart").isEnabledFor(logging.WARNING)  # serve's 400 says it

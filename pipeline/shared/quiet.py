@@ -7,6 +7,7 @@
   ``suspects`` does once per fold) and its "Assets written to" lines: dropped from its logger.
 - tf2onnx's progress lines ("Using opset", "Optimizing ONNX model") and its and its dependencies'
   ``FutureWarning``/``DeprecationWarning`` about their own internals.
+- python-multipart's warning about a malformed upload (serve answers it with a 400 that says why).
 
 :func:`install` is called once by the command runner; nothing here changes what any library computes.
 """
@@ -102,6 +103,8 @@ def install() -> None:
     if not any(isinstance(f, _Chatter) for f in tf_log.filters):
         tf_log.addFilter(_Chatter())
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    # the multipart parser logs each malformed upload it raises on; serve answers it with a 400 saying why
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     for module in ("tf2onnx", "onnx", "keras", "tensorflow", "google.protobuf"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="tf2onnx")

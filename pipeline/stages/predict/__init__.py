@@ -222,7 +222,8 @@ def _finish(job: Job, started: float, n_new: int, seconds: float) -> dict[str, A
     sorter = job.sorter
     if sorter is not None:
         summary.update({"sorted": sorter.placed, "sort_existing": sorter.existing})
-    log.info("predict: read %d files from %s, model %s", n_new, job.source, job.record["model"])
+    log.info("predict: read %d file%s from %s, model %s", n_new, "" if n_new == 1 else "s", job.source,
+             job.record["model"])
     if job.out is None:
         summary["rows_list"] = job.collected
         return summary
