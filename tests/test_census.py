@@ -69,6 +69,19 @@ def test_flips_yes_for_front_views_no_for_digits(tiny_mnist, tmp_path):
     assert digits["hflip"] is False and digits["symmetric_classes"] <= 3, digits
 
 
+def test_of_two_classes_each_gets_its_own_verdict():
+    """Arrows pointing right and up: the up arrow is mirror-symmetric, the right one is not (less the mean of
+    two classes, each would be the other's negative, and both would get one verdict)."""
+    right = np.zeros((21, 21), np.float32)
+    right[9:12, 3:15] = 1
+    for k in range(6):
+        right[4 + k:17 - k, 14 + k] = 1
+    up = np.rot90(right).copy()
+    x = np.repeat(np.stack([right, up]), 5, axis=0)[..., None]
+    s = census.symmetry(x, np.repeat(np.arange(2), 5), ["right", "up"])
+    assert s["per_class"]["up"] > 0.9 and s["per_class"]["right"] < census.SYMMETRIC and s["hflip"] is False, s
+
+
 def test_a_mirror_that_is_another_class_forbids_flips():
     """b and d: each the other's mirror image (even if every other class were symmetric)."""
     b = np.zeros((20, 20), np.float32)

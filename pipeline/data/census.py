@@ -212,8 +212,8 @@ def symmetry_of(x_path: str, y_path: str, labels: list[str]) -> dict[str, Any]:
 def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Are horizontal flips label-preserving here? From the training images' class means.
 
-    A class is mirror-symmetric when its mean image (less the mean of all classes)
-    correlates with its own mirror image at least :data:`SYMMETRIC`. Flips are safe when
+    A class is mirror-symmetric when its mean image (less the mean of all classes; of two classes, less
+    their mean level) correlates with its own mirror image at least :data:`SYMMETRIC`. Flips are safe when
     most classes are (:data:`SYMMETRIC_SHARE`) and no class's mirror looks more like
     another class than itself (a mirrored ``b`` is a ``d``). Digits and letters: no;
     clothing, objects, shapes seen from the front: yes.
@@ -226,7 +226,9 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
     if len(present) < 2:
         return {"hflip": False, "why": "fewer than 2 classes with training images", "per_class": {}}
     means = class_means(x, y, len(labels))[present]
-    centred = means - means.mean(axis=0)
+    # less what all classes share (the background, a frame); of two classes that leaves each the other's
+    # negative, one verdict for both: then less their mean level only
+    centred = means - (means.mean(axis=0) if len(present) > 2 else means.mean())
     mirrored = centred[:, :, ::-1]
     per_class, turns_into = {}, {}
     for k, c in enumerate(present):

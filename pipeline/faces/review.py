@@ -238,7 +238,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     cli.add_run_options(parser)
     parser.add_argument("--images", type=Path, help="a folder of new, unlabeled images to label (with the run's model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=cli.port_number, default=8001, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8001, help="port (default: %(default)s)")
     cli.add_params_option(parser)
     return parser
 

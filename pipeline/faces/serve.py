@@ -425,7 +425,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "model of the last prepared run)")
     cli.add_run_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=cli.port_number, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     cli.add_rule_options(parser)
     cli.add_params_option(parser, ": the [predict] rules, as `pipeline predict` applies them")
     parser.add_argument("--max-files", type=int, default=16, help="images per request (default: %(default)s)")

@@ -241,20 +241,11 @@ def resolve_model(args: argparse.Namespace, stage: str) -> None:
 
 
 # ---------------------------------------------------------------- local web servers
-def port_number(text: str) -> int:
-    """``--port``'s type: a port number, or argparse's one-line error (exit 2) before anything loads."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port: give one from 1 to 65535 (0: any free one)")
-    return port
-
-
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` for a web server (serve, review); a clear UserError when the port is
     taken or the address cannot be used (not uvicorn's traceback after the page's address was printed)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port: give one from 1 to 65535 (0: any free one)")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:

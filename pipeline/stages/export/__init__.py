@@ -134,11 +134,12 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
            y: np.ndarray | None = None, io_type: str = "int8") -> dict[str, Any]:
     """Write the export folder ``out``; return what ``export.json`` records."""
     form = _check_options(fmt, quantize, io_type)
-    b = bundle_mod.load(model_dir)
-    model_dir = b.path
+    model_dir = bundle_mod.locate(model_dir)
     if quantize == "int8" and not rf.is_prepared(model_dir.parent):  # said before TensorFlow loads
         raise UserError(f"--quantize int8 calibrates on the training images of the run the model was trained in, and "
                         f"{model_dir} is not in a prepared run folder: export it from there (--model runs/<name>/model)")
+    b = bundle_mod.load(model_dir)
+    model_dir = b.path
     fp = _fingerprint(b, fmt, quantize, io_type, check, y)
     if rf.is_current(out / rf.EXPORT_MARKER, fp, [out / form.file, out / "predict_example.py"]):
         log.info("export: %s is up to date with %s; skipped", out, model_dir)
