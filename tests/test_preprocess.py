@@ -126,8 +126,11 @@ def _write_tmp(data: bytes):
 def test_decompression_bomb_is_refused_limit_kept():
     before = Image.MAX_IMAGE_PIXELS
     big = png_bytes(Image.new("1", (12000, 12000)))  # 144M pixels > 89M limit, tiny file
-    with pytest.raises(ImageError, match="decompression bomb"):
+    with pytest.raises(ImageError, match=f"decompression bomb refused: 144000000 pixels, over the limit of {before} "):
         decode(big)
+    huge = png_bytes(Image.new("1", (15000, 15000)))  # over twice the limit: Pillow names twice it; we the one limit
+    with pytest.raises(ImageError, match=f"225000000 pixels, over the limit of {before} "):
+        decode(huge)
     assert Image.MAX_IMAGE_PIXELS == before
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -178,8 +179,10 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> Dec
                 arr, ink = _to_array(img, cfg.color, cfg.background)
     except ImageError:
         raise
-    except _BOMB as exc:
-        raise ImageError(f"decompression bomb refused: {exc}") from None
+    except _BOMB as exc:  # Pillow names twice its limit above it: the one limit said here, and the image's size
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageError(f"decompression bomb refused: {int(size.group(1)) if size else 'too many'} pixels, over the "
+                         f"limit of {Image.MAX_IMAGE_PIXELS} (a small file that would take that much memory)") from None
     except UnidentifiedImageError:
         ext = Path(os.fspath(source)).suffix.lower() if isinstance(source, (str, os.PathLike)) else ""
         if ext in EXTENSIONS:
