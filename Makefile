@@ -125,7 +125,7 @@ test-fast: $(STAMP)
 
 # BENCH: which parts (default all). The trust, export and suspects parts use the reference
 # model, so `make bench` first makes sure `make all` has run.
-BENCH     ?= stages,accuracy,trust,suspects,export,firsthour,review,multilabel,cluster
+BENCH     ?= stages,accuracy,trust,suspects,export,firsthour,review,multilabel,cluster,imbalance
 SEEDS     ?= 1,2,3
 bench: all
 	$(if $(filter stages,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.bench --data $(MNIST_OUT) --out bench-results --scale $(SCALE))
@@ -137,6 +137,7 @@ bench: all
 	$(if $(filter review,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.review_bench --reference runs/mnist --out bench-results)
 	$(if $(filter multilabel,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.multilabel_bench --seeds $(SEEDS) --out bench-results && $(PY) -m benchmarks.multilabel_bench --suspects --out bench-results)
 	$(if $(filter cluster,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.cluster_bench --images $(lastword $(subst $(comma), ,$(SCALE))) --out bench-results && $(PY) -m benchmarks.cluster_bench --memory $(firstword $(subst $(comma), ,$(SCALE))),$(lastword $(subst $(comma), ,$(SCALE))) --out bench-results)
+	$(if $(filter imbalance,$(subst $(comma), ,$(BENCH))),$(PY) -m benchmarks.imbalance_bench --seeds $(SEEDS) --out bench-results)
 	$(PY) -m benchmarks.publish --results bench-results --doc docs/benchmarks.md
 
 clean:

@@ -83,6 +83,12 @@ PARTS = {
                        "stage's process (the driver) and the largest of its workers' (the pool's processes, or the "
                        "node's Ray worker processes).",
                        "python -m benchmarks.cluster_bench --memory 20000,200000"),
+    "imbalance": ("Class weights on long-tailed data",
+                  "A long-tailed MNIST (500, 300, 200, 120, 80, 50, 30, 20, 10 and 5 training digits for the classes "
+                  "0..9; 300 test digits a class, so the test accuracy is the mean recall), prepare, train and evaluate "
+                  "with the project's params.toml, only `[train] class_weights` changed (`auto` is `balanced` here); "
+                  "mean ± sd over the seeds, each its own draw, split and training seed.",
+                  "python -m benchmarks.imbalance_bench --seeds 1,2,3"),
     "export": ("Export: every format against the bundle",
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
