@@ -145,6 +145,34 @@ def test_census_gives_size_colour_and_polarity_facts(tmp_path):
     assert reason and facts is None
 
 
+def test_few_large_files_go_to_the_pool_in_small_chunks_and_a_large_image_keeps_its_facts(tmp_path):
+    """Fewer files than SERIAL_BELOW stay in this process, unless they are large (phone photos): then the
+    pool decodes them, a few files a job; the census looks at a large image shrunk, its size as it is."""
+    class Pool:  # runs each job here, counting them
+        workers, jobs = 2, []
+
+        def apply_async(self, fn, args):
+            self.jobs.append(len(args[0][0]))
+            result = fn(*args)
+            return type("Done", (), {"get": lambda _: result})()
+
+    rng = np.random.default_rng(0)
+    big = [write_image(tmp_path / f"photo{i}.png", rng.integers(0, 256, (600, 800, 3), dtype=np.uint8))
+           for i in range(6)]
+    small = [write_image(tmp_path / f"small{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8)) for i in range(6)]
+    for files, pooled in ((big, True), (small, False)):
+        out = _blank_npy(tmp_path / "x.npy", len(files))
+        pool = Pool()
+        pool.jobs = []
+        list(decoding.decode_into(len(files), lambda i, j: [str(f) for f in files[i:j]],
+                                  lambda i, j: [(out, r) for r in range(i, j)], CFG, pool))
+        assert (pool.jobs != []) == pooled and (not pooled or max(pool.jobs) == 1), pool.jobs
+    tall = np.full((3000, 1200), 200, np.uint8)
+    tall[1000:2000, 400:800] = 20
+    w, h, gray, polarity, paper, _ = decoding.facts_of(tall)
+    assert (w, h, gray, polarity) == (1200, 3000, True, -1) and paper == pytest.approx(200, abs=1)
+
+
 def test_start_pool_with_one_worker_is_no_pool():
     assert decoding.start_pool(1) is None
 

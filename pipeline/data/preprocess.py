@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.data import similar
+from pipeline.data import quality, similar
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import PreprocessParams
 
@@ -304,7 +304,7 @@ def is_gray_content(img: np.ndarray) -> bool:
     """True for a gray image, also one stored as RGB (a little JPEG chroma noise allowed)."""
     if img.ndim == 2:
         return True
-    spread = img.max(axis=2).astype(np.int16) - img.min(axis=2)
+    spread = quality.channel_spread(img)
     return float(spread.mean()) < 3.0 and float((spread > 24).mean()) < 0.005
 
 
