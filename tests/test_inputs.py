@@ -122,6 +122,34 @@ def test_chunks_over_a_folder_give_blocks_with_reasons(tmp_path):
     np.testing.assert_array_equal(only[1], np.stack([load_image(src / n, CFG) for n in todo]))
 
 
+def test_large_files_are_decoded_a_few_a_job_and_put_together_into_the_same_blocks(tmp_path):
+    """Photos: every worker gets some of a block (one job a block kept one worker busy for all of it)."""
+    class Pool:  # runs each job here, counting its files
+        workers = 2
+
+        def __init__(self):
+            self.jobs = []
+
+        def apply_async(self, fn, args):
+            self.jobs.append(len(args[0][0]))
+            result = fn(*args)
+            return type("Done", (), {"get": lambda _: result})()
+
+    rng = np.random.default_rng(4)
+    src = tmp_path / "photos"
+    for k in range(10):
+        write_image(src / f"{k}.png", rng.integers(0, 256, (400, 500, 3), dtype=np.uint8))  # ~600 KB each
+    (src / "3.png").write_bytes(b"not an image")
+    listed = inputs.list_inputs(src)
+    pool = Pool()
+    pooled = list(inputs.chunks(listed, listed.paths, CFG, 8, pool, set()))
+    here = list(inputs.chunks(listed, listed.paths, CFG, 8, None, set()))
+    assert max(pool.jobs) == 1 and len(pool.jobs) == 10  # 8 // (2 workers x 4): one file a job
+    assert [b[0] for b in pooled] == [b[0] for b in here] and [b[2] for b in pooled] == [b[2] for b in here]
+    for (_, a, _), (_, b, _) in zip(pooled, here):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pixel_chunks_skip_done_rows_and_report_bad_ones(tmp_path):
     rows = [[k] + [(17 * k + i) % 256 for i in range(16)] for k in range(5)]
     rows[3][5] = 300  # out of range: a bad row

@@ -270,6 +270,11 @@ def decode_into(n: int, paths: Callable[[int, int], Sequence[str]],
             _close_outputs()
 
 
+def heavy(paths: Sequence[str]) -> bool:
+    """Do these files (the first few of them) take long to decode one by one: large ones, photos?"""
+    return _mean_size(paths[:8]) >= HEAVY_FILE
+
+
 def _mean_size(paths: Sequence[str]) -> float:
     """The mean size in bytes of a few files (0 when none can be read): how heavy their decoding will be."""
     sizes = []

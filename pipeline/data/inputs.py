@@ -92,10 +92,23 @@ def pixel_chunks(source: Path, cfg: PreprocessParams, size: int,
 
 def file_chunks(inputs: Inputs, paths: list[str], cfg: PreprocessParams, size: int,
                  pool: Any) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
-    blocks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    files = ([str(inputs.file(p)) for p in block] for block in blocks)
-    for block, (stacked, info) in zip(blocks, decoding.decode_chunks(files, cfg, pool)):
-        yield block, stacked, [reason for reason, _ in info]
+    """Blocks of ``size`` files, decoded a block a job; large files (photos) a few a job, so that every worker
+    has some of a block, and put together again into blocks of ``size``."""
+    piece = size
+    if pool is not None and decoding.heavy([str(inputs.file(p)) for p in paths[:8]]):
+        piece = max(1, size // (pool.workers * 4))
+    pieces = [paths[i:i + piece] for i in range(0, len(paths), piece)]
+    files = ([str(inputs.file(p)) for p in part] for part in pieces)
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    reasons: list[str] = []
+    for part, (stacked, info) in zip(pieces, decoding.decode_chunks(files, cfg, pool)):
+        names += part
+        arrays.append(stacked)
+        reasons += [reason for reason, _ in info]
+        if len(names) >= size or part is pieces[-1]:
+            yield names, np.concatenate(arrays) if len(arrays) > 1 else arrays[0], reasons
+            names, arrays, reasons = [], [], []
 
 
 def chunks(inputs: Inputs, todo: list[str], cfg: PreprocessParams, size: int, pool: Any,
