@@ -178,3 +178,20 @@ def test_fast_png_path_declines_what_it_cannot_do_identically():
     tiny = png_bytes(Image.new("L", (4, 4)))
     for data in (rgba, pal, deep, tiny, b"\x89PNG\r\n\x1a\n" + b"\x00" * 30):
         assert pp._fast_png(data, cfg) is None
+
+
+def test_a_large_jpeg_for_display_is_decoded_smaller_but_never_below_the_side_asked(tmp_path):
+    """Thumbnails (review cards, the report) of phone photos: JPEG's reduced-scale decoding; the model's input
+    (no side) stays the full decode; an EXIF-rotated photo is still turned."""
+    from pipeline.data.preprocess import for_display
+
+    rng = np.random.default_rng(5)
+    photo = Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: shown 1200 wide, 1600 high
+    photo.save(tmp_path / "p.jpg", quality=80, exif=exif)
+    full, _ = for_display(tmp_path / "p.jpg")
+    small, why = for_display(tmp_path / "p.jpg", side=224)
+    assert why == "" and full.shape == (1600, 1200, 3)
+    assert small.shape[2] == 3 and 224 <= min(small.shape[:2]) and max(small.shape[:2]) < 1600
+    assert small.shape[0] > small.shape[1]  # turned as the full one

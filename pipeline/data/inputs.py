@@ -119,9 +119,9 @@ def chunks(inputs: Inputs, todo: list[str], cfg: PreprocessParams, size: int, po
     return file_chunks(inputs, todo, cfg, size, pool)
 
 
-def original(path: str | Path, background: int | str = "auto") -> tuple[np.ndarray | None, str]:
+def original(path: str | Path, background: int | str = "auto", side: int = 0) -> tuple[np.ndarray | None, str]:
     """An image as a person sees it, named as manifest.csv names it: a file (colour, any size, transparent parts
     on ``background``) or a pixel CSV's row ``<file>#<row>``; ``(uint8 array, "")`` or ``(None, why it cannot be
-    shown)``."""
+    shown)``. ``side``: shown at most that large (a large JPEG is then decoded smaller)."""
     row = ingest.pixel_row_of(path)
-    return row if row is not None else for_display(path, background)
+    return row if row is not None else for_display(path, background, side)

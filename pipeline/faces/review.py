@@ -101,10 +101,13 @@ class Review:
         return None if d is None else {**d.__dict__}
 
 
+THUMB_SIDE = 112  # px: the longer side of a card's image
+
+
 def _png(arr: np.ndarray) -> bytes:
     if arr.dtype != np.uint8:
-        return plots.thumbnail_png(plots.view_u8(arr), side=112)
-    return plots.thumbnail_png(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr, side=112)
+        return plots.thumbnail_png(plots.view_u8(arr), side=THUMB_SIDE)
+    return plots.thumbnail_png(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr, side=THUMB_SIDE)
 
 
 def _error(status: int, message: str) -> Any:
@@ -205,7 +208,7 @@ def _add_api(app: Any, review: Review) -> None:
         path = review.catalog.file(card_id)
         if path is None:
             return _error(404, "no such image")
-        arr, why = await asyncio.to_thread(original, path)
+        arr, why = await asyncio.to_thread(original, path, "auto", 2 * THUMB_SIDE)
         return Response(_png(arr), media_type="image/png") if arr is not None else _error(422, why)
 
     @app.get("/api/view/{card_id}", include_in_schema=False)

@@ -387,7 +387,10 @@ def overlay_png(x: np.ndarray, heat: np.ndarray, scale: int = 4) -> bytes:
     return buf.tobytes()
 
 
-def thumbnail_png(img: np.ndarray, side: int = 72) -> bytes:
+THUMB = 72  # px: the longer side of the report's thumbnails of files
+
+
+def thumbnail_png(img: np.ndarray, side: int = THUMB) -> bytes:
     """A small PNG of an image (uint8 gray or RGB), its longer side ``side`` px (small images are enlarged
     with visible pixels), for the report's galleries of files."""
     from PIL import Image

@@ -232,8 +232,8 @@ def _file_thumbnails(d: RunData) -> tuple[dict[str, bytes | None], dict[str, str
     for path in dict.fromkeys(shown):
         inside = _inside(root, path)
         arr, reason = ((None, "outside the dataset folder: not shown") if inside is None else
-                       original(inside, d.prep.preprocess.background))
-        files[path] = plots.thumbnail_png(arr) if arr is not None else None
+                       original(inside, d.prep.preprocess.background, 2 * plots.THUMB))
+        files[path] = plots.thumbnail_png(arr, plots.THUMB) if arr is not None else None
         if arr is None:
             why[path] = reason
     return files, why
