@@ -167,6 +167,12 @@ def test_few_large_files_go_to_the_pool_in_small_chunks_and_a_large_image_keeps_
         list(decoding.decode_into(len(files), lambda i, j: [str(f) for f in files[i:j]],
                                   lambda i, j: [(out, r) for r in range(i, j)], CFG, pool))
         assert (pool.jobs != []) == pooled and (not pooled or max(pool.jobs) == 1), pool.jobs
+    photo = Image.fromarray(rng.integers(0, 256, (1500, 2400, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: seen 1500 wide, 2400 high
+    photo.save(tmp_path / "turned.jpg", quality=80, exif=exif)
+    (reason, facts), = decoding.census([str(tmp_path / "turned.jpg")], PreprocessParams(color="rgb", min_side=1))
+    assert reason == "" and facts[:3] == (1500, 2400, False)  # decoded smaller for the census, its size in full
     tall = np.full((3000, 1200), 200, np.uint8)
     tall[1000:2000, 400:800] = 20
     w, h, gray, polarity, paper, _ = decoding.facts_of(tall)

@@ -308,25 +308,30 @@ def _facts_chunk(job: tuple[Sequence[str], PreprocessParams]) -> list[tuple[str,
     out: list[tuple[str, Facts | None]] = []
     for path in paths:
         try:
-            d = decode_file(path, cfg)
+            d = decode_file(path, cfg, draft=FACTS_SIDE)  # a large JPEG comes out smaller: its size from the file
         except ImageError as exc:
             out.append((str(exc), None))
             continue
         except MemoryError:
             out.append(("image too large to decode in memory", None))
             continue
-        out.append(("", facts_of(d.array, d.ink)))
+        w, h = d.meta.width, d.meta.height
+        if (d.array.shape[1] >= d.array.shape[0]) != (w >= h):  # turned by its EXIF orientation
+            w, h = h, w
+        out.append(("", facts_of(d.array, d.ink, (w, h))))
     return out
 
 
-def facts_of(array: np.ndarray, ink: int | None = None) -> Facts:
-    """The census's facts of one decoded image (uint8 HxW or HxWx3; ``ink``: a transparent image's); a large
-    one is looked at shrunk to :data:`FACTS_SIDE` (a 12-megapixel photo took 0.9 s, 0.03 s so)."""
+def facts_of(array: np.ndarray, ink: int | None = None, size: tuple[int, int] | None = None) -> Facts:
+    """The census's facts of one decoded image (uint8 HxW or HxWx3; ``ink``: a transparent image's; ``size``:
+    its (width, height) when it was decoded smaller); a large one is looked at shrunk to :data:`FACTS_SIDE`
+    (a 12-megapixel photo took 0.9 s, 0.03 s so)."""
     h, w = array.shape[:2]
     if max(h, w) > FACTS_SIDE:
         f = FACTS_SIDE / max(h, w)
         array = cv2.resize(array, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     gray = array if array.ndim == 2 else np.asarray(array @ np.array([0.299, 0.587, 0.114], np.float32), np.uint8)
+    w, h = size or (w, h)
     return w, h, is_gray_content(array), polarity(gray), border_level(gray), ink
 
 
