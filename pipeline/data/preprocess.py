@@ -485,7 +485,8 @@ def inspect_image(source: str | os.PathLike | bytes, cfg: PreprocessParams) -> t
         return None, "image too large to decode in memory", None
 
 
-def for_display(path: str | os.PathLike, background: int | str = "auto", side: int = 0) -> tuple[np.ndarray | None, str]:
+def for_display(path: str | os.PathLike, background: int | str = "auto",
+                side: int = 0) -> tuple[np.ndarray | None, str]:
     """A file as a person sees it (colour, any size; transparent parts on ``background``), for galleries:
     ``(uint8 array, "")`` or ``(None, why it cannot be shown)``; ``side``: shown that small at most, so a
     large JPEG may be decoded smaller (at least ``side`` px a side)."""

@@ -136,8 +136,9 @@ def export(model_dir: Path, fmt: str, out: Path, quantize: str = "none", check: 
     form = _check_options(fmt, quantize, io_type)
     model_dir = bundle_mod.locate(model_dir)
     if quantize == "int8" and not rf.is_prepared(model_dir.parent):  # said before TensorFlow loads
-        raise UserError(f"--quantize int8 calibrates on the training images of the run the model was trained in, and "
-                        f"{model_dir} is not in a prepared run folder: export it from there (--model runs/<name>/model)")
+        raise UserError(f"--quantize int8 calibrates on the training images of the run the model was trained in, "
+                        f"and {model_dir} is not in a prepared run folder: export it from there "
+                        "(--model runs/<name>/model)")
     b = bundle_mod.load(model_dir)
     model_dir = b.path
     fp = _fingerprint(b, fmt, quantize, io_type, check, y)
@@ -190,8 +191,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "run's training images) (default: %(default)s)")
     parser.add_argument("--io", default="int8", choices=("int8", "uint8"),
                         help="--quantize int8: input and output type (default: %(default)s)")
-    parser.add_argument("--out", help="output folder (default: <run>/export/<format>[-<quantize>], or export/<format>[-<quantize>] here "
-                        "for a bundle outside a run folder)")
+    parser.add_argument("--out", help="output folder (default: <run>/export/<format>[-<quantize>], or "
+                        "export/<format>[-<quantize>] here for a bundle outside a run folder)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip comparing the export with the bundle on the run's test split")
     return parser
@@ -206,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     suffix = f"-{args.quantize}" if args.quantize != "none" else ""
     # a bundle outside a run folder: here, as predict does (never inside the bundle)
-    out = Path(args.out) if args.out else (Path(args.run) if args.run else Path()) / rf.EXPORT / f"{args.format}{suffix}"
+    out = Path(args.out) if args.out else \
+        (Path(args.run) if args.run else Path()) / rf.EXPORT / f"{args.format}{suffix}"
     check = y = None
     if not args.no_check and args.run:
         prep = rf.Prepared.open(args.run)

@@ -339,13 +339,14 @@ def suspects_section(record: dict[str, Any] | None, pngs: dict[str, bytes | None
             for r in record.get("top", [])[:20]]
     by_split = record.get("flagged_by_split") or {}
     found = ", ".join(f"{n} in {split}" for split, n in by_split.items() if n)
+    title = f"The {len(rows)} most suspicious" if len(rows) > 1 else "The suspect"
     return f"""{head}<p><b>{record['flagged']}</b> of {record['images']} images ({esc(what)}) carry a label that
 out-of-sample predictions contradict{f" ({esc(found)})" if found else ""}. {how} They are listed in
 <code>suspects.csv</code>, most suspicious first; <code>pipeline suspects --write-corrections</code> turns them
 into a <code>corrections.csv</code> to review.</p>
 {_figure(pngs.get("suspects"), "suspected label errors", "The most suspicious images as the model sees them: "
          "given → suggested label, score (1 - the probability of the given label).")}
-<details><summary>{"The " + str(len(rows)) + " most suspicious" if len(rows) > 1 else "The suspect"}</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
+<details><summary>{title}</summary>{_table(["file", "label", "suggested", "score", "split"], rows)}
 </details></section>"""
 
 
