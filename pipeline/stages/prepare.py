@@ -518,10 +518,9 @@ def _plan(listing: ingest.Listing, p: PrepareParams, data: Path) -> SplitPlan:
     rejected = list(listing.rejected)
     cand = [i for i, it in enumerate(listing.items) if it.label is not None]
     rejected += [(listing.items[i].path, "no label") for i, it in enumerate(listing.items) if it.label is None]
-    names = sorted({listing.items[i].label for i in cand})
+    names, pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True) if cand else ([], [])
     if listing.task != "multi" and len(names) < 2:
-        raise artifacts.StageError(_too_few_labels(listing, names, cand, data, len(rejected)))
-    pre_y = np.unique([listing.items[i].label for i in cand], return_inverse=True)[1] if cand else np.array([])
+        raise artifacts.StageError(_too_few_labels(listing, [str(n) for n in names], cand, data, len(rejected)))
     pre_split = assign_splits(pre_y, [listing.items[i].split for i in cand], p) if cand else np.array([])
     return SplitPlan({s: [cand[k] for k in np.flatnonzero(pre_split == s)] for s in SPLITS}, rejected)
 
