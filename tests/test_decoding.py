@@ -275,3 +275,19 @@ def _same_but_paths(a: bytes, b: bytes) -> bool:
     x, y = json.loads(a), json.loads(b)
     return {k: v for k, v in x.items() if k not in ("data", "root")} == {k: v for k, v in y.items()
                                                                          if k not in ("data", "root")}
+
+
+def test_beside_workers_keeps_this_process_blas_on_one_thread_only_with_a_pool():
+    from threadpoolctl import threadpool_info
+
+    from pipeline.data.decoding import beside_workers
+
+    def most() -> int:
+        return max((p["num_threads"] for p in threadpool_info()), default=1)
+
+    before = most()
+    with beside_workers(object()):
+        assert most() == 1
+    assert most() == before
+    with beside_workers(None):
+        assert most() == before

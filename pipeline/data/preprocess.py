@@ -142,8 +142,9 @@ def _fast_png(data: bytes, cfg: PreprocessParams, stat: tuple[int, int] | None =
         return None
     if not (cfg.min_side <= min(w, h) and max(w, h) <= cfg.max_side) or w * h > Image.MAX_IMAGE_PIXELS:
         return None  # let the Pillow path report it with its exact reason
-    flag = cv2.IMREAD_GRAYSCALE if ctype == 0 else cv2.IMREAD_COLOR
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    # as stored: gray stays one channel, RGB comes as BGR (no alpha, no EXIF: as the two flags that name them
+    # would give, a sixth sooner than IMREAD_GRAYSCALE on a small gray image)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.shape[:2] != (h, w):
         return None
     if ctype == 2:  # OpenCV's BGR: gray straight from its channels reversed (a view), else RGB

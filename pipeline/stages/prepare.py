@@ -41,7 +41,7 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.data import audit, census, corrections, ingest, mnist, quality, similar, split as splitting
 from pipeline.data.decoding import census as census_of
-from pipeline.data.decoding import decode_into, facts_of, keep_freed_memory, start_pool
+from pipeline.data.decoding import beside_workers, decode_into, facts_of, keep_freed_memory, start_pool
 from pipeline.data.preprocess import Meta, preprocess
 from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
@@ -346,7 +346,8 @@ def prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, layo
     keep_freed_memory()  # the audit's arrays: from the heap, not fresh pages each time
     pool = start_pool(p.workers, cluster)  # workers start up while we list the files
     try:
-        return _prepare(data, run, p, cfg, layout, ip, pool, corrections)
+        with beside_workers(pool):
+            return _prepare(data, run, p, cfg, layout, ip, pool, corrections)
     finally:
         if pool is not None:
             pool.close()
