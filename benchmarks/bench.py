@@ -636,8 +636,8 @@ def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
         ours, keras = results["prepare"].get("rounds", []), results["keras_read"].get("rounds", [])
         if len(ours) == len(keras) >= 2:  # each round's pair ran back to back: the same machine state
             each = [k / o for k, o in zip(keras, ours)]
-            lines.append(f"  the same, round by round: {statistics.mean(each):.2f}x +- {statistics.stdev(each):.2f} "
-                         f"over {len(each)} rounds ({', '.join(f'{r:.2f}' for r in each)})")
+            lines.append(f"  the same, round by round: median {statistics.median(each):.2f}x, mean {statistics.mean(each):.2f}x "
+                         f"+- {statistics.stdev(each):.2f} over {len(each)} rounds ({', '.join(f'{r:.2f}' for r in each)})")
     c = results.get("copies")
     if c:
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in c["by_kind"].items())

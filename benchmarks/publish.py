@@ -38,10 +38,11 @@ PARTS = {
                 "python -m benchmarks.bench --steps cold_onnx,cold_tf,folder_onnx,folder_tf --out bench-results/runtime"),
     "audit": ("Prepare and its audit against one Keras pass",
               "A fresh prepare of the 70,000 MNIST PNGs (decode, audit, split, write) and one "
-              "`image_dataset_from_directory` pass over the same folders, the fastest of 3 interleaved runs of each; "
+              "`image_dataset_from_directory` pass over the same folders, the fastest of 5 interleaved runs of each "
+              "(and the ratio of each round's pair, run back to back); "
               "the copies planted into 6,000 digits that prepare finds, and what it warns about on the clean 70k; "
               "the CPU cost of each of the audit's checks.",
-              "python -m benchmarks.bench --steps prepare,keras_read,copies,audit_cost --repeat 3 --serve-clients '' "
+              "python -m benchmarks.bench --steps prepare,keras_read,copies,audit_cost --repeat 5 --serve-clients '' "
               "--no-install-size --out bench-results/audit"),
     "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
                             "3% of N training mosaics (2x2 MNIST digits, labelled with the digits present) get "

@@ -7,7 +7,7 @@ def test_prepare_ratio_is_given_round_by_round_with_its_spread():
                "keras_read": {"seconds": 3.0, "rounds": [3.0, 3.0, 5.0]}}
     lines = format_audit(results)
     assert "1.50x as fast, fastest runs" in lines[0]
-    assert lines[1].strip() == "the same, round by round: 1.50x +- 0.50 over 3 rounds (1.50, 1.00, 2.00)"
+    assert lines[1].strip() == "the same, round by round: median 1.50x, mean 1.50x +- 0.50 over 3 rounds (1.50, 1.00, 2.00)"
 
 
 def test_one_round_gives_no_spread():

@@ -56,9 +56,10 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
              "risk_coverage": calibrate.risk_coverage(after, y)}
     if perfect:
-        log.info("train: the model gets all %d validation images right: no error to fit a temperature on; "
+        log.info("train: the model gets %s right: no error to fit a temperature on; "
                  "temperature %.3f sets the mean confidence to %.4f, the accuracy to expect ((n+1)/(n+2))",
-                 len(y), t, calibrate.succession(len(y)))
+                 f"all {len(y)} validation images" if len(y) > 1 else "its one validation image", t,
+                 calibrate.succession(len(y)))
     else:
         log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"],
                  calib["ece_val"])
