@@ -292,20 +292,13 @@ def _runtime() -> str:
     return os.environ.get("BENCH_RUNTIME", "auto")
 
 
-def _bench_model(work: Path) -> Path:
-    """The bundle the predict steps apply: this bench's train step's, else the reference model."""
-    for cand in (work / "run" / "model", Path(os.environ.get("BENCH_MODEL", "runs/mnist/model"))):
-        if (cand / "bundle.json").is_file():
-            return cand
-    raise SystemExit("the predict steps need a model: run the bench's train step first, or `make all`")
-
-
 def step_predict(data: Path, work: Path) -> dict[str, Any]:
     """``pipeline predict`` on the 10k test PNGs (folder walk, decode, predict, CSV); model loaded first."""
     from pipeline.shared.params import PredictParams
     from pipeline.stages.predict import predict
 
-    s = predict(data / "test", _bench_model(work), work / "predictions.csv", PredictParams(runtime=_runtime()))
+    s = predict(data / "test", runtime_bench.trained_model(work), work / "predictions.csv",
+                PredictParams(runtime=_runtime()))
     return {"images": s["rows"], "seconds": s["seconds"]}
 
 
@@ -319,7 +312,7 @@ def step_predict_plain(data: Path, work: Path) -> dict[str, Any]:
 
     plain = work / "model_plain"
     shutil.rmtree(plain, ignore_errors=True)
-    shutil.copytree(_bench_model(work), plain)
+    shutil.copytree(runtime_bench.trained_model(work), plain)
     for name in FILES:
         (plain / name).unlink(missing_ok=True)
     s = predict(data / "test", plain, work / "predictions_plain.csv", PredictParams(runtime=_runtime()))
@@ -333,7 +326,7 @@ def step_predict_loop(data: Path, work: Path) -> dict[str, Any]:
 
     from pipeline.data.ingest import walk_files
 
-    model = keras.models.load_model(_bench_model(work) / "model.keras", compile=False)
+    model = keras.models.load_model(runtime_bench.trained_model(work) / "model.keras", compile=False)
     files = walk_files(data / "test", data / "test", [])[::20][:500]
     t0 = time.perf_counter()
     for f in files:
@@ -347,61 +340,11 @@ def step_keras_predict(data: Path, work: Path) -> dict[str, Any]:
     """``image_dataset_from_directory`` (no labels) + ``model.predict`` on the same folder."""
     import keras
 
-    model = keras.models.load_model(_bench_model(work) / "model.keras", compile=False)
+    model = keras.models.load_model(runtime_bench.trained_model(work) / "model.keras", compile=False)
     t0 = time.perf_counter()
     ds = _keras_ds(data / "test", labels=None).map(lambda x: x / 255.0)
     n = len(model.predict(ds, verbose=0).argmax(axis=1))
     return {"images": n, "seconds": time.perf_counter() - t0}
-
-
-# ---------------------------------------------------------------- serve (load check)
-def load_check(url: str, files: list[Path], clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads POST one PNG each to ``url`` back to back for ``seconds``;
-    requests/s and latency percentiles (ms) over the answered requests."""
-    import http.client
-    import urllib.parse
-
-    import numpy as np
-
-    target = urllib.parse.urlsplit(url)
-    bodies = []
-    for f in files:
-        boundary = "pipelinebench"
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
-                "Content-Type: image/png\r\n\r\n").encode()
-        bodies.append(head + f.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    failures = [0] * clients
-    stop = time.perf_counter() + seconds
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-        i = k
-        while time.perf_counter() < stop:
-            body = bodies[i % len(bodies)]
-            i += clients
-            t0 = time.perf_counter()
-            conn.request("POST", target.path, body=body,
-                         headers={"Content-Type": "multipart/form-data; boundary=pipelinebench"})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                latencies[k].append(time.perf_counter() - t0)
-            else:
-                failures[k] += 1
-        conn.close()
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat = np.array([x for per in latencies for x in per]) * 1000
-    return {"clients": clients, "requests": int(len(lat)), "failures": int(sum(failures)), "seconds": wall,
-            "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
 
 
 # ---------------------------------------------------------------- scale (synthetic data)

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,11 +31,17 @@ SERVE = (("onnx", "onnx", ()), ("tensorflow", "tensorflow", ()),
          ("tensorflow, one request per call (as before)", "tensorflow", ("--max-batch", "1")))
 
 
+def trained_model(work: Path) -> Path:
+    """The bundle the predict steps apply: this bench's train step's, else the reference model."""
+    for cand in (work / "run" / "model", Path(os.environ.get("BENCH_MODEL", "runs/mnist/model"))):
+        if (cand / "bundle.json").is_file():
+            return cand
+    raise SystemExit("the predict steps need a model: run the bench's train step first, or `make all`")
+
+
 def bench_model(work: Path) -> Path:
     """The bundle measured (this bench's train step's, else the reference model); it must have its model.onnx."""
-    from benchmarks.bench import _bench_model
-
-    model = _bench_model(work)
+    model = trained_model(work)
     if not (model / "model.onnx").is_file():
         raise SystemExit(f"{model} has no model.onnx (trained by an older version): add it with "
                          f"`pipeline export --model {model} --format onnx`")
@@ -94,12 +101,59 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def load_check(url: str, files: list[Path], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads POST one PNG each to ``url`` back to back for ``seconds``;
+    requests/s and latency percentiles (ms) over the answered requests."""
+    import http.client
+    import urllib.parse
+
+    import numpy as np
+
+    target = urllib.parse.urlsplit(url)
+    bodies = []
+    for f in files:
+        boundary = "pipelinebench"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
+                "Content-Type: image/png\r\n\r\n").encode()
+        bodies.append(head + f.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        i = k
+        while time.perf_counter() < stop:
+            body = bodies[i % len(bodies)]
+            i += clients
+            t0 = time.perf_counter()
+            conn.request("POST", target.path, body=body,
+                         headers={"Content-Type": "multipart/form-data; boundary=pipelinebench"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                latencies[k].append(time.perf_counter() - t0)
+            else:
+                failures[k] += 1
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = np.array([x for per in latencies for x in per]) * 1000
+    return {"clients": clients, "requests": int(len(lat)), "failures": int(sum(failures)), "seconds": wall,
+            "requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
 def serve_load(data: Path, model: Path, runtime: str, extra: tuple[str, ...], clients: list[int],
                seconds: float) -> dict[str, Any]:
     """Start ``pipeline serve --runtime`` on a free port; load it with each client count; its peak RSS."""
     import socket
-
-    from benchmarks.bench import load_check
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
