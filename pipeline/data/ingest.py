@@ -32,6 +32,7 @@ import csv
 import functools
 import logging
 import math
+import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -92,6 +93,9 @@ class Listing:
 
 
 # ---------------------------------------------------------------- walking folders
+_name = operator.attrgetter("name")
+
+
 def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
                 stats: list[tuple[int, int]] | None = None) -> list[str]:
     """Sorted relative paths (POSIX) of the non-hidden files under ``folder``, files before sub-folders.
@@ -104,7 +108,8 @@ def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
     def walk(abs_dir: str, rel_dir: str) -> None:
         try:
             with os.scandir(abs_dir) as it:
-                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+                entries = [e for e in it if e.name[:1] != "."]
+            entries.sort(key=_name)
         except OSError as exc:
             rejected.append((rel_dir, f"unreadable folder: {exc.strerror or exc}"))
             return
@@ -166,7 +171,8 @@ def scan_folders(root: Path, stat: bool = True) -> Listing:
             found = walk_files(label_dir, root, rejected, stats)
             if not found:
                 rejected.append((label_dir.relative_to(root).as_posix(), "empty label folder"))
-            items.extend(Item(path, label_dir.name, split) for path in found)
+            label = label_dir.name
+            items.extend(Item(path, label, split) for path in found)
     _outside_splits(root, groups, rejected)
     return Listing(root, "folders", items, rejected, stats=stats)
 

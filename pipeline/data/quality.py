@@ -81,7 +81,10 @@ def _gray_stats(g: np.ndarray) -> np.ndarray:
     std = np.sqrt(np.maximum(hist @ (levels * levels) / n - mean * mean, 0))
     if g.shape[1] >= 3 and g.shape[2] >= 3:
         f = g.astype(np.float32)
-        lap = f[:, :-2, 1:-1] + f[:, 2:, 1:-1] + f[:, 1:-1, :-2] + f[:, 1:-1, 2:] - 4 * f[:, 1:-1, 1:-1]
+        lap = f[:, :-2, 1:-1] + f[:, 2:, 1:-1]  # in place from here, in the same order as written out
+        lap += f[:, 1:-1, :-2]
+        lap += f[:, 1:-1, 2:]
+        lap -= 4 * f[:, 1:-1, 1:-1]
         sharp = lap.reshape(m, -1).std(axis=1) / np.maximum(std, 1e-6)
     else:
         sharp = np.zeros(m)

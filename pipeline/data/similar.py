@@ -97,9 +97,11 @@ def _content(g: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, ...]:
     """(mass, centre y, centre x, variance down, variance across) of the content: what differs from
     ``level`` by more than a noise floor (a tenth of the largest difference, at least 4 levels)."""
     m, h, w = g.shape
-    dev = np.abs(g - level[:, None, None])
-    floor = np.maximum(4.0, 0.1 * dev.reshape(m, -1).max(axis=1))
-    wgt = np.maximum(dev - floor[:, None, None], 0)
+    wgt = g - level[:, None, None]  # in place from here: no temporary the size of the batch
+    np.abs(wgt, out=wgt)
+    floor = np.maximum(4.0, 0.1 * wgt.reshape(m, -1).max(axis=1))
+    wgt -= floor[:, None, None]
+    np.maximum(wgt, 0, out=wgt)
     wy, wx = wgt.sum(axis=2), wgt.sum(axis=1)
     mass = wy.sum(axis=1)
     safe = np.maximum(mass, 1e-6)
