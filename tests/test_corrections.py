@@ -98,6 +98,28 @@ def test_images_labeled_in_review_are_added_to_training_where_they_are(tmp_path)
     assert sorted(p.name for p in (new / "x").iterdir()) == [f.name for f in files]  # untouched
 
 
+def test_a_later_decision_on_an_image_labeled_in_review_applies(tmp_path):
+    """An image labeled in review from a folder beside DATA: manifest.csv gives its normalised path (not
+    DATA/../...), and a later review's decision on that path (exclude, relabel) applies at the next prepare."""
+    from pipeline.shared import runfolder as rf
+
+    data = make_tree(tmp_path / "data", {"a": 6, "b": 6})
+    new = make_tree(tmp_path / "new", {"x": 2}, seed=7)
+    files = sorted((new / "x").iterdir())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rf.LABELED).write_text("path,label\n" + "".join(f"{f.resolve()},a\n" for f in files))
+    prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    labeled = [r["path"] for r in rows(run / "manifest.csv") if "labeled in review" in r["note"]]
+    assert sorted(labeled) == sorted(str(f.resolve()) for f in files) and not any("/../" in p for p in labeled)
+    (run / "corrections.csv").write_text(f"path,label\n{labeled[0]},exclude\n{labeled[1]},b\n")
+    s = prepare.prepare(data, run, PrepareParams(workers=1), CFG)
+    fixed = s.dataset["corrections"]
+    assert (fixed["excluded"], fixed["relabeled"], fixed["gone_count"]) == (1, 1, 0)
+    now = {r["path"]: r["label"] for r in rows(run / "manifest.csv")}
+    assert labeled[0] not in now and now[labeled[1]] == "b"
+
+
 @pytest.mark.parametrize("text, match", [
     ("file,label\n", "must name the columns path,label"),
     ("path,label\na/000.png,bb\n", r"line 2: label 'bb' is not a label of this dataset \(write new:bb"),

@@ -52,6 +52,8 @@ def _relative(path: str, root: Path) -> str:
                 return form.relative_to(base).as_posix()
             except ValueError:
                 continue
+    if cand.is_absolute():  # outside DATA: an image labeled in review (its path as labeled.csv's is listed)
+        return Path(os.path.relpath(cand, root)).as_posix()
     return cand.as_posix()
 
 
@@ -76,8 +78,8 @@ def read(path: Path, listing: Listing) -> Corrections:
             continue
         cell = lambda i: row[i].strip() if i < len(row) else ""  # noqa: E731
         rel, label = _relative(cell(ip), root), cell(il)
-        if rel and rel not in known:  # decided on an earlier preparation: reported, not applied
-            out.gone.append(rel)
+        if rel and rel not in known:  # decided on an earlier preparation: reported (as written), not applied
+            out.gone.append(cell(ip))
             continue
         why = _check_row(rel, label, known, labels, out.rows)
         if why:

@@ -418,16 +418,16 @@ def _listed(data: Path, run: Path, layout: str, ip: IngestParams, p: PreparePara
     listing = ingest.scan(data, layout, ip, stat=stat)
     log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
     listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
-    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
-    listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)
+    listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)  # before: a later review decides on them
     if labeled:
         log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
                  f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
+    listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
     return listing, fixed, labeled
 
 
-def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None, where: str = "",
-                   test: Sequence[ingest.Item] = ()) -> dict[str, Any] | None:
+def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, Any] | None,
+                   where: Callable[[str], str] = str, test: Sequence[ingest.Item] = ()) -> dict[str, Any] | None:
     """The test accuracy before any of the decisions now applied, for the report's before/after (it counts
     all of them): the run's last evaluation when decisions were first applied, kept through later rounds
     of review (``rounds``; ``accuracy_last_round``: the evaluation before the latest round); and
@@ -449,7 +449,7 @@ def _review_before(run: Path, fixed: dict[str, Any] | None, labeled: dict[str, A
             "rounds": old.get("rounds", 1) + 1, "accuracy_last_round": now}
 
 
-def _before_relabeled(run: Path, where: str, test: Sequence[ingest.Item]) -> float | None:
+def _before_relabeled(run: Path, where: Callable[[str], str], test: Sequence[ingest.Item]) -> float | None:
     """The last evaluation's test answers (``test_probs.npy``, in the previous manifest's test order) scored by
     the labels of the ``test`` items now (None: no evaluation of this manifest, or no items: multi-label)."""
     try:
@@ -461,7 +461,7 @@ def _before_relabeled(run: Path, where: str, test: Sequence[ingest.Item]) -> flo
         return None
     if probs.ndim != 2 or probs.shape != (len(paths), len(names)):
         return None
-    now = {where + it.path: it.label for it in test}
+    now = {where(it.path): it.label for it in test}
     said = [names[k] for k in probs.argmax(axis=1).tolist()]
     scored = [label == now[path] for path, label in zip(paths, said) if path in now]
     return round(sum(scored) / len(scored), 6) if scored else None
@@ -805,26 +805,28 @@ def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, A
     return dataset
 
 
-def _where(listing: ingest.Listing) -> str:
-    """What manifest.csv puts before an item's path (the folder it is relative to)."""
+def _where(listing: ingest.Listing) -> Callable[[str], str]:
+    """An item's path as manifest.csv writes it: joined to the folder it is relative to (an image labeled in
+    review outside that folder: normalised, not ``<DATA>/../...``)."""
     where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
-    return str(where) + os.sep
+    prefix = str(where) + os.sep
+    return lambda rel: os.path.normpath(prefix + rel) if rel.startswith("../") else prefix + rel
 
 
 def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None:
     """quality.csv, similar.csv and outliers.csv: the audit's findings one row per image, paths as in
     manifest.csv, for the review page."""
-    f, where_s = a["facts"], _where(listing)
+    f, full = a["facts"], _where(listing)
 
     def who(k: int) -> tuple[str, str, str]:
-        return where_s + f.paths[k], f.labels[k], SPLITS[int(f.split[k])]
+        return full(f.paths[k]), f.labels[k], SPLITS[int(f.split[k])]
 
     _write_rows(run / rf.QUALITY, ("path", "label", "split", "issue", "score"),
                 ((*who(k), issue, sc) for issue, (idx, scores) in a["quality"].items()
                  for k, sc in zip(idx.tolist(), scores.tolist())))
-    settle = _dropped_conflicts(a, where_s)
+    settle = _dropped_conflicts(a, full)
     shown = {r[1] for r in settle}  # each image in one group
-    rest = [(group, *who(k), kind, sim) for group, k, kind, sim in a["groups"] if where_s + f.paths[k] not in shown]
+    rest = [(group, *who(k), kind, sim) for group, k, kind, sim in a["groups"] if full(f.paths[k]) not in shown]
     sizes = Counter(r[0] for r in rest)
     still = dict.fromkeys(r[0] for r in rest if sizes[r[0]] > 1)  # groups that keep two images or more
     number = {g: n for n, g in enumerate(still, len({r[0] for r in settle}))}
@@ -834,13 +836,13 @@ def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None
                 ((*who(k), score, z) for k, score, z in a["outlier_rows"]))
 
 
-def _dropped_conflicts(a: dict[str, Any], where_s: str) -> list[tuple[int, str, str, str, str, float]]:
+def _dropped_conflicts(a: dict[str, Any], full: Callable[[str], str]) -> list[tuple[int, str, str, str, str, float]]:
     """similar.csv's first groups: identical files under different labels of which the leakage check left a
     val/test copy out (the groups among the images kept miss it), so that the review page can settle them."""
     kept = set(a["facts"].paths)
     out: list[tuple[int, str, str, str, str, float]] = []
     for group in (g for g in a["conflicts"] if not set(g["paths"]) <= kept):
-        out += [(len({r[0] for r in out}), where_s + path, label, a["split_of"][path], "copy", 1.0)
+        out += [(len({r[0] for r in out}), full(path), label, a["split_of"][path], "copy", 1.0)
                 for path, label in zip(group["paths"], group["labels"])]
     return out
 
@@ -849,10 +851,10 @@ def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[inge
                    dataset: dict[str, Any], audited: dict[str, Any], samples: Any) -> None:
     """Manifest, label map, the review files, samples (``samples.get()``) and the dataset summary (the
     marker follows)."""
-    where_s = _where(listing)
+    full = _where(listing)
     _write_review(run, listing, audited)
     _write_rows(run / rf.MANIFEST, ("path", "label", "split", "note"),
-                ((where_s + it.path, it.label, s, it.note) for s in SPLITS for it in kept[s]))
+                ((full(it.path), it.label, s, it.note) for s in SPLITS for it in kept[s]))
     artifacts.write_json(run / rf.LABELS, labels)
     artifacts.write_bytes(run / rf.SAMPLES, samples.get())
     artifacts.write_json(run / rf.DATASET, dataset)
