@@ -33,7 +33,7 @@ def test_the_samples_grid_draws_accented_labels_with_the_figures_font():
     pytest.importorskip("matplotlib")
     from pipeline.shared import plots
 
-    font = plots._font(14)
+    font = plots.font(14)
     assert font.getname()[0] == "DejaVu Sans"
     assert font.getmask("é").getbbox() != font.getmask("\ufffe").getbbox()  # a glyph, not the missing-glyph box
     assert plots.short("circles", 6) == "circl…" and plots.short("circle", 6) == "circle"

@@ -56,3 +56,22 @@ def test_a_pixel_csv_run_is_previewed_from_its_rows(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         preview(run, AugmentParams(enabled=False), per_class=2)
     assert "preview:" not in caplog.text  # every tile read
+
+
+def test_accented_labels_are_drawn_with_the_figures_font(tmp_path):
+    """The labels column uses the other figures' font (Pillow's default one has no 'é': a box instead)."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from pipeline.stages.preview import preview_grid
+
+    data = make_tree(tmp_path / "d", {"a": 1}, size=20)
+    path = str(next((data / "a").iterdir()))
+    cfg = PreprocessParams(color="grayscale", size=(16, 16), invert="false", background=0)
+
+    def labels_column(label):
+        grid = preview_grid([(label, [path])], cfg, AugmentParams(enabled=False), 0, 0)
+        return np.asarray(grid.convert("L"))[24:24 + CELL, :118]
+
+    accented, missing = labels_column("carré"), labels_column("carr\ufffe")
+    assert (accented < 128).any() and not np.array_equal(accented, missing)

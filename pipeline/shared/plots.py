@@ -83,8 +83,8 @@ def _dejavu() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _font(size: int) -> Any:
-    """The samples grid's font: DejaVu Sans where matplotlib is installed (the labels' accents drawn, as in the
+def font(size: int) -> Any:
+    """The font of the grids drawn with Pillow (samples, preview): DejaVu Sans where matplotlib is installed (the labels' accents drawn, as in the
     other figures), else Pillow's own scalable font, else its small bitmap one (a Pillow without FreeType)."""
     from PIL import ImageFont
 
@@ -120,9 +120,9 @@ def sample_grid(images: np.ndarray, y: np.ndarray, labels: Sequence[str], per_cl
 
     shown = labels[:20]
     y = np.asarray(y)
-    gap, font, title_font = 6, _font(14), _font(15)
+    gap, label_font, title_font = 6, font(14), font(15)
     names = [short(name) for name in shown]
-    left = 16 + max([int(font.getlength(n)) for n in names] or [0])
+    left = 16 + max([int(label_font.getlength(n)) for n in names] or [0])
     top = 34
     width = max(left + per_class * (CELL + gap) + 10, int(title_font.getlength(TITLE)) + 20)
     canvas = Image.new("RGB", (width, top + len(shown) * (CELL + gap) + 4), "white")
@@ -130,7 +130,7 @@ def sample_grid(images: np.ndarray, y: np.ndarray, labels: Sequence[str], per_cl
     draw.text((canvas.width // 2, 8), TITLE, fill="black", font=title_font, anchor="ma")
     for row, name in enumerate(names):
         y0 = top + row * (CELL + gap)
-        draw.text((left - 10, y0 + CELL // 2), name, fill="black", font=font, anchor="rm")
+        draw.text((left - 10, y0 + CELL // 2), name, fill="black", font=label_font, anchor="rm")
         idx = np.flatnonzero(y[:, row] if y.ndim == 2 else y == row)[:per_class]
         for col, i in enumerate(idx):
             tile = _cell(images[i])

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from pipeline.data import ingest
 from pipeline.data.inputs import original
 from pipeline.data.preprocess import ImageError, load_image, preprocess
-from pipeline.shared import artifacts, cli
+from pipeline.shared import artifacts, cli, plots
 from pipeline.shared import params as params_mod
 from pipeline.shared import runfolder as rf
 from pipeline.shared.params import AugmentParams, PreprocessParams
@@ -83,15 +83,15 @@ def preview_grid(rows: list[tuple[str, list[str]]], cfg: PreprocessParams, aug: 
     label_w, head = 120, 24
     n_rows = sum(len(paths) for _, paths in rows)
     grid = Image.new("RGB", (label_w + cols * (CELL + 4) + 4, head + n_rows * (CELL + 4) + 4), "white")
-    draw = ImageDraw.Draw(grid)
+    draw, font = ImageDraw.Draw(grid), plots.font(12)  # the other figures' font: a label's accents drawn
     titles = ["original", "preprocessed"] + [f"augmented {i + 1}" for i in range(cols - 2)]
     for c, title in enumerate(titles):
-        draw.text((label_w + c * (CELL + 4) + 4, 6), title, fill="black")
+        draw.text((label_w + c * (CELL + 4) + 4, 6), title, fill="black", font=font)
     r = 0
     for label, paths in rows:
         for path in paths:
             top = head + r * (CELL + 4)
-            draw.text((6, top + CELL // 2 - 6), label[:18], fill="black")
+            draw.text((6, top + CELL // 2), plots.short(label, 16), fill="black", font=font, anchor="lm")
             shown, x = _read(path, cfg)
             tiles = [shown, x] + (augmented_versions(x, aug, cols - 2, seed + r) if x is not None
                                   else [None] * (cols - 2))
