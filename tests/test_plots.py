@@ -37,3 +37,12 @@ def test_the_samples_grid_draws_accented_labels_with_the_figures_font():
     assert font.getname()[0] == "DejaVu Sans"
     assert font.getmask("é").getbbox() != font.getmask("\ufffe").getbbox()  # a glyph, not the missing-glyph box
     assert plots.short("circles", 6) == "circl…" and plots.short("circle", 6) == "circle"
+
+
+def test_a_gallery_title_cuts_names_only_where_it_must():
+    from pipeline.shared import plots
+
+    assert plots.pair_title("cat", "dog", 0.912) == "cat → dog\n0.91"
+    long = plots.pair_title("carré rouge", "triángulo verde", 0.5)
+    given, other = long.split("\n")
+    assert given == "carré rouge →" and other == "triángulo ve… 0.50"  # 6 characters a name before

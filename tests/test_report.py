@@ -118,6 +118,8 @@ def test_warnings_repeat_the_audit_and_flag_low_accuracy():
                                {"warnings": ["no test images of class(es) ['b']: ..."]}, {})
     assert not any("no test images for" in w for w in said)  # prepare's warning says it already
     assert any(w.startswith("the model was trained on an earlier preparation") for w in said)
+    short = report.warnings_for(metrics, {}, {"plan": {"warnings": ["training is far too short: 3 step(s)"]}})
+    assert "train: training is far too short: 3 step(s)" in short  # why the model is weak, in the report too
 
 
 @pytest.mark.slow

@@ -193,3 +193,9 @@ def test_the_multi_label_report_warns_about_thresholds_on_few_validation_positiv
     assert said == ["the thresholds of 1 label(s) rest on fewer than 10 validation positives each (minus 2): "
                     "rough estimates"]
     assert multi.few_positives({}, ["a"]) == [] and multi.few_positives(None, ["a"]) == []
+
+
+def test_corrections_applied_counts_every_decision():
+    text = sections._corrections({"file": "runs/x/corrections.csv", "relabeled": 8, "excluded": 2, "kept": 1,
+                                  "new_labels": ["ellipse"]})
+    assert "<b>8</b> image(s) relabeled, <b>2</b> excluded, <b>1</b> kept as they are; new classes: ellipse" in text

@@ -256,10 +256,20 @@ def pr_curves(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], cuts: Seq
     return _png(fig)
 
 
+TITLE_CHARS = 18  # about what a gallery tile's title holds on a line
+
+
+def pair_title(given: str, other: str, value: float) -> str:
+    """A gallery tile's two-line title: ``given → other`` and a number, each name cut only where it must be."""
+    if len(given) + len(other) + 3 <= TITLE_CHARS:
+        return f"{given} → {other}\n{value:.2f}"
+    return f"{short(given, TITLE_CHARS - 2)} →\n{short(other, TITLE_CHARS - 5)} {value:.2f}"
+
+
 def misclassified(images: np.ndarray, true: Sequence[str], pred: Sequence[str], conf: Sequence[float],
                   names: Sequence[str], cols: int = 8, overlays: Sequence[np.ndarray] | None = None) -> bytes:
     """A gallery of misclassified images (as the model saw them): true -> predicted (confidence)."""
-    titles = [f"{short(t, 6)} → {short(p, 6)}\n{c:.2f}" for t, p, c in zip(true, pred, conf)]
+    titles = [pair_title(t, p, c) for t, p, c in zip(true, pred, conf)]
     return gallery(images, titles, names, "Worst misclassified test images: true → predicted, confidence", cols,
                    overlays)
 

@@ -275,7 +275,7 @@ def _gallery(run: Path, x: np.ndarray, shown: np.ndarray, rows: list[dict[str, A
     if not len(shown):
         (run / rf.SUSPECTS_PNG).unlink(missing_ok=True)
         return
-    titles = [f"{plots.short(r['label'], 6)} → {plots.short(r['suggested'], 6)}\n{r['score']:.2f}" for r in rows[:n]]
+    titles = [plots.pair_title(r["label"], r["suggested"], r["score"]) for r in rows[:n]]
     png = plots.gallery(np.asarray(x[shown]), titles, [r["path"] for r in rows[:n]],
                         "Suspected label errors, as the model sees them: given → suggested, score")
     artifacts.write_bytes(run / rf.SUSPECTS_PNG, png)

@@ -99,7 +99,12 @@ def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: 
                    "changed since): make train, then make evaluate")
     if info.get("monitor") == "loss":
         out.append("no validation split: early stopping and the best checkpoint followed the training loss")
-    return out
+    return out + planned(info)
+
+
+def planned(info: dict[str, Any]) -> list[str]:
+    """What the training plan warned about (a training far too short, say: why a model is weak)."""
+    return ["train: " + w for w in (info.get("plan") or {}).get("warnings", [])]
 
 
 # ---------------------------------------------------------------- the stage
@@ -252,7 +257,8 @@ def _inside(root: Path, path: str) -> Path | None:
 def render(d: RunData, figs: Figures) -> str:
     """The whole page, from the template."""
     is_multi = d.metrics.get("task") == "multi"
-    warnings = (d.dataset or {}).get("warnings", []) if is_multi else warnings_for(d.metrics, d.dataset, d.info)
+    warnings = (d.dataset or {}).get("warnings", []) + planned(d.info) if is_multi else \
+        warnings_for(d.metrics, d.dataset, d.info)
     params, envs = _settings(d)
     calibration = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration")
     if is_multi:

@@ -181,7 +181,8 @@ def _corrections(fixed: dict[str, Any] | None) -> str:
         return ""
     new = f"; new classes: {', '.join(fixed['new_labels'])}" if fixed["new_labels"] else ""
     return (f"<h3>Corrections applied</h3><p>{esc(fixed['file'])}: <b>{fixed['relabeled']}</b> image(s) relabeled, "
-            f"<b>{fixed['excluded']}</b> excluded{esc(new)} (the files under DATA are untouched; excluded ones are "
+            f"<b>{fixed['excluded']}</b> excluded, <b>{fixed.get('kept', 0)}</b> kept as they are{esc(new)} (the files "
+            "under DATA are untouched; excluded ones are "
             "listed in rejected.csv, relabeled ones carry a note in manifest.csv).</p>")
 
 
