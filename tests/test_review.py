@@ -122,6 +122,8 @@ def test_a_new_class_must_be_asked_for(review):
     (b'{"action": "keep"}', 422, '"id"'),
     (b'{"id": "ID", "action": "delete"}', 422, "relabel, exclude or keep"),
     (b'{"id": "ID", "action": "relabel"}', 422, 'needs a "label"'),
+    (b'{"id": "ID", "action": "relabel", "label": 5}', 422, "as a string. Received: 5"),
+    (b'{"id": 12, "action": "keep"}', 422, "a string as /api/queue gives it. Received: 12"),
 ])
 def test_bad_requests_get_a_4xx_with_a_reason(review, body, status, words):
     _, _, client = review

@@ -147,7 +147,9 @@ async def _decision_body(request: Any, review: Review) -> tuple[list[str], str, 
         raise _Bad(400, "the body must be a JSON object")
     ids = body.get("ids") if "ids" in body else [body.get("id")]
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise _Bad(422, 'give the card as "id" (or several as "ids")')
+        got = body.get("ids", body.get("id"))
+        raise _Bad(422, 'give the card as "id" (or several as "ids"), its id a string as /api/queue gives it'
+                   + (f". Received: {got!r}" if got is not None else ""))
     unknown = [i for i in ids if i not in review.catalog.by_id]
     if unknown:
         raise _Bad(404, f"unknown card id(s): {unknown[:5]}")
@@ -155,7 +157,8 @@ async def _decision_body(request: Any, review: Review) -> tuple[list[str], str, 
     if action not in ("relabel", "exclude", "keep"):
         raise _Bad(422, f'"action" must be relabel, exclude or keep. Received: {action!r}')
     if action == "relabel" and (not isinstance(label, str) or not label.strip()):
-        raise _Bad(422, 'relabel needs a "label"')
+        raise _Bad(422, 'relabel needs a "label": a label name, as a string'
+                   + (f". Received: {label!r}" if label != "" else ""))
     add = body.get("new_class", False)
     if not isinstance(add, bool):
         raise _Bad(422, f'"new_class" must be true or false. Received: {add!r}')
