@@ -137,6 +137,15 @@ def test_far_too_short_training_is_warned_about():
     assert recipe.plan(TrainParams(), AugmentParams(), 185, [20] * 9, None, 10.0).warnings == ()
 
 
+def test_a_tiny_class_weighted_up_is_warned_about():
+    """A class of one image (a new class from the review page, say) weighted 79x: said in the plan's warnings."""
+    (warning,) = recipe.plan(TrainParams(), AugmentParams(), 280, [93, 93, 93, 1], None, 10.0).warnings
+    assert "1 class(es) with fewer than 10 training images (the smallest: 1)" in warning and "up to 93x" in warning
+    assert recipe.plan(TrainParams(class_weights="none"), AugmentParams(), 280, [93, 93, 93, 1], None,
+                       10.0).warnings == ()
+    assert recipe.plan(TrainParams(), AugmentParams(), 400, [300, 20, 80], None, 10.0).warnings == ()  # weighed, not few
+
+
 def test_class_weights_balanced_only_past_the_audit_threshold():
     weights, why = recipe.resolve_class_weights(TrainParams(), [300, 20, 100], 10.0)
     assert weights == pytest.approx([420 / 900, 420 / 60, 420 / 300]) and why.startswith("balanced: imbalance 15.0x")

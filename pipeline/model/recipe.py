@@ -25,6 +25,7 @@ MIN_PATIENCE = 10
 PATIENCE_SHARE = 0.25  # patience = "auto": a quarter of the run (at least MIN_PATIENCE epochs)
 MIN_EPOCH_STEPS = 50   # an epoch is at least this many optimizer steps (several passes over small data)
 SHORT_SHARE = 0.25     # a run below this share of the recipe's budget for the data is warned about
+FEW_WEIGHED = 10       # a class weighted up with fewer training images than this is warned about
 # epochs = "auto" goes on while validation still improves (docs/recipe.md "How long"): at EXTEND_CHECK of the
 # planned epochs, the validation error of the third quarter is compared with the second's; when it fell by
 # EXTEND_Z standard errors and at least EXTEND_MIN_GAIN, the run is lengthened EXTEND_BY times (the cosine
@@ -97,6 +98,18 @@ def _too_short(p: TrainParams, passes: int, pass_steps: int) -> tuple[str, ...]:
             f"the recipe's budget for this data is {budget} steps (epochs = \"auto\"): expect a weak model",)
 
 
+def _few_weighed(weights: list[float] | None, counts: list[int]) -> tuple[str, ...]:
+    """A warning when balanced weights multiply the images of a class too small to learn from."""
+    few = [c for c in counts if 0 < c < FEW_WEIGHED]
+    if not weights or not few:
+        return ()
+    used = [w for w, c in zip(weights, counts) if c > 0]
+    return (f"{len(few)} class(es) with fewer than {FEW_WEIGHED} training images (the smallest: {min(few)}): the "
+            f"balanced class weights count each of their images up to {max(used) / min(used):.0f}x an image of the "
+            "largest class, which pulls the model towards them (confident wrong answers): add images of them, or "
+            "set class_weights = \"none\"",)
+
+
 def balanced_weights(counts: list[int]) -> list[float]:
     """scikit-learn's "balanced" class weights: n / (classes x count); 0 for an empty class."""
     counts_a = np.asarray(counts, float)
@@ -141,7 +154,7 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
     longest = min(round(p.extend * epochs), p.max_epochs // per_epoch) if p.epochs == AUTO else 0
     return Plan(epochs, why, steps, epochs * steps, global_batch, patience, hflip and aug.enabled, hflip_why,
                 weights, weights_why, precision, precision_why, epochs * per_epoch, per_epoch,
-                _too_short(p, passes, pass_steps), longest if longest > epochs else 0)
+                _too_short(p, passes, pass_steps) + _few_weighed(weights, counts), longest if longest > epochs else 0)
 
 
 def check_epoch(planned: int) -> int:
