@@ -140,6 +140,11 @@ def test_results_section_with_mistakes_escapes_pairs_and_gallery():
     srcs = re.findall(r'src="data:image/png;base64,([^"]*)"', page)
     assert len(srcs) == 3 and all(base64.b64decode(s) == png_bytes() for s in srcs)
     assert "risk-coverage" not in page  # its figure absent: not even a placeholder (it is optional)
+    assert "rough estimate" not in page  # how many validation images: not recorded, nothing said
+    few = sections.results_section(metrics_for(labels, f1s, n, acc), pairs, gallery, {**calib, "val_images": 32}, pngs)
+    assert "fitted on only 32 validation image(s)" in few
+    many = sections.results_section(metrics_for(labels, f1s, n, acc), pairs, gallery, {**calib, "val_images": 500}, pngs)
+    assert "rough estimate" not in many
 
 
 # ---------------------------------------------------------------- suspects

@@ -198,6 +198,8 @@ def _figures(d: RunData) -> Figures:
     cal = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration") or {}
     before = calibrate.uncalibrated(probs, float(cal["temperature"])) if "temperature" in cal else None
     pngs["calibration"], calib = plots.calibration(probs, y, before) if len(y) else (None, None)
+    if calib is not None and "val_images" in cal:
+        calib["val_images"] = int(cal["val_images"])  # how much to trust the temperature
     table = calibrate.risk_coverage(probs, y) if len(y) else None
     cut = calibrate.threshold_for(cal["risk_coverage"], 0.99)[0] if cal.get("risk_coverage") else None
     pngs["risk"] = plots.risk_coverage(table, cut) if table else None

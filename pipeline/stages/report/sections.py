@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.quality import WORDS
+from pipeline.model.rows import FEW_VAL
 from pipeline.shared import runfolder as rf
 
 REJECTED_SHOWN = 12  # rejected files shown as thumbnails (the table lists more)
@@ -252,6 +253,15 @@ def training_section(history: list[dict[str, float]], info: dict[str, Any], pngs
                                                "val loss", "val accuracy"], rows)}</details></section>"""
 
 
+def _few_val(calib: dict[str, Any]) -> str:
+    """A caption's warning when the temperature was fitted on few validation images."""
+    n = calib.get("val_images")
+    if n is None or n >= FEW_VAL:
+        return ""
+    return (f" The temperature was fitted on only {n} validation image(s): on so few it is a rough estimate, "
+            "and the test ECE may rise after it by chance.")
+
+
 def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], gallery: list[list[Any]],
                      calib: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
     per_class = [[name, *((f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}") if m["support"]
@@ -281,7 +291,8 @@ def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], galler
                         "Left: confidence histogram of the predicted label, right and wrong predictions. Then the "
                         "reliability diagrams before and after temperature scaling (fitted on the validation "
                         "split): the accuracy in each confidence bin; bars on the diagonal mean the confidences "
-                        "can be read as probabilities. ECE = expected calibration error.") if calib else ""
+                        "can be read as probabilities. ECE = expected calibration error." + _few_val(calib)) \
+        if calib else ""
     calib_fig += _figure(pngs.get("risk"), "risk-coverage", "Accuracy of the predictions kept against the share "
                          "kept, as the confidence cut rises; the dot is the cut <code>--threshold auto</code> "
                          "picks on validation for the default 99% target precision.") if pngs.get("risk") else ""
