@@ -86,7 +86,7 @@ explain: $(STAMP)
 # http://127.0.0.1:$(PORT)/ : draw or drop images; ARGS e.g. "--host 0.0.0.0 --max-files 32".
 PORT      ?= 8000
 serve: $(STAMP)
-	$(PY) -m pipeline serve $(MODEL_OPT) --params $(PARAMS) --port $(PORT) $(ARGS)
+	exec $(PY) -m pipeline serve $(MODEL_OPT) --params $(PARAMS) --port $(PORT) $(ARGS)
 
 # FORMAT: one of `pipeline export --help`'s formats; ARGS e.g. "--quantize dynamic".
 FORMAT    ?= tflite
@@ -97,7 +97,7 @@ export: $(STAMP)
 # REVIEW_PORT=, or PORT= as for serve, or 8001.
 REVIEW_PORT ?= $(if $(filter command line environment,$(origin PORT)),$(PORT),8001)
 review: $(STAMP)
-	$(PY) -m pipeline review $(RUN_OPT) --port $(REVIEW_PORT) $(if $(IMAGES),--images "$(IMAGES)") $(ARGS)
+	exec $(PY) -m pipeline review $(RUN_OPT) --port $(REVIEW_PORT) $(if $(IMAGES),--images "$(IMAGES)") $(ARGS)
 
 # Images whose label is probably wrong -> <run>/suspects.csv, suspects.png (ARGS e.g. "--write-corrections").
 suspects: $(STAMP)
