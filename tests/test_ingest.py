@@ -69,3 +69,20 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="dataset is empty"):
         ingest.scan(tmp_path / "empty")
+
+
+def test_a_label_written_decomposed_is_the_same_label(tmp_path):
+    """macOS writes 'triángulo' decomposed (NFD): one class with the composed name, not two that look the same."""
+    import unicodedata
+
+    composed = "triángulo"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    img = np.zeros((8, 8), np.uint8)
+    for label in (composed, decomposed, "circle"):  # two folders that look the same
+        write_image(tmp_path / "folders" / label / "a.png", img)
+    for name in (f"{composed}_001.png", f"{decomposed}_002.png", "circle_003.png"):
+        write_image(tmp_path / "files" / name, img)
+    for listing in (ingest.scan(tmp_path / "folders", "folders"), ingest.scan(tmp_path / "files", "filenames")):
+        assert sorted(it.label for it in listing.items) == ["circle", composed, composed]
+    assert ingest.nfc(decomposed) == composed and ingest.nfc("cat") == "cat"

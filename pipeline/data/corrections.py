@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.ingest import Item, Listing
+from pipeline.data.ingest import Item, Listing, nfc
 from pipeline.shared.errors import UserError
 
 EXCLUDE = "exclude"
@@ -77,7 +77,7 @@ def read(path: Path, listing: Listing) -> Corrections:
         if not any(c.strip() for c in row):
             continue
         cell = lambda i: row[i].strip() if i < len(row) else ""  # noqa: E731
-        rel, label = _relative(cell(ip), root), cell(il)
+        rel, label = _relative(cell(ip), root), nfc(cell(il))
         if rel and rel not in known:  # decided on an earlier preparation: reported (as written), not applied
             out.gone.append(cell(ip))
             continue
@@ -144,7 +144,7 @@ def add_labeled(listing: Listing, path: Path) -> tuple[Listing, dict[str, Any] |
     if not path.is_file():
         return listing, None
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [(r.get("path", "").strip(), r.get("label", "").strip()) for r in csv.DictReader(fh)]
+        rows = [(r.get("path", "").strip(), nfc(r.get("label", "").strip())) for r in csv.DictReader(fh)]
     root = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
     known = {os.path.normpath(os.path.join(root, it.path)) for it in listing.items}
     labels = {it.label for it in listing.items if it.label is not None}

@@ -35,6 +35,7 @@ import math
 import operator
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -628,7 +629,25 @@ def scan(data: str | os.PathLike, layout: str = "auto", p: IngestParams | None =
     return _say_task(listing, p)
 
 
+def nfc(label: str) -> str:
+    """A label in Unicode's composed form (NFC): "triángulo" typed on one system and written decomposed by
+    another (macOS file names, some zip tools) is one label, not two that look the same."""
+    return label if label.isascii() else unicodedata.normalize("NFC", label)
+
+
+def _composed(listing: Listing) -> Listing:
+    """The listing with every label in NFC (a pass over the distinct labels; items rebuilt only when one changes)."""
+    changed = {lab for lab in {it.label for it in listing.items if it.label} if nfc(lab) != lab}
+    if not changed:
+        return listing
+    log.info("labels: %d written in decomposed Unicode (as macOS names files) read as their composed form: %s",
+             len(changed), ", ".join(sorted(nfc(lab) for lab in changed)[:5]))
+    items = [replace(it, label=nfc(it.label)) if it.label in changed else it for it in listing.items]
+    return replace(listing, items=items)
+
+
 def _say_task(listing: Listing, p: IngestParams) -> Listing:
+    listing = _composed(listing)
     if listing.task == "multi":
         log.info("task: several labels per image (%s); [ingest] task = \"single\" reads one label per image",
                  "set in params" if p.task == "multi" else "the table joins labels or has 0/1 label columns")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.corrections import NEW
+from pipeline.data.ingest import nfc
 from pipeline.data.decisions import Decisions, new_class
 from pipeline.data.inputs import original
 from pipeline.faces import review_catalog
@@ -162,7 +163,7 @@ async def _decision_body(request: Any, review: Review) -> tuple[list[str], str, 
     add = body.get("new_class", False)
     if not isinstance(add, bool):
         raise _Bad(422, f'"new_class" must be true or false. Received: {add!r}')
-    return ids, action, label.strip() if isinstance(label, str) else "", add
+    return ids, action, nfc(label.strip()) if isinstance(label, str) else "", add
 
 
 class _Bad(Exception):
