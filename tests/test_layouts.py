@@ -27,7 +27,13 @@ def img(path, value=100, size=12):
     ("cat_12 copy 2.png", "cat"), ("cat (1).png", None),
     # ambiguous: never guessed
     ("12_34.png", None), ("cat_dog.png", None), ("a_b_c.png", None), ("plain.png", None), ("12_cat_34.png", None),
-    ("1_2_3.png", None), ("7.png", None)])
+    ("1_2_3.png", None), ("7.png", None),
+    # another number beside the id (which one is the id?), a camera's own name: never guessed either
+    ("IMG_20230101_120000.png", None), ("cat_2023-05-01.png", None), ("cat-01-02.png", None), ("dog-7-2.png", None),
+    ("class_1_0001.png", None), ("IMG_1234.JPG", None), ("DSC_0042.JPG", None), ("PXL_20240102.jpg", None),
+    ("img_0001.png", "img"), ("box_3d_001.png", "box_3d"), ("T-shirt_2_top_001.png", "T-shirt_2_top"),
+    # an extension given twice
+    ("cat_007.png.png", "cat"), ("00012_dog.jpg.jpeg", "dog")])
 def test_default_filename_rule(name, label):
     assert ingest.label_from_name(name, P) == label
 

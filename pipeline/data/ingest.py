@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.preprocess import EXTENSIONS
 from pipeline.shared import runfolder
 from pipeline.shared.errors import UserError
 from pipeline.shared.params import AUTO, IngestParams
@@ -223,6 +224,8 @@ def multi_hot(joined: Sequence[str], labels: dict[str, int] | Sequence[str]) -> 
 def label_from_name(name: str, p: IngestParams) -> str | None:
     """The label in a file name, or None when the name does not give one unambiguously."""
     stem = Path(name).stem
+    while Path(stem).suffix.lower() in EXTENSIONS:  # "cat_007.png.png": an extension given twice
+        stem = Path(stem).stem
     if p.filename_regex:
         m = re.search(p.filename_regex, name)
         return (m.group("label") or None) if m else None
@@ -236,6 +239,8 @@ def label_from_name(name: str, p: IngestParams) -> str | None:
 
 
 _DELIMS = re.compile(r"[_.\- ]+")
+# what cameras and phones call their files, in capitals ("IMG_1234.JPG"): a device's name, not a label
+CAMERA_NAMES = frozenset({"IMG", "DSC", "DSCN", "DSCF", "PXL", "MVIMG", "GOPR", "DJI", "CIMG", "PICT", "SAM"})
 # what a file manager appends to a copy's name: "cat_12 (1)", "cat_12 - Copy", "cat_12 copy 2"
 _COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|\s+-\s+copy(?:\s*\(\d+\))?|\s+copy(?:\s+\d+)?)$", re.IGNORECASE)
 
@@ -261,7 +266,12 @@ def _automatic_label(stem: str) -> str | None:
     if head and tail:  # an id at both ends: which part is the label?
         return None
     label = head or tail
-    return label if label and not label.isdigit() else None
+    if not label or label.isdigit():
+        return None
+    words = [t for t in _DELIMS.split(label) if t]
+    if words[0].isdigit() or words[-1].isdigit() or words[0] in CAMERA_NAMES:
+        return None  # another number beside the id ("IMG_20230101_120000", "cat_2023-05-01"), or a camera's name
+    return label
 
 
 def scan_filenames(root: Path, p: IngestParams) -> Listing:
