@@ -131,6 +131,28 @@ def test_csv_rows_are_checked_one_by_one(tmp_path):
     assert any("empty path" in r for r in reasons) and any("empty label" in r for r in reasons)
 
 
+def test_csv_with_windows_paths_is_read(tmp_path):
+    """An Excel or Windows export writes images\\cat.png: read as images/cat.png where that file is."""
+    img(tmp_path / "images" / "sub" / "c1.png")
+    img(tmp_path / "images" / "d1.png", 30)
+    (tmp_path / "m.csv").write_text("path,label\r\nimages\\sub\\c1.png,cat\r\nimages\\d1.png,dog\r\n"
+                                    "images\\gone.png,dog\r\nC:\\data\\x.png,cat\r\n")
+    listing = ingest.scan(tmp_path / "m.csv")
+    assert sorted(it.path for it in listing.items) == ["images/d1.png", "images/sub/c1.png"]
+    reasons = dict(listing.rejected)
+    assert "file not found" in reasons["images/gone.png"] and "absolute path refused" in reasons["C:\\data\\x.png"]
+
+
+def test_a_csv_whose_rows_are_all_refused_says_why(tmp_path):
+    from pipeline.shared.errors import UserError
+    from pipeline.shared.params import PrepareParams, PreprocessParams
+    from pipeline.stages import prepare
+
+    (tmp_path / "m.csv").write_text("path,label\nno/a.png,cat\nno/b.png,dog\n")
+    with pytest.raises(UserError, match=r"found no label in .*m.csv: 2 of its rows were refused \(2 file not found\)"):
+        prepare.prepare(tmp_path / "m.csv", tmp_path / "run", PrepareParams(workers=1), PreprocessParams())
+
+
 def test_csv_without_the_named_columns_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,kind\nx.png,a\n")
     with pytest.raises(ValueError, match=r"no label column 'label'; columns found: \['image', 'kind'\]"):

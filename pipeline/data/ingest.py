@@ -329,6 +329,15 @@ def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: s
                      "LAYOUT=folders or LAYOUT=filenames)")
 
 
+def _slashes(rel: str, root: Path) -> str:
+    """A relative Windows path (``images\\cat.png``: an Excel or Windows export) with ``/`` where the file is
+    there so; as written otherwise (an absolute one is refused as such)."""
+    if "\\" not in rel or os.sep == "\\" or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\") \
+            or os.path.exists(root / rel):
+        return rel
+    return rel.replace("\\", "/")
+
+
 def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
     """Why ``rel`` may not be used (absolute, escaping the root, missing), or None."""
     if os.path.isabs(rel) or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\"):
@@ -418,7 +427,7 @@ def _csv_items(path: Path, rows: list[tuple[int, list[str]]], cols: _Columns, mu
     first: dict[str, tuple[int, Item]] = {}
     conflicts: dict[str, list[tuple[int, str]]] = {}
     for line, row in rows:
-        rel = row[cols.path].strip() if cols.path < len(row) else ""
+        rel = _slashes(row[cols.path].strip() if cols.path < len(row) else "", root)
         label = _row_label(row, cols, multi, p)
         where = rel or f"{path.name}:{line}"
         split_text = row[cols.split].strip() if cols.split is not None and cols.split < len(row) else ""

@@ -537,6 +537,10 @@ def _too_few_labels(listing: ingest.Listing, names: list[str], cand: list[int], 
                  + (f"; {unlabeled} file name(s) give none" if unlabeled else ""))
     else:
         where = f"{found} in {listing.source or data}"
+        if listing.rejected and len(names) < 2:  # the mapping file is there: its rows were refused, say why
+            reasons = Counter(why.split(": ", 1)[-1] for _, why in listing.rejected).most_common(2)
+            return (f"need at least 2 classes, found {where}: {len(listing.rejected)} of its rows were refused ("
+                    + "; ".join(f"{n} {why}" for why, n in reasons) + f"), see {rf.REJECTED} in the run folder")
     return (f"need at least 2 classes, found {where}. Put each label's images in a folder of its own "
             f"({data}/cat/..., {data}/dog/...) or list them in a CSV of path,label (README: Your own images)")
 
