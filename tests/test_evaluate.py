@@ -53,14 +53,16 @@ def test_a_class_without_test_images_has_no_figures_and_stays_out_of_the_macro_f
     from pipeline.shared import runfolder as rf
     from pipeline.stages.evaluate import compute_metrics, format_table
 
-    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])  # nothing of class 2 in the test split
-    m = compute_metrics(y_true, y_pred, ["a", "b", "star"])
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 2])  # nothing of class 2 or 3 in the test split
+    m = compute_metrics(y_true, y_pred, ["a", "b", "star", "ghost"])
     assert m["per_class"]["star"]["support"] == 0
     assert m["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)  # a and b only (with star counted as 0: 0.56)
     assert rf.macro_f1(m["per_class"]) == m["macro_f1"]
     text = format_table(m)
     star = next(line for line in text.splitlines() if line.startswith("star"))
-    assert star.split()[1:4] == ["n/a"] * 3
+    assert star.split()[1:4] == ["0.0000", "n/a", "n/a"]  # a b predicted as star: its precision is 0, not n/a
+    ghost = next(line for line in text.splitlines() if line.startswith("ghost"))
+    assert ghost.split()[1:4] == ["n/a"] * 3 and m["per_class"]["star"]["predicted"] == 1
     assert "left out of the macro F1" in text and f"macro F1: {m['macro_f1']:.4f}" in text
     assert rf.macro_f1({"star": {"f1": 0.0, "support": 0}}) is None
 

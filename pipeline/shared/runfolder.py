@@ -93,6 +93,15 @@ def prepared_arrays() -> list[str]:
 
 
 # ---------------------------------------------------------------- markers and freshness
+def class_figures(m: dict[str, Any]) -> tuple[str, str, str]:
+    """A class's precision, recall and F1 as shown: "n/a" where undefined (recall and F1 without test images of
+    it; precision when nothing was predicted as it either: test images predicted as a class without any of its
+    own give it precision 0, a mistake worth seeing)."""
+    if m["support"]:
+        return f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}"
+    return (f"{m['precision']:.4f}" if m.get("predicted") else "n/a"), "n/a", "n/a"
+
+
 def macro_f1(per_class: dict[str, dict[str, Any]]) -> float | None:
     """The macro F1 of ``metrics.json``'s per-class (or per-label) figures: the mean F1 of the classes with
     test images (a class without any has no F1: counted as 0 it would pull the mean down for nothing);

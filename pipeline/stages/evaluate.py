@@ -40,15 +40,17 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -
     idx = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=idx, zero_division=0)
+    confusion = confusion_matrix(y_true, y_pred, labels=idx)
+    predicted = confusion.sum(axis=0)  # test images given each label (a class without test images may get some)
     per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                        "support": int(support[i])} for i, name in enumerate(labels)}
+                        "support": int(support[i]), "predicted": int(predicted[i])} for i, name in enumerate(labels)}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "n": int(len(y_true)),
         "labels": labels,
         "per_class": per_class,
         "macro_f1": rf.macro_f1(per_class),  # over the classes with test images
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
+        "confusion_matrix": confusion.tolist(),
     }
 
 
@@ -59,8 +61,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     width = max(5, *(len(k) for k in metrics["per_class"]))
     lines = [f"{'label':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name, m in metrics["per_class"].items():
-        figures = (f"{m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f}" if m["support"] else
-                   f"{'n/a':>9} {'n/a':>9} {'n/a':>9}")  # no test images of it
+        figures = " ".join(f"{v:>9}" for v in rf.class_figures(m))
         lines.append(f"{name:<{width}} {figures} {m['support']:>8d}")
     f1 = rf.macro_f1(metrics["per_class"])
     lines.append(f"accuracy: {metrics['accuracy']:.4f}, macro F1: {'n/a' if f1 is None else f'{f1:.4f}'} "

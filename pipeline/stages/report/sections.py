@@ -264,9 +264,7 @@ def _few_val(calib: dict[str, Any]) -> str:
 
 def results_section(metrics: dict[str, Any], pairs: list[dict[str, Any]], gallery: list[list[Any]],
                      calib: dict[str, Any] | None, pngs: dict[str, bytes | None]) -> str:
-    per_class = [[name, *((f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}") if m["support"]
-                          else ("n/a",) * 3), m["support"]]  # no test images of it: no figures
-                 for name, m in metrics["per_class"].items()]
+    per_class = [[name, *rf.class_figures(m), m["support"]] for name, m in metrics["per_class"].items()]
     macro_f1 = rf.macro_f1(metrics["per_class"])
     n_wrong = metrics["n"] - int(round(metrics["accuracy"] * metrics["n"]))
     kpis = [("test accuracy", f"{metrics['accuracy']:.2%}"),
