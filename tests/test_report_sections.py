@@ -204,3 +204,20 @@ def test_corrections_applied_counts_every_decision():
     text = sections._corrections({"file": "runs/x/corrections.csv", "relabeled": 8, "excluded": 2, "kept": 1,
                                   "new_labels": ["ellipse"]})
     assert "<b>8</b> image(s) relabeled, <b>2</b> excluded, <b>1</b> kept as they are; new classes: ellipse" in text
+
+
+def test_the_multi_label_results_say_when_no_label_decision_is_wrong():
+    from pipeline.stages.report import multi
+
+    m = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "ap": 1.0, "support": 3, "threshold": 0.5}
+    metrics = {"n": 4, "labels": ["a", "b"], "per_label": {"a": m, "b": m}, "map": 1.0, "f1_macro": 1.0,
+               "f1_micro": 1.0, "subset_accuracy": 1.0, "hamming_loss": 0.0}
+    page = multi.results_section(metrics, None, [], {"pr": png_bytes(), "errors": None})
+    assert "No wrong label decision" in page and "not available" not in page
+
+
+def test_the_dataset_section_counts_multi_label_images_with_no_label():
+    d = {**dataset_dict(), "multi_label": {"labels_per_image": 1.3, "no_label": {"train": 30, "val": 6, "test": 7}}}
+    page = sections.dataset_section(d, [], {"counts": png_bytes(), "samples": png_bytes()})
+    assert "1.3 labels per image on average; <b>43</b> with no label" in page
+    assert "with no label" not in sections.dataset_section(dataset_dict(), [], {"counts": None, "samples": None})

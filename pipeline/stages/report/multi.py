@@ -74,9 +74,9 @@ def results_section(metrics: dict[str, Any], dataset: dict[str, Any] | None, gal
     return (f"<section id='results'><h2>Test results</h2>{head}"
             f"<h3>Per label (worst F1 first)</h3>{_table(['label', 'precision', 'recall', 'F1', 'AP', 'support', 'threshold'], rows)}"
             f"{_figure(pngs.get('pr'), 'precision-recall curves', 'Precision-recall per label on the test split')}"
-            f"{_figure(pngs.get('errors'), 'wrong label decisions', 'The surest wrong label decisions')}"
-            + (f"<h3>Surest wrong label decisions</h3>"
+            + (f"{_figure(pngs.get('errors'), 'wrong label decisions', 'The surest wrong label decisions')}"
+               f"<h3>Surest wrong label decisions</h3>"
                f"{_table(['file', 'label', 'decision', 'probability', 'threshold'], gallery)}"
-               if gallery else "")
+               if gallery else "<p class='ok'>No wrong label decision: every label of every test image right.</p>")
             + (f"<h3>Labels seen together most often (all splits)</h3>{pairs}" if pairs else "")
             + "</section>")
