@@ -79,8 +79,10 @@ def _calibrate_multi(model: Any, logits: np.ndarray, y: np.ndarray, rule: str | 
              "thresholds": [round(float(c), 6) for c in cuts], "fitted_on": f"validation split ({len(y)} images)",
              "threshold_rule": "best F1" if rule == "f1" else f"precision >= {float(rule):g}",
              "f1_macro_val": float(multilabel.label_scores(y, probs >= cuts[None, :])[-1].mean())}
-    log.info("train: a temperature (%.2f..%.2f) and a threshold (%.2f..%.2f) per label fitted on val "
-             "(macro F1 %.4f)", temps.min(), temps.max(), cuts.min(), cuts.max(), calib["f1_macro_val"])
+    fitted = "a temperature (%.2f..%.2f)" % (temps.min(), temps.max()) if np.any(temps != 1.0) else \
+        "temperatures left at 1 (no validation error to fit them on)"
+    log.info("train: %s and a threshold (%.2f..%.2f) per label fitted on val (macro F1 %.4f)", fitted, cuts.min(),
+             cuts.max(), calib["f1_macro_val"])
     calib["val_positives"] = np.asarray(y, bool).sum(axis=0).tolist()
     few = multilabel.few_positives(calib["val_positives"], labels or [str(j) for j in range(y.shape[1])])
     if few:

@@ -873,8 +873,9 @@ def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, 
     dropped = marker.get("dropped", 0)
     # usable + rejected of the read + dropped = read; the rest of rejected.csv was never a candidate
     others = min(len(listing.rejected), marker["rejected"])
-    rejected = f"{marker['rejected'] - others} of the {len(listing.items)} rejected" + (
-        f", and {others} other entr{'y' if others == 1 else 'ies'} never read" if others else "")
+    rejected = f"{marker['rejected'] - others} of the {len(listing.items)} read rejected" + (
+        f", and {others} other entr{'y' if others == 1 else 'ies'} refused before reading (no label, not an image, "
+        "...)" if others else "")
     log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %s (rejected.csv)%s",
              sum(totals.values()), len(marker["counts"]["train"]),
              "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
