@@ -20,7 +20,7 @@ def test_smoke_accuracy_well_above_chance(trained_run):
     assert metrics["n"] == 300
     assert metrics["accuracy"] > 0.6, metrics["accuracy"]  # chance is 0.1
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
-    assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1", "support"}
+    assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1", "support", "predicted"}
     cm = np.array(metrics["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == 300
     assert np.trace(cm) / cm.sum() == pytest.approx(metrics["accuracy"])

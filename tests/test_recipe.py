@@ -139,11 +139,13 @@ def test_far_too_short_training_is_warned_about():
 
 def test_a_tiny_class_weighted_up_is_warned_about():
     """A class of one image (a new class from the review page, say) weighted 79x: said in the plan's warnings."""
-    (warning,) = recipe.plan(TrainParams(), AugmentParams(), 280, [93, 93, 93, 1], None, 10.0).warnings
+    def warned(p, counts):
+        return recipe.few_weighed(recipe.plan(p, AugmentParams(), sum(counts), counts, None, 10.0).class_weights, counts)
+
+    (warning,) = warned(TrainParams(), [93, 93, 93, 1])
     assert "1 class(es) with fewer than 10 training images (the smallest: 1)" in warning and "up to 93x" in warning
-    assert recipe.plan(TrainParams(class_weights="none"), AugmentParams(), 280, [93, 93, 93, 1], None,
-                       10.0).warnings == ()
-    assert recipe.plan(TrainParams(), AugmentParams(), 400, [300, 20, 80], None, 10.0).warnings == ()  # weighed, not few
+    assert warned(TrainParams(class_weights="none"), [93, 93, 93, 1]) == ()
+    assert warned(TrainParams(), [300, 20, 80]) == ()  # weighed up, but not few
 
 
 def test_class_weights_balanced_only_past_the_audit_threshold():

@@ -219,5 +219,5 @@ def test_the_multi_label_results_say_when_no_label_decision_is_wrong():
 def test_the_dataset_section_counts_multi_label_images_with_no_label():
     d = {**dataset_dict(), "multi_label": {"labels_per_image": 1.3, "no_label": {"train": 30, "val": 6, "test": 7}}}
     page = sections.dataset_section(d, [], {"counts": png_bytes(), "samples": png_bytes()})
-    assert "1.3 labels per image on average; <b>43</b> with no label" in page
+    assert "1.3 labels per image on average; <b>43</b> with no label" in page and " labels (1.3" in page
     assert "with no label" not in sections.dataset_section(dataset_dict(), [], {"counts": None, "samples": None})

@@ -98,8 +98,9 @@ def _too_short(p: TrainParams, passes: int, pass_steps: int) -> tuple[str, ...]:
             f"the recipe's budget for this data is {budget} steps (epochs = \"auto\"): expect a weak model",)
 
 
-def _few_weighed(weights: list[float] | None, counts: list[int]) -> tuple[str, ...]:
-    """A warning when balanced weights multiply the images of a class too small to learn from."""
+def few_weighed(weights: list[float] | None, counts: list[int]) -> tuple[str, ...]:
+    """A warning when balanced class weights (one label per image) multiply the images of a class too small to
+    learn from."""
     few = [c for c in counts if 0 < c < FEW_WEIGHED]
     if not weights or not few:
         return ()
@@ -154,7 +155,7 @@ def plan(p: TrainParams, aug: AugmentParams, n_train: int, counts: list[int], sy
     longest = min(round(p.extend * epochs), p.max_epochs // per_epoch) if p.epochs == AUTO else 0
     return Plan(epochs, why, steps, epochs * steps, global_batch, patience, hflip and aug.enabled, hflip_why,
                 weights, weights_why, precision, precision_why, epochs * per_epoch, per_epoch,
-                _too_short(p, passes, pass_steps) + _few_weighed(weights, counts), longest if longest > epochs else 0)
+                _too_short(p, passes, pass_steps), longest if longest > epochs else 0)
 
 
 def check_epoch(planned: int) -> int:

@@ -1,7 +1,7 @@
 """Evaluate: the model bundle on the prepared test split -> ``metrics.json``, a summary table and ``report.html``.
 
 ``metrics.json`` holds ``accuracy``, ``per_class`` {label: precision, recall,
-f1, support}, ``confusion_matrix`` (rows = true, columns = predicted, in label
+f1, support, predicted (test images given the label)}, ``confusion_matrix`` (rows = true, columns = predicted, in label
 order), ``labels``, ``calibration`` {ece, ece_before, temperature} (the expected
 calibration error on the test split with and without the bundle's temperature), the
 bundle it measured and the environment;

@@ -163,6 +163,8 @@ def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, clu
     if data.multi:  # the class weights weigh each label's positives against its negatives
         weights, why = multilabel.positive_weights(counts, len(y), p.class_weights, prep.imbalance_ratio)
         plan = dataclasses.replace(plan, class_weights=weights, class_weights_why=why)
+    else:
+        plan = dataclasses.replace(plan, warnings=plan.warnings + recipe.few_weighed(plan.class_weights, counts))
     log.info("train: %s (%s)", recipe.passes_in_words(plan), plan.epochs_why)
     for warning in plan.warnings:
         log.warning("train: %s", warning)
@@ -279,8 +281,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     plan = _plan(prep, p, aug, data, cluster)
     if strategy is not None or not data.has_val:  # goes on only on one device, with a validation split to watch
         plan = dataclasses.replace(plan, max_epochs=0)
-    log.info("train: %d train / %d val images, %d classes, model %s, strategy %s", len(data.x_train),
-             len(data.x_val), len(prep.labels), p.model, p.strategy)
+    log.info("train: %d train / %d val images, %d %s, model %s, strategy %s", len(data.x_train), len(data.x_val),
+             len(prep.labels), "labels" if data.y_train.ndim == 2 else "classes", p.model, p.strategy)
     if strategy is None and (run / BACKUP_DIR / FIT_DONE).is_file():  # interrupted after fitting: the rest only
         log.info("train: the interrupted run had finished fitting (%s); writing its bundle", run / CHECKPOINT)
         result = artifacts.read_json(run / BACKUP_DIR / FIT_DONE, "finished fit")

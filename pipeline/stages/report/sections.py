@@ -87,7 +87,7 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
     sizes = dataset.get("sizes", {})
     multi = dataset.get("multi_label") or {}
     none = sum((multi.get("no_label") or {}).values())
-    census = (f"{dataset['images']} usable images in {dataset['classes']} classes"
+    census = (f"{dataset['images']} usable images in {dataset['classes']} {'labels' if multi else 'classes'}"
               + (f" ({multi.get('labels_per_image', 0):g} labels per image on average; <b>{none}</b> with no label, "
                  "examples of none of them)" if multi else "") + ", from "
               f"<code>{esc(dataset.get('data', '?'))}</code> (layout <code>{esc(dataset.get('layout', '?'))}</code>); "
