@@ -84,8 +84,9 @@ def _dejavu() -> str | None:
 
 
 def font(size: int) -> Any:
-    """The font of the grids drawn with Pillow (samples, preview): DejaVu Sans where matplotlib is installed (the labels' accents drawn, as in the
-    other figures), else Pillow's own scalable font, else its small bitmap one (a Pillow without FreeType)."""
+    """The font of the grids drawn with Pillow (samples, preview): DejaVu Sans where matplotlib is installed
+    (the labels' accents drawn, as in the other figures), else Pillow's own scalable font, else its small
+    bitmap one (a Pillow without FreeType)."""
     from PIL import ImageFont
 
     try:
