@@ -329,18 +329,22 @@ def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: s
                      "LAYOUT=folders or LAYOUT=filenames)")
 
 
+def _windows_absolute(rel: str) -> bool:
+    """``C:\\data\\x.png``, ``\\\\server\\x.png``, ``\\x.png``: absolute on Windows (on any system, refused)."""
+    return bool(re.match(r"^[A-Za-z]:[\\/]", rel)) or rel.startswith("\\")
+
+
 def _slashes(rel: str, root: Path) -> str:
     """A relative Windows path (``images\\cat.png``: an Excel or Windows export) with ``/`` where the file is
     there so; as written otherwise (an absolute one is refused as such)."""
-    if "\\" not in rel or os.sep == "\\" or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\") \
-            or os.path.exists(root / rel):
+    if "\\" not in rel or os.sep == "\\" or _windows_absolute(rel) or os.path.exists(root / rel):
         return rel
     return rel.replace("\\", "/")
 
 
 def _check_inside(root_real: str, root: Path, rel: str) -> str | None:
     """Why ``rel`` may not be used (absolute, escaping the root, missing), or None."""
-    if os.path.isabs(rel) or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\"):
+    if os.path.isabs(rel) or _windows_absolute(rel):
         return "absolute path refused (paths are relative to the CSV's folder)"
     real = os.path.realpath(root / rel)
     if os.path.commonpath([root_real, real]) != root_real:

@@ -29,6 +29,10 @@ class Inputs:
         """The file behind a row name."""
         return self.source / path if self.kind == "folder" else self.source
 
+    def heavy(self) -> bool:
+        """Are its files slow to decode one by one (large ones, photos: the first few looked at)?"""
+        return decoding.heavy([str(self.file(p)) for p in self.paths[:8]])
+
     def relative(self, path: str) -> str:
         """A row's file relative to IMAGES (for --sort-into)."""
         return path if self.kind == "folder" else self.source.name
@@ -95,7 +99,7 @@ def file_chunks(inputs: Inputs, paths: list[str], cfg: PreprocessParams, size: i
     """Blocks of ``size`` files, decoded a block a job; large files (photos) a few a job, so that every worker
     has some of a block, and put together again into blocks of ``size``."""
     piece = size
-    if pool is not None and decoding.heavy([str(inputs.file(p)) for p in paths[:8]]):
+    if pool is not None and inputs.heavy():
         piece = max(1, size // (pool.workers * 4))
     pieces = [paths[i:i + piece] for i in range(0, len(paths), piece)]
     files = ([str(inputs.file(p)) for p in part] for part in pieces)

@@ -112,9 +112,6 @@ def _pil_gray(rgb: np.ndarray) -> np.ndarray:
     """RGB -> L exactly as Pillow's ``convert("L")`` computes it (ITU-R 601-2, fixed point); a large
     image a block of rows at a time (an 88-megapixel one took 2 GB and 8 s at once; 0.6 s so)."""
     h, w = rgb.shape[:2]
-    if h * w <= GRAY_BLOCK:
-        r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
     out = np.empty((h, w), np.uint8)
     step = max(1, GRAY_BLOCK // w)
     for top in range(0, h, step):

@@ -57,11 +57,12 @@ def channel_spread(img: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(c0, c1), c2) - np.minimum(np.minimum(c0, c1), c2)
 
 
-def _shrunk(img: np.ndarray) -> np.ndarray:
+def shrunk(img: np.ndarray, side: int = SIDE) -> np.ndarray:
+    """An image shrunk (area averaging, its aspect kept) to at most ``side`` px a side; a smaller one as it is."""
     h, w = img.shape[:2]
-    if max(h, w) <= SIDE:
+    if max(h, w) <= side:
         return img
-    f = SIDE / max(h, w)
+    f = side / max(h, w)
     return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
@@ -101,7 +102,7 @@ def image_stats(images: Sequence[np.ndarray], grays: Sequence[np.ndarray]) -> np
     """
     n = len(images)
     out = np.full((n, len(STATS)), NONE, np.float32)
-    small = [_shrunk(g) for g in grays]
+    small = [shrunk(g) for g in grays]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, g in enumerate(small):
         groups.setdefault(g.shape, []).append(i)
@@ -109,7 +110,7 @@ def image_stats(images: Sequence[np.ndarray], grays: Sequence[np.ndarray]) -> np
         out[idx, :5] = _gray_stats(np.stack([small[i] for i in idx]))
     for i, img in enumerate(images):
         if img.ndim == 3:
-            c = _shrunk(img)
+            c = shrunk(img)
             spread = channel_spread(c)
             out[i, 5], out[i, 6] = float(spread.mean()), float((spread > 24).mean())
     return out

@@ -51,6 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.data.quality import shrunk
 from pipeline.shared.artifacts import NpyRows
 
 SIDE = 32         # the canonical view
@@ -167,14 +168,6 @@ def _low_frequencies(view: np.ndarray) -> np.ndarray:
     return out[:m].reshape(m, 64)
 
 
-def _work(gray: np.ndarray) -> np.ndarray:
-    h, w = gray.shape
-    if max(h, w) <= WORK:
-        return gray
-    f = WORK / max(h, w)
-    return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-
-
 def signatures(grays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(64-bit hashes (n,) uint64, thumbnails (n, 256) uint8, negated (n,) bool) of uint8 gray images
     (any sizes); negated: the canonical view is the image's negative (dark content on a light border).
@@ -184,7 +177,7 @@ def signatures(grays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     n = len(grays)
     hashes, thumbs = np.zeros(n, np.uint64), np.zeros((n, THUMB * THUMB), np.uint8)
     negative = np.zeros(n, bool)
-    work = [_work(g) for g in grays]
+    work = [shrunk(g, WORK) for g in grays]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, g in enumerate(work):
         groups.setdefault(g.shape, []).append(i)

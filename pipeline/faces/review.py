@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.corrections import NEW
-from pipeline.data.ingest import nfc
 from pipeline.data.decisions import Decisions, new_class
+from pipeline.data.ingest import nfc
 from pipeline.data.inputs import original
 from pipeline.faces import review_catalog
 from pipeline.faces.review_catalog import TITLES, Catalog

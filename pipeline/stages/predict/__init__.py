@@ -201,8 +201,7 @@ def _blocks(job: Job, todo: list[str], pool: Any) -> Iterator[list[Row]]:
 def _start_pool(inputs: Inputs, model_dir: Path, p: PredictParams, cluster: ClusterParams | None) -> Any:
     """What helps this process: a folder of at least two batches (or of large files: photos) is decoded by the
     local pool or, with the Ray engine, decoded and predicted by model actors on the cluster; None: all here."""
-    if inputs.kind != "folder" or (len(inputs.paths) < 2 * p.batch_size
-                                   and not decoding.heavy([str(inputs.file(f)) for f in inputs.paths[:8]])):
+    if inputs.kind != "folder" or (len(inputs.paths) < 2 * p.batch_size and not inputs.heavy()):
         return None
     if cluster is not None and cluster.engine == "ray":
         return actors.start(cluster, inputs.source, model_dir, p)

@@ -89,7 +89,7 @@ def dataset_section(dataset: dict[str, Any] | None, rejected: list[dict[str, str
     none = sum((multi.get("no_label") or {}).values())
     census = (f"{dataset['images']} usable images in {dataset['classes']} {'labels' if multi else 'classes'}"
               + (f" ({multi.get('labels_per_image', 0):g} labels per image on average; <b>{none}</b> with no label, "
-                 "examples of none of them)" if multi else "") + ", from "
+                 "a negative example of every label)" if multi else "") + ", from "
               f"<code>{esc(dataset.get('data', '?'))}</code> (layout <code>{esc(dataset.get('layout', '?'))}</code>); "
               f"sizes {sizes.get('min_width')}–{sizes.get('max_width')} × {sizes.get('min_height')}–"
               f"{sizes.get('max_height')} px; formats {esc(', '.join(f'{k} {v}' for k, v in dataset['formats'].items()))}"
