@@ -55,8 +55,9 @@ class Predictor:
     """A bundle's model in its runtime, called on batches of at most ``batch_size`` images.
 
     TensorFlow runs one compiled graph on fixed-size batches (traced once; an image gets the same
-    arithmetic whatever else is in its batch, so a resumed run writes the same rows); ONNX Runtime gives
-    each image the same result whatever the batch size, so it runs the batch as it is.
+    arithmetic whatever else is in its batch, so a resumed run, which starts at a batch boundary, writes
+    the same rows; on some CPUs its place in the batch changes a probability in the 8th digit); ONNX
+    Runtime gives each image the same result whatever the batch size, so it runs the batch as it is.
     """
 
     def __init__(self, b: Bundle, batch_size: int = 512, novelty: bool = True, conv: bool = False) -> None:
