@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline.model import recipe
+
 # name -> (title, what it measures, the command that makes it)
 PARTS = {
     "accuracy": ("Accuracy: the default recipe against plain Keras, 3 seeds",
@@ -44,6 +46,11 @@ PARTS = {
               "the CPU cost of each of the audit's checks.",
               "python -m benchmarks.bench --steps prepare,keras_read,copies,audit_cost --repeat 5 --serve-clients '' "
               "--no-install-size --out bench-results/audit"),
+    "audit_avx2": ("Prepare and its audit against one Keras pass, on a CPU with AVX2 only",
+                   "The same measurement as the section above, on another machine of the same size whose CPU has "
+                   "AVX2 but not AVX-512 (TensorFlow's kernels and bfloat16 differ most there).",
+                   "python -m benchmarks.bench --steps prepare,keras_read,copies,audit_cost --repeat 5 "
+                   "--serve-clients '' --no-install-size --out bench-results/audit"),
     "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
                             "3% of N training mosaics (2x2 MNIST digits, labelled with the digits present) get "
                             "one tag wrong, a digit added or removed; `make suspects` with the defaults; precision and "
@@ -94,7 +101,7 @@ PARTS = {
                "Each export format read back in its own runtime: size, top-1 agreement with the bundle and accuracy on "
                "the test split, single-image latency.", "python -m benchmarks.export_bench --model runs/mnist/model"),
 }
-MAKE_NAMES = {"bench": "stages", "runtime": "stages", "audit": "stages", "multilabel_suspects": "multilabel",
+MAKE_NAMES = {"bench": "stages", "runtime": "stages", "audit": "stages", "audit_avx2": "stages", "multilabel_suspects": "multilabel",
               "cluster_memory": "cluster"}  # a part's name in `make bench BENCH=` where it differs from its file's
 
 
@@ -102,13 +109,22 @@ HEADER = ("# Benchmarks\n\nThis file is written by `make bench` (`python -m benc
           "hand. Each table says when and on which machine it was measured; compare figures within one table.\n")
 
 
-def _cpu() -> str:
+def vector_units(flags: list[str]) -> str:
+    """The widest vector arithmetic of a CPU with these flags, in words (the figures of one machine and
+    another differ most by it: TensorFlow's kernels, bfloat16 training)."""
+    if any(flag in flags for flag in recipe.BF16_FLAGS):
+        return "AVX-512 with bfloat16"
+    return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
+
+
+def _cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(cpuinfo, encoding="utf-8") as fh:
             model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
     except OSError:
         model = ""
-    return f"{model or 'unknown CPU'}, {os.cpu_count()} cores"
+    units = vector_units(recipe.cpu_flags(cpuinfo))
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} cores" + (f", {units}" if units else "")
 
 
 def section(name: str, table: str, when: str) -> str:

@@ -197,13 +197,18 @@ def planned_after(val_accuracy: list[float], planned: int, n_val: int, longest: 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
 
 
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU computes in bfloat16 natively (elsewhere bfloat16 is emulated: slower than float32)."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's feature flags (/proc/cpuinfo's first ``flags`` line; none where there is no such file)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
     except OSError:
-        return False
+        return []
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes in bfloat16 natively (elsewhere bfloat16 is emulated: slower than float32)."""
+    flags = cpu_flags(cpuinfo)
     return any(flag in flags for flag in BF16_FLAGS)
 
 
