@@ -170,7 +170,7 @@ def test_decisions_on_relative_paths_apply_when_the_data_is_prepared_again_witho
     run = tmp_path / "run"
     prepare.prepare(Path("data"), run, PrepareParams(workers=1), CFG)
     (run / "corrections.csv").write_text("path,label\ndata/a/000.png,b\ndata/a/001.png,exclude\n")
-    again, _ = prepare._data_of(str(run))
+    again, _, _ = prepare._data_of(str(run))
     assert again == Path("data")  # as given, not /abs/path/data: the manifest's paths stay as they were
     for data in (again, tmp_path / "data"):
         fixed = prepare.prepare(data, run, PrepareParams(workers=1), CFG).dataset["corrections"]

@@ -183,3 +183,16 @@ def test_a_bundle_outside_a_run_folder_exports_here_and_says_there_is_nothing_to
     assert "no test split" in res.stderr and "--run" in res.stderr and "ms per image" in res.stdout
     res = cli("export", "--model", model, "--format", "tflite", "--quantize", "int8", cwd=tmp_path)
     assert res.returncode == 2 and "--quantize int8 calibrates on the training images" in res.stderr
+
+
+def test_the_try_it_line_quotes_a_folder_with_a_space(export_run, tmp_path, capsys):
+    import shlex
+    from pathlib import Path
+
+    from pipeline.faces.commands import main
+
+    out = tmp_path / "my exports" / "keras"
+    assert main(["export", "--model", str(export_run / "model"), "--format", "keras", "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("try it: "))
+    words = shlex.split(line[len("try it: "):].split("  (elsewhere")[0])
+    assert words[1:] == [str(out / "predict_example.py"), "IMAGE"] and Path(words[1]).is_file()

@@ -216,6 +216,25 @@ def test_cli_without_data_prepares_the_run_again_and_keeps_other_data_out(tmp_pa
     assert cli.main(["prepare", "--run", "runs/nothing", "--params", os.devnull]) == 2
 
 
+def test_cli_without_data_prepares_the_last_run_given_by_run_again(tmp_path, monkeypatch, capsys):
+    """A mapping file inside a prepared folder, prepared into a run of its own (RUN=): `make prepare` then
+    prepares that run again, not the folder's default run (which holds the folder's preparation)."""
+    from pipeline import __main__ as cli
+
+    make_tree(tmp_path / "photos", {"a": 4, "b": 4})
+    (tmp_path / "photos" / "labels.csv").write_text(
+        "path,label\n" + "".join(f"{c}/{i:03d}.png,{c}\n" for c in "ab" for i in range(3)))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--data", "photos", "--params", os.devnull]) == 0
+    assert cli.main(["prepare", "--data", "photos/labels.csv", "--params", os.devnull]) == 2  # runs/photos: taken
+    assert cli.main(["prepare", "--data", "photos/labels.csv", "--run", "runs/csvrun", "--params", os.devnull]) == 0
+    capsys.readouterr()
+    assert cli.main(["prepare", "--params", os.devnull]) == 0
+    assert "runs/csvrun is up to date" in capsys.readouterr().err
+    marker = json.loads((tmp_path / "runs" / "csvrun" / prepare.MARKER).read_text())
+    assert marker["data"] == str((tmp_path / "photos" / "labels.csv").resolve())
+
+
 def test_cli_outside_the_project_uses_the_built_in_params(tmp_path, monkeypatch, capsys):
     """No params.toml in the working folder: the built-in defaults, said once; a params file named but
     missing is still an error."""

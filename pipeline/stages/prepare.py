@@ -902,17 +902,18 @@ def resolve_args(args: argparse.Namespace) -> None:
     data that the run (given, else the last prepared one) was prepared from, in its layout unless one is
     given; with no run yet, MNIST."""
     if args.data is None:
-        data, layout = _data_of(args.run)
+        data, layout, folder = _data_of(args.run)
         args.data, args.layout = str(data), layout if args.layout == "auto" else args.layout
+        args.run = args.run or folder  # that run again (a RUN= given to it once is not its data's default run)
         log.info("prepare: DATA not given: preparing %s again (DATA=... prepares another)", args.data)
     args.run = str(rf.resolve_run(args.run, args.data))
 
 
-def _data_of(run: str | None) -> tuple[Path, str]:
-    """The data a run folder was prepared from and its layout (``run``, else the last prepared run), else the
-    reference set."""
+def _data_of(run: str | None) -> tuple[Path, str, str | None]:
+    """The data a run folder was prepared from, its layout and the folder (``run``, else the last prepared run),
+    else the reference set (and no folder: its default run)."""
     if run is None and not rf.LAST_RUN.is_file():
-        return mnist.DEFAULT_OUT, "auto"
+        return mnist.DEFAULT_OUT, "auto", None
     folder = rf.resolve_run(run, None, "prepare")
     done = rf.read_marker(folder / rf.PREPARE)
     if not done.get("data"):
@@ -921,7 +922,7 @@ def _data_of(run: str | None) -> tuple[Path, str]:
     # DATA as it was given (relative, say), when it still names the same data from here: the manifest's paths,
     # and the decisions made on them, stay as they were
     data = given if given.resolve() == Path(done["data"]) else Path(done["data"])
-    return data, str(done.get("layout") or "auto")
+    return data, str(done.get("layout") or "auto"), str(folder)
 
 
 def _check_same_data(data: Path, run: Path) -> None:

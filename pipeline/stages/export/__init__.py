@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import sys
 import logging
+import shlex
 import shutil
 import string
 import time
@@ -227,6 +228,7 @@ def main(args: argparse.Namespace) -> int:
     if "latency_ms" in info:
         line += f"; {info['latency_ms']:.2f} ms per image in {info['runtime']}"
     cli.result(line)
-    cli.result(f"try it: {sys.executable} {out / 'predict_example.py'} IMAGE  (elsewhere: pip install numpy pillow "
+    example = shlex.join([sys.executable, str(out / "predict_example.py")])  # a path with a space: quoted
+    cli.result(f"try it: {example} IMAGE  (elsewhere: pip install numpy pillow "
                f"{FORMATS[args.format].pip}, then python predict_example.py IMAGE)")
     return 0
