@@ -148,9 +148,14 @@ def test_a_csv_whose_rows_are_all_refused_says_why(tmp_path):
     from pipeline.shared.params import PrepareParams, PreprocessParams
     from pipeline.stages import prepare
 
-    (tmp_path / "m.csv").write_text("path,label\nno/a.png,cat\nno/b.png,dog\n")
-    with pytest.raises(UserError, match=r"found no label in .*m.csv: 2 of its rows were refused \(2 file not found\)"):
+    (tmp_path / "m.csv").write_text("path,label\nno/a.png,cat\n../b.png,dog\n/abs/c.png,dog\n")
+    with pytest.raises(UserError) as err:
         prepare.prepare(tmp_path / "m.csv", tmp_path / "run", PrepareParams(workers=1), PreprocessParams())
+    said = str(err.value)
+    assert said.startswith("3 of the rows of ") and "m.csv were refused (1 file not found; 1 path escapes" in said
+    assert "1 absolute path refused; the first: no/a.png, line 2: file not found), so it names no label" in said
+    assert "rejected.csv" not in said and "keep the CSV in the images' folder or above it" in said
+    assert not (tmp_path / "run").exists()  # nothing written: so nothing to point at
 
 
 def test_csv_without_the_named_columns_is_a_clear_error(tmp_path):

@@ -538,11 +538,20 @@ def _too_few_labels(listing: ingest.Listing, names: list[str], cand: list[int], 
     else:
         where = f"{found} in {listing.source or data}"
         if listing.rejected and len(names) < 2:  # the mapping file is there: its rows were refused, say why
-            reasons = Counter(why.split(": ", 1)[-1] for _, why in listing.rejected).most_common(2)
-            return (f"need at least 2 classes, found {where}: {len(listing.rejected)} of its rows were refused ("
-                    + "; ".join(f"{n} {why}" for why, n in reasons) + f"), see {rf.REJECTED} in the run folder")
+            path, why = listing.rejected[0]
+            return (f"{len(listing.rejected)} of the rows of {listing.source or data} were refused ("
+                    + _reasons(listing.rejected) + f"; the first: {path}, {why}), so it names {found}; 2 classes "
+                    "are needed. Its paths are read relative to its own folder and must stay inside it: keep the "
+                    "CSV in the images' folder or above it")
     return (f"need at least 2 classes, found {where}. Put each label's images in a folder of its own "
             f"({data}/cat/..., {data}/dog/...) or list them in a CSV of path,label (README: Your own images)")
+
+
+def _reasons(rejected: Sequence[tuple[str, str]], most: int = 3) -> str:
+    """The commonest reasons of rejected entries with their counts ("2 file not found; 1 absolute path refused")."""
+    counts = Counter(audit.reason_category(why) for _, why in rejected).most_common()
+    shown = "; ".join(f"{n} {why}" for why, n in counts[:most])
+    return shown + (f"; {sum(n for _, n in counts[most:])} other" if len(counts) > most else "")
 
 
 def _resolve(listing: ingest.Listing, plan: SplitPlan, cfg: PreprocessParams, pool: Any,
@@ -874,8 +883,8 @@ def _log_done(listing: ingest.Listing, data: Path, run: Path, marker: dict[str, 
     # usable + rejected of the read + dropped = read; the rest of rejected.csv was never a candidate
     others = min(len(listing.rejected), marker["rejected"])
     rejected = f"{marker['rejected'] - others} of the {len(listing.items)} read rejected" + (
-        f", and {others} other entr{'y' if others == 1 else 'ies'} refused before reading (no label, not an image, "
-        "...)" if others else "")
+        f", and {others} other entr{'y' if others == 1 else 'ies'} refused before reading ({_reasons(listing.rejected)})"
+        if others else "")
     log.info("prepare: %d usable images in %d %s -> train %d, val %d, test %d; %s (rejected.csv)%s",
              sum(totals.values()), len(marker["counts"]["train"]),
              "labels" if marker.get("task") == "multi" else "classes", totals["train"], totals["val"], totals["test"],
