@@ -40,3 +40,11 @@ def test_copies_suggest_their_groups_most_common_label():
             {"group": "7", "path": "z", "label": "dog", "split": "train", "kind": "copy", "similarity": "1"}]
     cards = queues.duplicates(rows)
     assert [c["suggested"] for c in cards] == ["cat"] * 3 and "a copy of y (cat, test)" in cards[0]["reason"]
+
+
+def test_copies_of_a_tie_suggest_nothing():
+    rows = [{"group": "3", "path": "red/9.jpg", "label": "red", "split": "train", "kind": "copy", "similarity": "1"},
+            {"group": "3", "path": "blue/copy.jpg", "label": "blue", "split": "test", "kind": "copy", "similarity": "1"}]
+    cards = queues.duplicates(rows)
+    assert [c["suggested"] for c in cards] == ["", ""]
+    assert cards[0]["reason"] == "a copy of blue/copy.jpg (blue, test); as many 'red' as 'blue': which label is right?"

@@ -17,6 +17,8 @@ the strict cut of confident learning).
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import hashlib
 from typing import Any
 
@@ -50,18 +52,21 @@ def suspects(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def duplicates(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """``similar.csv`` groups as cards, group after group; each card suggests its group's most common label."""
+    """``similar.csv`` groups as cards, group after group; each card suggests its group's most common label,
+    when one label has more members than any other (a tie, one cat and one dog, suggests nothing: the
+    reviewer decides which is right)."""
     groups: dict[str, list[dict[str, str]]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
     out = []
     for gid, members in groups.items():
-        labels = [m["label"] for m in members]
-        common = max(set(labels), key=lambda lab: (labels.count(lab), -labels.index(lab)))
+        counts = Counter(m["label"] for m in members).most_common()
+        common = counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else ""
+        tie = "" if common else f"; as many {' as '.join(repr(lab) for lab, _ in counts[:2])}: which label is right?"
         for m in members:
             others = ", ".join(f"{o['path']} ({o['label']}, {o['split']})" for o in members if o is not m)
             what = "a copy of" if m.get("kind") == "copy" else "looks like"
-            out.append(card(m["path"], m["label"], common, None, f"{what} {others}", split=m.get("split", ""),
+            out.append(card(m["path"], m["label"], common, None, f"{what} {others}{tie}", split=m.get("split", ""),
                             group=gid, kind=m.get("kind", "")))
     return out
 
