@@ -17,9 +17,8 @@ the strict cut of confident learning).
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import hashlib
+from collections import Counter
 from typing import Any
 
 import numpy as np
