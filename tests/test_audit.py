@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -92,6 +93,8 @@ def test_duplicates_conflicts_and_leakage(tmp_path, caplog):
     with open(run / "manifest.csv") as fh:
         assert "leak.png" not in fh.read()
     assert any("also appear in train" in w for w in ds["warnings"])
+    said = next(w for w in ds["warnings"] if "more than one label" in w)
+    assert re.search(r"the same file, e\.g\. \S*a/\S+\.png \(a\) = \S*b/wrong\.png \(b\);", said), said
     kept = run_prepare(data, tmp_path / "run2", IngestParams(leakage="keep"), val_size=0.0)
     assert kept.counts["test"]["a"] == 3
 

@@ -247,9 +247,13 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
                         + "; ".join(" / ".join(repr(name) for name in group) for group in alike[:5])
                         + " (one class? relabel them in corrections.csv, or rename their folders)")
     if conflicts:
-        warnings.append(f"{len(conflicts)} image(s) appear under more than one label (the same file; each copy "
-                        "keeps its own label, but a val/test copy of a training image is left out as leakage: settle "
-                        "them on the review page, `make review`, or in corrections.csv)")
+        one = {}  # a file of each label of the first group
+        for path, label in zip(conflicts[0]["paths"], conflicts[0]["labels"]):
+            one.setdefault(label, path)
+        first = " = ".join(f"{path} ({label})" for label, path in list(one.items())[:3])
+        warnings.append(f"{len(conflicts)} image(s) appear under more than one label (the same file, e.g. {first}; "
+                        "each copy keeps its own label, but a val/test copy of a training image is left out as "
+                        "leakage: settle them on the review page, `make review`, or in corrections.csv)")
     if leakage:
         warnings.append(f"{len(leakage)} val/test image(s) also appear in train ({leakage_action})")
     sizes, modes, formats, alpha, (wmin, wmax, hmin, hmax) = _census(metas)
