@@ -113,8 +113,8 @@ def locate(path: str | Path) -> Path:
     if is_bundle(path / "model"):
         return path / "model"
     if not path.exists() or is_prepared(path):
-        raise StageError(f"model bundle not found: {path} (give --model the folder that holds {MARKER}, or train "
-                         "one: `make train`)")
+        raise StageError(f"model bundle not found: {path} (train one: `make train`; or name another: RUN=runs/<name> "
+                         f"or MODEL=<the folder that holds {MARKER}>, on the command line --run or --model)")
     raise StageError(f"{path} is not a model bundle (no {MARKER}); give the bundle folder, e.g. runs/<name>/model, "
                      "or a run folder holding one")
 
