@@ -31,6 +31,7 @@ def test_evaluate_writes_a_self_contained_report_and_pngs(trained_run):
                  "Per class", "Most confused pairs", "Worst misclassified", "reliability", "[train]", "[preprocess]",
                  "tensorflow", "lenet5", "macro F1"):
         assert text in page, text
+    assert re.search(r"<td>background</td><td>\d+</td><td>the paper of the", page)  # a choice "auto" resolved
     # self-contained: every image is inline, nothing is fetched
     srcs = re.findall(r'src="([^"]*)"', page)
     # 7 plots (+ risk-coverage) and the thumbnails of the outliers and rejected files

@@ -173,7 +173,7 @@ def _choices(choices: dict[str, Any] | None) -> str:
     """The settings "auto" resolved to, and why."""
     if not choices:
         return ""
-    rows = [[key, choices[key].get("value"), choices[key].get("why")] for key in ("color", "size", "invert")
+    rows = [[key, choices[key].get("value"), choices[key].get("why")] for key in ("color", "size", "invert", "background")
             if key in choices]
     flip = choices.get("hflip")
     if flip:
