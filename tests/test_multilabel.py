@@ -102,9 +102,14 @@ def test_loss_is_keras_binary_crossentropy_with_positive_weights():
 
 
 def test_positive_weights_follow_the_imbalance_rule():
-    weights, why = multilabel.positive_weights([5, 50], 100, "auto", 10.0)
-    assert weights == [19.0, 1.0] and "19.0x" in why
+    weights, why, few = multilabel.positive_weights([5, 50], 100, "auto", 10.0, ["cat", "dog"])
+    assert weights == [9.0, 1.0] and "19.0x" in why  # 5 images count as if they were 10: 90 / 10
+    assert few and "'cat' (5): weighted as if they had 10" in few[0]
+    weights, _, few = multilabel.positive_weights([15, 100], 200, "auto", 10.0)
+    assert weights == [12.3333, 1.0] and few == ()  # 15 images: weighted as they are
     assert multilabel.positive_weights([40, 50], 100, "auto", 10.0)[0] is None
-    assert multilabel.positive_weights([40, 50], 100, "balanced", 10.0)[0] == [1.5, 1.0]
+    assert multilabel.positive_weights([40, 50], 100, "balanced", 10.0)[:1] == ([1.5, 1.0],)
+    weights, _, few = multilabel.positive_weights([1, 50], 216, "balanced", 10.0, ["yellow", "red"])
+    assert weights[0] == 215.0 and "'yellow' (1): balanced weights count each of their images up to 215x" in few[0]
     assert multilabel.positive_weights([5, 50], 100, "none", 10.0)[0] is None
 

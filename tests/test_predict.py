@@ -122,7 +122,7 @@ def test_threshold_labels_low_confidence_unknown(shade_bundle, tmp_path):
         PredictParams(threshold=1.5)
 
 
-def test_http_rows_list_labels_only_for_a_multi_label_models_label_sets():
+def test_http_rows_list_labels_for_every_multi_label_row_only():
     """The web answer's ``labels`` list follows the model's rules, not the label text: a single-label class
     named "a;b" is one label."""
     probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.9, 0.1]])
@@ -130,7 +130,9 @@ def test_http_rows_list_labels_only_for_a_multi_label_models_label_sets():
     assert single[0].label == "a;b" and "labels" not in single[0].as_http()
     multi = make_rows(["x.png", "y.png"], ["", ""], probs, ["a", "c", "d"], Rules(2, cuts=(0.5, 0.5, 0.5)))
     assert multi[1].as_http()["labels"] == ["c", "a"] and multi[1].as_http()["label"] == "c;a"
-    assert "labels" not in multi[0].as_http()  # one label: the label says it all
+    assert multi[0].as_http()["labels"] == ["a"]  # one label: a list all the same, as a client reads it
+    none = make_rows(["z.png"], [""], np.array([[0.1, 0.2, 0.3]]), ["a", "c", "d"], Rules(2, cuts=(0.5, 0.5, 0.5)))
+    assert none[0].as_http()["labels"] == [] and none[0].as_http()["label"] == ""
 
 
 def _run(bundle, tmp_path, name, p, **kw):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.model.recipe import FEW_WEIGHED
+
 DEFAULT_THRESHOLD = 0.5
 T_BOUNDS = (0.05, 20.0)
 FEW_POSITIVES = 10  # a label's threshold set on fewer validation positives than this is a rough estimate
@@ -137,22 +139,37 @@ def metrics(y: np.ndarray, probs: np.ndarray, cuts: np.ndarray, labels: list[str
 
 
 # ---------------------------------------------------------------- training
-def positive_weights(positives: list[int], n: int, mode: str, threshold: float) -> tuple[list[float] | None, str]:
+def positive_weights(positives: list[int], n: int, mode: str, threshold: float,
+                     labels: Sequence[str] = ()) -> tuple[list[float] | None, str, tuple[str, ...]]:
     """Per-label weights of the positive term of the loss (``[train] class_weights`` for multi-label data):
     each label's negatives over its positives, so that its positives and negatives weigh alike. ``auto``
     weights when some label is rarer than 1 in ``threshold`` + 1 images (negatives > ``threshold`` x
-    positives)."""
+    positives), a label with fewer than ``FEW_WEIGHED`` training images as if it had that many (one image
+    weighted 200x put its label on every image). Also the warnings about such labels."""
     pos = np.maximum(np.asarray(positives, float), 1.0)
     ratio = (n - pos) / pos
     if mode == "none":
-        return None, "off (set in params)"
-    weights = [round(float(r), 4) for r in np.maximum(ratio, 1e-3)]
+        return None, "off (set in params)", ()
+    few = [j for j, c in enumerate(positives) if 0 < c < FEW_WEIGHED]
+    named = ", ".join(f"{labels[j] if j < len(labels) else j!r} ({positives[j]})" for j in few[:5])
     if mode == "balanced":
-        return weights, "positives weighted by negatives/positives (set in params)"
-    if ratio.max() > threshold:
-        return weights, (f"positives weighted by negatives/positives: the rarest label has {ratio.max():.1f}x as "
-                         f"many negatives, above the audit's {threshold:g}x")
-    return None, f"none: the rarest label has {ratio.max():.1f}x as many negatives, within the audit's {threshold:g}x"
+        warn = (f"label(s) with fewer than {FEW_WEIGHED} training images, {named}: balanced weights count each "
+                f"of their images up to {ratio.max():.0f}x, which can put them on most images: add images of "
+                "them, or set class_weights = \"auto\"",) if few else ()
+        return _rounded(ratio), "positives weighted by negatives/positives (set in params)", warn
+    if ratio.max() <= threshold:
+        return None, (f"none: the rarest label has {ratio.max():.1f}x as many negatives, within the audit's "
+                      f"{threshold:g}x"), ()
+    floor = np.maximum(pos, min(FEW_WEIGHED, n / 2))
+    warn = (f"label(s) with fewer than {FEW_WEIGHED} training images, {named}: weighted as if they had "
+            f"{FEW_WEIGHED} (not to put them on every image), so expect them to be missed: add images of them",) \
+        if few else ()
+    return _rounded((n - floor) / floor), (f"positives weighted by negatives/positives: the rarest label has "
+                                          f"{ratio.max():.1f}x as many negatives, above the audit's {threshold:g}x"), warn
+
+
+def _rounded(weights: np.ndarray) -> list[float]:
+    return [round(float(w), 4) for w in np.maximum(weights, 1e-3)]
 
 
 def loss(label_smoothing: float, pos_weight: list[float] | None) -> Any:

@@ -100,13 +100,14 @@ class Row:
         return out
 
     def as_http(self) -> dict[str, Any]:
-        """The row as the web API answers it; a multi-label row with two or more labels adds them as a
-        ``labels`` list (a single-label model's label is one name, even with a ``;`` in it)."""
+        """The row as the web API answers it; a multi-label model's row also gives its label set as a
+        ``labels`` list, empty, of one or of several (a single-label model's label is one name, even with a
+        ``;`` in it, and no list)."""
         if self.error:
             return {"file": self.path, "error": self.error}
         names = [s for s in self.label.split(MULTI_JOIN) if s] if self.multi else []
         return {"file": self.path, "label": self.label, "confidence": self.confidence,
-                **({"labels": names} if len(names) > 1 else {}),
+                **({"labels": names} if self.multi else {}),
                 "top_k": [{"label": label, "probability": prob} for label, prob in self.top],
                 "novelty": self.novelty, "familiar": self.familiar, "error": None}
 

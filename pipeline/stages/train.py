@@ -161,8 +161,9 @@ def _plan(prep: rf.Prepared, p: TrainParams, aug: AugmentParams, data: Data, clu
     counts = y.sum(axis=0).tolist() if data.multi else np.bincount(y, minlength=data.n_classes).tolist()
     plan = recipe.plan(p, aug, len(data.x_train), counts, prep.hflip, prep.imbalance_ratio, cluster.replicas)
     if data.multi:  # the class weights weigh each label's positives against its negatives
-        weights, why = multilabel.positive_weights(counts, len(y), p.class_weights, prep.imbalance_ratio)
-        plan = dataclasses.replace(plan, class_weights=weights, class_weights_why=why)
+        weights, why, few = multilabel.positive_weights(counts, len(y), p.class_weights, prep.imbalance_ratio,
+                                                        prep.labels)
+        plan = dataclasses.replace(plan, class_weights=weights, class_weights_why=why, warnings=plan.warnings + few)
     else:
         plan = dataclasses.replace(plan, warnings=plan.warnings + recipe.few_weighed(plan.class_weights, counts))
     log.info("train: %s (%s)", recipe.passes_in_words(plan), plan.epochs_why)
