@@ -106,6 +106,7 @@ def test_multi_label_prepare_train_evaluate_predict(tmp_path):
     assert metrics["map"] > 0.9 and metrics["f1_macro"] > 0.8, metrics  # an easy task
     page = (run / "report.html").read_text()
     assert "test mAP" in page and "Per label (worst F1 first)" in page and (run / "pr_curves.png").is_file()
+    assert f"every label right on {metrics['subset_accuracy']:.2%} of the images" in page and "test images · 3 labels ·" in page
     assert "one per label" in page  # the temperatures, not one that the model does not use
     info = json.loads((run / "model" / "bundle.json").read_text())
     assert info["task"] == "multi" and info["plan"]["class_weights_why"]
