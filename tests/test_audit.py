@@ -271,3 +271,14 @@ def test_rejected_reasons_are_counted_without_their_per_file_details():
     assert reason_category("excluded by corrections.csv line 6") == reason_category(
         "excluded by corrections.csv line 7") == "excluded by corrections.csv"
     assert reason_category("not an image (a .txt file)") == "not an image"
+
+
+def test_multi_label_data_hears_of_a_label_missing_from_val_once_in_its_own_words():
+    from pipeline.data import audit
+
+    counts = {"train": {"red": 40, "yellow": 1}, "val": {"red": 5, "yellow": 0}, "test": {"red": 9, "yellow": 1}}
+    ds = audit.summarize({"red": 0, "yellow": 1}, counts, [], [], [], [], [], [], "kept", 10.0, 0)
+    assert not any("class(es)" in w for w in ds["warnings"])  # the single-label wording (and its confidence cut)
+    y = {"train": np.array([[1, 0]] * 39 + [[1, 1]]), "val": np.array([[1, 0]] * 5), "test": np.array([[1, 1]] * 9)}
+    found = audit.multi_label_findings(y, ["red", "yellow"], 5, ds["warnings"])
+    assert found["task"] == "multi" and "no positive image in the val split for label(s): ['yellow']" in ds["warnings"]

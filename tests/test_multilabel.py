@@ -102,9 +102,9 @@ def test_loss_is_keras_binary_crossentropy_with_positive_weights():
 
 
 def test_positive_weights_follow_the_imbalance_rule():
-    weights, why, few = multilabel.positive_weights([5, 50], 100, "auto", 10.0, ["cat", "dog"])
-    assert weights == [9.0, 1.0] and "19.0x" in why  # 5 images count as if they were 10: 90 / 10
-    assert few and "'cat' (5): weighted as if they had 10" in few[0]
+    weights, why, few = multilabel.positive_weights([5, 30, 50], 100, "auto", 2.0, ["cat", "cow", "dog"])
+    assert weights == [1.0, 2.3333, 1.0] and "19.0x" in why  # 5 images: not weighted up
+    assert few and "'cat' (5): not weighted up" in few[0]
     weights, _, few = multilabel.positive_weights([15, 100], 200, "auto", 10.0)
     assert weights == [12.3333, 1.0] and few == ()  # 15 images: weighted as they are
     assert multilabel.positive_weights([40, 50], 100, "auto", 10.0)[0] is None

@@ -227,7 +227,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
               leakage: list[dict[str, str]], leakage_action: str, imbalance_ratio: float, few_below: int = 10
               ) -> dict[str, Any]:
     """The dataset summary written to ``dataset.json``, with its warnings (``counts``: images per class, or
-    a multi-label dataset's positives per label; ``few_below``: 0 leaves the few-images check to
+    a multi-label dataset's positives per label; ``few_below``: 0 leaves the few-images and held-out checks to
     :func:`multi_label_findings`)."""
     totals = {name: sum(counts[s][name] for s in counts) for name in labels}
     nonzero = [n for n in totals.values() if n]
@@ -240,7 +240,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     few = [name for name, n in totals.items() if n < few_below]
     if few:
         warnings.append(f"few images (< {few_below}) in class(es): {few[:10]}")
-    warnings += _unheld(counts, totals)
+    warnings += _unheld(counts, totals) if few_below else []  # multi-label: multi_label_findings says it per label
     alike = look_alike_labels(labels)
     if alike:
         warnings.append("labels that differ only in letter case or spacing are different classes: "

@@ -144,8 +144,8 @@ def positive_weights(positives: list[int], n: int, mode: str, threshold: float,
     """Per-label weights of the positive term of the loss (``[train] class_weights`` for multi-label data):
     each label's negatives over its positives, so that its positives and negatives weigh alike. ``auto``
     weights when some label is rarer than 1 in ``threshold`` + 1 images (negatives > ``threshold`` x
-    positives), a label with fewer than ``FEW_WEIGHED`` training images as if it had that many (one image
-    weighted 200x put its label on every image). Also the warnings about such labels."""
+    positives), except a label with fewer than ``FEW_WEIGHED`` training images (one image weighted 215x, or
+    20x, put its label on most images). Also the warnings about such labels."""
     pos = np.maximum(np.asarray(positives, float), 1.0)
     ratio = (n - pos) / pos
     if mode == "none":
@@ -160,12 +160,12 @@ def positive_weights(positives: list[int], n: int, mode: str, threshold: float,
     if ratio.max() <= threshold:
         return None, (f"none: the rarest label has {ratio.max():.1f}x as many negatives, within the audit's "
                       f"{threshold:g}x"), ()
-    floor = np.maximum(pos, min(FEW_WEIGHED, n / 2))
-    warn = (f"label(s) with fewer than {FEW_WEIGHED} training images, {named}: weighted as if they had "
-            f"{FEW_WEIGHED} (not to put them on every image), so expect them to be missed: add images of them",) \
+    weights = np.where(pos < FEW_WEIGHED, 1.0, ratio)
+    warn = (f"label(s) with fewer than {FEW_WEIGHED} training images, {named}: not weighted up (their few images "
+            "weighted to match the rest put them on most images), so expect them to be missed: add images of them",) \
         if few else ()
-    return _rounded((n - floor) / floor), (f"positives weighted by negatives/positives: the rarest label has "
-                                          f"{ratio.max():.1f}x as many negatives, above the audit's {threshold:g}x"), warn
+    return _rounded(weights), (f"positives weighted by negatives/positives: the rarest label has "
+                               f"{ratio.max():.1f}x as many negatives, above the audit's {threshold:g}x"), warn
 
 
 def _rounded(weights: np.ndarray) -> list[float]:
