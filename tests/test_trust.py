@@ -229,6 +229,11 @@ def test_explain_writes_an_overlay_png(shade_bundle, tmp_path, method):
     with Image.open(tmp_path / "o.png") as png:
         width, height = (round(inches * plots.DPI) for inches in plots.EXPLANATION_INCHES)
         assert png.format == "PNG" and png.size == (width, height)  # the three panels
+    if method == "occlusion":  # another label than the most probable one, by name
+        res = cli("explain", img, "--model", shade_bundle, "--out", tmp_path / "d.png", "--label", "dark")
+        assert res.returncode == 0 and res.stdout.startswith(f"{img}: dark  top-3: mid "), res.stdout
+        res = cli("explain", img, "--model", shade_bundle, "--out", tmp_path / "e.png", "--label", "zebra")
+        assert res.returncode == 2 and "--label 'zebra' is not a label of this model: dark, light, mid" in res.stderr
 
 
 def test_a_cut_set_on_few_validation_images_says_so_and_a_multi_label_model_says_its_threshold_is_unused(caplog):

@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def explain(image: Path, model_dir: Path, out: Path, method: str = "occlusion", top_k: int = 3,
-            runtime: str = bundle_mod.AUTO) -> dict[str, Any]:
-    """Write the overlay PNG for one image; return the label, top-k, novelty, familiar and the method."""
+            runtime: str = bundle_mod.AUTO, label: str | None = None) -> dict[str, Any]:
+    """Write the overlay PNG for one image: what ``label`` (default: the most probable one) rests on; return
+    the label explained, the top-k, novelty, familiar and the method."""
     if method == "gradcam":  # gradients of the Keras model
         if runtime == bundle_mod.ONNX:
             raise UserError("--method gradcam needs the model's gradients: --runtime tensorflow (or auto)")
         runtime = bundle_mod.TENSORFLOW
     b = bundle_mod.load(model_dir, runtime)
+    if label is not None and label not in b.labels:
+        raise UserError(f"--label {label!r} is not a label of this model: {', '.join(b.labels)}")
     try:
         x = load_image(image, b.preprocess)
     except ImageError as exc:
@@ -43,7 +46,7 @@ def explain(image: Path, model_dir: Path, out: Path, method: str = "occlusion", 
     got = predictor(x[None])
     probs = got.probs[0]
     order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, len(b.labels)))]
-    cls = int(order[0])
+    cls = int(order[0]) if label is None else b.labels.index(label)
     heat = saliency(predictor, x, cls, method)
     top = [(b.labels[i], float(probs[i])) for i in order]
     familiar = None if got.familiar is None else bool(got.familiar[0])
@@ -71,6 +74,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="the overlay PNG (default: <image name>.explain.png here)")
     parser.add_argument("--method", choices=METHODS, default="occlusion", help="saliency method (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=3, help="labels listed (default: %(default)s)")
+    parser.add_argument("--label", help="the label to explain (default: the most probable one; with several labels "
+                        "per image, any of them)")
     cli.add_runtime_option(parser)
     return parser
 
@@ -82,5 +87,6 @@ def resolve_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     """CLI: write the overlay, print the label, top-k and novelty."""
     out = args.out or Path(f"{args.image.stem}.explain.png")
-    cli.result(describe(explain(args.image, args.model, out, args.method, args.top_k, args.runtime or bundle_mod.AUTO)))
+    cli.result(describe(explain(args.image, args.model, out, args.method, args.top_k, args.runtime or bundle_mod.AUTO,
+                                args.label)))
     return 0
