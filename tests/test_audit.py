@@ -26,7 +26,7 @@ def reasons(run):
         return {r["path"]: r["reason"] for r in csv.DictReader(fh)}
 
 
-def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp_path):
+def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp_path, caplog):
     data = make_tree(tmp_path / "data", {"a": 5, "b": 5})
     a, b = data / "a", data / "b"
     (a / "zero.png").write_bytes(b"")
@@ -47,7 +47,10 @@ def test_every_bad_kind_is_rejected_with_its_reason_and_odd_formats_are_read(tmp
     Image.new("L", (16, 16), 90).save(b / "scan.tif")
     Image.new("L", (16, 16), 90).save(b / "bitmap.bmp")
     run = tmp_path / "run"
-    summary = run_prepare(data, run)
+    with caplog.at_level("INFO"):
+        summary = run_prepare(data, run)
+    assert "rejected 7 file(s) or folder(s) (2 not an image; 1 " in caplog.text  # the commonest reasons, counted
+    assert "; 3 other), see " in caplog.text
     r = reasons(run)
     assert r["a/zero.png"] == "empty file (0 bytes)"
     assert r["a/truncated.png"].startswith(("truncated image", "corrupt image"))

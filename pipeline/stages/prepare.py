@@ -379,7 +379,8 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
         log.debug("prepare: decoded after %.2fs", time.perf_counter() - t0)
         artifacts.write_text(run / rf.REJECTED, _csv_text(("path", "reason"), plan.rejected))
         if plan.rejected:
-            log.warning("rejected %d file(s) or folder(s), see %s", len(plan.rejected), run / rf.REJECTED)
+            log.warning("rejected %d file(s) or folder(s) (%s), see %s", len(plan.rejected), _reasons(plan.rejected),
+                        run / rf.REJECTED)
         decoded = _usable(listing, plan, metas, p, data, run)
         bands = _hash_band_jobs(pool, decoded)  # first in the idle workers: the copy search waits for them
         flushed = artifacts.fsync_started([tmp_files[s] for s in SPLITS])  # complete: to disk while we audit
