@@ -127,6 +127,24 @@ def step_prepare(data: Path, work: Path) -> dict[str, Any]:
     return _prepare_run(data, work / "run")
 
 
+def step_prepare_unaudited(data: Path, work: Path) -> dict[str, Any]:
+    """prepare with the audit's per-image work replaced by constants: random perceptual hashes (no copy
+    candidates), blank thumbnails, no quality statistics. Not a mode of the product: beside step ``prepare``,
+    it measures what the audit costs prepare's wall time (the decoding workers are forked: they see this)."""
+    import numpy as np
+
+    from pipeline.data import quality, similar
+
+    def blank_signatures(grays: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(grays)
+        hashes = np.random.default_rng().integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+        return hashes, np.zeros((n, similar.THUMB * similar.THUMB), np.uint8), np.zeros(n, bool)
+
+    similar.signatures = blank_signatures
+    quality.image_stats = lambda images, grays: np.full((len(images), len(quality.STATS)), quality.NONE, np.float32)
+    return _prepare_run(data, work / "run_unaudited")
+
+
 def step_prepare_heavy(data: Path, work: Path) -> dict[str, Any]:
     """The heaviest preprocessing: median denoise + CLAHE + MNIST digit normalization."""
     from pipeline.shared.params import PreprocessParams
@@ -581,6 +599,13 @@ def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
             each = [k / o for k, o in zip(keras, ours)]
             lines.append(f"  the same, round by round: median {statistics.median(each):.2f}x, mean {statistics.mean(each):.2f}x "
                          f"+- {statistics.stdev(each):.2f} over {len(each)} rounds ({', '.join(f'{r:.2f}' for r in each)})")
+    blank, keras = results.get("prepare_unaudited", {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
+    ours = results.get("prepare", {}).get("rounds", [])
+    if len(blank) == len(keras) == len(ours) >= 2:
+        each = [k / o for k, o in zip(keras, blank)]
+        lines.append(f"prepare with the audit's per-image checks and copy search blanked: median {statistics.median(each):.2f}x "
+                     f"as fast as the Keras pass; the audit costs {statistics.median(ours) - statistics.median(blank):.2f} s "
+                     f"of prepare's median {statistics.median(ours):.2f} s")
     c = results.get("copies")
     if c:
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in c["by_kind"].items())
@@ -601,6 +626,7 @@ def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
 STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
+    "prepare_unaudited": ("prepare, the audit's work blanked", step_prepare_unaudited),
     "keras_read": ("image_dataset_from_directory pass", step_keras_read),
     "prepare_heavy": ("prepare, denoise+CLAHE+mnist normalize", step_prepare_heavy),
     "train": ("train (ours: default recipe, augmented)", step_train),
@@ -620,7 +646,7 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     # the light runtime against TensorFlow: cold single image, a folder from the shell (benchmarks.runtime_bench)
     **runtime_bench.STEPS,
 }
-LIGHT_STEPS = ("export", "prepare", "prepare_heavy", "scale_prepare", "copies", "audit_cost", *runtime_bench.STEPS)  # no Keras in the child
+LIGHT_STEPS = ("export", "prepare", "prepare_unaudited", "prepare_heavy", "scale_prepare", "copies", "audit_cost", *runtime_bench.STEPS)  # no Keras in the child
 
 
 def _run_child(step: str, data: Path, work: Path) -> dict[str, Any]:
