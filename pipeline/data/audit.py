@@ -155,6 +155,11 @@ def reason_category(reason: str) -> str:
     return reason.split(":", 1)[0].split(" (", 1)[0].strip()
 
 
+def reason_counts(rejected: Sequence[tuple[str, str]]) -> list[tuple[str, int]]:
+    """(reason category, count) of rejected (path, reason) entries, the commonest first."""
+    return Counter(reason_category(r) for _, r in rejected).most_common()
+
+
 def extension_mismatches(paths: Sequence[str], metas: Sequence[Meta]) -> list[str]:
     """Files whose content format differs from what their extension says (read by content anyway)."""
     same = {"MPO": "JPEG", "DIB": "BMP"}
@@ -274,7 +279,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
         "formats": dict(formats.most_common()),
         "transparent": alpha,  # images with transparent parts (composited onto the chosen background)
         "rejected": {"total": len(rejected),
-                     "by_reason": dict(Counter(reason_category(r) for _, r in rejected).most_common())},
+                     "by_reason": dict(reason_counts(rejected))},
         "duplicates": {"groups": len(duplicates), "extra_copies": sum(len(d["paths"]) - 1 for d in duplicates),
                        "examples": duplicates[:EXAMPLES]},
         "conflicts": {"groups": len(conflicts), "examples": conflicts[:EXAMPLES]},

@@ -550,7 +550,7 @@ def _too_few_labels(listing: ingest.Listing, names: list[str], cand: list[int], 
 
 def _reasons(rejected: Sequence[tuple[str, str]], most: int = 3) -> str:
     """The commonest reasons of rejected entries with their counts ("2 file not found; 1 absolute path refused")."""
-    counts = Counter(audit.reason_category(why) for _, why in rejected).most_common()
+    counts = audit.reason_counts(rejected)
     shown = "; ".join(f"{n} {why}" for why, n in counts[:most])
     return shown + (f"; {sum(n for _, n in counts[most:])} other" if len(counts) > most else "")
 
