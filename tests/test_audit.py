@@ -285,3 +285,24 @@ def test_multi_label_data_hears_of_a_label_missing_from_val_once_in_its_own_word
     y = {"train": np.array([[1, 0]] * 39 + [[1, 1]]), "val": np.array([[1, 0]] * 5), "test": np.array([[1, 1]] * 9)}
     found = audit.multi_label_findings(y, ["red", "yellow"], 5, ds["warnings"])
     assert found["task"] == "multi" and "no positive image in the val split for label(s): ['yellow']" in ds["warnings"]
+
+
+def test_a_lone_leftover_reason_is_named_not_counted_as_other():
+    four = [("a", "empty file (0 bytes)"), ("b", "not an image (a .txt file)"), ("c", "not an image (a .db file)"),
+            ("d", "truncated image: the file ends"), ("e", "excluded by corrections.csv line 2")]
+    assert prepare._reasons(four) == "2 not an image; 1 empty file; 1 truncated image; 1 excluded by corrections.csv"
+    five = four + [("f", "too small: 3x3 px (min_side 8)")]
+    assert prepare._reasons(five).endswith("; 2 other")
+
+
+def test_copy_pairs_across_labels_name_the_groups_they_make():
+    from pipeline.data import audit
+
+    near = {"across_classes": {"copies": 12, "copy_groups": 2}, "across_splits": {"copies": 0}}
+    warnings: list[str] = []
+    audit.similarity_findings(near, {}, warnings)
+    assert warnings == ["12 pair(s) of copies of one image carry different labels in 2 group(s) of copies "
+                        "(similar.csv)"]
+    warnings.clear()
+    audit.similarity_findings({"across_classes": {"copies": 1, "copy_groups": 1}, "across_splits": {}}, {}, warnings)
+    assert warnings == ["1 pair(s) of copies of one image carry different labels (similar.csv)"]

@@ -37,6 +37,17 @@ def test_stray_files_hidden_files_and_empty_classes_are_reported(tmp_path):
     assert len(listing.items) == 2
     assert ("README.txt", "not inside a label folder") in listing.rejected
     assert ("empty", "empty label folder") in listing.rejected
+    assert listing.hidden == ["a/.DS_Store"]  # passed over, and counted (prepare names them)
+
+
+def test_hidden_folders_and_files_are_passed_over_and_listed(tmp_path):
+    make_tree(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / "a" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "a" / ".ipynb_checkpoints" / "x.png").write_bytes(b"png")
+    (tmp_path / "b" / "._0.png").write_bytes(b"mac")
+    listing = ingest.scan(tmp_path)
+    assert len(listing.items) == 4 and sorted(listing.hidden) == [".cache", "a/.ipynb_checkpoints", "b/._0.png"]
 
 
 def test_unreadable_folder_is_reported_not_fatal(tmp_path, monkeypatch):

@@ -48,3 +48,13 @@ def test_copies_of_a_tie_suggest_nothing():
     cards = queues.duplicates(rows)
     assert [c["suggested"] for c in cards] == ["", ""]
     assert cards[0]["reason"] == "a copy of blue/copy.jpg (blue, test); as many 'red' as 'blue': which label is right?"
+
+
+def test_an_image_in_a_copy_group_and_a_look_alike_group_is_one_card():
+    rows = [{"group": "0", "path": "x", "label": "cat", "split": "train", "kind": "copy", "similarity": "1"},
+            {"group": "0", "path": "y", "label": "dog", "split": "test", "kind": "copy", "similarity": "1"},
+            {"group": "1", "path": "x", "label": "cat", "split": "train", "kind": "look-alike", "similarity": "0.99"},
+            {"group": "1", "path": "z", "label": "dog", "split": "train", "kind": "look-alike", "similarity": "0.99"}]
+    cards = queues.duplicates(rows)
+    assert [c["path"] for c in cards] == ["x", "y", "z"] and len({c["id"] for c in cards}) == 3
+    assert "a copy of y (dog, test)" in cards[0]["reason"] and "looks like z (dog, train)" in cards[0]["reason"]

@@ -109,6 +109,7 @@ def test_planted_copies_within_across_classes_and_splits(tmp_path):
     assert (frozenset({"train/a/02.png", "train/b/copy_of_a2.png"}), "copy") in pairs["across_classes"]
     assert (frozenset({"train/b/03.png", "test/b/copy_of_train_b3.png"}), "copy") in pairs["across_splits"]
     assert near["across_classes"]["copies"] == 1 and near["across_splits"]["copies"] == 1
+    assert near["across_classes"]["copy_groups"] == 1
     assert any("copies of one image carry different labels" in w for w in d["warnings"])
     assert any("1 val/test image(s) are copies of training images" in w for w in d["warnings"])
     rows = list(csv.DictReader(open(tmp_path / "run" / "similar.csv")))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.model import confident
+from pipeline.model import confident, queues
 from pipeline.shared.params import AugmentParams, PrepareParams, PreprocessParams, SuspectsParams, TrainParams
 from pipeline.stages import prepare
 from pipeline.stages.suspects import suspects, write_corrections
@@ -135,3 +135,20 @@ def test_copies_of_one_image_are_held_out_together_whatever_their_labels():
     assert sorted(fold_of) == list(range(60))
     moved = {i for f, h in enumerate(plain) for i in h.tolist() if fold_of[i] != f}
     assert moved <= {3, 25, 47, 5, 40}
+
+
+def test_past_the_strict_cut_the_suggestion_is_the_models_likeliest_label():
+    # row 0 flagged (given a, the model says b); rows 1-2 past the cut: given c but c still likeliest, and
+    # given a with b likeliest; a suggestion never points away from the label the model prefers
+    from pipeline.stages.suspects import Checked, ranked_rows
+
+    probs = np.array([[0.05, 0.9, 0.05], [0.2, 0.25, 0.55], [0.3, 0.6, 0.1], [0.98, 0.01, 0.01]])
+    c = Checked(np.zeros((4, 2, 2, 1)), np.array([0, 2, 0, 0]), ["p0", "p1", "p2", "p3"], ["train"] * 4,
+                np.arange(4), probs)
+    issues = confident.Issues(np.array([0]), np.array([1]), np.array([0.05]), np.ones(3), np.zeros((3, 3)))
+    rows = {r["path"]: r for r in ranked_rows(issues, c, ["a", "b", "c"])}
+    assert (rows["p0"]["suggested"], rows["p0"]["flagged"]) == ("b", True)
+    assert (rows["p1"]["suggested"], rows["p1"]["confidence"], rows["p1"]["flagged"]) == ("c", 0.55, False)
+    assert rows["p2"]["suggested"] == "b" and rows["p3"]["suggested"] == "a"
+    card = queues.suspects([{k: str(v) for k, v in rows["p1"].items()}])[0]
+    assert "still the model's likeliest label" in card["reason"]

@@ -294,7 +294,10 @@ def similarity_findings(near: dict[str, Any], odd: dict[str, Any], warnings: lis
     splits, outliers far from their class's spread: the actionable ones) go into ``warnings``."""
     across, leak = near["across_classes"], near["across_splits"]
     if across["copies"]:
-        warnings.append(f"{across['copies']} pair(s) of copies of one image carry different labels (similar.csv)")
+        groups = across.get("copy_groups", 0)
+        among = f" in {groups} group(s) of copies" if groups and groups != across["copies"] else ""
+        warnings.append(f"{across['copies']} pair(s) of copies of one image carry different labels{among} "
+                        "(similar.csv)")
     if leak.get("copy_images"):
         warnings.append(f"{leak['copy_images']} val/test image(s) are copies of training images (re-encoded, "
                         "resized, cropped, shifted or recoloured; kept): they may flatter the test accuracy "

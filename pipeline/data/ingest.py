@@ -88,6 +88,7 @@ class Listing:
     pixel_shape: tuple[int, int] | None = None
     stats: list[tuple[int, int]] | None = None  # (size, mtime_ns) per item, when the walk saw them
     task: str = "single"  # multi: each item's label is its labels joined by MULTI_JOIN ("" for none)
+    hidden: list[str] = field(default_factory=list)  # hidden files and folders the walk passed over (".x")
 
     @property
     def has_splits(self) -> bool:
@@ -99,10 +100,11 @@ _name = operator.attrgetter("name")
 
 
 def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
-                stats: list[tuple[int, int]] | None = None) -> list[str]:
+                stats: list[tuple[int, int]] | None = None, hidden: list[str] | None = None) -> list[str]:
     """Sorted relative paths (POSIX) of the non-hidden files under ``folder``, files before sub-folders.
 
-    Unreadable folders are reported in ``rejected``; (size, mtime) of each file go to ``stats``.
+    Unreadable folders are reported in ``rejected``; (size, mtime) of each file go to ``stats``; the
+    hidden entries passed over (``.DS_Store``, ``._x.jpg``, ``.ipynb_checkpoints/``) to ``hidden``.
     Folder symlinks are not followed (no loops); file symlinks are.
     """
     found: list[str] = []
@@ -110,11 +112,15 @@ def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
     def walk(abs_dir: str, rel_dir: str) -> None:
         try:
             with os.scandir(abs_dir) as it:
-                entries = [e for e in it if e.name[:1] != "."]
+                entries = list(it)
             entries.sort(key=_name)
         except OSError as exc:
             rejected.append((rel_dir, f"unreadable folder: {exc.strerror or exc}"))
             return
+        if any(e.name[:1] == "." for e in entries):
+            if hidden is not None:
+                hidden.extend(f"{rel_dir}/{e.name}" if rel_dir != "." else e.name for e in entries if e.name[:1] == ".")
+            entries = [e for e in entries if e.name[:1] != "."]
         subdirs = []
         for e in entries:
             try:
@@ -134,12 +140,15 @@ def walk_files(folder: Path, root: Path, rejected: list[tuple[str, str]],
     return found
 
 
-def _children(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Sorted non-hidden (sub-folders, files) of ``folder``."""
+def _children(folder: Path, hidden: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
+    """Sorted non-hidden (sub-folders, files) of ``folder`` (the hidden ones, when asked, to ``hidden``)."""
     try:
-        entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         raise UserError(f"cannot read dataset folder {folder}: {exc.strerror or exc}") from None
+    if hidden is not None:
+        hidden.extend(p for p in entries if p.name.startswith("."))
+    entries = [p for p in entries if not p.name.startswith(".")]
     return [p for p in entries if p.is_dir()], [p for p in entries if p.is_file()]
 
 
@@ -164,19 +173,22 @@ def scan_folders(root: Path, stat: bool = True) -> Listing:
     items: list[Item] = []
     rejected: list[tuple[str, str]] = []
     stats: list[tuple[int, int]] | None = [] if stat else None
+    hidden: list[str] = []
     groups = _split_groups(root)
     for base, split in groups:
-        label_dirs, files = _children(base)
+        passed: list[Path] = []
+        label_dirs, files = _children(base, passed)
+        hidden += [f.relative_to(root).as_posix() for f in passed]
         for f in files:
             rejected.append((f.relative_to(root).as_posix(), "not inside a label folder"))
         for label_dir in label_dirs:
-            found = walk_files(label_dir, root, rejected, stats)
+            found = walk_files(label_dir, root, rejected, stats, hidden)
             if not found:
                 rejected.append((label_dir.relative_to(root).as_posix(), "empty label folder"))
             label = label_dir.name
             items.extend(Item(path, label, split) for path in found)
     _outside_splits(root, groups, rejected)
-    return Listing(root, "folders", items, rejected, stats=stats)
+    return Listing(root, "folders", items, rejected, stats=stats, hidden=hidden)
 
 
 def merge_copies(listing: Listing) -> Listing:
@@ -280,12 +292,13 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
     rejected: list[tuple[str, str]] = []
     stats: list[tuple[int, int]] = []
     kept: list[tuple[int, int]] = []
+    hidden: list[str] = []
     groups = _split_groups(root)
     how = "filename_regex" if p.filename_regex else "filename_delimiter" if p.filename_delimiter else \
         "the automatic rule; set [ingest] filename_regex"
     for base, split in groups:
         start = len(stats)
-        for k, rel in enumerate(walk_files(base, root, rejected, stats)):
+        for k, rel in enumerate(walk_files(base, root, rejected, stats, hidden)):
             label = label_from_name(rel.rsplit("/", 1)[-1], p)
             suffix = Path(rel).suffix.lower()
             if suffix in NOT_IMAGES:
@@ -296,7 +309,7 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
                 items.append(Item(rel, label, split))
                 kept.append(stats[start + k])
     _outside_splits(root, groups, rejected)
-    return Listing(root, "filenames", items, rejected, stats=kept)
+    return Listing(root, "filenames", items, rejected, stats=kept, hidden=hidden)
 
 
 # ---------------------------------------------------------------- CSV mapping

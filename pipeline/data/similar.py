@@ -577,6 +577,8 @@ def near_duplicates(found: dict[str, Any], paths: Sequence[str], labels: Sequenc
                      "examples": [_entry(found, k, paths, labels, splits) for k in ranked[:EXAMPLES].tolist()]}
     leak = found["pairs"][found["across_splits"] & found["with_train"] & (found["kind"] == "copy")].tolist()
     out["across_splits"]["copy_images"] = len({j if splits[i] == "train" else i for i, j in leak})  # of training images
+    conflicting = found["pairs"][found["across_classes"] & (found["kind"] == "copy")]
+    out["across_classes"]["copy_groups"] = len(np.unique(_components(conflicting)[1])) if len(conflicting) else 0
     out["rule"] = (f"candidates: perceptual hashes within {NEAR_BITS} bits and thumbnails of the canonical view "
                    f"correlating >= {CANDIDATE_CORR}; look-alikes: thumbnails >= {LOOK_ALIKE_CORR}")
     out["copy_rule"] = (f"a pair spanning labels or splits whose prepared images, aligned by their content and "

@@ -44,7 +44,8 @@ def suspects(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     for r in rows:
         strict = str(r.get("flagged", "")).lower() == "true"
         why = ("confident learning flags it (the strict cut)" if strict else "among the most doubtful labels") + \
-            f": p({r['label']}) = {1 - float(r['score']):.2f} out of sample ({r.get('split', '')})"
+            f": p({r['label']}) = {1 - float(r['score']):.2f} out of sample ({r.get('split', '')})" + \
+            ("; still the model's likeliest label (accepting keeps it)" if r["suggested"] == r["label"] else "")
         out.append(card(r["path"], r["label"], r["suggested"], float(r["confidence"]) if r.get("confidence") else None,
                         why, split=r.get("split", ""), strict=strict))
     return out
@@ -67,7 +68,19 @@ def duplicates(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
             what = "a copy of" if m.get("kind") == "copy" else "looks like"
             out.append(card(m["path"], m["label"], common, None, f"{what} {others}{tie}", split=m.get("split", ""),
                             group=gid, kind=m.get("kind", "")))
-    return out
+    return _once(out)
+
+
+def _once(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each image once (a copy group's card, then look-alike groups': an image can be in one of each), its
+    later groups' reasons added to its first card's: a queue counts images, and one decision settles one."""
+    first: dict[str, dict[str, Any]] = {}
+    for c in cards:
+        if c["path"] in first:
+            first[c["path"]]["reason"] += "; " + c["reason"]
+        else:
+            first[c["path"]] = c
+    return list(first.values())
 
 
 def outliers(rows: list[dict[str, str]]) -> list[dict[str, Any]]:

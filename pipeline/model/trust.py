@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.model import calibrate, multilabel, novelty
+from pipeline.model import calibrate, multilabel, novelty, rows
 from pipeline.model.infer import Predictor
 from pipeline.model.model import scale_logits, set_temperature
 from pipeline.shared import bundle
@@ -54,6 +54,7 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
              "temperature_rule": (f"every validation image right: the mean confidence set to (n+1)/(n+2) = "
                                   f"{calibrate.succession(len(y)):.4f}" if perfect else "the least validation NLL"),
              "ece_val_before": calibrate.ece(calibrate.softmax(logits), y), "ece_val": calibrate.ece(after, y),
+             "nll_val_before": calibrate.nll(logits, y, 1.0), "nll_val": calibrate.nll(logits, y, t),
              "risk_coverage": calibrate.risk_coverage(after, y)}
     if perfect:
         log.info("train: the model gets %s right: no error to fit a temperature on; "
@@ -61,8 +62,9 @@ def _calibrate(model: Any, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
                  f"all {len(y)} validation images" if len(y) > 1 else "its one validation image", t,
                  calibrate.succession(len(y)))
     else:
-        log.info("train: temperature %.3f fitted on val (ECE %.4f -> %.4f)", t, calib["ece_val_before"],
-                 calib["ece_val"])
+        rough = f", a rough estimate on {len(y)} images" if len(y) < rows.FEW_VAL else ""
+        log.info("train: temperature %.3f fitted on val: the least NLL (%.4f -> %.4f; ECE %.4f -> %.4f%s)", t,
+                 calib["nll_val_before"], calib["nll_val"], calib["ece_val_before"], calib["ece_val"], rough)
     return calib
 
 

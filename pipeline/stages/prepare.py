@@ -418,6 +418,9 @@ def _listed(data: Path, run: Path, layout: str, ip: IngestParams, p: PreparePara
     t0 = time.perf_counter()
     listing = ingest.scan(data, layout, ip, stat=stat)
     log.debug("prepare: listed %d files in %.2fs", len(listing.items), time.perf_counter() - t0)
+    if listing.hidden:  # a folder of real images named ".x" would otherwise vanish without a word
+        log.info("prepare: passed over %d hidden file(s) or folder(s) (names starting with '.', e.g. %s); "
+                 "rename one to include it", len(listing.hidden), ", ".join(listing.hidden[:3]))
     listing = _presplit(listing, p)  # before corrections: a review changes labels, never the split
     listing, labeled = corrections.add_labeled(listing, run / rf.LABELED)  # before: a later review decides on them
     if labeled:
@@ -551,6 +554,7 @@ def _too_few_labels(listing: ingest.Listing, names: list[str], cand: list[int], 
 def _reasons(rejected: Sequence[tuple[str, str]], most: int = 3) -> str:
     """The commonest reasons of rejected entries with their counts ("2 file not found; 1 absolute path refused")."""
     counts = audit.reason_counts(rejected)
+    most = most if len(counts) > most + 1 else len(counts)  # one reason left over: named, not "1 other"
     shown = "; ".join(f"{n} {why}" for why, n in counts[:most])
     return shown + (f"; {sum(n for _, n in counts[most:])} other" if len(counts) > most else "")
 

@@ -253,13 +253,16 @@ def ranked_rows(issues: confident.Issues, c: Checked, labels: list[str]) -> list
     quality = c.probs[np.arange(n), c.y]
     depth = max(len(issues.index), math.ceil(REVIEW_SHARE * n), REVIEW_MIN)
     order = np.argsort(quality, kind="stable")[:depth]
-    flagged = set(issues.index.tolist())
+    flagged = np.isin(order, issues.index)
     others = c.probs[order].copy()
     others[np.arange(len(order)), c.y[order]] = -1.0
+    # a flagged image: the likeliest other label; one past the strict cut: the model's likeliest label, which
+    # may be the given one (then accepting the suggestion keeps it: a doubt to look at, not a change to make)
+    suggested = np.where(flagged, others.argmax(axis=1), c.probs[order].argmax(axis=1))
     return [{"path": c.paths[i], "label": labels[c.y[i]], "suggested": labels[int(s)],
              "confidence": round(float(c.probs[i, s]), 4), "score": round(1.0 - float(quality[i]), 4),
-             "split": c.splits[i], "flagged": i in flagged}
-            for i, s in zip(order.tolist(), others.argmax(axis=1).tolist())]
+             "split": c.splits[i], "flagged": bool(f)}
+            for i, s, f in zip(order.tolist(), suggested.tolist(), flagged.tolist())]
 
 
 def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
