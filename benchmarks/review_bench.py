@@ -268,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     params, reference = Path(args.params).resolve(), Path(args.reference).resolve()
     result: dict[str, Any] = {}
     if "loop" in parts:
-        result["loop"] = loop(work, mnist.find_source(None, default=mnist.DEFAULT_RAW), params)
+        source = mnist.find_source(None, default=mnist.DEFAULT_RAW)
+        if source is None:
+            raise SystemExit("the review loop needs local MNIST files (MNIST_DIR or datasets/raw/mnist)")
+        result["loop"] = loop(work, source, params)
     if "real" in parts:
         result["real"] = real_errors(reference, params)
     if "screen" in parts:
