@@ -86,6 +86,21 @@ def test_filenames_with_split_folders(tmp_path):
 
 
 # ---------------------------------------------------------------- csv
+def test_csv_label_and_path_columns_go_by_their_common_names(tmp_path):
+    # a folder holding images/ and a mapping file with `filename,class`: a mapping file, not a label folder
+    for name in ("a", "b", "c"):
+        img(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "labels.csv").write_text("filename,class\nimages/a.png,cat\nimages/b.png,dog\nimages/c.png,dog\n")
+    listing = ingest.scan(tmp_path)
+    assert listing.layout == "csv" and [(i.path, i.label) for i in listing.items] == [
+        ("images/a.png", "cat"), ("images/b.png", "dog"), ("images/c.png", "dog")]
+    (tmp_path / "labels.csv").write_text("file_name,category,label\nimages/a.png,x,cat\nimages/b.png,y,dog\n")
+    assert [i.label for i in ingest.scan(tmp_path / "labels.csv").items] == ["cat", "dog"]  # `label` first
+    (tmp_path / "labels.csv").write_text("filename,kind\nimages/a.png,cat\n")
+    with pytest.raises(ValueError, match="csv_label_column"):
+        ingest.scan(tmp_path / "labels.csv")
+
+
 def test_csv_layout_sniffed_delimiter_split_column_and_auto_detect(tmp_path):
     img(tmp_path / "images" / "a.png")
     img(tmp_path / "images" / "b.png")
@@ -160,7 +175,8 @@ def test_a_csv_whose_rows_are_all_refused_says_why(tmp_path):
 
 def test_csv_without_the_named_columns_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,kind\nx.png,a\n")
-    with pytest.raises(ValueError, match=r"no label column 'label'; columns found: \['image', 'kind'\]"):
+    with pytest.raises(ValueError, match=r"no label column 'label' or 'labels' .*'class_name'; "
+                                         r"columns found: \['image', 'kind'\]"):
         ingest.scan(tmp_path / "m.csv")
     with pytest.raises(ValueError, match="no path column 'where'"):
         ingest.scan(tmp_path / "m.csv", p=IngestParams(csv_path_column="where", csv_label_column="kind"))

@@ -235,6 +235,20 @@ def test_cli_without_data_prepares_the_last_run_given_by_run_again(tmp_path, mon
     assert marker["data"] == str((tmp_path / "photos" / "labels.csv").resolve())
 
 
+def test_cli_a_mapping_file_then_the_folder_holding_it_is_the_same_data(tmp_path, monkeypatch):
+    """DATA=pets/labels.csv, then DATA=pets (whose one mapping file it is): not refused as other data."""
+    from pipeline import __main__ as cli
+
+    for c in "ab":
+        for i in range(4):
+            write_image(tmp_path / "pets" / "images" / f"{c}{i}.png", np.full((16, 16), 60 * (c == "a") + 9 * i, np.uint8))
+    (tmp_path / "pets" / "labels.csv").write_text(
+        "filename,class\n" + "".join(f"images/{c}{i}.png,{c}\n" for c in "ab" for i in range(4)))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare", "--data", "pets/labels.csv", "--params", os.devnull]) == 0
+    assert cli.main(["prepare", "--data", "pets", "--params", os.devnull]) == 0
+
+
 def test_cli_outside_the_project_uses_the_built_in_params(tmp_path, monkeypatch, capsys):
     """No params.toml in the working folder: the built-in defaults, said once; a params file named but
     missing is still an error."""

@@ -57,7 +57,8 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 MULTI_JOIN = runfolder.MULTI_JOIN  # a multi-label item's labels, sorted and joined
 NOT_IMAGES = (".txt", ".md", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".doc", ".docx",
               ".zip", ".tar", ".gz", ".py", ".ipynb", ".log", ".ini", ".toml")  # named, never decoded as images
-PATH_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath", "img")
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_path", "filepath", "img")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "class_name")  # csv_label_column = "": the first
 _PIXEL_COL = re.compile(r"^pixel\d+$", re.IGNORECASE)
 
 
@@ -342,6 +343,11 @@ def _column(header: list[str], wanted: str, candidates: tuple[str, ...], what: s
                      "LAYOUT=folders or LAYOUT=filenames)")
 
 
+def _label_named(lower: list[str], p: IngestParams) -> bool:
+    """Whether a header (lower case) has the label column: the one set, or one of :data:`LABEL_COLUMNS`."""
+    return bool(set(lower) & ({p.csv_label_column.lower()} if p.csv_label_column else set(LABEL_COLUMNS)))
+
+
 def _windows_absolute(rel: str) -> bool:
     """``C:\\data\\x.png``, ``\\\\server\\x.png``, ``\\x.png``: absolute on Windows (on any system, refused)."""
     return bool(re.match(r"^[A-Za-z]:[\\/]", rel)) or rel.startswith("\\")
@@ -388,11 +394,11 @@ def _columns(header: list[str], rows: list[tuple[int, list[str]]], p: IngestPara
     ip = _column(header, p.csv_path_column, PATH_COLUMNS, "path", path)
     lower = [h.lower() for h in header]
     isplit = lower.index(p.csv_split_column.lower()) if p.csv_split_column.lower() in lower else None
-    if p.csv_label_column.lower() in lower or p.task == "single":
-        return _Columns(ip, _column(header, p.csv_label_column, (), "label", path), isplit)
+    if _label_named(lower, p) or p.task == "single":
+        return _Columns(ip, _column(header, p.csv_label_column, LABEL_COLUMNS, "label", path), isplit)
     flags = tuple((i, header[i]) for i in _flag_columns(header, [r for _, r in rows], {ip, isplit}))
     if not flags:
-        _column(header, p.csv_label_column, (), "label", path)  # raises: no label column
+        _column(header, p.csv_label_column, LABEL_COLUMNS, "label", path)  # raises: no label column
     return _Columns(ip, None, isplit, flags)
 
 
@@ -617,7 +623,7 @@ def _is_mapping(path: Path, p: IngestParams) -> bool:
     paths = {p.csv_path_column.lower()} if p.csv_path_column else set(PATH_COLUMNS)
     if not set(lower) & paths:
         return False
-    if p.csv_label_column.lower() in lower:
+    if _label_named(lower, p):
         return True
     skip = {i for i, h in enumerate(lower) if h in paths or h == p.csv_split_column.lower()}
     return p.task != "single" and bool(peek) and bool(_flag_columns(header, peek, skip))

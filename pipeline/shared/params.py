@@ -46,7 +46,7 @@ class IngestParams:
     filename_delimiter: str = ""
     filename_position: int = 0
     csv_path_column: str = ""
-    csv_label_column: str = "label"
+    csv_label_column: str = ""
     csv_split_column: str = "split"
     leakage: str = "drop"
     imbalance_ratio: float = 10.0

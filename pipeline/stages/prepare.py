@@ -945,10 +945,11 @@ def _check_same_data(data: Path, run: Path) -> None:
     marker = run / rf.PREPARE
     if not marker.is_file():
         return
-    before = Path(rf.read_marker(marker).get("data") or "")
-    if before != data.resolve() and before.exists():
-        raise UserError(f"{run} holds a preparation of {before}, not of {data}: leave DATA out (or give that "
-                        f"folder) to prepare it again, or give another RUN= for {data}")
+    before, now = Path(rf.read_marker(marker).get("data") or ""), data.resolve()
+    same = before == now or (before.parent == now and before.is_file())  # a mapping file, then the folder holding it
+    if not same and before.exists():  # (a folder, then a mapping file in it: other data, perhaps other labels)
+        raise UserError(f"{run} holds a preparation of {before}, not of {data}: leave DATA out (or give "
+                        f"{before}) to prepare it again, or give another RUN= for {data}")
 
 
 def main(args: argparse.Namespace) -> int:
