@@ -278,7 +278,8 @@ def render(d: RunData, figs: Figures) -> str:
     title = f"{d.run.name}: {d.info.get('model', 'model')} — {score}"
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(title), run=esc(d.run), model=esc(d.info.get("model", "?")), n_test=d.metrics["n"],
-        n_classes=f"{len(d.labels)} {'labels' if is_multi else 'classes'}", written=time.strftime("%Y-%m-%d %H:%M"), version=__version__,
+        n_classes=f"{len(d.labels)} {'labels' if is_multi else 'classes'}", written=time.strftime("%Y-%m-%d %H:%M"),
+        version=__version__,
         nav="".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in SECTIONS),
         warnings=("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings)
                   + "</ul></div>") if warnings else "",
