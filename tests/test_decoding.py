@@ -72,6 +72,30 @@ def test_decode_chunks_serial_keeps_order_and_reports_bad_files(mixed):
     assert got[0][1][1][0] != got[1][1][0][0]
 
 
+@pytest.mark.parametrize("read_ahead", [1, decoding.READ_AHEAD])
+def test_audited_chunk_reads_then_decodes_each_file_as_decode_file_does(mixed, tmp_path, monkeypatch, read_ahead):
+    """The workers' chunk (files read a group at a time, plain PNGs decoded without per-file objects) learns
+    what decode_file does of each file, in order, unreadable and bad files included."""
+    monkeypatch.setattr(decoding, "READ_AHEAD", read_ahead)  # 1: each file its own group
+    paths = [*mixed, str(tmp_path / "gone.png"), *mixed[:1]]
+    stacked, chunk = decoding._decode_audited(paths, CFG)
+    good = [p for p in paths if not _is_bad(p) and Path(p).exists()]
+    assert len(chunk) == len(paths) and stacked.shape == (len(good), *CFG.input_shape)
+    assert "unreadable" in chunk[len(mixed)][0] and "0 bytes" in chunk[3][0]
+    k = 0
+    for p, (reason, meta) in zip(paths, chunk):
+        if p not in good:
+            assert reason and meta is None, p
+            continue
+        truth = decode_file(p, CFG)
+        assert reason == "" and meta is not None
+        assert (meta.width, meta.height, meta.mode, meta.format, meta.sha1, meta.alpha) == \
+            (truth.meta.width, truth.meta.height, truth.meta.mode, truth.meta.format, truth.meta.sha1, truth.meta.alpha)
+        np.testing.assert_array_equal(stacked[k], load_image(p, CFG))
+        k += 1
+    assert chunk.file_stat[:, 0].tolist() == [Path(p).stat().st_size for p in good]
+
+
 def test_decode_chunks_with_no_chunks_yields_nothing():
     assert list(decoding.decode_chunks([], CFG)) == []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -22,8 +23,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pipeline.data import quality, similar
-from pipeline.data.preprocess import (ImageError, Meta, border_level, decode_file, inspect_image, is_gray_content,
-                                      polarity, preprocess_batch)
+from pipeline.data.preprocess import (Decoded, ImageError, Meta, border_level, decode_file, decode_read, inspect_image,
+                                      is_gray_content, plain_png, polarity, preprocess_batch, read_source)
 from pipeline.shared.artifacts import row_layout
 from pipeline.shared.cluster import RayPool
 from pipeline.shared.params import ClusterParams, PreprocessParams
@@ -87,6 +88,36 @@ def _close_outputs() -> None:
     _outputs.clear()
 
 
+class Good:
+    """The usable files of a chunk as they are decoded, column by column (an object per file cost a tenth of
+    a worker's time on small images)."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self.width: list[int] = []
+        self.height: list[int] = []
+        self.mode: list[str] = []
+        self.format: list[str] = []
+        self.sha1: list[bytes] = []
+        self.alpha: list[bool] = []
+        self.stat: list[tuple[int, int] | None] = []
+
+    def add(self, arr: np.ndarray, width: int, height: int, mode: str, fmt: str, sha1: bytes, alpha: bool,
+            stat: tuple[int, int] | None) -> None:
+        self.arrays.append(arr)
+        self.width.append(width)
+        self.height.append(height)
+        self.mode.append(mode)
+        self.format.append(fmt)
+        self.sha1.append(sha1)
+        self.alpha.append(alpha)
+        self.stat.append(stat)
+
+    def add_decoded(self, d: Decoded) -> None:
+        m = d.meta
+        self.add(d.array, m.width, m.height, m.mode, m.format, bytes.fromhex(m.sha1), m.alpha, d.stat)
+
+
 class Chunk(Sequence):
     """What the workers learned about a chunk of files, in flat arrays (cheap to send to the parent
     and to store), read as ``(reason, Meta | None)`` per path like a list.
@@ -97,20 +128,18 @@ class Chunk(Sequence):
     ``file_stat`` (k, 2): the file's size and mtime in ns as read (-1 when unknown).
     """
 
-    def __init__(self, reasons: list[str], metas: list[Meta], arrays: list[np.ndarray],
-                 file_stats: Sequence[tuple[int, int] | None]) -> None:
+    def __init__(self, reasons: list[str], good: Good) -> None:
         self.reasons = reasons
         self.good = np.array([not r for r in reasons], bool)
-        self.width = np.array([m.width for m in metas], np.int32)
-        self.height = np.array([m.height for m in metas], np.int32)
-        self.mode = [m.mode for m in metas]
-        self.format = [m.format for m in metas]
-        self.sha1 = np.frombuffer(b"".join(bytes.fromhex(m.sha1) for m in metas), np.uint8).reshape(-1, 20)
-        self.alpha = np.array([m.alpha for m in metas], bool)
-        grays = [a if a.ndim == 2 else _gray(a) for a in arrays]
+        self.width = np.array(good.width, np.int32)
+        self.height = np.array(good.height, np.int32)
+        self.mode, self.format = good.mode, good.format
+        self.sha1 = np.frombuffer(b"".join(good.sha1), np.uint8).reshape(-1, 20)
+        self.alpha = np.array(good.alpha, bool)
+        grays = [a if a.ndim == 2 else _gray(a) for a in good.arrays]
         self.phash, self.thumb, self.negative = similar.signatures(grays)
-        self.stats = quality.image_stats(arrays, grays)
-        self.file_stat = np.array([st or (-1, -1) for st in file_stats], np.int64).reshape(-1, 2)
+        self.stats = quality.image_stats(good.arrays, grays)
+        self.file_stat = np.array([st or (-1, -1) for st in good.stat], np.int64).reshape(-1, 2)
         self._pos = np.cumsum(self.good) - 1
 
     def __len__(self) -> int:
@@ -129,43 +158,69 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
+READ_AHEAD = 8 << 20  # bytes of files a worker reads before it decodes them
+
+
+def _read_ahead(paths: Sequence[str]) -> Iterator[tuple[str, bytes, tuple[int, int] | None, str]]:
+    """(path, bytes, (size, mtime), reason it cannot be read or "") of each file, read a group of up to
+    READ_AHEAD bytes at a time before any of them is decoded: reading and decoding apart took a sixth less
+    CPU on small files than file by file (each evicts the other's data from the CPU's caches)."""
+    group: list[tuple[str, bytes, tuple[int, int] | None, str]] = []
+    size = 0
+    for path in paths:
+        try:
+            data, stat = read_source(path)
+            group.append((path, data, stat, ""))
+        except ImageError as exc:
+            group.append((path, b"", None, str(exc)))
+            continue
+        size += len(data)
+        if size >= READ_AHEAD:
+            yield from group
+            group, size = [], 0
+    yield from group
+
+
+def _decode_one(path: str, data: bytes, stat: tuple[int, int] | None, cfg: PreprocessParams, good: Good) -> str:
+    """Decode one file's bytes into ``good``; the reason it is unusable, or ""."""
+    try:
+        plain = plain_png(data, cfg)
+        if plain is not None:  # the common case, without the objects decode_read makes
+            arr, w, h, mode = plain
+            good.add(arr, w, h, mode, "PNG", hashlib.sha1(data).digest(), False, stat)
+            return ""
+        good.add_decoded(decode_read(data, stat, path, cfg))
+    except ImageError as exc:
+        return str(exc)
+    except MemoryError:
+        return "image too large to decode in memory"
+    return ""
+
+
 def _decode_audited(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.ndarray, Chunk]:
     """Worker: decode + preprocess a chunk; the good arrays stacked, and the chunk's audit facts (the
     perceptual hash, thumbnail and quality statistics of each decoded image, a chunk at a time)."""
-    decoded, metas, reasons, stats = [], [], [], []
-    for path in paths:
-        try:
-            d = decode_file(path, cfg)
-        except ImageError as exc:
-            reasons.append(str(exc))
-            continue
-        except MemoryError:
-            reasons.append("image too large to decode in memory")
-            continue
-        reasons.append("")
-        decoded.append(d.array)
-        metas.append(d.meta)
-        stats.append(d.stat)
+    good, reasons = Good(), []
+    for path, data, stat, reason in _read_ahead(paths):
+        reasons.append(reason or _decode_one(path, data, stat, cfg, good))
     try:
-        stacked = preprocess_batch(decoded, cfg)
+        stacked = preprocess_batch(good.arrays, cfg)
     except MemoryError:  # one image too large to preprocess: then one by one, as inspect_image would
         return _decode_audited_one_by_one(paths, cfg)
-    return stacked, Chunk(reasons, metas, decoded, stats)
+    return stacked, Chunk(reasons, good)
 
 
 def _decode_audited_one_by_one(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.ndarray, Chunk]:
     """:func:`_decode_audited` a file at a time (an image too large to preprocess is then rejected alone)."""
-    arrays, decoded, metas, reasons, stats = [], [], [], [], []
+    arrays, good, reasons = [], Good(), []
     for path in paths:
         arr, reason, d = inspect_image(path, cfg)
         reasons.append(reason)
         if arr is not None:
             arrays.append(arr)
-            decoded.append(d.array)
-            metas.append(d.meta)
-            stats.append(d.stat)
+            good.add_decoded(d)
     stacked = np.stack(arrays) if arrays else np.zeros((0,) + cfg.input_shape, np.float32)
-    return stacked, Chunk(reasons, metas, decoded, stats)
+    return stacked, Chunk(reasons, good)
 
 
 def _decode_into(job: tuple[Sequence[str], Sequence[tuple[str, int]], PreprocessParams]) -> Chunk:

@@ -82,7 +82,7 @@ class Decoded:
     stat: tuple[int, int] | None = None  # the file's (size, mtime in ns) when read, for fingerprints
 
 
-def _read(source: str | os.PathLike | bytes) -> tuple[bytes, tuple[int, int] | None]:
+def read_source(source: str | os.PathLike | bytes) -> tuple[bytes, tuple[int, int] | None]:
     """The file's bytes, and its (size, mtime in ns) as read (None for bytes given): a stage's
     fingerprint takes them from here instead of a second stat of every file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -126,7 +126,17 @@ def _pil_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def _fast_png(data: bytes, cfg: PreprocessParams, stat: tuple[int, int] | None = None) -> Decoded | None:
-    """Decode a plain 8-bit gray/RGB PNG with OpenCV (3-4x faster than Pillow); None if not plain.
+    """Decode a plain 8-bit gray/RGB PNG with OpenCV (3-4x faster than Pillow); None if not plain
+    (:func:`plain_png`)."""
+    plain = plain_png(data, cfg)
+    if plain is None:
+        return None
+    arr, w, h, mode = plain
+    return Decoded(arr, Meta(w, h, mode, "PNG", hashlib.sha1(data).hexdigest()), stat=stat)
+
+
+def plain_png(data: bytes, cfg: PreprocessParams) -> tuple[np.ndarray, int, int, str] | None:
+    """(array, width, height, mode) of a plain 8-bit gray/RGB PNG decoded with OpenCV; None if not plain.
 
     Only files whose result is provably identical to the Pillow path qualify:
     no transparency, no EXIF, no palette, 8-bit; limits are checked the same way.
@@ -148,14 +158,20 @@ def _fast_png(data: bytes, cfg: PreprocessParams, stat: tuple[int, int] | None =
         arr = _pil_gray(arr[..., ::-1]) if cfg.color == "grayscale" else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     elif cfg.color == "rgb":
         arr = np.repeat(arr[..., None], 3, axis=2)
-    return Decoded(arr, Meta(w, h, "L" if ctype == 0 else "RGB", "PNG", hashlib.sha1(data).hexdigest()), stat=stat)
+    return arr, w, h, "L" if ctype == 0 else "RGB"
 
 
 def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams, draft: int = 0) -> Decoded:
     """Decode a file (path or bytes) with all checks; raise ImageError with the reason. ``draft`` (for display
     only, never a model's input): a JPEG may come out smaller, down to this many px a side (decoded at a
     half, quarter or eighth of its scale: a 12-megapixel photo's thumbnail 4-8x sooner)."""
-    data, stat = _read(source)
+    data, stat = read_source(source)
+    return decode_read(data, stat, source, cfg, draft)
+
+
+def decode_read(data: bytes, stat: tuple[int, int] | None, source: str | os.PathLike | bytes,
+                cfg: PreprocessParams, draft: int = 0) -> Decoded:
+    """:func:`decode_file` of a file's bytes already read (``source``: where from, for the reasons)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     fast = _fast_png(data, cfg, stat)
