@@ -98,10 +98,17 @@ def test_predict_example_gives_pipeline_predicts_labels(export_run, exports, tin
     images = sorted((tiny_mnist / "test").glob("*/*.png"))[::30]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
+    inbox = tmp_path / "inbox"  # a folder stands for the images in it
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / ".hidden").mkdir()
+    shutil.copy(images[-1], inbox / "sub" / "last.png")
+    shutil.copy(images[-1], inbox / ".hidden" / "skipped.png")
+    (inbox / "notes.txt").write_text("not an image")
     res = subprocess.run([sys.executable, str(folder / "predict_example.py"), *map(str, images[:1]), str(broken),
-                          *map(str, images[1:])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          *map(str, images[1:]), str(inbox)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 1 and f"{broken}\terror:" in res.stderr, res.stderr[-2000:]  # said, and the rest go on
     theirs = {line.split("\t")[0]: line.split("\t")[1] for line in res.stdout.splitlines()}
+    assert theirs.pop(str(inbox / "sub" / "last.png")) == theirs[str(images[-1])]
     assert set(theirs) == {str(p) for p in images}
     assert cli("predict", tiny_mnist / "test", "--model", export_run / "model", "--out", tmp_path / "p.csv",
                "--params", "/dev/null").returncode == 0

@@ -96,7 +96,7 @@ class Row:
         for i in range(k):
             label, prob = self.top[i] if i < len(self.top) else (None, None)
             out[f"top{i + 1}_label"], out[f"top{i + 1}_prob"] = label, prob
-        out.update({"novelty": self.novelty, "familiar": self.familiar, "error": self.error})
+        out.update({"novelty": self.novelty, "familiar": self.familiar, "error": self.error or None})
         return out
 
     def as_http(self) -> dict[str, Any]:
