@@ -93,6 +93,23 @@ def test_a_mirror_that_is_another_class_forbids_flips():
     assert s["hflip"] is False and s["mirror_looks_like"] == {"b": "d", "d": "b"}
 
 
+def test_a_class_of_a_few_images_has_no_say_in_flips():
+    """One symmetric drawing per class is not a symmetric class: too few images to judge, no flips; a class of
+    a few images beside larger ones is left out of the vote."""
+    disc = np.zeros((20, 20), np.float32)
+    disc[5:15, 5:15] = 1
+    s = census.symmetry(np.stack([disc, disc.T * 0.5, disc * 0.2])[..., None], np.arange(3), ["a", "b", "c"])
+    assert s["hflip"] is False and "too few to judge" in s["why"], s
+    b = np.zeros((20, 20), np.float32)
+    b[3:17, 5:7] = 1
+    b[10:17, 5:14] = 1
+    x = np.concatenate([np.repeat(np.stack([disc, np.eye(20, dtype=np.float32) + np.eye(20, dtype=np.float32)[:, ::-1]]),
+                                  census.SYMMETRY_IMAGES, axis=0), b[None]])[..., None]
+    y = np.r_[np.repeat(np.arange(2), census.SYMMETRY_IMAGES), 2]
+    s = census.symmetry(x, y, ["disc", "x", "b"])
+    assert s["hflip"] and set(s["per_class"]) == {"disc", "x"}, s
+
+
 @pytest.mark.parametrize("n, size, expected", [(10, 500, 10), (2000, 500, 500)])
 def test_census_sample_is_seeded(n, size, expected):
     a, b = census.sample(n, 3, size), census.sample(n, 3, size)

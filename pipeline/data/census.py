@@ -24,6 +24,7 @@ SAMPLE = 500          # files decoded for the census
 MIXED_POLARITY = 0.1  # invert per image when the minority polarity is at least this share
 SYMMETRIC = 0.7       # a class is mirror-symmetric when its mean image correlates this well with its mirror
 SYMMETRIC_SHARE = 2 / 3  # ... and flips are safe when this share of the classes is
+SYMMETRY_IMAGES = 5  # a class with fewer training images has no say (its mean is a drawing or two, not the class)
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,11 @@ def symmetry(x: np.ndarray, y: np.ndarray, labels: list[str]) -> dict[str, Any]:
         present = np.unique(y[y >= 0]) if len(y) else np.array([], int)
     if len(present) < 2:
         return {"hflip": False, "why": "fewer than 2 classes with training images", "per_class": {}}
+    counts = y.sum(axis=0) if y.ndim == 2 else np.bincount(y[y >= 0], minlength=len(labels))
+    present = present[counts[present] >= SYMMETRY_IMAGES]
+    if len(present) < 2:
+        return {"hflip": False, "per_class": {},
+                "why": f"fewer than 2 classes with {SYMMETRY_IMAGES} training images or more: too few to judge"}
     means = class_means(x, y, len(labels))[present]
     # less what all classes share (the background, a frame); of two classes that leaves each the other's
     # negative, one verdict for both: then less their mean level only
