@@ -40,6 +40,15 @@ def test_stray_files_hidden_files_and_empty_classes_are_reported(tmp_path):
     assert listing.hidden == ["a/.DS_Store"]  # passed over, and counted (prepare names them)
 
 
+def test_hidden_entries_beside_split_folders_are_counted_too(tmp_path):
+    for split in ("train", "test"):
+        make_tree(tmp_path / split, {"a": 2, "b": 2})
+    (tmp_path / ".DS_Store").write_bytes(b"mac")
+    (tmp_path / "train" / ".DS_Store").write_bytes(b"mac")
+    listing = ingest.scan(tmp_path)
+    assert len(listing.items) == 8 and sorted(listing.hidden) == [".DS_Store", "train/.DS_Store"]
+
+
 def test_hidden_folders_and_files_are_passed_over_and_listed(tmp_path):
     make_tree(tmp_path, {"a": 2, "b": 2})
     (tmp_path / ".cache").mkdir()

@@ -160,10 +160,14 @@ def _split_groups(root: Path) -> list[tuple[Path, str | None]]:
     return splits or [(root, None)]
 
 
-def _outside_splits(root: Path, groups: list[tuple[Path, str | None]], rejected: list[tuple[str, str]]) -> None:
+def _outside_splits(root: Path, groups: list[tuple[Path, str | None]], rejected: list[tuple[str, str]],
+                    hidden: list[str]) -> None:
+    """Beside train/val/test split folders: the other folders are reported, the hidden entries counted."""
     if groups[0][1] is None:
         return
-    dirs, _ = _children(root)
+    passed: list[Path] = []
+    dirs, _ = _children(root, passed)
+    hidden += [p.name for p in passed]
     for d in dirs:
         if d.name.lower() not in SPLIT_NAMES:
             rejected.append((d.name, "folder beside train/val/test split folders is ignored"))
@@ -188,7 +192,7 @@ def scan_folders(root: Path, stat: bool = True) -> Listing:
                 rejected.append((label_dir.relative_to(root).as_posix(), "empty label folder"))
             label = label_dir.name
             items.extend(Item(path, label, split) for path in found)
-    _outside_splits(root, groups, rejected)
+    _outside_splits(root, groups, rejected, hidden)
     return Listing(root, "folders", items, rejected, stats=stats, hidden=hidden)
 
 
@@ -309,7 +313,7 @@ def scan_filenames(root: Path, p: IngestParams) -> Listing:
             else:
                 items.append(Item(rel, label, split))
                 kept.append(stats[start + k])
-    _outside_splits(root, groups, rejected)
+    _outside_splits(root, groups, rejected, hidden)
     return Listing(root, "filenames", items, rejected, stats=kept, hidden=hidden)
 
 
