@@ -143,6 +143,22 @@ def test_auto_threshold_reaches_the_target_precision_on_val():
     assert calibrate.threshold_for(table, 1.01)[1]["reached"] is False
 
 
+def test_an_auto_threshold_short_of_its_target_is_a_warning(caplog):
+    """The labelled rows are less precise than asked: said as a warning (it was one INFO line among many)."""
+    conf = np.linspace(0.34, 0.4, 100)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    table = calibrate.risk_coverage(probs, np.arange(100) % 2)  # right half the time, whatever the confidence
+    with caplog.at_level("INFO"):
+        resolve_threshold(PredictParams(threshold="auto"), {"risk_coverage": table, "val_images": 500})
+    said = [r for r in caplog.records if "no cut reaches 99.00% precision" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", caplog.text
+    with caplog.at_level("INFO"):
+        caplog.clear()
+        resolve_threshold(PredictParams(threshold="auto", target_precision=0.4), {"risk_coverage": table,
+                                                                                   "val_images": 500})
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
 def test_temperature_scaling_reduces_the_calibration_error_of_an_overconfident_model():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 5, 3000)

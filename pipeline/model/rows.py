@@ -55,7 +55,12 @@ def resolve_threshold(p: PredictParams, calibration: dict[str, Any] | None) -> t
         how += f"; measured on {seen} validation images only: a rough estimate"
         log.warning("threshold: the cut was set on %d validation images only; its precision is a rough estimate "
                     "(more validation images: a larger val_size)", seen)
-    log.info("threshold %.4f (%s)", cut, how)
+    if facts["reached"]:
+        log.info("threshold %.4f (%s)", cut, how)
+    else:  # the labelled rows are not as precise as asked: a warning, not a line among the rest
+        log.warning("threshold %.4f: no cut reaches %.2f%% precision on validation; the best one keeps %.1f%% of the "
+                    "images at %.2f%% (%s)", cut, 100 * p.target_precision, 100 * facts["coverage"],
+                    100 * facts["precision"], how)
     return cut, {"how": how, **facts}
 
 

@@ -84,13 +84,17 @@ def worst_misclassified(probs: np.ndarray, y: np.ndarray, top: int = WORST) -> n
     return wrong[np.argsort(-conf[wrong], kind="stable")][:top]
 
 
-def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: dict[str, Any]) -> list[str]:
+def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: dict[str, Any],
+                 history: list[dict[str, float]] | None = None) -> list[str]:
     """The audit's warnings plus what evaluation and training reveal."""
     out = list((dataset or {}).get("warnings", []))
     acc, n_labels = metrics["accuracy"], len(metrics["labels"])
     if acc < LOW_ACCURACY:
         out.append(f"low accuracy: {acc:.1%} on the test split (chance is {1 / n_labels:.1%}); "
                    "more data per class, other preprocessing or more epochs may help")
+    by_heart = learned_by_heart(history or [], n_labels, (info.get("input_shape") or [0])[-1] == 3)
+    if by_heart:
+        out.append(by_heart)
     empty = [name for name, m in metrics["per_class"].items() if m["support"] == 0]
     if empty and not any(w.startswith("no test images of") for w in out):  # prepare's own says it already
         out.append(f"no test images for: {', '.join(empty)} (their precision/recall mean nothing)")
@@ -100,6 +104,25 @@ def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: 
     if info.get("monitor") == "loss":
         out.append("no validation split: early stopping and the best checkpoint followed the training loss")
     return out + planned(info)
+
+
+BY_HEART = 0.95  # training accuracy this high, with validation accuracy near chance: learned by heart
+
+
+def learned_by_heart(history: list[dict[str, float]], n_labels: int, colour: bool) -> str | None:
+    """A warning when the model learned its training images by heart and little that carries over to new
+    ones: training accuracy near 100% while the validation accuracy stays within a third of the way from
+    chance to 100% (``colour``: the model sees colour, which it may have learned instead of the shapes)."""
+    train = max((r["accuracy"] for r in history if "accuracy" in r), default=0.0)
+    val = max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None)
+    chance = 1 / max(n_labels, 1)
+    if val is None or train < BY_HEART or val - chance > (1 - chance) / 3:
+        return None
+    hint = ('if colour does not tell your classes apart, try color = "grayscale" in [preprocess] (the model '
+            'then cannot tell images apart by their colours); ' if colour else "")
+    return (f"the model learned its training images by heart (training accuracy {train:.0%}) and little that "
+            f"carries over to new ones (validation accuracy {val:.0%} at best, chance {chance:.0%}): {hint}more "
+            "images per class help")
 
 
 def planned(info: dict[str, Any]) -> list[str]:
@@ -260,7 +283,7 @@ def render(d: RunData, figs: Figures) -> str:
     """The whole page, from the template."""
     is_multi = d.metrics.get("task") == "multi"
     warnings = (d.dataset or {}).get("warnings", []) + planned(d.info) if is_multi else \
-        warnings_for(d.metrics, d.dataset, d.info)
+        warnings_for(d.metrics, d.dataset, d.info, d.history)
     params, envs = _settings(d)
     calibration = _json_or_none(d.run / rf.BUNDLE / bundle.CALIBRATION, "calibration")
     if is_multi:
@@ -296,6 +319,9 @@ def build_report(run: Path, force: bool = False) -> Path:
         return out
     t0 = time.perf_counter()
     d = _read_run(run)
+    if d.metrics.get("task") != "multi":  # what evaluation and training reveal (prepare said the audit's own)
+        for w in warnings_for(d.metrics, None, d.info, d.history):
+            log.warning("report: %s", w)
     figs = _figures(d)
     written = []
     for key, png in figs.pngs.items():
