@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.shared import plots
+from pipeline.shared.errors import UserError
 from pipeline.shared.params import IngestParams, PrepareParams, PreprocessParams
 from pipeline.stages import prepare
 
@@ -256,6 +257,26 @@ def test_labels_alike_but_for_case_or_spacing_are_warned_about(tmp_path):
     data = make_tree(tmp_path / "data", {"cat": 6, "Cat": 6, "dog": 6})
     s = prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), PreprocessParams(size=(16, 16)))
     assert any("letter case or spacing" in w and "'Cat' / 'cat'" in w for w in s.dataset["warnings"])
+
+
+def test_label_case_ignore_makes_look_alike_labels_one_class(tmp_path):
+    """`[ingest] label_case = "ignore"`: Cat / cat / C AT one class, named by its most common spelling; the
+    warning is gone and the files untouched. A multi-label item's labels are merged one by one."""
+    from pipeline.data import ingest
+    from pipeline.shared.params import IngestParams
+
+    data = make_tree(tmp_path / "data", {"cat": 6, "Cat": 4, "C AT": 1, "dog": 6})
+    s = prepare.prepare(data, tmp_path / "run", PrepareParams(workers=1), PreprocessParams(size=(16, 16)),
+                        ip=IngestParams(label_case="ignore"))
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == {"cat": 0, "dog": 1}
+    assert sum(s.counts[split]["cat"] for split in s.counts) == 11
+    assert not any("letter case" in w for w in s.dataset["warnings"]) and (data / "Cat").is_dir()
+    multi = ingest.Listing(tmp_path, "csv", [ingest.Item("a.png", "Dog;cat"), ingest.Item("b.png", "dog"),
+                                             ingest.Item("c.png", "cat;dog"), ingest.Item("d.png", None)], task="multi")
+    merged, groups = ingest.merge_label_case(multi)
+    assert [it.label for it in merged.items] == ["cat;dog", "dog", "cat;dog", None] and groups == {"dog": ["Dog", "dog"]}
+    with pytest.raises(UserError, match="label_case"):
+        IngestParams(label_case="lower")
 
 
 def test_classes_without_held_out_images_are_warned_about(tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data import quality
+from pipeline.data.ingest import label_key
 from pipeline.data.preprocess import EXTENSIONS, Meta
 from pipeline.data.similar import THUMB
 
@@ -207,7 +208,7 @@ def look_alike_labels(labels: Iterable[str]) -> list[list[str]]:
     ``cir cle``): different classes to the model, most likely one to the person who wrote them."""
     groups: dict[str, list[str]] = {}
     for name in labels:
-        groups.setdefault("".join(name.split()).casefold(), []).append(name)
+        groups.setdefault(label_key(name), []).append(name)
     return [sorted(group) for group in groups.values() if len(group) > 1]
 
 
@@ -250,7 +251,7 @@ def summarize(labels: dict[str, int], counts: dict[str, dict[str, int]], paths: 
     if alike:
         warnings.append("labels that differ only in letter case or spacing are different classes: "
                         + "; ".join(" / ".join(repr(name) for name in group) for group in alike[:5])
-                        + " (one class? relabel them in corrections.csv, or rename their folders)")
+                        + ' (one class? label_case = "ignore" in [ingest], or corrections.csv)')
     if conflicts:
         one = {}  # a file of each label of the first group
         for path, label in zip(conflicts[0]["paths"], conflicts[0]["labels"]):

@@ -221,6 +221,40 @@ def merge_copies(listing: Listing) -> Listing:
     return replace(listing, items=items, stats=stats, task="multi")
 
 
+def label_key(name: str) -> str:
+    """What is left of a label when letter case and spacing are ignored (``Circle``, ``CIRCLE``, ``cir cle``)."""
+    return "".join(name.split()).casefold()
+
+
+def merge_label_case(listing: Listing) -> tuple[Listing, dict[str, list[str]]]:
+    """Labels that differ only in letter case or spacing made one (``[ingest] label_case = "ignore"``): each
+    group takes its most common spelling (of equals, the first in sort order). The listing relabeled, and
+    each merged name's spellings."""
+    counts: dict[str, dict[str, int]] = {}
+    for item in listing.items:
+        for name in _names(item.label, listing.task):
+            spellings = counts.setdefault(label_key(name), {})
+            spellings[name] = spellings.get(name, 0) + 1
+    chosen = {key: min(sp, key=lambda n: (-sp[n], n)) for key, sp in counts.items()}
+    merged = {chosen[key]: sorted(sp) for key, sp in counts.items() if len(sp) > 1}
+    if not merged:
+        return listing, {}
+
+    def relabel(label: str | None) -> str | None:
+        if label is None:
+            return None
+        names = sorted({chosen[label_key(n)] for n in _names(label, listing.task)})
+        return MULTI_JOIN.join(names) if listing.task == "multi" else names[0]
+
+    return replace(listing, items=[replace(it, label=relabel(it.label)) for it in listing.items]), merged
+
+
+def _names(label: str | None, task: str) -> list[str]:
+    if label is None:
+        return []
+    return [n for n in label.split(MULTI_JOIN) if n] if task == "multi" else [label]
+
+
 def label_names(joined: Iterable[str]) -> list[str]:
     """The sorted names of the labels in multi-label items' joined labels."""
     return sorted({name for text in joined for name in text.split(MULTI_JOIN) if name})

@@ -53,6 +53,7 @@ class IngestParams:
     task: str = AUTO               # single | multi (several labels per image) | auto: multi when a CSV says so
     label_separators: str = ";|"   # multi-label CSV: the characters that separate an image's labels
     min_positives: int = 10        # multi-label: warn about a label with fewer positive images
+    label_case: str = "keep"       # ignore: labels that differ only in letter case or spacing are one class
 
     def __post_init__(self) -> None:
         _choice("ingest", "task", self.task, (AUTO, "single", "multi"))
@@ -68,6 +69,7 @@ class IngestParams:
             _check("label" in rx.groupindex, "ingest", "filename_regex",
                    "a regex with a named group (?P<label>...)", self.filename_regex)
         _choice("ingest", "leakage", self.leakage, ("drop", "keep"))
+        _choice("ingest", "label_case", self.label_case, ("keep", "ignore"))
         _check(self.imbalance_ratio >= 1, "ingest", "imbalance_ratio", ">= 1", self.imbalance_ratio)
 
 

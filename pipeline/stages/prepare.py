@@ -427,6 +427,10 @@ def _listed(data: Path, run: Path, layout: str, ip: IngestParams, p: PreparePara
         log.info("prepare: %s: %d image(s) labeled in review added to train%s", run / rf.LABELED, labeled["added"],
                  f"; {labeled['gone_count']} gone" if labeled["gone_count"] else "")
     listing, fixed = _correct(listing, corrections_file or run / rf.CORRECTIONS, corrections_file is not None)
+    if ip.label_case == "ignore":
+        listing, merged = ingest.merge_label_case(listing)
+        for name, spellings in merged.items():
+            log.info('prepare: label_case = "ignore": %s are one class, %r', " / ".join(map(repr, spellings)), name)
     return listing, fixed, labeled
 
 
