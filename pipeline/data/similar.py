@@ -68,6 +68,8 @@ BLURS = (0.3, 0.5, 0.7, 0.9)  # Gaussian sigmas (px) tried on the sharper image 
 K = 5
 REFERENCE = 300
 OUTLIER_Z = 5.0
+SPREAD_FLOOR = 0.02  # the least spread of a class's scores: a class of near-identical images (flat shapes) has
+                     # a spread near 0, and then any image a z in the hundreds
 FAR_TAIL = 2.0
 FAR_SCORE = 0.3  # ... and whose nearest images of its class correlate under 0.7 on average
 EXAMPLES = 20
@@ -698,7 +700,7 @@ def class_scores(thumbs: np.ndarray | str, seed: int, members: np.ndarray | None
     med = float(np.median(score))
     mad = float(np.median(np.abs(score - med))) * 1.4826
     level = _tail(score)
-    return score, (score - med) / max(mad, 1e-3), (score - level) / max(level - med, 1e-3)
+    return score, (score - med) / max(mad, SPREAD_FLOOR), (score - level) / max(level - med, 1e-3)
 
 
 def outlier_jobs(thumbs: np.ndarray, y: np.ndarray, seed: int = 0, submit: Callable = here,
