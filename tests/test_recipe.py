@@ -218,3 +218,17 @@ def test_a_bfloat16_run_leaves_a_float32_bundle(tmp_path):
 
     model = keras.models.load_model(run / "model" / "model.keras", safe_mode=True)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_a_model_that_learned_its_training_images_by_heart_is_told_apart():
+    """Training accuracy near 100% and validation within a third of the way from chance: said, with the colour
+    hint for a colour model only; a model that learned something, underfits, or has no validation, is not."""
+    history = [{"accuracy": 0.73, "val_accuracy": 0.33}, {"accuracy": 1.0, "val_accuracy": 0.42}]
+    colour = recipe.learned_by_heart(history, 3, colour=True)
+    assert colour and "training accuracy 100%" in colour and 'color = "grayscale"' in colour
+    gray = recipe.learned_by_heart(history, 3, colour=False)
+    assert gray and "grayscale" not in gray
+    assert recipe.learned_by_heart([{"accuracy": 1.0, "val_accuracy": 0.8}], 3, True) is None  # it learned
+    assert recipe.learned_by_heart([{"accuracy": 0.6, "val_accuracy": 0.34}], 3, True) is None  # underfit
+    assert recipe.learned_by_heart([{"accuracy": 1.0, "loss": 0.1}], 3, True) is None  # no validation split
+    assert recipe.learned_by_heart([], 3, True) is None

@@ -299,3 +299,22 @@ def loss(p: TrainParams) -> Any:
     import keras
 
     return keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing)
+
+
+BY_HEART = 0.95  # training accuracy this high, with validation accuracy near chance: learned by heart
+
+
+def learned_by_heart(history: list[dict[str, float]], n_labels: int, colour: bool) -> str | None:
+    """A warning when the model learned its training images by heart and little that carries over to new
+    ones: training accuracy near 100% while the validation accuracy stays within a third of the way from
+    chance to 100% (``colour``: the model sees colour, which it may have learned instead of the shapes)."""
+    train = max((r["accuracy"] for r in history if "accuracy" in r), default=0.0)
+    val = max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None)
+    chance = 1 / max(n_labels, 1)
+    if val is None or train < BY_HEART or val - chance > (1 - chance) / 3:
+        return None
+    hint = ('if colour does not tell your classes apart, try color = "grayscale" in [preprocess] (the model '
+            'then cannot tell images apart by their colours); ' if colour else "")
+    return (f"the model learned its training images by heart (training accuracy {train:.0%}) and little that "
+            f"carries over to new ones (validation accuracy {val:.0%} at best, chance {chance:.0%}): {hint}more "
+            "images per class help")

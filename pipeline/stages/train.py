@@ -300,7 +300,16 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
     log.info("train: wrote %s (bundle), %s, %s, %s", dest, run / HISTORY, run / CHECKPOINT, run / rf.TENSORBOARD)
     log.info("train: best epoch %d of %d (%s %.4f) in %.1fs -> %s", result["best_epoch"], result["epochs_run"],
              result["monitor"], result["best_" + result["monitor"]], result["fit_seconds"], dest)
+    _say_if_by_heart(run, len(prep.labels), data)
     return True
+
+
+def _say_if_by_heart(run: Path, n_labels: int, data: Data) -> None:
+    """Warn now, not only in the report, when the model learned its training images by heart (one label each)."""
+    rows = [{k: float(v) for k, v in r.items() if k in ("accuracy", "val_accuracy") and v} for r in _history_rows(run)]
+    said = recipe.learned_by_heart(rows, n_labels, data.x_train.shape[-1] == 3) if data.y_train.ndim == 1 else None
+    if said:
+        log.warning("train: %s", said)
 
 
 def train_on_ray(run: Path, p: TrainParams, cp: ClusterParams, fresh: bool = False, aug: AugmentParams | None = None,

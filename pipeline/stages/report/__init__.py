@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.data.inputs import original
-from pipeline.model import calibrate
+from pipeline.model import calibrate, recipe
 from pipeline.model.explain import occlusion
 from pipeline.model.infer import Predictor
 from pipeline.shared import artifacts, bundle, cli, plots
@@ -92,7 +92,7 @@ def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: 
     if acc < LOW_ACCURACY:
         out.append(f"low accuracy: {acc:.1%} on the test split (chance is {1 / n_labels:.1%}); "
                    "more data per class, other preprocessing or more epochs may help")
-    by_heart = learned_by_heart(history or [], n_labels, (info.get("input_shape") or [0])[-1] == 3)
+    by_heart = recipe.learned_by_heart(history or [], n_labels, (info.get("input_shape") or [0])[-1] == 3)
     if by_heart:
         out.append(by_heart)
     empty = [name for name, m in metrics["per_class"].items() if m["support"] == 0]
@@ -104,25 +104,6 @@ def warnings_for(metrics: dict[str, Any], dataset: dict[str, Any] | None, info: 
     if info.get("monitor") == "loss":
         out.append("no validation split: early stopping and the best checkpoint followed the training loss")
     return out + planned(info)
-
-
-BY_HEART = 0.95  # training accuracy this high, with validation accuracy near chance: learned by heart
-
-
-def learned_by_heart(history: list[dict[str, float]], n_labels: int, colour: bool) -> str | None:
-    """A warning when the model learned its training images by heart and little that carries over to new
-    ones: training accuracy near 100% while the validation accuracy stays within a third of the way from
-    chance to 100% (``colour``: the model sees colour, which it may have learned instead of the shapes)."""
-    train = max((r["accuracy"] for r in history if "accuracy" in r), default=0.0)
-    val = max((r["val_accuracy"] for r in history if "val_accuracy" in r), default=None)
-    chance = 1 / max(n_labels, 1)
-    if val is None or train < BY_HEART or val - chance > (1 - chance) / 3:
-        return None
-    hint = ('if colour does not tell your classes apart, try color = "grayscale" in [preprocess] (the model '
-            'then cannot tell images apart by their colours); ' if colour else "")
-    return (f"the model learned its training images by heart (training accuracy {train:.0%}) and little that "
-            f"carries over to new ones (validation accuracy {val:.0%} at best, chance {chance:.0%}): {hint}more "
-            "images per class help")
 
 
 def planned(info: dict[str, Any]) -> list[str]:
