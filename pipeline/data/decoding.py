@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pipeline.data import quality, similar
-from pipeline.data.preprocess import (Decoded, ImageError, Meta, border_level, decode_file, decode_read, inspect_image,
+from pipeline.data.preprocess import (Decoded, ImageError, Meta, border_level, decode_file, decode_pillow, inspect_image,
                                       is_gray_content, plain_png, polarity, preprocess_batch, read_source)
 from pipeline.shared.artifacts import row_layout
 from pipeline.shared.cluster import RayPool
@@ -189,7 +189,7 @@ def _decode_one(path: str, data: bytes, stat: tuple[int, int] | None, cfg: Prepr
             arr, w, h, mode = plain
             good.add(arr, w, h, mode, "PNG", hashlib.sha1(data).digest(), False, stat)
             return ""
-        good.add_decoded(decode_read(data, stat, path, cfg))
+        good.add_decoded(decode_pillow(data, stat, path, cfg))  # plain_png said no: not a second time
     except ImageError as exc:
         return str(exc)
     except MemoryError:

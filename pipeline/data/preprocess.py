@@ -172,11 +172,14 @@ def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams, draft:
 def decode_read(data: bytes, stat: tuple[int, int] | None, source: str | os.PathLike | bytes,
                 cfg: PreprocessParams, draft: int = 0) -> Decoded:
     """:func:`decode_file` of a file's bytes already read (``source``: where from, for the reasons)."""
+    return _fast_png(data, cfg, stat) or decode_pillow(data, stat, source, cfg, draft)
+
+
+def decode_pillow(data: bytes, stat: tuple[int, int] | None, source: str | os.PathLike | bytes,
+                  cfg: PreprocessParams, draft: int = 0) -> Decoded:
+    """:func:`decode_read` through Pillow, for bytes that are not a plain PNG (:func:`plain_png`)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
-    fast = _fast_png(data, cfg, stat)
-    if fast is not None:
-        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -110,6 +110,14 @@ def macro_f1(per_class: dict[str, dict[str, Any]]) -> float | None:
     return sum(f1) / len(f1) if f1 else None
 
 
+def read_history(run: Path) -> list[dict[str, float]]:
+    """``history.csv`` of a run, a dict of numbers per epoch (empty cells left out; no file: no rows)."""
+    if not (run / HISTORY).is_file():
+        return []
+    with open(run / HISTORY, newline="", encoding="utf-8") as fh:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
+
+
 def read_marker(path: Path) -> dict[str, Any]:
     """A marker's content; {} when it is missing or unreadable (then nothing is current)."""
     if not path.is_file():

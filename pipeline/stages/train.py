@@ -306,8 +306,8 @@ def train(run: Path, p: TrainParams, fresh: bool = False, verbose: int | str = "
 
 def _say_if_by_heart(run: Path, n_labels: int, data: Data) -> None:
     """Warn now, not only in the report, when the model learned its training images by heart (one label each)."""
-    rows = [{k: float(v) for k, v in r.items() if k in ("accuracy", "val_accuracy") and v} for r in _history_rows(run)]
-    said = recipe.learned_by_heart(rows, n_labels, data.x_train.shape[-1] == 3) if data.y_train.ndim == 1 else None
+    said = (recipe.learned_by_heart(rf.read_history(run), n_labels, data.x_train.shape[-1] == 3)
+            if data.y_train.ndim == 1 else None)
     if said:
         log.warning("train: %s", said)
 

@@ -54,13 +54,6 @@ def _json_or_none(path: Path, what: str) -> Any:
     return artifacts.read_json(path, what) if path.is_file() else None
 
 
-def _history(run: Path) -> list[dict[str, float]]:
-    rows = []
-    for r in _read_csv(run / rf.HISTORY):
-        rows.append({k: float(v) for k, v in r.items() if v not in ("", None)})
-    return rows
-
-
 # What the report shows: a change to any of these files rewrites it.
 SOURCES = (rf.METRICS, rf.PROBS, rf.HISTORY, rf.DATASET, rf.PREPARE, f"{rf.BUNDLE}/{bundle.MARKER}",
            rf.SUSPECTS_MARKER)
@@ -146,7 +139,7 @@ def _read_run(run: Path) -> RunData:
                                    f"({len(probs)} rows for {len(y)} test images); re-run `make evaluate`")
     names = prep.paths("test")
     return RunData(run, prep, metrics, prep.labels, artifacts.read_json(model_dir / bundle.MARKER, "model bundle marker"),
-                   prep.dataset(), _history(run), probs, y, prep.x("test"),
+                   prep.dataset(), rf.read_history(run), probs, y, prep.x("test"),
                    names if len(names) == len(y) else [f"test #{i}" for i in range(len(y))])
 
 
