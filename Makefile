@@ -7,7 +7,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 # The install is redone when pyproject.toml's content (or the extras) changes, not its time: a fresh clone
 # or a checkout touches the file without changing what it asks for.
-STAMP      := $(VENV)/.installed-$(shell (cat pyproject.toml; echo "$(GPU)") | cksum | cut -d' ' -f1)
+STAMP      := $(VENV)/.installed-$(shell (cat pyproject.toml pipeline/data/kernels.c; echo "$(GPU)") | cksum | cut -d' ' -f1)
 
 DATA      ?= datasets/mnist
 LAYOUT    ?= auto
@@ -49,7 +49,7 @@ help:
 
 setup: $(STAMP)
 
-# Rebuilt only when pyproject.toml's content changes (or the venv is missing).
+# Rebuilt only when pyproject.toml's or the compiled kernels' source changes (or the venv is missing).
 $(STAMP):
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	rm -f $(VENV)/.installed $(VENV)/.installed-*

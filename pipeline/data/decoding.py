@@ -19,12 +19,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from pipeline.data import quality, similar
+from pipeline.data import kernels, quality, similar
 from pipeline.data.preprocess import (Decoded, ImageError, Meta, border_level, decode_file, decode_pillow, inspect_image,
-                                      is_gray_content, plain_png, polarity, preprocess_batch, read_source)
+                                      in_colour, is_gray_content, plain_png, polarity, preprocess_batch, read_source)
 from pipeline.shared.artifacts import row_layout
 from pipeline.shared.cluster import RayPool
 from pipeline.shared.params import ClusterParams, PreprocessParams
@@ -34,6 +35,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 SERIAL_BELOW = 256  # fewer images than this: no pool (its start-up would cost more than it saves) ...
 SERIAL_BYTES = 4 << 20  # ... unless their files hold more than this (120 phone photos: 22 s in one process)
 HEAVY_FILE = 256 << 10  # files this large (on average) are decoded in chunks as small as one file
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb limit, as plain_png checks it
 FACTS_SIDE = 1024  # the census looks at an image shrunk to at most this many px a side
 
 
@@ -161,35 +163,61 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
 READ_AHEAD = 8 << 20  # bytes of files a worker reads before it decodes them
 
 
-def _read_ahead(paths: Sequence[str]) -> Iterator[tuple[str, bytes, tuple[int, int] | None, str]]:
-    """(path, bytes, (size, mtime), reason it cannot be read or "") of each file, read a group of up to
-    READ_AHEAD bytes at a time before any of them is decoded: reading and decoding apart took a sixth less
-    CPU on small files than file by file (each evicts the other's data from the CPU's caches)."""
-    group: list[tuple[str, bytes, tuple[int, int] | None, str]] = []
+def _read_ahead(paths: Sequence[str]) -> Iterator[kernels.Files]:
+    """The files, in groups of up to READ_AHEAD bytes, each group read before any of it is decoded: reading
+    and decoding apart took a sixth less CPU on small files than file by file (each evicts the other's data
+    from the CPU's caches). Compiled, a group is read in one call; a file it leaves (an error, a special
+    file) is read here, and its reason is that of :func:`read_source`."""
+    start = 0
+    while start < len(paths):
+        if kernels.LIB is not None:
+            files, apart = kernels.read_files(paths[start:], READ_AHEAD)
+        else:
+            files, apart = _group(paths[start:])
+        for k in apart:
+            try:
+                files.extra[k], files.stats[k] = read_source(files.paths[k])
+            except ImageError as exc:
+                files.reasons[k] = str(exc)
+        yield files
+        start += len(files.paths)
+
+
+def _group(paths: Sequence[str]) -> tuple[kernels.Files, list[int]]:
+    """The first of ``paths`` up to READ_AHEAD bytes, read one by one (no compiled reader)."""
+    got: list[tuple[bytes, tuple[int, int] | None, str]] = []
     size = 0
-    for path in paths:
+    while len(got) < len(paths) and size < READ_AHEAD:
         try:
-            data, stat = read_source(path)
-            group.append((path, data, stat, ""))
+            data, stat = read_source(paths[len(got)])
+            got.append((data, stat, ""))
+            size += len(data)
         except ImageError as exc:
-            group.append((path, b"", None, str(exc)))
-            continue
-        size += len(data)
-        if size >= READ_AHEAD:
-            yield from group
-            group, size = [], 0
-    yield from group
+            got.append((b"", None, str(exc)))
+    empty = np.zeros(len(got), np.int64)
+    files = kernels.Files(paths[:len(got)], np.zeros(0, np.uint8), empty, empty)
+    files.extra = {k: data for k, (data, _, reason) in enumerate(got) if not reason}
+    files.stats = [stat for _, stat, _ in got]
+    files.reasons = [reason for _, _, reason in got]
+    return files, []
 
 
-def _decode_one(path: str, data: bytes, stat: tuple[int, int] | None, cfg: PreprocessParams, good: Good) -> str:
-    """Decode one file's bytes into ``good``; the reason it is unusable, or ""."""
+def _decode_one(files: kernels.Files, k: int, cfg: PreprocessParams, good: Good, png: np.ndarray | None) -> str:
+    """Decode file ``k`` into ``good`` (``png``: its pixels, when the compiled decoder read it as a plain
+    PNG); the reason it is unusable, or ""."""
+    stat = files.stats[k]
     try:
+        if png is not None:
+            good.add(in_colour(png, cfg), png.shape[1], png.shape[0], "L" if png.ndim == 2 else "RGB", "PNG",
+                     hashlib.sha1(files.view(k)).digest(), False, stat)
+            return ""
+        data = files.data(k)
         plain = plain_png(data, cfg)
         if plain is not None:  # the common case, without the objects decode_read makes
             arr, w, h, mode = plain
             good.add(arr, w, h, mode, "PNG", hashlib.sha1(data).digest(), False, stat)
             return ""
-        good.add_decoded(decode_pillow(data, stat, path, cfg))  # plain_png said no: not a second time
+        good.add_decoded(decode_pillow(data, stat, files.paths[k], cfg))  # plain_png said no: not a second time
     except ImageError as exc:
         return str(exc)
     except MemoryError:
@@ -201,8 +229,10 @@ def _decode_audited(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.nda
     """Worker: decode + preprocess a chunk; the good arrays stacked, and the chunk's audit facts (the
     perceptual hash, thumbnail and quality statistics of each decoded image, a chunk at a time)."""
     good, reasons = Good(), []
-    for path, data, stat, reason in _read_ahead(paths):
-        reasons.append(reason or _decode_one(path, data, stat, cfg, good))
+    for files in _read_ahead(paths):
+        pngs = kernels.decode_pngs(files, cfg.min_side, cfg.max_side, MAX_PIXELS)
+        for k, png in enumerate(pngs):
+            reasons.append(files.reasons[k] or _decode_one(files, k, cfg, good, png))
     try:
         stacked = preprocess_batch(good.arrays, cfg)
     except MemoryError:  # one image too large to preprocess: then one by one, as inspect_image would

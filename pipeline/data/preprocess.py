@@ -155,10 +155,15 @@ def plain_png(data: bytes, cfg: PreprocessParams) -> tuple[np.ndarray, int, int,
     if arr is None or arr.shape[:2] != (h, w):
         return None
     if ctype == 2:  # OpenCV's BGR: gray straight from its channels reversed (a view), else RGB
-        arr = _pil_gray(arr[..., ::-1]) if cfg.color == "grayscale" else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
-    elif cfg.color == "rgb":
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    return arr, w, h, "L" if ctype == 0 else "RGB"
+        arr = arr[..., ::-1] if cfg.color == "grayscale" else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    return in_colour(arr, cfg), w, h, "L" if ctype == 0 else "RGB"
+
+
+def in_colour(arr: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
+    """A plain PNG's pixels as decoded (gray, or RGB) in the colour ``cfg`` asks for, as Pillow's path gives it."""
+    if arr.ndim == 3:
+        return _pil_gray(arr) if cfg.color == "grayscale" else arr
+    return np.repeat(arr[..., None], 3, axis=2) if cfg.color == "rgb" else arr
 
 
 def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams, draft: int = 0) -> Decoded:

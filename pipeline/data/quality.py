@@ -38,6 +38,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.data import kernels
+
 SIDE = 128  # statistics are taken on the image shrunk (area) to at most this many px a side
 STATS = ("p01", "p50", "p99", "sharpness", "entropy", "colour", "coloured")  # columns of image_stats
 NONE = -1.0  # a statistic that does not apply (sharpness of a flat image, colour of a gray decode)
@@ -107,7 +109,8 @@ def image_stats(images: Sequence[np.ndarray], grays: Sequence[np.ndarray]) -> np
     for i, g in enumerate(small):
         groups.setdefault(g.shape, []).append(i)
     for idx in groups.values():
-        out[idx, :5] = _gray_stats(np.stack([small[i] for i in idx]))
+        stack = np.stack([small[i] for i in idx])
+        out[idx, :5] = kernels.gray_stats(stack) if kernels.LIB is not None else _gray_stats(stack)
     for i, img in enumerate(images):
         if img.ndim == 3:
             c = shrunk(img)

@@ -51,6 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.data import kernels
 from pipeline.data.quality import shrunk
 from pipeline.shared.artifacts import NpyRows
 
@@ -184,7 +185,11 @@ def signatures(grays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     for i, g in enumerate(work):
         groups.setdefault(g.shape, []).append(i)
     for idx in groups.values():
-        view, negative[idx] = _canonical_stack(np.stack([work[i] for i in idx]))
+        stack = np.stack([work[i] for i in idx])
+        if kernels.LIB is not None:  # the same steps compiled
+            hashes[idx], thumbs[idx], negative[idx] = kernels.signatures(stack)
+            continue
+        view, negative[idx] = _canonical_stack(stack)
         small = (view[:, 0::2, 0::2] + view[:, 0::2, 1::2] + view[:, 1::2, 0::2] + view[:, 1::2, 1::2]) * 0.25  # 2x2 means
         thumbs[idx] = np.clip(small + 0.5, 0, 255).astype(np.uint8).reshape(len(idx), -1)
         low = _low_frequencies(view)

@@ -1,0 +1,352 @@
+/* Compiled loops for the decoding workers' per-image work, a chunk of images per call (see kernels.py).
+
+   Plain C, no Python API: loaded with ctypes, so it builds wherever a C compiler and zlib's header are
+   (`pip install` tries; without them the numpy code in similar.py, quality.py and preprocess.py runs).
+   Each function mirrors its numpy original, written beside it in the comments. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ reading files (preprocess.read_source) */
+/* Read files one after another into buf (cap bytes) until the next would not fit: file k's path is the
+   NUL-terminated string at paths + path_off[k]. Returns how many files it went through; for each, off and len
+   (where its bytes are in buf), size and mtime (ns) as fstat gave them, and status: 0 read whole, 1 left to
+   the caller (any error, not a regular file, a size that changed while read, too large for buf alone). */
+int64_t read_files(const char *paths, const int64_t *path_off, int64_t n, uint8_t *buf, int64_t cap,
+                   int64_t *off, int64_t *len, int64_t *size, int64_t *mtime, int32_t *status) {
+    int64_t used = 0, k = 0;
+    for (; k < n; k++) {
+        off[k] = used;
+        len[k] = size[k] = mtime[k] = 0;
+        status[k] = 1;
+        int fd = open(paths + path_off[k], O_RDONLY);
+        if (fd < 0) continue;
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); continue; }
+        int64_t want = (int64_t)st.st_size;
+        if (used + want + 1 > cap) {
+            close(fd);
+            if (k == 0) continue;  /* too large alone: the caller reads it */
+            break;                 /* the next group starts with it */
+        }
+        int64_t got = 0;
+        for (;;) {  /* one byte more than its size: a file that grew is noticed */
+            ssize_t r = read(fd, buf + used + got, (size_t)(want + 1 - got));
+            if (r <= 0) break;
+            got += r;
+            if (got > want) break;
+        }
+        close(fd);
+        if (got != want) continue;
+        len[k] = size[k] = want;
+#ifdef __APPLE__
+        mtime[k] = (int64_t)st.st_mtimespec.tv_sec * 1000000000LL + st.st_mtimespec.tv_nsec;
+#else
+        mtime[k] = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+#endif
+        status[k] = 0;
+        used += want;
+    }
+    return k;
+}
+
+/* ------------------------------------------------------------------ PNG: the plain ones (preprocess.plain_png) */
+enum { PNG_OK = 0, PNG_OTHER = 1 };  /* OTHER: not plain, or any trouble: the general path decodes it (and says why) */
+
+static uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static const uint8_t SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+/* Width, height and channels of each of n files (bytes data[off[i]:off[i] + len[i]]) that is a plain PNG:
+   8-bit gray or RGB, not interlaced, no transparency chunk, no EXIF chunk, every chunk whole and its CRC
+   right, min_side <= its sides <= max_side and at most max_pixels pixels. status[i]: PNG_OK or PNG_OTHER. */
+void png_info(const uint8_t *data, const int64_t *off, const int64_t *len, int64_t n, int64_t min_side,
+              int64_t max_side, int64_t max_pixels, int32_t *width, int32_t *height, int32_t *channels,
+              int32_t *status) {
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = data + off[i];
+        int64_t size = len[i];
+        status[i] = PNG_OTHER;
+        width[i] = height[i] = channels[i] = 0;
+        if (size < 33 || memcmp(p, SIG, 8) != 0 || be32(p + 8) != 13 || memcmp(p + 12, "IHDR", 4) != 0) continue;
+        uint32_t w = be32(p + 16), h = be32(p + 20);
+        uint8_t depth = p[24], ctype = p[25], comp = p[26], filt = p[27], interlace = p[28];
+        if (depth != 8 || (ctype != 0 && ctype != 2) || comp || filt || interlace) continue;
+        if (w == 0 || h == 0) continue;
+        uint32_t lo = w < h ? w : h, hi = w < h ? h : w;
+        if ((int64_t)lo < min_side || (int64_t)hi > max_side || (int64_t)w * (int64_t)h > max_pixels) continue;
+        int ok = 0, bad = 0;
+        for (int64_t at = 8; !bad;) {
+            if (at + 12 > size) { bad = 1; break; }
+            uint32_t clen = be32(p + at);
+            if ((int64_t)clen > size - at - 12) { bad = 1; break; }
+            const uint8_t *type = p + at + 4;
+            if (crc32(0L, type, clen + 4) != be32(p + at + 8 + clen)) { bad = 1; break; }
+            if (!memcmp(type, "tRNS", 4) || !memcmp(type, "eXIf", 4) || !memcmp(type, "PLTE", 4)) { bad = 1; break; }
+            if (!memcmp(type, "IEND", 4)) { ok = 1; break; }
+            at += 12 + (int64_t)clen;
+        }
+        if (!ok || bad) continue;
+        width[i] = (int32_t)w;
+        height[i] = (int32_t)h;
+        channels[i] = ctype == 2 ? 3 : 1;
+        status[i] = PNG_OK;
+    }
+}
+
+static int paeth(int a, int b, int c) {
+    int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+    return (pa <= pb && pa <= pc) ? a : (pb <= pc ? b : c);
+}
+
+/* Undo the filters of h rows of `stride` bytes (each after its filter byte) into out; 0, or -1: a bad filter. */
+static int unfilter(const uint8_t *raw, uint8_t *out, int64_t h, int64_t stride, int bpp) {
+    for (int64_t y = 0; y < h; y++) {
+        const uint8_t *src = raw + y * (stride + 1) + 1;
+        uint8_t *row = out + y * stride, *up = y ? row - stride : NULL;
+        switch (raw[y * (stride + 1)]) {
+        case 0: memcpy(row, src, (size_t)stride); break;
+        case 1:
+            for (int64_t x = 0; x < stride; x++) row[x] = (uint8_t)(src[x] + (x >= bpp ? row[x - bpp] : 0));
+            break;
+        case 2:
+            for (int64_t x = 0; x < stride; x++) row[x] = (uint8_t)(src[x] + (up ? up[x] : 0));
+            break;
+        case 3:
+            for (int64_t x = 0; x < stride; x++)
+                row[x] = (uint8_t)(src[x] + (((x >= bpp ? row[x - bpp] : 0) + (up ? up[x] : 0)) >> 1));
+            break;
+        case 4:
+            for (int64_t x = 0; x < stride; x++) {
+                int a = x >= bpp ? row[x - bpp] : 0, b = up ? up[x] : 0, c = (up && x >= bpp) ? up[x - bpp] : 0;
+                row[x] = (uint8_t)(src[x] + paeth(a, b, c));
+            }
+            break;
+        default: return -1;
+        }
+    }
+    return 0;
+}
+
+/* Decode the files png_info found plain (status PNG_OK) into out at out_off[i] (height x width x channels
+   bytes, as stored: RGB in R, G, B order); a file whose data will not inflate to exactly its rows, or has a
+   bad filter byte, becomes PNG_OTHER. scratch: at least the largest (1 + width * channels) * height bytes. */
+void png_decode(const uint8_t *data, const int64_t *off, const int64_t *len, int64_t n, const int32_t *width,
+                const int32_t *height, const int32_t *channels, int32_t *status, uint8_t *out,
+                const int64_t *out_off, uint8_t *scratch) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    int ready = inflateInit(&z) == Z_OK;
+    for (int64_t i = 0; i < n; i++) {
+        if (status[i] != PNG_OK) continue;
+        const uint8_t *p = data + off[i];
+        int64_t stride = (int64_t)width[i] * channels[i], want = (stride + 1) * height[i];
+        if (!ready || inflateReset(&z) != Z_OK) { status[i] = PNG_OTHER; continue; }
+        z.next_out = scratch;
+        z.avail_out = (uInt)want;
+        int rc = Z_OK;
+        for (int64_t at = 8; at + 12 <= len[i];) {
+            uint32_t clen = be32(p + at);
+            const uint8_t *type = p + at + 4;
+            if (!memcmp(type, "IEND", 4)) break;
+            if (!memcmp(type, "IDAT", 4) && rc == Z_OK) {
+                z.next_in = (Bytef *)(p + at + 8);
+                z.avail_in = clen;
+                rc = inflate(&z, Z_NO_FLUSH);
+                if (rc == Z_BUF_ERROR && z.avail_out == 0) rc = Z_STREAM_END;  /* rows complete, trailing bytes */
+            }
+            at += 12 + (int64_t)clen;
+        }
+        int whole = (rc == Z_STREAM_END || rc == Z_OK) && z.avail_out == 0;
+        if (!whole || unfilter(scratch, out + out_off[i], height[i], stride, channels[i]) != 0) status[i] = PNG_OTHER;
+    }
+    if (ready) inflateEnd(&z);
+}
+
+/* ------------------------------------------------------------------ the canonical view (similar._canonical_stack) */
+#define SIDE 32
+#define THUMB 16
+#define SPREAD 8.0
+#define PLAIN 32
+
+/* The k-th smallest of the counts' values (counts: a histogram of 256 levels). */
+static int kth(const int64_t *counts, int64_t k) {
+    int64_t seen = 0;
+    for (int v = 0; v < 256; v++) {
+        seen += counts[v];
+        if (seen > k) return v;
+    }
+    return 255;
+}
+
+/* The 8 lowest rows of the orthonormal 32-point DCT-II (similar._dct_rows). */
+static void dct_rows(double d[8][SIDE]) {
+    for (int k = 0; k < 8; k++)
+        for (int i = 0; i < SIDE; i++)
+            d[k][i] = cos(M_PI * (2 * i + 1) * k / (2.0 * SIDE)) * sqrt(2.0 / SIDE) / (k ? 1.0 : sqrt(2.0));
+}
+
+/* The k-th smallest of a[0..n) (reorders a). */
+static float select_kth(float *a, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = a[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return a[k];
+    }
+    return a[k];
+}
+
+/* One image's canonical view (32 x 32 floats) and whether it was negated. */
+static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, double *tmp) {
+    int64_t counts[256] = {0}, nb = 0;
+    for (int64_t x = 0; x < w; x++) { counts[g[x]]++; counts[g[(h - 1) * w + x]]++; nb += 2; }
+    for (int64_t y = 1; y < h - 1; y++) { counts[g[y * w]]++; counts[g[y * w + w - 1]]++; nb += 2; }
+    double q25 = kth(counts, nb / 4), level = kth(counts, nb / 2), q75 = kth(counts, (3 * nb) / 4);
+    int64_t sum = 0, top = 0;
+    for (int64_t k = 0; k < h * w; k++) {
+        sum += g[k];
+        int64_t d = llabs((int64_t)g[k] - (int64_t)level);
+        if (d > top) top = d;
+    }
+    int flip = (double)sum / (double)(h * w) < level - 4;
+    double floor_ = fmax(4.0, 0.1 * (double)top), mass = 0, cy = 0, cx = 0, vy = 0, vx = 0;
+    memset(wy, 0, sizeof(double) * h);
+    memset(wx, 0, sizeof(double) * w);
+    for (int64_t y = 0; y < h; y++)
+        for (int64_t x = 0; x < w; x++) {
+            double v = fabs((double)g[y * w + x] - level) - floor_;
+            if (v > 0) { wy[y] += v; wx[x] += v; }
+        }
+    for (int64_t y = 0; y < h; y++) { mass += wy[y]; cy += wy[y] * y; vy += wy[y] * (double)y * y; }
+    for (int64_t x = 0; x < w; x++) { cx += wx[x] * x; vx += wx[x] * (double)x * x; }
+    double safe = fmax(mass, 1e-6);
+    cy /= safe; cx /= safe;
+    vy = fmax(vy / safe - cy * cy, 1e-6);
+    vx = fmax(vx / safe - cx * cx, 1e-6);
+    int empty = mass <= 0;
+    double base = (double)SIDE / (double)(h > w ? h : w), scale = base;
+    if (q75 - q25 <= PLAIN && !empty) scale = fmin(fmax(SPREAD / sqrt(vy + vx), base / 4), base * 4);
+    if (empty) { cy = (h - 1) / 2.0; cx = (w - 1) / 2.0; }
+    /* bilinear, separable: every source row sampled at the 32 columns (tmp, h x 32), then those rows at
+       the 32 rows; a tap outside the image reads the border's level */
+    double mid = (SIDE - 1) / 2.0, fx[SIDE];
+    int64_t xa[SIDE], xb[SIDE];
+    for (int d = 0; d < SIDE; d++) {
+        double sx = cx + (d - mid) / scale;
+        int64_t x0 = (int64_t)floor(sx);
+        fx[d] = sx - (double)x0;
+        xa[d] = (x0 >= 0 && x0 < w) ? x0 : -1;
+        xb[d] = (x0 + 1 >= 0 && x0 + 1 < w) ? x0 + 1 : -1;
+    }
+    for (int64_t y = 0; y < h; y++) {
+        const uint8_t *row = g + y * w;
+        for (int d = 0; d < SIDE; d++) {
+            double va = xa[d] >= 0 ? row[xa[d]] : level, vb = xb[d] >= 0 ? row[xb[d]] : level;
+            tmp[y * SIDE + d] = va + fx[d] * (vb - va);
+        }
+    }
+    double edge[SIDE];
+    for (int d = 0; d < SIDE; d++) edge[d] = level;
+    for (int dy = 0; dy < SIDE; dy++) {
+        double sy = cy + (dy - mid) / scale;
+        int64_t y0 = (int64_t)floor(sy);
+        double fy = sy - (double)y0;
+        const double *r0 = (y0 >= 0 && y0 < h) ? tmp + y0 * SIDE : edge;
+        const double *r1 = (y0 + 1 >= 0 && y0 + 1 < h) ? tmp + (y0 + 1) * SIDE : edge;
+        float *out = view + dy * SIDE;
+        for (int d = 0; d < SIDE; d++) {
+            double v = r0[d] + fy * (r1[d] - r0[d]);
+            out[d] = (float)(flip ? 255.0 - v : v);
+        }
+    }
+    return flip;
+}
+
+/* similar.signatures of m same-shape uint8 gray images (m, h, w): 64-bit perceptual hashes, 16x16
+   thumbnails (2x2 means of the view, rounded) and which views are negatives. */
+void signatures(const uint8_t *g, int64_t m, int64_t h, int64_t w, uint64_t *hashes, uint8_t *thumbs,
+                uint8_t *negative) {
+    double d[8][SIDE];
+    float dt[SIDE][8];
+    dct_rows(d);
+    for (int x = 0; x < SIDE; x++)
+        for (int v = 0; v < 8; v++) dt[x][v] = (float)d[v][x];
+    float view[SIDE * SIDE], low[64], rest[63];
+    double *wy = malloc(sizeof(double) * (size_t)(h + w + h * SIDE)), *wx = wy + h, *tmp = wx + w;
+    if (!wy) return;
+    for (int64_t i = 0; i < m; i++) {
+        negative[i] = (uint8_t)canonical(g + i * h * w, h, w, view, wy, wx, tmp);
+        for (int ty = 0; ty < THUMB; ty++)
+            for (int tx = 0; tx < THUMB; tx++) {
+                const float *v = view + 2 * ty * SIDE + 2 * tx;
+                float mean = (v[0] + v[1] + v[SIDE] + v[SIDE + 1]) * 0.25f + 0.5f;
+                thumbs[i * THUMB * THUMB + ty * THUMB + tx] = (uint8_t)(mean < 0 ? 0 : mean > 255 ? 255 : mean);
+            }
+        float cols[SIDE][8] = {{0}};
+        for (int y = 0; y < SIDE; y++)
+            for (int x = 0; x < SIDE; x++)
+                for (int v = 0; v < 8; v++) cols[y][v] += view[y * SIDE + x] * dt[x][v];
+        memset(low, 0, sizeof low);
+        for (int y = 0; y < SIDE; y++)
+            for (int u = 0; u < 8; u++)
+                for (int v = 0; v < 8; v++) low[u * 8 + v] += cols[y][v] * dt[y][u];
+        memcpy(rest, low + 1, sizeof rest);
+        float median = select_kth(rest, 63, 31);
+        uint64_t bits = 0;
+        for (int k = 0; k < 64; k++) bits = (bits << 1) | (uint64_t)(low[k] > median);
+        hashes[i] = bits;
+    }
+    free(wy);
+}
+
+/* ------------------------------------------------------------------ image statistics (quality._gray_stats) */
+/* (m, 5) float32: p01, p50, p99, sharpness (-1 where the image is flat), entropy of the 32-bin histogram. */
+void gray_stats(const uint8_t *g, int64_t m, int64_t h, int64_t w, float *out) {
+    int64_t n = h * w;
+    int64_t ks[3] = {(int64_t)(0.01 * (double)(n - 1)), (n - 1) / 2, (int64_t)llround(0.99 * (double)(n - 1))};
+    for (int64_t i = 0; i < m; i++) {
+        const uint8_t *p = g + i * n;
+        int64_t hist[256] = {0};
+        for (int64_t k = 0; k < n; k++) hist[p[k]]++;
+        float *o = out + i * 5;
+        for (int c = 0; c < 3; c++) o[c] = (float)kth(hist, ks[c]);
+        double s1 = 0, s2 = 0;
+        for (int v = 0; v < 256; v++) { s1 += (double)hist[v] * v; s2 += (double)hist[v] * v * v; }
+        double mean = s1 / n, std = sqrt(fmax(s2 / n - mean * mean, 0)), sharp = 0;
+        if (h >= 3 && w >= 3) {
+            double l1 = 0, l2 = 0;
+            int64_t cnt = (h - 2) * (w - 2);
+            for (int64_t y = 1; y < h - 1; y++)
+                for (int64_t x = 1; x < w - 1; x++) {
+                    const uint8_t *c = p + y * w + x;
+                    double lap = (double)c[-w] + c[w] + c[-1] + c[1] - 4.0 * c[0];
+                    l1 += lap; l2 += lap * lap;
+                }
+            double lm = l1 / cnt;
+            sharp = sqrt(fmax(l2 / cnt - lm * lm, 0)) / fmax(std, 1e-6);
+        }
+        o[3] = std >= 2 ? (float)sharp : -1.0f;
+        double ent = 0;
+        for (int b = 0; b < 32; b++) {
+            int64_t c = 0;
+            for (int v = 0; v < 8; v++) c += hist[b * 8 + v];
+            if (c) { double q = (double)c / n; ent -= q * log2(q); }
+        }
+        o[4] = (float)ent;
+    }
+}

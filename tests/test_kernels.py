@@ -1,0 +1,153 @@
+"""The compiled loops (pipeline.data.kernels) against the numpy and OpenCV code they stand in for."""
+import io
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+import pytest
+
+from pipeline.data import decoding, kernels, quality, similar
+from pipeline.data.preprocess import plain_png
+from pipeline.shared.params import PreprocessParams
+
+needs_lib = pytest.mark.skipif(kernels.LIB is None, reason="the compiled kernels are not built here")
+GRAY = PreprocessParams(color="grayscale", size=(12, 12), invert="false")
+RGB = PreprocessParams(color="rgb", size=(12, 12), invert="false")
+
+
+def test_the_kernels_are_built_where_a_compiler_and_zlib_are():
+    if os.environ.get("PIPELINE_KERNELS", "on") == "off":
+        pytest.skip("PIPELINE_KERNELS=off")
+    if not (shutil.which("cc") or shutil.which("gcc")) or not Path("/usr/include/zlib.h").is_file():
+        pytest.skip("no C compiler or zlib header: the numpy code runs")
+    assert kernels.LIB is not None, "pip install -e . should have built pipeline/data/_kernels*.so"
+
+
+def _pngs(rng):
+    """PNGs as OpenCV and Pillow write them: gray and colour, every compression level, all filter types."""
+    out = []
+    for k in range(30):
+        h, w = (int(v) for v in rng.integers(8, 70, 2))
+        img = (rng.integers(0, 256, (h, w, 3)) // (k % 5 + 1)).astype(np.uint8)
+        if k % 2:
+            img = cv2.GaussianBlur(img, (5, 5), 0)
+        out.append(cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, k % 10])[1].tobytes())
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0]).save(buf, "PNG", optimize=bool(k % 3))
+        out.append(buf.getvalue())
+    return out
+
+
+def _files(datas):
+    lens = np.array([len(d) for d in datas], np.int64)
+    offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    return kernels.Files(list(map(str, range(len(datas)))), np.frombuffer(b"".join(datas), np.uint8), offs, lens)
+
+
+@needs_lib
+@pytest.mark.parametrize("cfg", [GRAY, RGB])
+def test_plain_pngs_decode_to_the_same_pixels_as_opencv(cfg):
+    datas = _pngs(np.random.default_rng(0))
+    got = kernels.decode_pngs(_files(datas), 1, 20000, Image.MAX_IMAGE_PIXELS)
+    for data, png in zip(datas, got):
+        assert png is not None
+        want, w, h, _ = plain_png(data, cfg)
+        assert png.shape[:2] == (h, w)
+        assert np.array_equal(decoding.in_colour(png, cfg), want)
+
+
+def _chunk(data, kind, body):
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+@needs_lib
+def test_files_that_are_not_plain_or_damaged_are_left_to_the_general_path():
+    good = _pngs(np.random.default_rng(1))[0]
+    flipped = bytearray(good)
+    flipped[45] ^= 0xFF  # inside the first chunk after IHDR: its CRC no longer matches
+    ihdr_end = 8 + 25
+    with_trns = good[:ihdr_end] + _chunk(good, b"tRNS", b"\x00\x01\x00\x02\x00\x03") + good[ihdr_end:]
+    interlaced = bytearray(good)
+    interlaced[28] = 1
+    others = [good[:len(good) // 2], bytes(flipped), with_trns, b"", b"GIF89a" + good[6:], bytes(interlaced),
+              good[:20]]
+    got = kernels.decode_pngs(_files(others), 1, 20000, Image.MAX_IMAGE_PIXELS)
+    assert got == [None] * len(others)
+    tiny = kernels.decode_pngs(_files([good]), 10_000, 20000, Image.MAX_IMAGE_PIXELS)  # below min_side
+    assert tiny == [None]
+
+
+def _digits(n=300):
+    rng = np.random.default_rng(2)
+    imgs = np.zeros((n, 28, 28), np.uint8)
+    for i, img in enumerate(imgs):
+        cv2.putText(img, str(i % 10), (int(rng.integers(2, 10)), int(rng.integers(18, 26))), cv2.FONT_HERSHEY_SIMPLEX,
+                    float(rng.uniform(0.6, 0.9)), 255, int(rng.integers(1, 3)))
+        if i % 3 == 0:
+            imgs[i] = 255 - img  # dark on light: a negative view
+    return imgs
+
+
+@needs_lib
+def test_signatures_match_the_numpy_code(monkeypatch):
+    imgs = _digits()
+    h1, t1, n1 = kernels.signatures(imgs)
+    monkeypatch.setattr(kernels, "LIB", None)
+    h2, t2, n2 = similar.signatures(list(imgs))
+    assert np.array_equal(n1, n2)
+    assert np.abs(t1.astype(int) - t2).max() <= 2  # OpenCV's warp rounds its taps to 1/32 px
+    bits = np.bitwise_count(h1 ^ h2)
+    assert (bits == 0).mean() >= 0.95 and bits.max() <= 4
+
+
+@needs_lib
+def test_gray_stats_match_the_numpy_code():
+    imgs = _digits()
+    imgs[5] = 77  # flat: no sharpness
+    got, want = kernels.gray_stats(imgs), quality._gray_stats(imgs)
+    assert np.allclose(got, want, atol=1e-4)
+    assert got[5, 3] == quality.NONE
+
+
+@needs_lib
+def test_read_files_leaves_errors_to_the_caller_and_stops_at_its_buffer(tmp_path):
+    names = []
+    for k, size in enumerate((10, 4000, 0, 1000)):
+        (tmp_path / f"f{k}").write_bytes(bytes([k]) * size)
+        names.append(str(tmp_path / f"f{k}"))
+    (tmp_path / "folder").mkdir()
+    paths = [names[0], str(tmp_path / "missing"), str(tmp_path / "folder"), *names[1:]]
+    files, apart = kernels.read_files(paths, 5000)
+    assert files.paths == paths[:5] and apart == [1, 2]  # f3 (1,000 bytes) would not fit beside f1's 4000
+    assert files.data(0) == bytes(10) and files.data(3) == bytes([1]) * 4000 and files.data(4) == b""
+    st = os.stat(names[1])
+    assert files.stats[3] == (st.st_size, st.st_mtime_ns)
+    alone, apart = kernels.read_files([names[1]], 100)  # larger than the buffer alone: the caller's
+    assert len(alone.paths) == 1 and apart == [0]
+
+
+@needs_lib
+def test_a_chunk_decodes_the_same_with_and_without_the_kernels(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, data in enumerate(_pngs(rng)[:12]):
+        (tmp_path / f"{k}.png").write_bytes(data)
+        paths.append(str(tmp_path / f"{k}.png"))
+    Image.fromarray(_digits(1)[0]).save(tmp_path / "x.jpg")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    paths += [str(tmp_path / "x.jpg"), str(tmp_path / "bad.png"), str(tmp_path / "gone.png")]
+    for cfg in (GRAY, RGB):
+        fast_x, fast = decoding._decode_audited(paths, cfg)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "LIB", None)
+            slow_x, slow = decoding._decode_audited(paths, cfg)
+        assert fast.reasons == slow.reasons and sum(not r for r in fast.reasons) == 13
+        assert np.array_equal(fast_x, slow_x)
+        assert np.array_equal(fast.sha1, slow.sha1) and fast.file_stat.tolist() == slow.file_stat.tolist()
+        assert (fast.width.tolist(), fast.mode, fast.format) == (slow.width.tolist(), slow.mode, slow.format)
+        assert np.abs(fast.thumb.astype(int) - slow.thumb).max() <= 2
+        assert np.allclose(fast.stats, slow.stats, atol=1e-4)
