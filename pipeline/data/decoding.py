@@ -115,6 +115,17 @@ class Good:
         self.alpha.append(alpha)
         self.stat.append(stat)
 
+    def extend_plain(self, arrays: list[np.ndarray], files: kernels.Files) -> None:
+        """All of ``files``, plain PNGs decoded into ``arrays`` (in the colour asked for), at once."""
+        self.arrays += arrays
+        self.height += [a.shape[0] for a in arrays]
+        self.width += [a.shape[1] for a in arrays]
+        self.mode += ["L" if a.ndim == 2 else "RGB" for a in arrays]
+        self.format += ["PNG"] * len(arrays)
+        self.sha1 += [hashlib.sha1(files.view(k)).digest() for k in range(len(arrays))]
+        self.alpha += [False] * len(arrays)
+        self.stat += files.stats
+
     def add_decoded(self, d: Decoded) -> None:
         m = d.meta
         self.add(d.array, m.width, m.height, m.mode, m.format, bytes.fromhex(m.sha1), m.alpha, d.stat)
@@ -231,6 +242,10 @@ def _decode_audited(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.nda
     good, reasons = Good(), []
     for files in _read_ahead(paths):
         pngs = kernels.decode_pngs(files, cfg.min_side, cfg.max_side, MAX_PIXELS)
+        if all(png is not None for png in pngs):  # the common case: all at once
+            good.extend_plain([in_colour(png, cfg) for png in pngs], files)
+            reasons += [""] * len(pngs)
+            continue
         for k, png in enumerate(pngs):
             reasons.append(files.reasons[k] or _decode_one(files, k, cfg, good, png))
     try:

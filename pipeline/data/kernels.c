@@ -35,11 +35,11 @@ int64_t read_files(const char *paths, const int64_t *path_off, int64_t n, uint8_
             break;                 /* the next group starts with it */
         }
         int64_t got = 0;
-        for (;;) {  /* one byte more than its size: a file that grew is noticed */
+        for (;;) {  /* one byte more than its size: a file that grew is noticed; a short read is its end */
             ssize_t r = read(fd, buf + used + got, (size_t)(want + 1 - got));
             if (r <= 0) break;
             got += r;
-            if (got > want) break;
+            if (got > want || r < want + 1 - (got - r)) break;
         }
         close(fd);
         if (got != want) continue;
@@ -212,7 +212,8 @@ static float select_kth(float *a, int n, int k) {
 }
 
 /* One image's canonical view (32 x 32 floats) and whether it was negated. */
-static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, double *tmp) {
+static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, float *wxf,
+                     float *rowf, float *tmp) {
     int64_t counts[256] = {0}, nb = 0;
     for (int64_t x = 0; x < w; x++) { counts[g[x]]++; counts[g[(h - 1) * w + x]]++; nb += 2; }
     for (int64_t y = 1; y < h - 1; y++) { counts[g[y * w]]++; counts[g[y * w + w - 1]]++; nb += 2; }
@@ -225,13 +226,18 @@ static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double
     }
     int flip = (double)sum / (double)(h * w) < level - 4;
     double floor_ = fmax(4.0, 0.1 * (double)top), mass = 0, cy = 0, cx = 0, vy = 0, vx = 0;
+    float lut[256], *fx_ = rowf;  /* each gray level's weight: how far beyond the noise floor it is from level */
+    for (int v = 0; v < 256; v++) lut[v] = (float)fmax(fabs((double)v - level) - floor_, 0.0);
     memset(wy, 0, sizeof(double) * h);
-    memset(wx, 0, sizeof(double) * w);
-    for (int64_t y = 0; y < h; y++)
-        for (int64_t x = 0; x < w; x++) {
-            double v = fabs((double)g[y * w + x] - level) - floor_;
-            if (v > 0) { wy[y] += v; wx[x] += v; }
-        }
+    memset(wxf, 0, sizeof(float) * w);
+    for (int64_t y = 0; y < h; y++) {
+        const uint8_t *row = g + y * w;
+        float sum_ = 0;
+        for (int64_t x = 0; x < w; x++) fx_[x] = lut[row[x]];
+        for (int64_t x = 0; x < w; x++) { sum_ += fx_[x]; wxf[x] += fx_[x]; }
+        wy[y] = sum_;
+    }
+    for (int64_t x = 0; x < w; x++) wx[x] = wxf[x];
     for (int64_t y = 0; y < h; y++) { mass += wy[y]; cy += wy[y] * y; vy += wy[y] * (double)y * y; }
     for (int64_t x = 0; x < w; x++) { cx += wx[x] * x; vx += wx[x] * (double)x * x; }
     double safe = fmax(mass, 1e-6);
@@ -244,34 +250,37 @@ static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double
     if (empty) { cy = (h - 1) / 2.0; cx = (w - 1) / 2.0; }
     /* bilinear, separable: every source row sampled at the 32 columns (tmp, h x 32), then those rows at
        the 32 rows; a tap outside the image reads the border's level */
-    double mid = (SIDE - 1) / 2.0, fx[SIDE];
-    int64_t xa[SIDE], xb[SIDE];
+    double mid = (SIDE - 1) / 2.0;
+    float fx[SIDE];
+    int64_t xa[SIDE], xb[SIDE];  /* taps into the row with the level after it (index w: outside) */
     for (int d = 0; d < SIDE; d++) {
         double sx = cx + (d - mid) / scale;
         int64_t x0 = (int64_t)floor(sx);
-        fx[d] = sx - (double)x0;
-        xa[d] = (x0 >= 0 && x0 < w) ? x0 : -1;
-        xb[d] = (x0 + 1 >= 0 && x0 + 1 < w) ? x0 + 1 : -1;
+        fx[d] = (float)(sx - (double)x0);
+        xa[d] = (x0 >= 0 && x0 < w) ? x0 : w;
+        xb[d] = (x0 + 1 >= 0 && x0 + 1 < w) ? x0 + 1 : w;
     }
+    rowf[w] = (float)level;
     for (int64_t y = 0; y < h; y++) {
         const uint8_t *row = g + y * w;
+        for (int64_t x = 0; x < w; x++) rowf[x] = row[x];
         for (int d = 0; d < SIDE; d++) {
-            double va = xa[d] >= 0 ? row[xa[d]] : level, vb = xb[d] >= 0 ? row[xb[d]] : level;
+            float va = rowf[xa[d]], vb = rowf[xb[d]];
             tmp[y * SIDE + d] = va + fx[d] * (vb - va);
         }
     }
-    double edge[SIDE];
-    for (int d = 0; d < SIDE; d++) edge[d] = level;
+    float edge[SIDE];
+    for (int d = 0; d < SIDE; d++) edge[d] = (float)level;
     for (int dy = 0; dy < SIDE; dy++) {
         double sy = cy + (dy - mid) / scale;
         int64_t y0 = (int64_t)floor(sy);
-        double fy = sy - (double)y0;
-        const double *r0 = (y0 >= 0 && y0 < h) ? tmp + y0 * SIDE : edge;
-        const double *r1 = (y0 + 1 >= 0 && y0 + 1 < h) ? tmp + (y0 + 1) * SIDE : edge;
+        float fy = (float)(sy - (double)y0);
+        const float *r0 = (y0 >= 0 && y0 < h) ? tmp + y0 * SIDE : edge;
+        const float *r1 = (y0 + 1 >= 0 && y0 + 1 < h) ? tmp + (y0 + 1) * SIDE : edge;
         float *out = view + dy * SIDE;
         for (int d = 0; d < SIDE; d++) {
-            double v = r0[d] + fy * (r1[d] - r0[d]);
-            out[d] = (float)(flip ? 255.0 - v : v);
+            float v = r0[d] + fy * (r1[d] - r0[d]);
+            out[d] = flip ? 255.0f - v : v;
         }
     }
     return flip;
@@ -284,27 +293,43 @@ void signatures(const uint8_t *g, int64_t m, int64_t h, int64_t w, uint64_t *has
     double d[8][SIDE];
     float dt[SIDE][8];
     dct_rows(d);
+    float de[SIDE / 2][4], dq[SIDE / 2][4];  /* the even rows' and the odd rows' first halves */
     for (int x = 0; x < SIDE; x++)
         for (int v = 0; v < 8; v++) dt[x][v] = (float)d[v][x];
+    for (int x = 0; x < SIDE / 2; x++)
+        for (int j = 0; j < 4; j++) { de[x][j] = (float)d[2 * j][x]; dq[x][j] = (float)d[2 * j + 1][x]; }
     float view[SIDE * SIDE], low[64], rest[63];
-    double *wy = malloc(sizeof(double) * (size_t)(h + w + h * SIDE)), *wx = wy + h, *tmp = wx + w;
-    if (!wy) return;
+    double *wy = malloc(sizeof(double) * (size_t)(h + w));
+    float *wxf = malloc(sizeof(float) * (size_t)(w + (w + 1) + h * SIDE)), *rowf = wxf + w, *tmp = rowf + w + 1;
+    if (!wy || !wxf) { free(wy); free(wxf); return; }
+    double *wx = wy + h;
     for (int64_t i = 0; i < m; i++) {
-        negative[i] = (uint8_t)canonical(g + i * h * w, h, w, view, wy, wx, tmp);
+        negative[i] = (uint8_t)canonical(g + i * h * w, h, w, view, wy, wx, wxf, rowf, tmp);
         for (int ty = 0; ty < THUMB; ty++)
             for (int tx = 0; tx < THUMB; tx++) {
                 const float *v = view + 2 * ty * SIDE + 2 * tx;
                 float mean = (v[0] + v[1] + v[SIDE] + v[SIDE + 1]) * 0.25f + 0.5f;
                 thumbs[i * THUMB * THUMB + ty * THUMB + tx] = (uint8_t)(mean < 0 ? 0 : mean > 255 ? 255 : mean);
             }
-        float cols[SIDE][8] = {{0}};
-        for (int y = 0; y < SIDE; y++)
-            for (int x = 0; x < SIDE; x++)
-                for (int v = 0; v < 8; v++) cols[y][v] += view[y * SIDE + x] * dt[x][v];
+        /* the 8x8 lowest 2-D DCT coefficients, folded: row k of the DCT is even (k even) or odd about the
+           middle, so each row's 32 samples become 16 sums and 16 differences, and the same down the columns */
+        float cols[SIDE][8];
+        for (int y = 0; y < SIDE; y++) {
+            const float *row = view + y * SIDE;
+            float ce[4] = {0}, co[4] = {0};
+            for (int x = 0; x < SIDE / 2; x++) {
+                float e = row[x] + row[SIDE - 1 - x], o = row[x] - row[SIDE - 1 - x];
+                for (int j = 0; j < 4; j++) { ce[j] += e * de[x][j]; co[j] += o * dq[x][j]; }
+            }
+            for (int j = 0; j < 4; j++) { cols[y][2 * j] = ce[j]; cols[y][2 * j + 1] = co[j]; }
+        }
         memset(low, 0, sizeof low);
-        for (int y = 0; y < SIDE; y++)
+        for (int y = 0; y < SIDE / 2; y++) {
+            float e[8], o[8];
+            for (int v = 0; v < 8; v++) { e[v] = cols[y][v] + cols[SIDE - 1 - y][v]; o[v] = cols[y][v] - cols[SIDE - 1 - y][v]; }
             for (int u = 0; u < 8; u++)
-                for (int v = 0; v < 8; v++) low[u * 8 + v] += cols[y][v] * dt[y][u];
+                for (int v = 0; v < 8; v++) low[u * 8 + v] += ((u & 1) ? o[v] : e[v]) * dt[y][u];
+        }
         memcpy(rest, low + 1, sizeof rest);
         float median = select_kth(rest, 63, 31);
         uint64_t bits = 0;
@@ -312,6 +337,7 @@ void signatures(const uint8_t *g, int64_t m, int64_t h, int64_t w, uint64_t *has
         hashes[i] = bits;
     }
     free(wy);
+    free(wxf);
 }
 
 /* ------------------------------------------------------------------ image statistics (quality._gray_stats) */

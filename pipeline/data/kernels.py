@@ -66,13 +66,17 @@ class Files:
         self.stats: list[tuple[int, int] | None] = [None] * len(paths)
         self.reasons = [""] * len(paths)
         self.extra: dict[int, bytes] = {}
+        self.memory = memoryview(blob)
 
     def data(self, k: int) -> bytes:
         return self.extra[k] if k in self.extra else self.blob[self.offs[k]:self.offs[k] + self.lens[k]].tobytes()
 
-    def view(self, k: int) -> memoryview:
+    def view(self, k: int) -> memoryview | bytes:
         """Its bytes without a copy (to hash them)."""
-        return memoryview(self.extra[k]) if k in self.extra else memoryview(self.blob)[self.offs[k]:self.offs[k] + self.lens[k]]
+        if k in self.extra:
+            return self.extra[k]
+        start = int(self.offs[k])
+        return self.memory[start:start + int(self.lens[k])]
 
 
 def read_files(paths: Sequence[str], cap: int) -> tuple[Files, list[int]]:

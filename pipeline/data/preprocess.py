@@ -161,9 +161,9 @@ def plain_png(data: bytes, cfg: PreprocessParams) -> tuple[np.ndarray, int, int,
 
 def in_colour(arr: np.ndarray, cfg: PreprocessParams) -> np.ndarray:
     """A plain PNG's pixels as decoded (gray, or RGB) in the colour ``cfg`` asks for, as Pillow's path gives it."""
-    if arr.ndim == 3:
-        return _pil_gray(arr) if cfg.color == "grayscale" else arr
-    return np.repeat(arr[..., None], 3, axis=2) if cfg.color == "rgb" else arr
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2) if cfg.color == "rgb" else arr
+    return _pil_gray(arr) if cfg.color == "grayscale" else arr
 
 
 def decode_file(source: str | os.PathLike | bytes, cfg: PreprocessParams, draft: int = 0) -> Decoded:
