@@ -151,3 +151,20 @@ def test_a_chunk_decodes_the_same_with_and_without_the_kernels(tmp_path, monkeyp
         assert (fast.width.tolist(), fast.mode, fast.format) == (slow.width.tolist(), slow.mode, slow.format)
         assert np.abs(fast.thumb.astype(int) - slow.thumb).max() <= 2
         assert np.allclose(fast.stats, slow.stats, atol=1e-4)
+
+
+@needs_lib
+def test_pair_correlations_match_the_numpy_code(monkeypatch):
+    rng = np.random.default_rng(4)
+    table = rng.integers(0, 256, (50, 256)).astype(np.uint8)
+    table[7] = 9  # flat: correlates 0 with anything
+    table[8] = table[3] // 2 + 10  # the same pattern dimmer: 1
+    index = rng.permutation(50)[:45]
+    index[:3] = [3, 8, 7]
+    pairs = rng.integers(0, 45, (300, 2))
+    pairs[:2] = [[0, 1], [0, 2]]
+    got = similar._pair_corr(pairs, similar.Taken(table, index))
+    assert got[0] == pytest.approx(1, abs=1e-3) and got[1] == 0
+    monkeypatch.setattr(kernels, "LIB", None)
+    want = similar._pair_corr(pairs, similar.Taken(table, index))
+    assert np.allclose(got, want, atol=1e-5)

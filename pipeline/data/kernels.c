@@ -376,3 +376,34 @@ void gray_stats(const uint8_t *g, int64_t m, int64_t h, int64_t w, float *out) {
         o[4] = (float)ent;
     }
 }
+
+/* ------------------------------------------------------------------ thumbnail pairs (similar._pair_corr) */
+/* The correlation of thumbnails (rows of n uint8 values of table) of each pair (a, b): rows index[a] and
+   index[b] (index: which table rows are the images the pairs number). */
+void pair_corr(const uint8_t *table, int64_t n, const int64_t *index, int64_t count, const int64_t *pairs,
+               int64_t p, float *out) {
+    double *mean = malloc(sizeof(double) * (size_t)count * 2), *inv = mean + count;
+    uint8_t *seen = calloc((size_t)count, 1);
+    if (!mean || !seen) { free(mean); free(seen); return; }
+    for (int64_t k = 0; k < p; k++)
+        for (int e = 0; e < 2; e++) {
+            int64_t i = pairs[2 * k + e];
+            if (seen[i]) continue;
+            seen[i] = 1;
+            const uint8_t *t = table + index[i] * n;
+            int64_t s1 = 0, s2 = 0;
+            for (int64_t j = 0; j < n; j++) { s1 += t[j]; s2 += (int64_t)t[j] * t[j]; }
+            mean[i] = (double)s1 / (double)n;
+            double norm = sqrt(fmax((double)s2 - (double)n * mean[i] * mean[i], 0));
+            inv[i] = norm > 1e-3 ? 1 / norm : 0;
+        }
+    for (int64_t k = 0; k < p; k++) {
+        int64_t a = pairs[2 * k], b = pairs[2 * k + 1];
+        const uint8_t *ta = table + index[a] * n, *tb = table + index[b] * n;
+        uint32_t dot = 0;
+        for (int64_t j = 0; j < n; j++) dot += (uint32_t)ta[j] * tb[j];
+        out[k] = (float)(((double)dot - (double)n * mean[a] * mean[b]) * inv[a] * inv[b]);
+    }
+    free(mean);
+    free(seen);
+}

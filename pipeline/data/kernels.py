@@ -11,7 +11,8 @@ variable ``PIPELINE_KERNELS=off``) the numpy code does the same work, 2-3x slowe
 - :func:`signatures`: :func:`similar.signatures`' canonical views, thumbnails and hashes (the
   same steps in double precision and exact bilinear taps; OpenCV's warp rounds its taps to
   1/32 px: thumbnails may differ by a level or two, a hash by a bit near its median);
-- :func:`gray_stats`: :func:`quality._gray_stats`.
+- :func:`gray_stats`: :func:`quality._gray_stats`;
+- :func:`pair_corr`: :func:`similar._pair_corr`, in double precision.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def _load() -> ctypes.CDLL | None:
             lib.png_decode.argtypes = [_PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
             lib.signatures.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]
             lib.gray_stats.argtypes = [_PTR, _I64, _I64, _I64, _PTR]
-            for fn in (lib.png_info, lib.png_decode, lib.signatures, lib.gray_stats):
+            lib.pair_corr.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR]
+            for fn in (lib.png_info, lib.png_decode, lib.signatures, lib.gray_stats, lib.pair_corr):
                 fn.restype = None
             return lib
     return None
@@ -137,4 +139,15 @@ def gray_stats(stack: np.ndarray) -> np.ndarray:
     m, h, w = stack.shape
     out = np.zeros((m, 5), np.float32)
     LIB.gray_stats(_p(stack), m, h, w, _p(out))
+    return out
+
+
+def pair_corr(table: np.ndarray, index: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(p,) float32: the correlation of the uint8 thumbnails ``table[index[a]]`` and ``table[index[b]]`` of each
+    pair (a, b), as :func:`similar._pair_corr`."""
+    table = np.ascontiguousarray(table, np.uint8)
+    index = np.ascontiguousarray(index, np.int64)
+    pairs = np.ascontiguousarray(pairs, np.int64)
+    out = np.zeros(len(pairs), np.float32)
+    LIB.pair_corr(_p(table), table.shape[1], _p(index), len(index), _p(pairs), len(pairs), _p(out))
     return out

@@ -334,6 +334,9 @@ def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
 def _pair_corr(pairs: np.ndarray, thumbs: np.ndarray | Taken) -> np.ndarray:
     """Thumbnail correlation of each pair: the mean and norm of each image in a pair once, then a dot product
     per pair, a cache-sized block of pairs at a time (memory: a block, whatever the number of images)."""
+    if kernels.LIB is not None:
+        table, index = (thumbs.table, thumbs.index) if isinstance(thumbs, Taken) else (thumbs, np.arange(len(thumbs)))
+        return kernels.pair_corr(table, index, pairs)
     used = np.flatnonzero(np.bincount(pairs.ravel(), minlength=len(thumbs)))
     mean, inv = np.zeros(len(thumbs), np.float32), np.zeros(len(thumbs), np.float32)
     n = thumbs.shape[1]
