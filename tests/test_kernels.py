@@ -168,3 +168,20 @@ def test_pair_correlations_match_the_numpy_code(monkeypatch):
     monkeypatch.setattr(kernels, "LIB", None)
     want = similar._pair_corr(pairs, similar.Taken(table, index))
     assert np.allclose(got, want, atol=1e-5)
+
+
+@needs_lib
+def test_band_pairs_match_the_numpy_code(monkeypatch):
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**63, 40, dtype=np.int64).astype(np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (400, 3)).astype(np.uint64)
+    hashes = base[rng.integers(0, 40, 400)] ^ flips[:, 0] ^ np.where(rng.random(400) < 0.5, flips[:, 1], 0)
+    for band in range(similar.BANDS):
+        got, stopped = similar.band_pairs(hashes, band, similar.MAX_PAIRS)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "LIB", None)
+            want, _ = similar.band_pairs(hashes, band, similar.MAX_PAIRS)
+        assert not stopped and len(got) > 100
+        assert set(map(tuple, np.sort(got, axis=1).tolist())) == set(map(tuple, np.sort(want, axis=1).tolist()))
+    few, stopped = similar.band_pairs(hashes, 0, 10)
+    assert stopped and len(few) == 10

@@ -407,3 +407,35 @@ void pair_corr(const uint8_t *table, int64_t n, const int64_t *index, int64_t co
     free(mean);
     free(seen);
 }
+
+/* ------------------------------------------------------------------ hash bands (similar.band_pairs) */
+/* Pairs (i < j) of the n hashes whose 16-bit band `band` is equal and which differ in at most near_bits bits,
+   bucket by bucket in the order of the band's value, at most budget of them (*stopped = 1: there were more). Writes up to cap pairs to out (2 per pair) and returns how many it found (more than cap:
+   call again with room for them). */
+int64_t band_pairs(const uint64_t *hashes, int64_t n, int band, int near_bits, int64_t budget, int64_t *out,
+                   int64_t cap, int32_t *stopped) {
+    int64_t *start = calloc(65537, sizeof(int64_t)), *order = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    int64_t found = 0;
+    *stopped = 0;
+    if (!start || !order) { free(start); free(order); return -1; }
+    for (int64_t i = 0; i < n; i++) start[((hashes[i] >> (16 * band)) & 0xFFFF) + 1]++;
+    for (int k = 0; k < 65536; k++) start[k + 1] += start[k];
+    int64_t *fill = malloc(sizeof(int64_t) * 65536);
+    if (!fill) { free(start); free(order); return -1; }
+    memcpy(fill, start, sizeof(int64_t) * 65536);
+    for (int64_t i = 0; i < n; i++) order[fill[(hashes[i] >> (16 * band)) & 0xFFFF]++] = i;  /* stable */
+    free(fill);
+    for (int k = 0; k < 65536 && !*stopped; k++)
+        for (int64_t a = start[k]; a < start[k + 1] && !*stopped; a++) {
+            uint64_t ha = hashes[order[a]];
+            for (int64_t b = a + 1; b < start[k + 1]; b++)
+                if (__builtin_popcountll(ha ^ hashes[order[b]]) <= near_bits) {
+                    if (found == budget) { *stopped = 1; break; }  /* one more than the budget: stop */
+                    if (found < cap) { out[2 * found] = order[a]; out[2 * found + 1] = order[b]; }
+                    found++;
+                }
+        }
+    free(start);
+    free(order);
+    return found;
+}

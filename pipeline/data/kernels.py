@@ -12,7 +12,8 @@ variable ``PIPELINE_KERNELS=off``) the numpy code does the same work, 2-3x slowe
   same steps in double precision and exact bilinear taps; OpenCV's warp rounds its taps to
   1/32 px: thumbnails may differ by a level or two, a hash by a bit near its median);
 - :func:`gray_stats`: :func:`quality._gray_stats`;
-- :func:`pair_corr`: :func:`similar._pair_corr`, in double precision.
+- :func:`pair_corr`: :func:`similar._pair_corr`, in double precision;
+- :func:`band_pairs`: :func:`similar.band_pairs` (when it stops at its budget: the first ``budget`` pairs).
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def _load() -> ctypes.CDLL | None:
             lib.signatures.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR]
             lib.gray_stats.argtypes = [_PTR, _I64, _I64, _I64, _PTR]
             lib.pair_corr.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR]
+            lib.band_pairs.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, _I64, _PTR, _I64, _PTR]
+            lib.band_pairs.restype = _I64
             for fn in (lib.png_info, lib.png_decode, lib.signatures, lib.gray_stats, lib.pair_corr):
                 fn.restype = None
             return lib
@@ -151,3 +154,19 @@ def pair_corr(table: np.ndarray, index: np.ndarray, pairs: np.ndarray) -> np.nda
     out = np.zeros(len(pairs), np.float32)
     LIB.pair_corr(_p(table), table.shape[1], _p(index), len(index), _p(pairs), len(pairs), _p(out))
     return out
+
+
+def band_pairs(hashes: np.ndarray, band: int, near_bits: int, budget: int) -> tuple[np.ndarray, bool]:
+    """:func:`similar.band_pairs`: pairs (i < j) whose 16-bit band ``band`` is equal and whose hashes differ in
+    at most ``near_bits`` bits, bucket by bucket, at most ``budget`` of them (and whether there were more)."""
+    hashes = np.ascontiguousarray(hashes, np.uint64)
+    stopped = np.zeros(1, np.int32)
+    cap = 1 << 16
+    while True:
+        out = np.empty((cap, 2), np.int64)
+        found = LIB.band_pairs(_p(hashes), len(hashes), band, near_bits, budget, _p(out), cap, _p(stopped))
+        if found < 0:
+            raise MemoryError("band_pairs")
+        if found <= cap:
+            return out[:found], bool(stopped[0])
+        cap = found

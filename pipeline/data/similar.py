@@ -274,6 +274,8 @@ def _small_bucket_pairs(order: np.ndarray, key: np.ndarray, hashes: np.ndarray) 
 def band_pairs(hashes: np.ndarray, band: int, budget: int) -> tuple[np.ndarray, bool]:
     """Pairs (rows of 2, either order) of images whose 16-bit band ``band`` of the hash is equal and whose
     hashes are within NEAR_BITS bits, at most about ``budget`` of them, and whether the search stopped there."""
+    if kernels.LIB is not None:
+        return kernels.band_pairs(hashes, band, NEAR_BITS, budget)
     key = ((hashes >> np.uint64(16 * band)) & np.uint64(0xFFFF)).astype(np.int64)
     order = np.argsort(key, kind="stable")
     found = [np.zeros((0, 2), np.int64), _small_bucket_pairs(order, key, hashes)]
