@@ -185,3 +185,22 @@ def test_band_pairs_match_the_numpy_code(monkeypatch):
         assert set(map(tuple, np.sort(got, axis=1).tolist())) == set(map(tuple, np.sort(want, axis=1).tolist()))
     few, stopped = similar.band_pairs(hashes, 0, 10)
     assert stopped and len(few) == 10
+
+
+@needs_lib
+def test_the_copy_test_matches_the_numpy_code(monkeypatch):
+    imgs = _digits(60).astype(np.float32) / 255
+    rng = np.random.default_rng(6)
+    a, b = rng.integers(0, 60, 80), rng.integers(0, 60, 80)
+    a[:20] = b[:20]  # the same image: 1
+    b[20:40] = a[20:40]
+    xb = imgs[b].copy()
+    xb[20:40] = np.roll(xb[20:40], 2, axis=2)  # shifted copies
+    pitch = np.ones((80, 2))
+    pb = pitch.copy()
+    pb[70:] = 0.5  # files of another size: the blur sweep, in numpy
+    got = similar.copy_similarity(imgs[a], xb, pitch, pb)
+    monkeypatch.setattr(kernels, "LIB", None)
+    want = similar.copy_similarity(imgs[a], xb, pitch, pb)
+    assert np.allclose(got, want, atol=2e-4)
+    assert (got[:20] > 0.999).all() and (got[20:40] > 0.99).all()

@@ -439,3 +439,161 @@ int64_t band_pairs(const uint64_t *hashes, int64_t n, int band, int near_bits, i
     free(order);
     return found;
 }
+
+/* ------------------------------------------------------------------ the strict copy test (similar.copy_similarity) */
+typedef struct { double cy, cx, r; } Moments;
+
+/* The content's centre and radius (in the original file's pixels: pitch py, px) of c (h x w), where mask
+   (NULL: everywhere): what is beyond a noise floor (a tenth of the largest magnitude, at least 4) from 0. */
+static Moments moments(const double *c, const uint8_t *mask, int64_t h, int64_t w, double py, double px, double *wy,
+                       double *wx) {
+    double top = 0;
+    for (int64_t k = 0; k < h * w; k++) {
+        double v = (!mask || mask[k]) ? fabs(c[k]) : 0;
+        top = v > top ? v : top;
+    }
+    double floor_ = fmax(4.0, 0.1 * top), mass = 0, cy = 0, cx = 0, vy = 0, vx = 0;
+    memset(wx, 0, sizeof(double) * w);
+    for (int64_t y = 0; y < h; y++) {
+        const double *row = c + y * w;
+        const uint8_t *mrow = mask ? mask + y * w : NULL;
+        double sum = 0;
+        for (int64_t x = 0; x < w; x++) {
+            double v = fabs(row[x]) - floor_;
+            v = (v > 0 && (!mrow || mrow[x])) ? v : 0;
+            sum += v;
+            wx[x] += v;
+        }
+        wy[y] = sum;
+    }
+    for (int64_t y = 0; y < h; y++) { mass += wy[y]; cy += wy[y] * y; vy += wy[y] * (double)y * y; }
+    for (int64_t x = 0; x < w; x++) { cx += wx[x] * x; vx += wx[x] * (double)x * x; }
+    double safe = fmax(mass, 1e-6);
+    cy /= safe; cx /= safe;
+    vy = fmax(vy / safe - cy * cy, 1e-6);
+    vx = fmax(vx / safe - cx * cx, 1e-6);
+    Moments m = {cy, cx, sqrt(vy * py * py + vx * px * px)};
+    return m;
+}
+
+/* Linear taps: destination pixel d samples the source (n px) at src + (d - dst) * k; taps outside dropped. */
+static void taps(int64_t n, double src, double dst, double k, int64_t *i0, double *w0, double *w1) {
+    for (int64_t d = 0; d < n; d++) {
+        double coord = src + ((double)d - dst) * k, f;
+        int64_t x0 = (int64_t)floor(coord);
+        f = coord - (double)x0;
+        i0[d] = x0;
+        w0[d] = (x0 >= 0 && x0 < n) ? 1 - f : 0;
+        w1[d] = (x0 + 1 >= 0 && x0 + 1 < n) ? f : 0;
+    }
+}
+
+/* c (h x w) resampled so that its point (sy, sx) lands on (dy, dx), (ky, kx) of its pixels per new pixel; and
+   where the result lies inside c. */
+static void warp(const double *c, int64_t h, int64_t w, double sy, double sx, double dy, double dx, double ky,
+                 double kx, double *out, uint8_t *mask, int64_t *iy, double *ay, double *by, int64_t *ix, double *ax,
+                 double *bx) {
+    taps(h, sy, dy, ky, iy, ay, by);
+    taps(w, sx, dx, kx, ix, ax, bx);
+    for (int64_t j = 0; j < w; j++) ix[w + j] = ix[j] + 1 < w ? (ix[j] + 1 < 0 ? 0 : ix[j] + 1) : w - 1;
+    for (int64_t j = 0; j < w; j++) ix[j] = ix[j] < 0 ? 0 : (ix[j] >= w ? w - 1 : ix[j]);  /* a dropped tap: weight 0 */
+    for (int64_t i = 0; i < h; i++) {
+        int64_t y0 = iy[i] < 0 ? 0 : (iy[i] >= h ? h - 1 : iy[i]), y1 = iy[i] + 1 < 0 ? 0 : (iy[i] + 1 >= h ? h - 1 : iy[i] + 1);
+        const double *r0 = c + y0 * w, *r1 = c + y1 * w;
+        double wy0 = ay[i], wy1 = by[i], sy_ = wy0 + wy1;
+        for (int64_t j = 0; j < w; j++) {
+            int64_t x0 = ix[j], x1 = ix[w + j];
+            out[i * w + j] = wy0 * (ax[j] * r0[x0] + bx[j] * r0[x1]) + wy1 * (ax[j] * r1[x0] + bx[j] * r1[x1]);
+            mask[i * w + j] = sy_ * (ax[j] + bx[j]) > 0.999;
+        }
+    }
+}
+
+/* The k-th smallest of a[0..n) (reorders a: a[0..k) are then the k smallest). */
+static double select_kth_d(double *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pivot = a[(lo + hi) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) { double t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else return a[k];
+    }
+    return a[k];
+}
+
+/* A prepared image x (h x w, in [0, 1]) as signed content: levels less the border's median, negated when its
+   content is dark on a lighter border. */
+static void signed_content(const float *x, int64_t h, int64_t w, double *c, double *border) {
+    int64_t nb = 0;
+    double sum = 0;
+    for (int64_t k = 0; k < h * w; k++) { c[k] = (double)(x[k] * 255.0f); sum += c[k]; }
+    for (int64_t j = 0; j < w; j++) { border[nb++] = c[j]; border[nb++] = c[(h - 1) * w + j]; }
+    for (int64_t i = 1; i < h - 1; i++) { border[nb++] = c[i * w]; border[nb++] = c[i * w + w - 1]; }
+    double hi = select_kth_d(border, nb, nb / 2), level = hi;
+    if (nb % 2 == 0) {  /* the mean of the two middle values; the lower one is the largest below the upper */
+        double lo = border[0];
+        for (int64_t k = 0; k < nb / 2; k++) lo = fmax(lo, border[k]);
+        level = (lo + hi) / 2;
+    }
+    level = (double)(float)level;
+    double sign = sum / (double)(h * w) < level - 4 ? -1 : 1;
+    for (int64_t k = 0; k < h * w; k++) c[k] = (c[k] - level) * sign;
+}
+
+static double masked_corr(const double *a, const double *b, const uint8_t *m, int64_t n) {
+    double cnt = 0, sa = 0, sb = 0;
+    for (int64_t k = 0; k < n; k++)
+        if (m[k]) { cnt += 1; sa += a[k]; sb += b[k]; }
+    cnt = fmax(cnt, 1);
+    double ma = sa / cnt, mb = sb / cnt, saa = 0, sbb = 0, sab = 0;
+    for (int64_t k = 0; k < n; k++)
+        if (m[k]) {
+            double da = a[k] - ma, db = b[k] - mb;
+            saa += da * da; sbb += db * db; sab += da * db;
+        }
+    double den = sqrt(saa * sbb);
+    return den > 0 ? sab / fmax(den, 1e-12) : 0.0;
+}
+
+/* copy_similarity of pairs of prepared images (h x w each) without its blur sweep (for files of the same size):
+   pair j is images j of xa and of xb, with pitches pa[j], pb[j] (2 each: down, across). */
+void copy_corr(const float *xa, const float *xb, int64_t h, int64_t w, const double *pa, const double *pb, int64_t p,
+               float *out) {
+    int64_t n = h * w, side = h > w ? h : w;
+    double *buf = malloc(sizeof(double) * (size_t)(4 * n + 2 * (h + w) + 2 * side + 4 * side));
+    uint8_t *mask = malloc((size_t)n);
+    int64_t *idx = malloc(sizeof(int64_t) * (size_t)(3 * side));
+    if (!buf || !mask || !idx) { free(buf); free(mask); free(idx); return; }
+    double *ca = buf, *cb = ca + n, *wa = cb + n, *tmp = wa + n, *wy = tmp + n, *wx = wy + h, *border = wx + w,
+           *t = border + 2 * (h + w);
+    for (int64_t j = 0; j < p; j++) {
+        const double *qa = pa + 2 * j, *qb = pb + 2 * j;
+        const float *ia = xa + j * n, *ib = xb + j * n;
+        if ((qb[0] + qb[1]) / 2 < (qa[0] + qa[1]) / 2) {  /* onto the one resampled the most */
+            const double *q = qa; qa = qb; qb = q;
+            const float *i = ia; ia = ib; ib = i;
+        }
+        signed_content(ia, h, w, ca, border);
+        signed_content(ib, h, w, cb, border);
+        Moments ma = moments(ca, NULL, h, w, qa[0], qa[1], wy, wx), mb = moments(cb, NULL, h, w, qb[0], qb[1], wy, wx);
+        double ky = mb.r / ma.r * qa[0] / qb[0], kx = mb.r / ma.r * qa[1] / qb[1];
+        warp(cb, h, w, mb.cy, mb.cx, ma.cy, ma.cx, ky, kx, wa, mask, idx, t, t + side, idx + side, t + 2 * side,
+             t + 3 * side);
+        Moments m1 = moments(wa, mask, h, w, qa[0], qa[1], wy, wx), m2 = moments(ca, mask, h, w, qa[0], qa[1], wy, wx);
+        double sy = mb.cy + ky * (m1.cy - ma.cy), sx = mb.cx + kx * (m1.cx - ma.cx);
+        ky *= m1.r / m2.r;
+        kx *= m1.r / m2.r;
+        warp(cb, h, w, sy, sx, m2.cy, m2.cx, ky, kx, wa, mask, idx, t, t + side, idx + side, t + 2 * side,
+             t + 3 * side);
+        out[j] = (float)masked_corr(ca, wa, mask, n);
+    }
+    free(buf);
+    free(mask);
+    free(idx);
+}

@@ -13,7 +13,8 @@ variable ``PIPELINE_KERNELS=off``) the numpy code does the same work, 2-3x slowe
   1/32 px: thumbnails may differ by a level or two, a hash by a bit near its median);
 - :func:`gray_stats`: :func:`quality._gray_stats`;
 - :func:`pair_corr`: :func:`similar._pair_corr`, in double precision;
-- :func:`band_pairs`: :func:`similar.band_pairs` (when it stops at its budget: the first ``budget`` pairs).
+- :func:`band_pairs`: :func:`similar.band_pairs` (when it stops at its budget: the first ``budget`` pairs);
+- :func:`copy_corr`: :func:`similar.copy_similarity` of files of the same size, in double precision.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def _load() -> ctypes.CDLL | None:
             lib.pair_corr.argtypes = [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR]
             lib.band_pairs.argtypes = [_PTR, _I64, ctypes.c_int, ctypes.c_int, _I64, _PTR, _I64, _PTR]
             lib.band_pairs.restype = _I64
+            lib.copy_corr.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64, _PTR]
+            lib.copy_corr.restype = None
             for fn in (lib.png_info, lib.png_decode, lib.signatures, lib.gray_stats, lib.pair_corr):
                 fn.restype = None
             return lib
@@ -170,3 +173,14 @@ def band_pairs(hashes: np.ndarray, band: int, near_bits: int, budget: int) -> tu
         if found <= cap:
             return out[:found], bool(stopped[0])
         cap = found
+
+
+def copy_corr(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """(p,) float32: :func:`similar.copy_similarity` of the pairs of prepared gray images (p, H, W) ``xa[j]``,
+    ``xb[j]`` with their pitches (p, 2), without its blur sweep (it applies to files of different sizes)."""
+    xa, xb = np.ascontiguousarray(xa, np.float32), np.ascontiguousarray(xb, np.float32)
+    pa, pb = np.ascontiguousarray(pa, np.float64), np.ascontiguousarray(pb, np.float64)
+    p, h, w = xa.shape
+    out = np.zeros(p, np.float32)
+    LIB.copy_corr(_p(xa), _p(xb), h, w, _p(pa), _p(pb), p, _p(out))
+    return out

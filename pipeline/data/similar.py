@@ -451,6 +451,17 @@ def copy_similarity(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarr
     another resampling than its original), the sharper of the two is also blurred by each of
     :data:`BLURS` and the best correlation kept; pairs of the same size are compared as they are.
     """
+    if kernels.LIB is None or not len(xa):
+        return _copy_similarity(xa, xb, pa, pb)
+    best = kernels.copy_corr(xa, xb, pa, pb)
+    resized = np.abs(pa - pb).max(axis=1) > 1e-4
+    if resized.any():
+        best[resized] = _copy_similarity(xa[resized], xb[resized], pa[resized], pb[resized])
+    return best
+
+
+def _copy_similarity(xa: np.ndarray, xb: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """:func:`copy_similarity` in numpy."""
     swap = pb.mean(axis=1) < pa.mean(axis=1)  # onto the one resampled the most: the other goes the same way
     xa, xb = np.where(swap[:, None, None], xb, xa), np.where(swap[:, None, None], xa, xb)
     pa, pb = np.where(swap[:, None], pb, pa), np.where(swap[:, None], pa, pb)
