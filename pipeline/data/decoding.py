@@ -141,7 +141,7 @@ class Chunk(Sequence):
     ``file_stat`` (k, 2): the file's size and mtime in ns as read (-1 when unknown).
     """
 
-    def __init__(self, reasons: list[str], good: Good) -> None:
+    def __init__(self, reasons: list[str], good: Good, stack: np.ndarray | None = None) -> None:
         self.reasons = reasons
         self.good = np.array([not r for r in reasons], bool)
         self.width = np.array(good.width, np.int32)
@@ -149,9 +149,13 @@ class Chunk(Sequence):
         self.mode, self.format = good.mode, good.format
         self.sha1 = np.frombuffer(b"".join(good.sha1), np.uint8).reshape(-1, 20)
         self.alpha = np.array(good.alpha, bool)
-        grays = [a if a.ndim == 2 else _gray(a) for a in good.arrays]
-        self.phash, self.thumb, self.negative = similar.signatures(grays)
-        self.stats = quality.image_stats(good.arrays, grays)
+        if stack is not None:  # gray images of one shape, stacked: each check on the stack at once
+            self.phash, self.thumb, self.negative = similar.signatures(stack)
+            self.stats = quality.image_stats(stack, stack)
+        else:
+            grays = [a if a.ndim == 2 else _gray(a) for a in good.arrays]
+            self.phash, self.thumb, self.negative = similar.signatures(grays)
+            self.stats = quality.image_stats(good.arrays, grays)
         self.file_stat = np.array([st or (-1, -1) for st in good.stat], np.int64).reshape(-1, 2)
         self._pos = np.cumsum(self.good) - 1
 
@@ -248,11 +252,13 @@ def _decode_audited(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.nda
             continue
         for k, png in enumerate(pngs):
             reasons.append(files.reasons[k] or _decode_one(files, k, cfg, good, png))
+    shapes = {a.shape for a in good.arrays}
+    stack = np.stack(good.arrays) if len(shapes) == 1 and len(next(iter(shapes))) == 2 else None
     try:
-        stacked = preprocess_batch(good.arrays, cfg)
+        stacked = preprocess_batch(good.arrays if stack is None else stack, cfg)
     except MemoryError:  # one image too large to preprocess: then one by one, as inspect_image would
         return _decode_audited_one_by_one(paths, cfg)
-    return stacked, Chunk(reasons, good)
+    return stacked, Chunk(reasons, good, stack)
 
 
 def _decode_audited_one_by_one(paths: Sequence[str], cfg: PreprocessParams) -> tuple[np.ndarray, Chunk]:

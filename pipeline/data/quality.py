@@ -97,13 +97,17 @@ def _gray_stats(g: np.ndarray) -> np.ndarray:
     return out
 
 
-def image_stats(images: Sequence[np.ndarray], grays: Sequence[np.ndarray]) -> np.ndarray:
-    """(n, len(STATS)) float32 statistics of decoded images (uint8 HxW or HxWx3) and their gray versions.
+def image_stats(images: Sequence[np.ndarray] | np.ndarray, grays: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """(n, len(STATS)) float32 statistics of decoded images (uint8 HxW or HxWx3) and their gray versions (or
+    one stack of gray images of one shape, as both).
 
     Images of one shape are done together; an image's result does not depend on the others.
     """
     n = len(images)
     out = np.full((n, len(STATS)), NONE, np.float32)
+    if isinstance(grays, np.ndarray) and grays is images and kernels.LIB is not None and max(grays.shape[1:3]) <= SIDE:
+        out[:, :5] = kernels.gray_stats(grays)  # a stack of gray images of one shape, none to shrink
+        return out
     small = [shrunk(g) for g in grays]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, g in enumerate(small):

@@ -171,12 +171,14 @@ def _low_frequencies(view: np.ndarray) -> np.ndarray:
     return out[:m].reshape(m, 64)
 
 
-def signatures(grays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def signatures(grays: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(64-bit hashes (n,) uint64, thumbnails (n, 256) uint8, negated (n,) bool) of uint8 gray images
-    (any sizes); negated: the canonical view is the image's negative (dark content on a light border).
+    (any sizes, or a stack of them); negated: the canonical view is the image's negative (dark content on a light border).
 
     Images of one shape are done together; an image's result does not depend on the others.
     """
+    if isinstance(grays, np.ndarray) and kernels.LIB is not None and max(grays.shape[1:3]) <= WORK:
+        return kernels.signatures(grays)  # a stack of images of one shape, none to shrink
     n = len(grays)
     hashes, thumbs = np.zeros(n, np.uint64), np.zeros((n, THUMB * THUMB), np.uint8)
     negative = np.zeros(n, bool)
