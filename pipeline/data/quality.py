@@ -275,3 +275,14 @@ def shortcuts(props: dict[str, np.ndarray], y: np.ndarray, is_train: np.ndarray,
                 found.append({"property": name, "label": labels[c], "direction": "higher" if above else "lower",
                               "threshold": round(t, 4), "train": round(fitted, 3), "held_out": round(held, 3)})
     return sorted(found, key=lambda f: -f["held_out"])
+
+
+def shortcuts_of(stats: np.ndarray, width: np.ndarray, height: np.ndarray, y: np.ndarray, multi: np.ndarray | None,
+                 is_train: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`shortcuts` of images' statistics and sizes (a decoding worker's job): of each class against the
+    rest, or with ``multi`` (n, labels) of multi-label images, of each label's images against the rest."""
+    props = properties(stats, width, height)
+    if multi is None:
+        return shortcuts(props, y, is_train, list(labels))
+    return [found for j, name in enumerate(labels)
+            for found in shortcuts(props, multi[:, j], is_train, ["without " + name, name]) if found["label"] == name]

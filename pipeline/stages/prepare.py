@@ -25,7 +25,6 @@ import argparse
 import csv
 import hashlib
 import io
-import itertools
 import logging
 import os
 import time
@@ -257,35 +256,37 @@ def _input_fingerprint(listing: ingest.Listing, read: np.ndarray | None = None) 
     """Cheap fingerprint of the sources: path, label, split, size and mtime of each file.
 
     Sizes and mtimes come from the listing when it took them, else from ``read`` (each item's (size,
-    mtime) as the decoder read the file; -1: not read), else from a stat now. Hashed file by file: a
-    million files never sit in memory as one list or JSON text.
+    mtime) as the decoder read the file; -1: not read), else from a stat now. Hashed a block of files
+    at a time, column by column: a million files never sit in memory as one list or JSON text.
     """
     if listing.source is not None and listing.layout == "pixels":
         st = os.stat(listing.source)
         return artifacts.fingerprint(str(listing.source), st.st_size, st.st_mtime_ns)
     h = hashlib.sha256()
-    lines = (f"{item.path}\0{item.label}\0{item.split}\0{size}\0{mtime}\n"
-             for item, (size, mtime) in zip(listing.items, _file_stats(listing, read)))
-    while block := "".join(itertools.islice(lines, 65536)):  # the same bytes, a block of lines at a time
-        h.update(block.encode("utf-8", "surrogateescape"))
+    stats = _file_stats(listing, read)
+    for start in range(0, len(listing.items), 65536):
+        block = listing.items[start:start + 65536]
+        for column in ("\0".join(it.path for it in block), "\0".join(str(it.label) for it in block),
+                       "\0".join(str(it.split) for it in block)):
+            h.update(column.encode("utf-8", "surrogateescape") + b"\n")
+        h.update(stats[start:start + 65536].tobytes())
     return artifacts.fingerprint(h.hexdigest(), listing.rejected)
 
 
-def _file_stats(listing: ingest.Listing, read: np.ndarray | None) -> Iterable[tuple[int, int]]:
-    """(size, mtime in ns) of each listed file: as listed, as read, or stat now ((-1, -1): no such file)."""
+def _file_stats(listing: ingest.Listing, read: np.ndarray | None) -> np.ndarray:
+    """(n, 2) int64: (size, mtime in ns) of each listed file: as listed, as read, or stat now ((-1, -1): no
+    such file)."""
     if listing.stats is not None:
-        yield from listing.stats
-        return
-    known = read.tolist() if read is not None else [(-1, -1)] * len(listing.items)
+        return np.array(listing.stats, np.int64).reshape(-1, 2)
+    known = np.array(read, np.int64) if read is not None else np.full((len(listing.items), 2), -1, np.int64)
     prefix = str(listing.root) + os.sep
-    for item, (size, mtime) in zip(listing.items, known):
-        if size < 0:
-            try:
-                st = os.stat(prefix + item.path)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
-        yield size, mtime
+    for i in np.flatnonzero(known[:, 0] < 0).tolist():
+        try:
+            st = os.stat(prefix + listing.items[i].path)
+            known[i] = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass
+    return known
 
 
 def artifact_names() -> list[str]:
@@ -621,8 +622,11 @@ def _audit(listing: ingest.Listing, plan: SplitPlan, d: Usable, ip: IngestParams
     dropped = {d.good[a] for a, _ in leaks} if ip.leakage == "drop" else set()
     seconds = {"duplicates and leakage": time.perf_counter() - t0}
     facts = _Facts.of(listing, plan, d, dropped)
+    m = d.metas
+    shortcuts = _submit(pool)(quality.shortcuts_of, m.stats[facts.items], m.width[facts.items], m.height[facts.items],
+                              facts.y, facts.multi, facts.split == 0, list(d.labels))  # beside the rest
     found = _similarity(facts, d, plan, cfg, tmp_files, pool, seconds, bands)
-    found.update(_image_quality(facts, d, seconds))
+    found.update(_image_quality(facts, d, seconds, shortcuts))
     in_conflict = {p for g in conflicts for p in g["paths"]}
     return {"paths": paths, "metas": good_metas, "duplicates": duplicates, "conflicts": conflicts,
             "leakage": leakage, "dropped": dropped, "facts": facts, "seconds": seconds,
@@ -724,21 +728,17 @@ def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_fi
             "groups": similar.groups(similar.with_identical(pairs, m.sha1[f.items], f.y, f.split))}
 
 
-def _image_quality(f: _Facts, d: Usable, seconds: dict[str, float]) -> dict[str, Any]:
-    """The image-quality issues (per issue: flagged positions in ``f`` and scores) and the shortcuts."""
+def _image_quality(f: _Facts, d: Usable, seconds: dict[str, float], shortcuts: Any) -> dict[str, Any]:
+    """The image-quality issues (per issue: flagged positions in ``f`` and scores) and the shortcuts (the job
+    ``shortcuts``, in a decoding worker)."""
     t0 = time.perf_counter()
     m = d.metas
-    stats, width, height = m.stats[f.items], m.width[f.items], m.height[f.items]
-    issues = quality.issues(stats, width, height)
+    issues = quality.issues(m.stats[f.items], m.width[f.items], m.height[f.items])
     seconds["image quality"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    props = quality.properties(stats, width, height)
-    shortcuts = (quality.shortcuts(props, f.y, f.split == 0, list(d.labels)) if f.multi is None else
-                 [found for j, name in enumerate(d.labels)  # each label: its images against the rest
-                  for found in quality.shortcuts(props, f.multi[:, j], f.split == 0, ["without " + name, name])
-                  if found["label"] == name])
-    seconds["shortcuts"] = time.perf_counter() - t0
-    return {"quality": issues, "shortcuts": shortcuts}
+    found = shortcuts.get()
+    seconds["shortcuts (waited for)"] = time.perf_counter() - t0
+    return {"quality": issues, "shortcuts": found}
 
 
 def _write_arrays(listing: ingest.Listing, plan: SplitPlan, d: Usable, dropped: set[int], tmp_files: dict[str, Path],
