@@ -25,7 +25,9 @@ import argparse
 import csv
 import hashlib
 import io
+import itertools
 import logging
+import operator
 import os
 import time
 from collections import Counter
@@ -396,7 +398,7 @@ def _prepare(data: Path, run: Path, p: PrepareParams, cfg: PreprocessParams, lay
     dataset = _summary(listing, plan, decoded, audited, counts, choices, ip, data, symmetry, run)
     dataset["corrections"] = fixed
     dataset["labeled"] = labeled
-    dataset["review"] = _review_before(run, fixed, labeled, _where(listing),
+    dataset["review"] = _review_before(run, fixed, labeled, _Where(listing),
                                        kept["test"] if listing.task != "multi" else ())  # one label each: scored
     _write_outputs(run, listing, kept, decoded.labels, dataset, audited, later["samples"])
     marker = rf.write_marker(run / rf.PREPARE, _fingerprint(listing, p, asked, ip, fixed, metas.file_stat),
@@ -701,7 +703,9 @@ def _save_seen(path: Path, thumbs: similar.Taken, negative: np.ndarray, block: i
         np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(thumbs.dtype),
                                                   "fortran_order": False, "shape": thumbs.shape})
         for i in range(0, len(thumbs), block):
-            fh.write(np.ascontiguousarray(similar.as_seen(thumbs[i:i + block], negative[i:i + block])).tobytes())
+            seen, neg = thumbs[i:i + block], negative[i:i + block]  # a copy: turned back in place
+            seen[neg] = 255 - seen[neg]
+            fh.write(np.ascontiguousarray(seen).data)
 
 
 def _copies(f: _Facts, d: Usable, plan: SplitPlan, cfg: PreprocessParams, tmp_files: dict[str, Path],
@@ -827,18 +831,25 @@ def _summary(listing: ingest.Listing, plan: SplitPlan, d: Usable, a: dict[str, A
     return dataset
 
 
-def _where(listing: ingest.Listing) -> Callable[[str], str]:
-    """An item's path as manifest.csv writes it: joined to the folder it is relative to (an image labeled in
-    review outside that folder: normalised, not ``<DATA>/../...``)."""
-    where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
-    prefix = str(where) + os.sep
-    return lambda rel: os.path.normpath(prefix + rel) if rel.startswith("../") else prefix + rel
+class _Where:
+    """An item's path as manifest.csv writes it: joined to the folder it is relative to (``prefix``; an image
+    labeled in review outside that folder: normalised, not ``<DATA>/../...``)."""
+
+    def __init__(self, listing: ingest.Listing) -> None:
+        where = listing.source.parent if listing.layout == "pixels" and listing.source else listing.root
+        self.prefix = str(where) + os.sep
+
+    def __call__(self, rel: str) -> str:
+        return os.path.normpath(self.prefix + rel) if rel.startswith("../") else self.prefix + rel
+
+
+_PATH, _LABEL, _NOTE = (operator.attrgetter(name) for name in ("path", "label", "note"))
 
 
 def _write_review(run: Path, listing: ingest.Listing, a: dict[str, Any]) -> None:
     """quality.csv, similar.csv and outliers.csv: the audit's findings one row per image, paths as in
     manifest.csv, for the review page."""
-    f, full = a["facts"], _where(listing)
+    f, full = a["facts"], _Where(listing)
 
     def who(k: int) -> tuple[str, str, str]:
         return full(f.paths[k]), f.labels[k], SPLITS[int(f.split[k])]
@@ -873,10 +884,12 @@ def _write_outputs(run: Path, listing: ingest.Listing, kept: dict[str, list[inge
                    dataset: dict[str, Any], audited: dict[str, Any], samples: Any) -> None:
     """Manifest, label map, the review files, samples (``samples.get()``) and the dataset summary (the
     marker follows)."""
-    full = _where(listing)
+    full = _Where(listing)
     _write_review(run, listing, audited)
     _write_rows(run / rf.MANIFEST, ("path", "label", "split", "note"),
-                ((full(it.path), it.label, s, it.note) for s in SPLITS for it in kept[s]))
+                itertools.chain.from_iterable(
+                    zip([full(p) if p.startswith("../") else full.prefix + p for p in map(_PATH, kept[s])],
+                        map(_LABEL, kept[s]), itertools.repeat(s), map(_NOTE, kept[s])) for s in SPLITS))
     artifacts.write_json(run / rf.LABELS, labels)
     artifacts.write_bytes(run / rf.SAMPLES, samples.get())
     artifacts.write_json(run / rf.DATASET, dataset)
