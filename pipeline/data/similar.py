@@ -77,6 +77,8 @@ EXAMPLES = 20
 BLOCK = 2048  # rows compared at once within a large hash bucket (bounded memory)
 MAX_PAIRS = 2_000_000  # candidate pairs looked at, at most (thousands of near-blank images would give billions)
 PAIR_BLOCK = 1024  # pairs given the strict copy test at once
+HERE_PAIRS = 50_000  # compiled, this many pairs take the copy test sooner in the caller (< 1 s) than queued behind
+                     # the outlier jobs in the workers
 PAIR_CHUNK = 8192  # thumbnail pairs correlated at once (their rows stay in the CPU's cache)
 
 
@@ -564,7 +566,7 @@ def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndar
     Only pairs that span labels or splits take the strict test: a copy matters there (a label
     conflict, leakage); elsewhere a pair is a look-alike when its thumbnails correlate at least
     :data:`LOOK_ALIKE_CORR`. The strict test reads the images from ``source``, a block of pairs per job
-    given to ``submit`` (see :func:`_verify`).
+    given to ``submit`` (see :func:`_verify`; here, compiled, up to :data:`HERE_PAIRS` pairs).
     """
     pairs, corr, truncated = candidate_pairs(hashes, thumbs, sha1, near=near)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -572,7 +574,8 @@ def classify_pairs(hashes: np.ndarray, thumbs: np.ndarray | Taken, sha1: np.ndar
     across_splits = splits[a] != splits[b]
     strict = np.zeros(len(pairs), np.float32)
     check = across_classes | across_splits
-    strict[check] = _verify(pairs[check], source, pitches, submit)
+    compiled_here = kernels.LIB is not None and check.sum() <= HERE_PAIRS  # the workers are busy with the outliers
+    strict[check] = _verify(pairs[check], source, pitches, None if compiled_here else submit)
     copy = check & (strict >= COPY_CORR)
     keep = copy | (corr >= LOOK_ALIKE_CORR)
     return {"pairs": pairs[keep], "kind": np.where(copy, "copy", "look-alike")[keep],
