@@ -113,6 +113,7 @@ def _prepare_run(data: Path, run: Path, cfg: Any = None) -> dict[str, Any]:
     """Time ``prepare`` of ``data`` into a fresh ``run`` folder."""
     import shutil
 
+    from pipeline.data import kernels
     from pipeline.shared.params import PrepareParams, PreprocessParams
     from pipeline.stages.prepare import prepare
 
@@ -120,7 +121,7 @@ def _prepare_run(data: Path, run: Path, cfg: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     s = prepare(data, run, PrepareParams(), cfg or PreprocessParams())
     n = sum(sum(c.values()) for c in s.counts.values()) + s.rejected
-    return {"images": n, "seconds": time.perf_counter() - t0}
+    return {"images": n, "seconds": time.perf_counter() - t0, "compiled": kernels.LIB is not None}
 
 
 def step_prepare(data: Path, work: Path) -> dict[str, Any]:
@@ -143,6 +144,15 @@ def step_prepare_unaudited(data: Path, work: Path) -> dict[str, Any]:
     similar.signatures = blank_signatures
     quality.image_stats = lambda images, grays: np.full((len(images), len(quality.STATS)), quality.NONE, np.float32)
     return _prepare_run(data, work / "run_unaudited")
+
+
+def step_prepare_numpy(data: Path, work: Path) -> dict[str, Any]:
+    """prepare without the compiled kernels (pipeline/data/kernels.py): what a machine without a C compiler
+    runs (the decoding workers are forked: they see this)."""
+    from pipeline.data import kernels
+
+    kernels.LIB = None
+    return _prepare_run(data, work / "run_numpy")
 
 
 def step_prepare_heavy(data: Path, work: Path) -> dict[str, Any]:
@@ -604,6 +614,14 @@ def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
             each = [k / o for k, o in zip(keras, ours)]
             lines.append(f"  the same, round by round: median {statistics.median(each):.2f}x, mean {statistics.mean(each):.2f}x "
                          f"+- {statistics.stdev(each):.2f} over {len(each)} rounds ({', '.join(f'{r:.2f}' for r in each)})")
+        if "compiled" in results["prepare"]:
+            lines.append("  prepare's per-image loops: " + ("compiled (pipeline/data/kernels.c)" if results["prepare"]["compiled"]
+                                                          else "numpy (the compiled kernels are not built here)"))
+    plain, keras = results.get("prepare_numpy", {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
+    if len(plain) == len(keras) >= 2:
+        each = [k / o for k, o in zip(keras, plain)]
+        lines.append(f"prepare without the compiled kernels (numpy only): median {statistics.median(each):.2f}x as fast as "
+                     "the Keras pass")
     blank, keras = results.get("prepare_unaudited", {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
     ours = results.get("prepare", {}).get("rounds", [])
     if len(blank) == len(keras) == len(ours) >= 2:
@@ -632,6 +650,7 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "export": ("mnist export (ours)", step_export),
     "prepare": ("prepare (ours)", step_prepare),
     "prepare_unaudited": ("prepare, the audit's work blanked", step_prepare_unaudited),
+    "prepare_numpy": ("prepare, numpy only (no compiled kernels)", step_prepare_numpy),
     "keras_read": ("image_dataset_from_directory pass", step_keras_read),
     "prepare_heavy": ("prepare, denoise+CLAHE+mnist normalize", step_prepare_heavy),
     "train": ("train (ours: default recipe, augmented)", step_train),
@@ -651,7 +670,7 @@ STEPS: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     # the light runtime against TensorFlow: cold single image, a folder from the shell (benchmarks.runtime_bench)
     **runtime_bench.STEPS,
 }
-LIGHT_STEPS = ("export", "prepare", "prepare_unaudited", "prepare_heavy", "scale_prepare", "copies", "audit_cost", *runtime_bench.STEPS)  # no Keras in the child
+LIGHT_STEPS = ("export", "prepare", "prepare_unaudited", "prepare_numpy", "prepare_heavy", "scale_prepare", "copies", "audit_cost", *runtime_bench.STEPS)  # no Keras in the child
 
 
 def _run_child(step: str, data: Path, work: Path) -> dict[str, Any]:

@@ -193,16 +193,16 @@ static void dct_rows(double d[8][SIDE]) {
             d[k][i] = cos(M_PI * (2 * i + 1) * k / (2.0 * SIDE)) * sqrt(2.0 / SIDE) / (k ? 1.0 : sqrt(2.0));
 }
 
-/* The k-th smallest of a[0..n) (reorders a). */
-static float select_kth(float *a, int n, int k) {
-    int lo = 0, hi = n - 1;
+/* The k-th smallest of a[0..n) (reorders a: a[0..k) are then the k smallest). */
+static double select_kth(double *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
     while (lo < hi) {
-        float pivot = a[(lo + hi) / 2];
-        int i = lo, j = hi;
+        double pivot = a[(lo + hi) / 2];
+        int64_t i = lo, j = hi;
         while (i <= j) {
             while (a[i] < pivot) i++;
             while (a[j] > pivot) j--;
-            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+            if (i <= j) { double t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
         }
         if (k <= j) hi = j;
         else if (k >= i) lo = i;
@@ -298,7 +298,8 @@ void signatures(const uint8_t *g, int64_t m, int64_t h, int64_t w, uint64_t *has
         for (int v = 0; v < 8; v++) dt[x][v] = (float)d[v][x];
     for (int x = 0; x < SIDE / 2; x++)
         for (int j = 0; j < 4; j++) { de[x][j] = (float)d[2 * j][x]; dq[x][j] = (float)d[2 * j + 1][x]; }
-    float view[SIDE * SIDE], low[64], rest[63];
+    float view[SIDE * SIDE], low[64];
+    double rest[63];
     double *wy = malloc(sizeof(double) * (size_t)(h + w));
     float *wxf = malloc(sizeof(float) * (size_t)(w + (w + 1) + h * SIDE)), *rowf = wxf + w, *tmp = rowf + w + 1;
     if (!wy || !wxf) { free(wy); free(wxf); return; }
@@ -330,8 +331,8 @@ void signatures(const uint8_t *g, int64_t m, int64_t h, int64_t w, uint64_t *has
             for (int u = 0; u < 8; u++)
                 for (int v = 0; v < 8; v++) low[u * 8 + v] += ((u & 1) ? o[v] : e[v]) * dt[y][u];
         }
-        memcpy(rest, low + 1, sizeof rest);
-        float median = select_kth(rest, 63, 31);
+        for (int k = 0; k < 63; k++) rest[k] = low[k + 1];
+        double median = select_kth(rest, 63, 31);
         uint64_t bits = 0;
         for (int k = 0; k < 64; k++) bits = (bits << 1) | (uint64_t)(low[k] > median);
         hashes[i] = bits;
@@ -509,24 +510,6 @@ static void warp(const double *c, int64_t h, int64_t w, double sy, double sx, do
     }
 }
 
-/* The k-th smallest of a[0..n) (reorders a: a[0..k) are then the k smallest). */
-static double select_kth_d(double *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        double pivot = a[(lo + hi) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < pivot) i++;
-            while (a[j] > pivot) j--;
-            if (i <= j) { double t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
-        }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else return a[k];
-    }
-    return a[k];
-}
-
 /* A prepared image x (h x w, in [0, 1]) as signed content: levels less the border's median, negated when its
    content is dark on a lighter border. */
 static void signed_content(const float *x, int64_t h, int64_t w, double *c, double *border) {
@@ -535,7 +518,7 @@ static void signed_content(const float *x, int64_t h, int64_t w, double *c, doub
     for (int64_t k = 0; k < h * w; k++) { c[k] = (double)(x[k] * 255.0f); sum += c[k]; }
     for (int64_t j = 0; j < w; j++) { border[nb++] = c[j]; border[nb++] = c[(h - 1) * w + j]; }
     for (int64_t i = 1; i < h - 1; i++) { border[nb++] = c[i * w]; border[nb++] = c[i * w + w - 1]; }
-    double hi = select_kth_d(border, nb, nb / 2), level = hi;
+    double hi = select_kth(border, nb, nb / 2), level = hi;
     if (nb % 2 == 0) {  /* the mean of the two middle values; the lower one is the largest below the upper */
         double lo = border[0];
         for (int64_t k = 0; k < nb / 2; k++) lo = fmax(lo, border[k]);
