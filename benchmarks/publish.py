@@ -43,14 +43,15 @@ PARTS = {
               "`image_dataset_from_directory` pass over the same folders, the fastest of 5 interleaved runs of each "
               "(and the ratio of each round's pair, run back to back); "
               "the copies planted into 6,000 digits that prepare finds, and what it warns about on the clean 70k; "
-              "the CPU cost of each of the audit's checks, and prepare with the audit's per-image work blanked "
-              "(its share of the wall time).",
-              "python -m benchmarks.bench --steps prepare,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
+              "the CPU cost of each of the audit's checks, prepare with the audit's per-image work blanked "
+              "(its share of the wall time), and prepare without the compiled kernels (what a machine without a C "
+              "compiler runs).",
+              "python -m benchmarks.bench --steps prepare,prepare_numpy,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
               "--serve-clients '' --no-install-size --out bench-results/audit"),
     "audit_avx2": ("Prepare and its audit against one Keras pass, on a CPU with AVX2 only",
                    "The same measurement as the section above, on another machine of the same size whose CPU has "
                    "AVX2 but not AVX-512 (TensorFlow's kernels and bfloat16 differ most there).",
-                   "python -m benchmarks.bench --steps prepare,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
+                   "python -m benchmarks.bench --steps prepare,prepare_numpy,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
                    "--serve-clients '' --no-install-size --out bench-results/audit"),
     "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
                             "3% of N training mosaics (2x2 MNIST digits, labelled with the digits present) get "
