@@ -81,6 +81,77 @@ def test_files_that_are_not_plain_or_damaged_are_left_to_the_general_path():
     assert tiny == [None]
 
 
+def _png(img, idat=None, extra=(), split=0):
+    """A gray PNG of ``img`` built chunk by chunk: ``idat`` the zlib stream (default: the rows, filter 0),
+    ``extra`` (index, type, body) chunks inserted, ``split``: the stream cut into chunks of that many bytes."""
+    h, w = img.shape
+    rows = b"".join(b"\x00" + img[y].tobytes() for y in range(h))
+    stream = zlib.compress(rows) if idat is None else idat
+    parts = [stream[i:i + split] for i in range(0, len(stream), split)] if split else [stream]
+    chunks = [(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0]))]
+    chunks += [(b"IDAT", part) for part in parts] + [(b"IEND", b"")]
+    for at, kind, body in extra:
+        chunks.insert(at, (kind, body))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(b"", kind, body) for kind, body in chunks)
+
+
+@needs_lib
+def test_pngs_that_libpng_or_pillow_would_refuse_are_left_to_the_general_path():
+    img = np.random.default_rng(2).integers(0, 256, (9, 11), dtype=np.uint8)
+    rows = b"".join(b"\x00" + img[y].tobytes() for y in range(9))
+    whole = zlib.compress(rows)
+    refused = [_png(img, idat=whole[:-4]),  # the rows complete, the stream's end (its checksum) missing
+               _png(img, idat=whole[:-1] + bytes([whole[-1] ^ 1])),  # a wrong checksum
+               _png(img, extra=[(1, b"ZZZZ", b"")]),  # an unknown critical chunk
+               _png(img, extra=[(1, b"abcd", b"")]),  # the reserved bit set
+               _png(img, extra=[(2, b"tEXt", b"a\x00b")], split=20),  # two runs of IDAT chunks
+               _png(img, extra=[(1, b"IHDR", _png(img)[16:29])])]  # a second IHDR
+    assert kernels.decode_pngs(_files(refused), 1, 20000, Image.MAX_IMAGE_PIXELS) == [None] * len(refused)
+    kept = [_png(img, split=7), _png(img, idat=zlib.compress(rows + bytes(50))),  # bytes past the rows: dropped
+            _png(img, extra=[(1, b"tEXt", b"a\x00b"), (1, b"gAMA", bytes(4))])]
+    for data, got in zip(kept, kernels.decode_pngs(_files(kept), 1, 20000, Image.MAX_IMAGE_PIXELS)):
+        assert got is not None and np.array_equal(got, np.asarray(Image.open(io.BytesIO(data))))
+        assert np.array_equal(got, img)
+
+def _mutated(data, rng):
+    """``data`` with one chunk's body changed, dropped, cut or repeated, its CRC made right again (so that
+    the decoder, not the CRC check, meets the damage), or the IHDR's fields changed."""
+    chunks, at = [], 8
+    while at + 12 <= len(data):
+        n = int.from_bytes(data[at:at + 4], "big")
+        chunks.append([data[at + 4:at + 8], bytearray(data[at + 8:at + 8 + n])])
+        at += 12 + n
+    k = int(rng.integers(len(chunks)))
+    how = int(rng.integers(4))
+    if how == 0 and chunks[k][1]:
+        chunks[k][1][int(rng.integers(len(chunks[k][1])))] = int(rng.integers(256))
+    elif how == 1 and len(chunks) > 1:
+        chunks.pop(k)
+    elif how == 2:
+        chunks[k][1] = chunks[k][1][:int(rng.integers(len(chunks[k][1]) + 1))]
+    else:
+        chunks[0][1][int(rng.integers(13))] = int(rng.integers(256))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(b"", bytes(kind), bytes(body)) for kind, body in chunks)
+
+
+@needs_lib
+def test_damaged_pngs_decode_as_the_general_path_decodes_them_or_not_at_all():
+    rng = np.random.default_rng(3)
+    seeds = _pngs(rng)
+    datas = [_mutated(seeds[int(rng.integers(len(seeds)))], rng) for _ in range(600)]
+    decoded = 0
+    for data, got in zip(datas, kernels.decode_pngs(_files(datas), 1, 20000, Image.MAX_IMAGE_PIXELS)):
+        if got is None:
+            continue  # the general path decodes it, or says why not
+        decoded += 1
+        want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if want is None:
+            want = np.asarray(Image.open(io.BytesIO(data)))  # what the general path falls back to
+        elif want.ndim == 3:
+            want = want[..., ::-1]
+        assert np.array_equal(got, want)
+    assert decoded > 20  # damage that leaves the file valid (a changed ancillary chunk, a changed pixel)
+
 def _digits(n=300):
     rng = np.random.default_rng(2)
     imgs = np.zeros((n, 28, 28), np.uint8)

@@ -64,9 +64,19 @@ static uint32_t be32(const uint8_t *p) {
 
 static const uint8_t SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
+/* A chunk type libpng reads without complaint: four ASCII letters, the reserved bit clear, and, when
+   critical (upper-case first letter), one of IHDR, IDAT and IEND. */
+static int known_type(const uint8_t *t) {
+    for (int k = 0; k < 4; k++)
+        if (!((t[k] >= 'A' && t[k] <= 'Z') || (t[k] >= 'a' && t[k] <= 'z'))) return 0;
+    if (t[2] & 0x20) return 0;
+    return (t[0] & 0x20) || !memcmp(t, "IHDR", 4) || !memcmp(t, "IDAT", 4) || !memcmp(t, "IEND", 4);
+}
+
 /* Width, height and channels of each of n files (bytes data[off[i]:off[i] + len[i]]) that is a plain PNG:
-   8-bit gray or RGB, not interlaced, no transparency chunk, no EXIF chunk, every chunk whole and its CRC
-   right, min_side <= its sides <= max_side and at most max_pixels pixels. status[i]: PNG_OK or PNG_OTHER. */
+   8-bit gray or RGB, not interlaced, no transparency chunk, no EXIF chunk, every chunk whole, of a known
+   type and its CRC right, one IHDR (first) and one run of IDAT chunks, min_side <= its sides <= max_side and
+   at most max_pixels pixels. status[i]: PNG_OK or PNG_OTHER. */
 void png_info(const uint8_t *data, const int64_t *off, const int64_t *len, int64_t n, int64_t min_side,
               int64_t max_side, int64_t max_pixels, int32_t *width, int32_t *height, int32_t *channels,
               int32_t *status) {
@@ -82,15 +92,20 @@ void png_info(const uint8_t *data, const int64_t *off, const int64_t *len, int64
         if (w == 0 || h == 0) continue;
         uint32_t lo = w < h ? w : h, hi = w < h ? h : w;
         if ((int64_t)lo < min_side || (int64_t)hi > max_side || (int64_t)w * (int64_t)h > max_pixels) continue;
-        int ok = 0, bad = 0;
+        int ok = 0, bad = 0, idat = 0;  /* idat: 0 none yet, 1 in the run, 2 after it */
         for (int64_t at = 8; !bad;) {
             if (at + 12 > size) { bad = 1; break; }
             uint32_t clen = be32(p + at);
             if ((int64_t)clen > size - at - 12) { bad = 1; break; }
             const uint8_t *type = p + at + 4;
             if (crc32(0L, type, clen + 4) != be32(p + at + 8 + clen)) { bad = 1; break; }
-            if (!memcmp(type, "tRNS", 4) || !memcmp(type, "eXIf", 4) || !memcmp(type, "PLTE", 4)) { bad = 1; break; }
-            if (!memcmp(type, "IEND", 4)) { ok = 1; break; }
+            if (!known_type(type) || !memcmp(type, "tRNS", 4) || !memcmp(type, "eXIf", 4)) { bad = 1; break; }
+            if (!memcmp(type, "IHDR", 4) && at != 8) { bad = 1; break; }
+            int is_idat = !memcmp(type, "IDAT", 4);
+            if (is_idat && idat == 2) { bad = 1; break; }  /* a second run of IDAT chunks */
+            if (is_idat) idat = 1;
+            else if (idat == 1) idat = 2;
+            if (!memcmp(type, "IEND", 4)) { ok = idat != 0; break; }
             at += 12 + (int64_t)clen;
         }
         if (!ok || bad) continue;
@@ -136,12 +151,15 @@ static int unfilter(const uint8_t *raw, uint8_t *out, int64_t h, int64_t stride,
 }
 
 /* Decode the files png_info found plain (status PNG_OK) into out at out_off[i] (height x width x channels
-   bytes, as stored: RGB in R, G, B order); a file whose data will not inflate to exactly its rows, or has a
-   bad filter byte, becomes PNG_OTHER. scratch: at least the largest (1 + width * channels) * height bytes. */
+   bytes, as stored: RGB in R, G, B order); a file whose data inflates to fewer bytes than its rows, whose zlib
+   stream does not end (or ends with a wrong checksum), or with a bad filter byte becomes PNG_OTHER (bytes
+   past the rows are dropped, as libpng does). scratch: at least the largest (1 + width * channels) * height
+   bytes. */
 void png_decode(const uint8_t *data, const int64_t *off, const int64_t *len, int64_t n, const int32_t *width,
                 const int32_t *height, const int32_t *channels, int32_t *status, uint8_t *out,
                 const int64_t *out_off, uint8_t *scratch) {
     z_stream z;
+    uint8_t sink[4096];
     memset(&z, 0, sizeof z);
     int ready = inflateInit(&z) == Z_OK;
     for (int64_t i = 0; i < n; i++) {
@@ -159,12 +177,15 @@ void png_decode(const uint8_t *data, const int64_t *off, const int64_t *len, int
             if (!memcmp(type, "IDAT", 4) && rc == Z_OK) {
                 z.next_in = (Bytef *)(p + at + 8);
                 z.avail_in = clen;
-                rc = inflate(&z, Z_NO_FLUSH);
-                if (rc == Z_BUF_ERROR && z.avail_out == 0) rc = Z_STREAM_END;  /* rows complete, trailing bytes */
+                while (rc == Z_OK && z.avail_in > 0) {
+                    if (z.avail_out == 0) { z.next_out = sink; z.avail_out = sizeof sink; }  /* past the rows: dropped */
+                    rc = inflate(&z, Z_NO_FLUSH);
+                }
             }
             at += 12 + (int64_t)clen;
         }
-        int whole = (rc == Z_STREAM_END || rc == Z_OK) && z.avail_out == 0;
+        /* whole: the rows complete and the stream ended (its checksum right), as libpng and Pillow want it */
+        int whole = rc == Z_STREAM_END && z.total_out >= (uLong)want;
         if (!whole || unfilter(scratch, out + out_off[i], height[i], stride, channels[i]) != 0) status[i] = PNG_OTHER;
     }
     if (ready) inflateEnd(&z);
