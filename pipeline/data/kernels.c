@@ -232,6 +232,20 @@ static double select_kth(double *a, int64_t n, int64_t k) {
     return a[k];
 }
 
+/* The mass (total weight), centre and variances of an image's row weights wy (h) and column weights wx (w). */
+typedef struct { double mass, cy, cx, vy, vx; } Spread;
+
+static Spread spread_of(const double *wy, const double *wx, int64_t h, int64_t w) {
+    Spread s = {0, 0, 0, 0, 0};
+    for (int64_t y = 0; y < h; y++) { s.mass += wy[y]; s.cy += wy[y] * y; s.vy += wy[y] * (double)y * y; }
+    for (int64_t x = 0; x < w; x++) { s.cx += wx[x] * x; s.vx += wx[x] * (double)x * x; }
+    double safe = fmax(s.mass, 1e-6);
+    s.cy /= safe; s.cx /= safe;
+    s.vy = fmax(s.vy / safe - s.cy * s.cy, 1e-6);
+    s.vx = fmax(s.vx / safe - s.cx * s.cx, 1e-6);
+    return s;
+}
+
 /* One image's canonical view (32 x 32 floats) and whether it was negated. */
 static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, float *wxf,
                      float *rowf, float *tmp) {
@@ -246,7 +260,7 @@ static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double
         if (d > top) top = d;
     }
     int flip = (double)sum / (double)(h * w) < level - 4;
-    double floor_ = fmax(4.0, 0.1 * (double)top), mass = 0, cy = 0, cx = 0, vy = 0, vx = 0;
+    double floor_ = fmax(4.0, 0.1 * (double)top);
     float lut[256], *fx_ = rowf;  /* each gray level's weight: how far beyond the noise floor it is from level */
     for (int v = 0; v < 256; v++) lut[v] = (float)fmax(fabs((double)v - level) - floor_, 0.0);
     memset(wy, 0, sizeof(double) * h);
@@ -259,15 +273,11 @@ static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double
         wy[y] = sum_;
     }
     for (int64_t x = 0; x < w; x++) wx[x] = wxf[x];
-    for (int64_t y = 0; y < h; y++) { mass += wy[y]; cy += wy[y] * y; vy += wy[y] * (double)y * y; }
-    for (int64_t x = 0; x < w; x++) { cx += wx[x] * x; vx += wx[x] * (double)x * x; }
-    double safe = fmax(mass, 1e-6);
-    cy /= safe; cx /= safe;
-    vy = fmax(vy / safe - cy * cy, 1e-6);
-    vx = fmax(vx / safe - cx * cx, 1e-6);
-    int empty = mass <= 0;
+    Spread sp = spread_of(wy, wx, h, w);
+    double cy = sp.cy, cx = sp.cx;
+    int empty = sp.mass <= 0;
     double base = (double)SIDE / (double)(h > w ? h : w), scale = base;
-    if (q75 - q25 <= PLAIN && !empty) scale = fmin(fmax(SPREAD / sqrt(vy + vx), base / 4), base * 4);
+    if (q75 - q25 <= PLAIN && !empty) scale = fmin(fmax(SPREAD / sqrt(sp.vy + sp.vx), base / 4), base * 4);
     if (empty) { cy = (h - 1) / 2.0; cx = (w - 1) / 2.0; }
     /* bilinear, separable: every source row sampled at the 32 columns (tmp, h x 32), then those rows at
        the 32 rows; a tap outside the image reads the border's level */
@@ -474,7 +484,7 @@ static Moments moments(const double *c, const uint8_t *mask, int64_t h, int64_t 
         double v = (!mask || mask[k]) ? fabs(c[k]) : 0;
         top = v > top ? v : top;
     }
-    double floor_ = fmax(4.0, 0.1 * top), mass = 0, cy = 0, cx = 0, vy = 0, vx = 0;
+    double floor_ = fmax(4.0, 0.1 * top);
     memset(wx, 0, sizeof(double) * w);
     for (int64_t y = 0; y < h; y++) {
         const double *row = c + y * w;
@@ -488,13 +498,8 @@ static Moments moments(const double *c, const uint8_t *mask, int64_t h, int64_t 
         }
         wy[y] = sum;
     }
-    for (int64_t y = 0; y < h; y++) { mass += wy[y]; cy += wy[y] * y; vy += wy[y] * (double)y * y; }
-    for (int64_t x = 0; x < w; x++) { cx += wx[x] * x; vx += wx[x] * (double)x * x; }
-    double safe = fmax(mass, 1e-6);
-    cy /= safe; cx /= safe;
-    vy = fmax(vy / safe - cy * cy, 1e-6);
-    vx = fmax(vx / safe - cx * cx, 1e-6);
-    Moments m = {cy, cx, sqrt(vy * py * py + vx * px * px)};
+    Spread sp = spread_of(wy, wx, h, w);
+    Moments m = {sp.cy, sp.cx, sqrt(sp.vy * py * py + sp.vx * px * px)};
     return m;
 }
 
