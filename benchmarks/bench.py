@@ -602,33 +602,40 @@ def step_audit_cost(data: Path, work: Path) -> dict[str, Any]:
             "main_seconds": checks}
 
 
-def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The prepare / Keras ratio, the copies measurement and the per-check cost, when they were run."""
+def _against_keras(results: dict[str, dict[str, Any]], step: str) -> list[float]:
+    """Each round's Keras-pass time over ``step``'s (each pair ran back to back: the same machine state); []
+    when either did not run at least twice."""
+    ours, keras = results.get(step, {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
+    return [k / o for k, o in zip(keras, ours)] if len(ours) == len(keras) >= 2 else []
+
+
+def _ratio_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """prepare against the Keras pass: fastest runs, round by round, without the kernels, without the audit."""
     lines = []
     if "prepare" in results and "keras_read" in results:
         ratio = results["keras_read"]["seconds"] / results["prepare"]["seconds"]
         lines.append(f"prepare (decode, audit, split, write) vs one image_dataset_from_directory pass: {ratio:.2f}x as "
                      "fast, fastest runs (goal >= 1.5x)")
-        ours, keras = results["prepare"].get("rounds", []), results["keras_read"].get("rounds", [])
-        if len(ours) == len(keras) >= 2:  # each round's pair ran back to back: the same machine state
-            each = [k / o for k, o in zip(keras, ours)]
+        if each := _against_keras(results, "prepare"):
             lines.append(f"  the same, round by round: median {statistics.median(each):.2f}x, mean {statistics.mean(each):.2f}x "
                          f"+- {statistics.stdev(each):.2f} over {len(each)} rounds ({', '.join(f'{r:.2f}' for r in each)})")
         if "compiled" in results["prepare"]:
             lines.append("  prepare's per-image loops: " + ("compiled (pipeline/data/kernels.c)" if results["prepare"]["compiled"]
                                                           else "numpy (the compiled kernels are not built here)"))
-    plain, keras = results.get("prepare_numpy", {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
-    if len(plain) == len(keras) >= 2:
-        each = [k / o for k, o in zip(keras, plain)]
+    if each := _against_keras(results, "prepare_numpy"):
         lines.append(f"prepare without the compiled kernels (numpy only): median {statistics.median(each):.2f}x as fast as "
                      "the Keras pass")
-    blank, keras = results.get("prepare_unaudited", {}).get("rounds", []), results.get("keras_read", {}).get("rounds", [])
-    ours = results.get("prepare", {}).get("rounds", [])
-    if len(blank) == len(keras) == len(ours) >= 2:
-        each = [k / o for k, o in zip(keras, blank)]
+    blank, ours = results.get("prepare_unaudited", {}).get("rounds", []), results.get("prepare", {}).get("rounds", [])
+    if (each := _against_keras(results, "prepare_unaudited")) and len(ours) == len(blank):
         lines.append(f"prepare with the audit's per-image checks and copy search blanked: median {statistics.median(each):.2f}x "
                      f"as fast as the Keras pass; the audit costs {statistics.median(ours) - statistics.median(blank):.2f} s "
                      f"of prepare's median {statistics.median(ours):.2f} s")
+    return lines
+
+
+def format_audit(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The prepare / Keras ratio, the copies measurement and the per-check cost, when they were run."""
+    lines = _ratio_lines(results)
     c = results.get("copies")
     if c:
         kinds = ", ".join(f"{k} {v:.0%}" for k, v in c["by_kind"].items())

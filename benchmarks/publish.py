@@ -20,6 +20,8 @@ from pathlib import Path
 
 from pipeline.model import recipe
 
+AUDIT_COMMAND = ("python -m benchmarks.bench --steps prepare,prepare_numpy,prepare_unaudited,keras_read,copies,audit_cost "
+                 "--repeat 5 --serve-clients '' --no-install-size --out bench-results/audit")  # both machines' tables
 # name -> (title, what it measures, the command that makes it)
 PARTS = {
     "accuracy": ("Accuracy: the default recipe against plain Keras, 3 seeds",
@@ -46,13 +48,11 @@ PARTS = {
               "the CPU cost of each of the audit's checks, prepare with the audit's per-image work blanked "
               "(its share of the wall time), and prepare without the compiled kernels (what a machine without a C "
               "compiler runs).",
-              "python -m benchmarks.bench --steps prepare,prepare_numpy,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
-              "--serve-clients '' --no-install-size --out bench-results/audit"),
+              AUDIT_COMMAND),
     "audit_avx2": ("Prepare and its audit against one Keras pass, on a CPU with AVX2 only",
                    "The same measurement as the section above, on another machine of the same size whose CPU has "
                    "AVX2 but not AVX-512 (TensorFlow's kernels and bfloat16 differ most there).",
-                   "python -m benchmarks.bench --steps prepare,prepare_numpy,prepare_unaudited,keras_read,copies,audit_cost --repeat 5 "
-                   "--serve-clients '' --no-install-size --out bench-results/audit"),
+                   AUDIT_COMMAND),
     "multilabel_suspects": ("Suspects on multi-label data: planted wrong tags",
                             "3% of N training mosaics (2x2 MNIST digits, labelled with the digits present) get "
                             "one tag wrong, a digit added or removed; `make suspects` with the defaults; precision and "

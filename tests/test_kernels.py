@@ -60,8 +60,18 @@ def test_plain_pngs_decode_to_the_same_pixels_as_opencv(cfg):
         assert np.array_equal(decoding.in_colour(png, cfg), want)
 
 
-def _chunk(data, kind, body):
+def _chunk(kind, body):
     return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def _assemble(chunks):
+    """A PNG file of (type, body) chunks, each with its length and CRC."""
+    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(bytes(kind), bytes(body)) for kind, body in chunks)
+
+
+def _rows(img):
+    """A gray image's rows as a PNG stores them before compression: each after its filter byte (0: none)."""
+    return b"".join(b"\x00" + img[y].tobytes() for y in range(img.shape[0]))
 
 
 @needs_lib
@@ -70,7 +80,7 @@ def test_files_that_are_not_plain_or_damaged_are_left_to_the_general_path():
     flipped = bytearray(good)
     flipped[45] ^= 0xFF  # inside the first chunk after IHDR: its CRC no longer matches
     ihdr_end = 8 + 25
-    with_trns = good[:ihdr_end] + _chunk(good, b"tRNS", b"\x00\x01\x00\x02\x00\x03") + good[ihdr_end:]
+    with_trns = good[:ihdr_end] + _chunk(b"tRNS", b"\x00\x01\x00\x02\x00\x03") + good[ihdr_end:]
     interlaced = bytearray(good)
     interlaced[28] = 1
     others = [good[:len(good) // 2], bytes(flipped), with_trns, b"", b"GIF89a" + good[6:], bytes(interlaced),
@@ -85,20 +95,19 @@ def _png(img, idat=None, extra=(), split=0):
     """A gray PNG of ``img`` built chunk by chunk: ``idat`` the zlib stream (default: the rows, filter 0),
     ``extra`` (index, type, body) chunks inserted, ``split``: the stream cut into chunks of that many bytes."""
     h, w = img.shape
-    rows = b"".join(b"\x00" + img[y].tobytes() for y in range(h))
-    stream = zlib.compress(rows) if idat is None else idat
+    stream = zlib.compress(_rows(img)) if idat is None else idat
     parts = [stream[i:i + split] for i in range(0, len(stream), split)] if split else [stream]
     chunks = [(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0]))]
     chunks += [(b"IDAT", part) for part in parts] + [(b"IEND", b"")]
     for at, kind, body in extra:
         chunks.insert(at, (kind, body))
-    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(b"", kind, body) for kind, body in chunks)
+    return _assemble(chunks)
 
 
 @needs_lib
 def test_pngs_that_libpng_or_pillow_would_refuse_are_left_to_the_general_path():
     img = np.random.default_rng(2).integers(0, 256, (9, 11), dtype=np.uint8)
-    rows = b"".join(b"\x00" + img[y].tobytes() for y in range(9))
+    rows = _rows(img)
     whole = zlib.compress(rows)
     refused = [_png(img, idat=whole[:-4]),  # the rows complete, the stream's end (its checksum) missing
                _png(img, idat=whole[:-1] + bytes([whole[-1] ^ 1])),  # a wrong checksum
@@ -113,8 +122,9 @@ def test_pngs_that_libpng_or_pillow_would_refuse_are_left_to_the_general_path():
         assert got is not None and np.array_equal(got, np.asarray(Image.open(io.BytesIO(data))))
         assert np.array_equal(got, img)
 
+
 def _mutated(data, rng):
-    """``data`` with one chunk's body changed, dropped, cut or repeated, its CRC made right again (so that
+    """``data`` with one chunk's body changed or cut, or the chunk dropped, its CRC made right again (so that
     the decoder, not the CRC check, meets the damage), or the IHDR's fields changed."""
     chunks, at = [], 8
     while at + 12 <= len(data):
@@ -131,7 +141,7 @@ def _mutated(data, rng):
         chunks[k][1] = chunks[k][1][:int(rng.integers(len(chunks[k][1]) + 1))]
     else:
         chunks[0][1][int(rng.integers(13))] = int(rng.integers(256))
-    return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(b"", bytes(kind), bytes(body)) for kind, body in chunks)
+    return _assemble(chunks)
 
 
 @needs_lib

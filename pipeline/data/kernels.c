@@ -246,41 +246,11 @@ static Spread spread_of(const double *wy, const double *wx, int64_t h, int64_t w
     return s;
 }
 
-/* One image's canonical view (32 x 32 floats) and whether it was negated. */
-static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, float *wxf,
-                     float *rowf, float *tmp) {
-    int64_t counts[256] = {0}, nb = 0;
-    for (int64_t x = 0; x < w; x++) { counts[g[x]]++; counts[g[(h - 1) * w + x]]++; nb += 2; }
-    for (int64_t y = 1; y < h - 1; y++) { counts[g[y * w]]++; counts[g[y * w + w - 1]]++; nb += 2; }
-    double q25 = kth(counts, nb / 4), level = kth(counts, nb / 2), q75 = kth(counts, (3 * nb) / 4);
-    int64_t sum = 0, top = 0;
-    for (int64_t k = 0; k < h * w; k++) {
-        sum += g[k];
-        int64_t d = llabs((int64_t)g[k] - (int64_t)level);
-        if (d > top) top = d;
-    }
-    int flip = (double)sum / (double)(h * w) < level - 4;
-    double floor_ = fmax(4.0, 0.1 * (double)top);
-    float lut[256], *fx_ = rowf;  /* each gray level's weight: how far beyond the noise floor it is from level */
-    for (int v = 0; v < 256; v++) lut[v] = (float)fmax(fabs((double)v - level) - floor_, 0.0);
-    memset(wy, 0, sizeof(double) * h);
-    memset(wxf, 0, sizeof(float) * w);
-    for (int64_t y = 0; y < h; y++) {
-        const uint8_t *row = g + y * w;
-        float sum_ = 0;
-        for (int64_t x = 0; x < w; x++) fx_[x] = lut[row[x]];
-        for (int64_t x = 0; x < w; x++) { sum_ += fx_[x]; wxf[x] += fx_[x]; }
-        wy[y] = sum_;
-    }
-    for (int64_t x = 0; x < w; x++) wx[x] = wxf[x];
-    Spread sp = spread_of(wy, wx, h, w);
-    double cy = sp.cy, cx = sp.cx;
-    int empty = sp.mass <= 0;
-    double base = (double)SIDE / (double)(h > w ? h : w), scale = base;
-    if (q75 - q25 <= PLAIN && !empty) scale = fmin(fmax(SPREAD / sqrt(sp.vy + sp.vx), base / 4), base * 4);
-    if (empty) { cy = (h - 1) / 2.0; cx = (w - 1) / 2.0; }
-    /* bilinear, separable: every source row sampled at the 32 columns (tmp, h x 32), then those rows at
-       the 32 rows; a tap outside the image reads the border's level */
+/* The 32 x 32 view of g (h x w) centred on (cy, cx) at `scale` view pixels per image pixel (negated when
+   flip), by bilinear taps, separable: every source row sampled at the 32 columns (tmp, h x 32), then those
+   rows at the 32 rows; a tap outside the image reads the border's level. rowf: w + 1 floats. */
+static void sample_view(const uint8_t *g, int64_t h, int64_t w, double cy, double cx, double scale, double level,
+                        int flip, float *view, float *rowf, float *tmp) {
     double mid = (SIDE - 1) / 2.0;
     float fx[SIDE];
     int64_t xa[SIDE], xb[SIDE];  /* taps into the row with the level after it (index w: outside) */
@@ -314,6 +284,42 @@ static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double
             out[d] = flip ? 255.0f - v : v;
         }
     }
+}
+
+/* One image's canonical view (32 x 32 floats) and whether it was negated. */
+static int canonical(const uint8_t *g, int64_t h, int64_t w, float *view, double *wy, double *wx, float *wxf,
+                     float *rowf, float *tmp) {
+    int64_t counts[256] = {0}, nb = 0;
+    for (int64_t x = 0; x < w; x++) { counts[g[x]]++; counts[g[(h - 1) * w + x]]++; nb += 2; }
+    for (int64_t y = 1; y < h - 1; y++) { counts[g[y * w]]++; counts[g[y * w + w - 1]]++; nb += 2; }
+    double q25 = kth(counts, nb / 4), level = kth(counts, nb / 2), q75 = kth(counts, (3 * nb) / 4);
+    int64_t sum = 0, top = 0;
+    for (int64_t k = 0; k < h * w; k++) {
+        sum += g[k];
+        int64_t d = llabs((int64_t)g[k] - (int64_t)level);
+        if (d > top) top = d;
+    }
+    int flip = (double)sum / (double)(h * w) < level - 4;
+    double floor_ = fmax(4.0, 0.1 * (double)top);
+    float lut[256], *fx_ = rowf;  /* each gray level's weight: how far beyond the noise floor it is from level */
+    for (int v = 0; v < 256; v++) lut[v] = (float)fmax(fabs((double)v - level) - floor_, 0.0);
+    memset(wy, 0, sizeof(double) * h);
+    memset(wxf, 0, sizeof(float) * w);
+    for (int64_t y = 0; y < h; y++) {
+        const uint8_t *row = g + y * w;
+        float sum_ = 0;
+        for (int64_t x = 0; x < w; x++) fx_[x] = lut[row[x]];
+        for (int64_t x = 0; x < w; x++) { sum_ += fx_[x]; wxf[x] += fx_[x]; }
+        wy[y] = sum_;
+    }
+    for (int64_t x = 0; x < w; x++) wx[x] = wxf[x];
+    Spread sp = spread_of(wy, wx, h, w);
+    double cy = sp.cy, cx = sp.cx;
+    int empty = sp.mass <= 0;
+    double base = (double)SIDE / (double)(h > w ? h : w), scale = base;
+    if (q75 - q25 <= PLAIN && !empty) scale = fmin(fmax(SPREAD / sqrt(sp.vy + sp.vx), base / 4), base * 4);
+    if (empty) { cy = (h - 1) / 2.0; cx = (w - 1) / 2.0; }
+    sample_view(g, h, w, cy, cx, scale, level, flip, view, rowf, tmp);
     return flip;
 }
 
